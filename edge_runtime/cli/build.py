@@ -1,0 +1,139 @@
+"""`edge-runtime build`: classifier / embedder bundles from a Hugging Face model, and the default bundle.
+
+Everything heavy is imported inside the commands, after the [build] extra has been checked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .output import json_option, print_json
+
+def _progress(as_json: bool):
+    from ..build.progress import Progress
+
+    return Progress(enabled=True)  # progress goes to stderr, so --json stdout stays clean
+
+def _summary(result: dict) -> None:
+    metrics = result.get("metrics") or {}
+    click.echo(f"{result.get('status', 'built')}: {result.get('name')}@{result.get('version')} "
+               f"-> {result.get('path') or result.get('archive')}")
+    for split in ("fp32", "int8"):
+        scores = metrics.get(split)
+        if scores:
+            oos = "" if scores.get("oos_recall") is None else f", OOS recall {scores['oos_recall']:.2f}"
+            click.echo(f"  {split}: in-scope {scores['in_scope_accuracy']:.2f}{oos}, accuracy {scores['accuracy']:.2f}")
+    for split, scores in (metrics.get("with_reject_threshold") or {}).items():
+        click.echo(f"  {split} + reject threshold: in-scope {scores['in_scope_accuracy']:.2f}, "
+                   f"OOS recall {scores.get('oos_recall')}")
+    gate = metrics.get("gate", {})
+    if "mean_cosine" in gate:
+        click.echo(f"  int8 vs fp32: mean cosine {gate['mean_cosine']:.4f}, min {gate['min_cosine']:.4f}")
+    if "int8_size_mb" in metrics:
+        click.echo(f"  int8 size {metrics['int8_size_mb']} MB, batch-1 latency {metrics.get('int8_latency_ms_batch1')} ms")
+    if "build_seconds" in result or "build_seconds" in metrics:
+        click.echo(f"  build time {result.get('build_seconds', metrics.get('build_seconds'))} s")
+
+def _signing_key(key: str | None, allow_unsigned: bool):
+    from .. import signing
+
+    if key:
+        return signing.load_private_key(Path(key))
+    if not allow_unsigned:
+        raise click.UsageError("pass --key KEYFILE to sign the bundle, or --allow-unsigned-output")
+    return None
+
+def _common(func):
+    options = [
+        click.option("--model", "model_dir", required=True, metavar="DIR", help="Hugging Face model folder."),
+        click.option("--name", required=True), click.option("--version", required=True, help="semver"),
+        click.option("--release", required=True, type=click.IntRange(0), help="monotonic integer"),
+        click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True),
+        click.option("--exclude-nodes", default="", metavar="LIST",
+                     help="Comma-separated node names (or `ffn_down`) to keep fp32."),
+        click.option("--force", is_flag=True, help="Emit even when the INT8 gate fails."),
+        click.option("--key", type=click.Path(dir_okay=False), help="ed25519 private key (PEM) to sign with."),
+        click.option("--allow-unsigned-output", is_flag=True, help="Emit an unsigned bundle (developers only)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), help="Reuse ONNX exports from here."),
+        click.option("--out", required=True, type=click.Path(), help="Output directory or .erb archive."),
+        json_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+def _config(model_dir, name, version, release, max_length, exclude_nodes, force, key, allow_unsigned_output,
+            cache_dir, out, **extra):
+    from ..build.pipeline import BuildConfig
+    from ..build.source import check_model_dir
+
+    return BuildConfig(model_dir=check_model_dir(Path(model_dir)), name=name, version=version, release=release,
+                       out=Path(out), max_length=max_length, force=force,
+                       exclude_nodes=[n.strip() for n in exclude_nodes.split(",") if n.strip()],
+                       private_key=_signing_key(key, allow_unsigned_output),
+                       cache_dir=Path(cache_dir) if cache_dir else None, source={"model": str(model_dir)}, **extra)
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def build(ctx):
+    """Build signed INT8 bundles (needs the [build] extra)."""
+    from ..build.deps import require_build_deps
+
+    require_build_deps()
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+@build.command()
+@_common
+@click.option("--train", required=True, type=click.Path(dir_okay=False), help="JSONL with text and label.")
+@click.option("--val", required=True, type=click.Path(dir_okay=False), help="JSONL with text and label.")
+@click.option("--head", type=click.Choice(["logreg", "finetune"]), default="logreg", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--encoder-lr", type=float, default=1e-4, show_default=True)
+@click.option("--head-lr", type=float, default=2e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Accuracy points INT8 may lose.")
+@click.option("--oos-label", default="oos", show_default=True, help="The out-of-scope class, if present.")
+def classifier(train, val, head, epochs, encoder_lr, head_lr, seed, max_drop, oos_label, as_json, **common):
+    """Text classifier: encoder + linear head folded into one INT8 graph that outputs logits."""
+    from ..build.data import read_jsonl
+    from ..build.finetune import FinetuneConfig
+    from ..build.pipeline import build_classifier
+
+    config = _config(**common, head=head, max_drop=max_drop, oos_label=oos_label,
+                     finetune=FinetuneConfig(epochs=epochs, encoder_lr=encoder_lr, head_lr=head_lr, seed=seed))
+    result = build_classifier(config, read_jsonl(Path(train)), read_jsonl(Path(val)), _progress(as_json))
+    report = {"status": "built", "name": config.name, "version": config.version, "path": str(result.path),
+              "build_seconds": result.seconds, "metrics": result.manifest["metrics"]}
+    print_json(report) if as_json else _summary(report)
+
+@build.command()
+@_common
+@click.option("--texts", required=True, type=click.Path(dir_okay=False),
+              help="JSONL with a text field: the sentences the INT8 gate compares on.")
+@click.option("--min-cosine", type=float, default=0.98, show_default=True, help="Mean cosine INT8 vs fp32.")
+def embedder(texts, min_cosine, as_json, **common):
+    """Sentence embedder: the encoder in INT8; the runtime mean-pools and normalises."""
+    from ..build.data import read_jsonl
+    from ..build.pipeline import build_embedder
+
+    config = _config(**common, min_cosine=min_cosine)
+    result = build_embedder(config, read_jsonl(Path(texts), need_labels=False).texts, _progress(as_json))
+    report = {"status": "built", "name": config.name, "version": config.version, "path": str(result.path),
+              "build_seconds": result.seconds, "metrics": result.manifest["metrics"]}
+    print_json(report) if as_json else _summary(report)
+
+@build.command()
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Default: models/clinc150-minilm-int8/recipe.toml.")
+@click.option("--datasets", type=click.Path(file_okay=False), help="Folder holding the dataset (overrides the recipe).")
+@click.option("--force", is_flag=True, help="Rebuild even when this release is installed.")
+@json_option
+def default(recipe, datasets, force, as_json):
+    """Build, sign (local build key), install and activate the default bundle."""
+    from ..build.default import build_default
+    from ..build.recipe import load_recipe
+
+    result = build_default(load_recipe(Path(recipe) if recipe else None), force=force,
+                           datasets=Path(datasets) if datasets else None, progress=_progress(as_json))
+    print_json(result) if as_json else _summary(result)

@@ -1,0 +1,50 @@
+"""`edge-runtime redact`: personal data out of stdin lines, one output line per input line."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import InputError
+from ..redaction import ACTIONS, KINDS, redact as redact_text
+
+
+def _policy(values: tuple[str, ...]) -> dict[str, str]:
+    policy = {}
+    for item in values:
+        kind, _, action = item.partition("=")
+        kind = kind.strip().upper()
+        if kind not in KINDS or action not in ACTIONS:
+            raise click.BadParameter(
+                f"{item!r}: want KIND=ACTION, KIND one of {', '.join(KINDS)}, ACTION one of {', '.join(ACTIONS)}",
+                param_hint="--policy")
+        policy[kind] = action
+    return policy
+
+
+@click.command("redact")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per line: {"text": redacted, "spans": [{"start","end","kind"}]}.')
+@click.option("--policy", "policy_items", multiple=True, metavar="KIND=ACTION",
+              help="redact (default), drop or refuse a kind, e.g. --policy CARD=refuse. Repeatable.")
+def redact(as_json: bool, policy_items: tuple[str, ...]) -> None:
+    """Redact personal data from stdin lines (spans in --json are offsets in the original line)."""
+    policy = _policy(policy_items)
+    out = sys.stdout
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as error:
+            raise InputError(f"stdin line {number} is not valid UTF-8 ({error.reason})") from None
+        from ..kernels import pii
+
+        spans = pii.scan(line)
+        result = redact_text(line, spans, policy)
+        if as_json:
+            record = {"text": result.text,
+                      "spans": [{"start": s, "end": e, "kind": kind} for s, e, kind in spans]}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            out.write(result.text + "\n")
+        out.flush()

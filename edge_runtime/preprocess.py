@@ -1,0 +1,55 @@
+"""Text -> padded int64 tensors, with length bucketing for large batches.
+
+Tokenisation is the Rust `tokenizers` library reading the bundle's tokenizer.json; padding and
+bucketing are kernels (edge_runtime.kernels.batching).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from . import kernels
+from .errors import InputError
+
+@dataclass
+class Batch:
+    tensors: dict[str, np.ndarray]
+    lengths: np.ndarray                 # tokens per text, after truncation
+
+class Preprocessor:
+    def __init__(self, tokenizer_file: Path, max_length: int, pad_id: int = 0,
+                 token_type_ids: bool = True):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length)
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.token_type_ids = token_type_ids
+
+    def encode(self, texts: Sequence[str]):
+        for number, text in enumerate(texts, 1):
+            if not isinstance(text, str):
+                raise InputError(f"text {number}: expected a string, got {type(text).__name__}")
+            if not text.strip():
+                raise InputError(f"text {number}: empty")
+        return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+
+    def tensors(self, encodings) -> Batch:
+        ids = [encoding.ids for encoding in encodings]
+        type_ids = [encoding.type_ids for encoding in encodings] if self.token_type_ids else None
+        input_ids, attention_mask, token_type_ids = kernels.batching.pad_batch(
+            ids, self.max_length, self.pad_id, type_ids)
+        tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            tensors["token_type_ids"] = token_type_ids
+        return Batch(tensors, attention_mask.sum(axis=1))
+
+    def buckets(self, encodings, max_batch: int, max_tokens: int):
+        """(order, boundaries, inverse) grouping texts of similar length to bound padding."""
+        lengths = np.fromiter((len(encoding.ids) for encoding in encodings), dtype=np.int64,
+                              count=len(encodings))
+        return kernels.batching.length_buckets(lengths, max_batch, max_tokens)

@@ -1,0 +1,32 @@
+"""What the runtime returns: plain dataclasses that serialise to the JSON the CLI and daemon print."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+LOCAL = "local"
+ESCALATE = "escalate"
+DEFERRED = "deferred"
+
+@dataclass
+class Prediction:
+    label: str
+    score: float                                   # probability of `label` after temperature scaling
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    margin: float = 0.0                            # top-1 minus top-2 probability
+    entropy: float = 0.0                           # normalised to 0..1
+    decision: str = LOCAL                          # local | escalate | deferred
+    reason: str = ""                               # the routing rule that decided
+    latency_ms: float = 0.0
+    request_id: str | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["top_k"] = [{"label": label, "score": score} for label, score in self.top_k]
+        return data
+
+@dataclass
+class Entity:
+    start: int
+    end: int
+    label: str
+    score: float

@@ -1,0 +1,128 @@
+"""Local or escalate: the routing policy, applied to each prediction, with the rule that decided.
+
+Rules, first match wins:
+  1. private label            -> local   (its input may never leave the device)
+  2. never-escalate label     -> local
+  3. always-escalate label    -> escalate
+  4. per-class min confidence -> escalate when the score is below the class's threshold
+  5. min confidence / min margin / max entropy -> escalate when any is violated
+  6. otherwise                -> local ("confident")
+An escalation budget caps the share of escalations over a sliding window; past it the answer stays
+local and its reason says which rule wanted to escalate ("budget_exhausted:<rule>").
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from .errors import ConfigError
+from .results import ESCALATE, LOCAL, Prediction
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    min_confidence: float | None = None
+    min_margin: float | None = None
+    max_entropy: float | None = None
+    per_class: dict[str, float] = field(default_factory=dict)
+    always_escalate: frozenset[str] = frozenset()
+    never_escalate: frozenset[str] = frozenset()
+    private_labels: frozenset[str] = frozenset()
+    budget: float | None = None            # max share of escalations over the window, 0..1
+    budget_window: int = 1000
+
+    @classmethod
+    def from_dict(cls, routing: dict | None, overrides: dict | None = None) -> "RoutingPolicy":
+        merged = dict(routing or {})
+        merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        known = {f for f in cls.__dataclass_fields__}
+        values = {}
+        for key, value in merged.items():
+            if key not in known:
+                continue   # manifests may carry fields for other components (oos_label, ...)
+            if key in ("always_escalate", "never_escalate", "private_labels"):
+                value = frozenset(value or ())
+            elif key == "per_class":
+                value = {str(k): float(v) for k, v in (value or {}).items()}
+            elif key == "budget_window":
+                value = int(value)
+            elif value is not None:
+                value = float(value)
+            values[key] = value
+        policy = cls(**values)
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        for name in ("min_confidence", "min_margin", "max_entropy", "budget"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"routing.{name} must be between 0 and 1, got {value}")
+        for label, value in self.per_class.items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"routing.per_class.{label} must be between 0 and 1, got {value}")
+        if self.budget_window < 1:
+            raise ConfigError("routing.budget_window must be at least 1")
+
+class Router:
+    def __init__(self, policy: RoutingPolicy):
+        self.policy = policy
+        self._window: deque[bool] = deque(maxlen=policy.budget_window)
+        self._escalated_in_window = 0
+        self._lock = threading.Lock()
+
+    def wanted(self, prediction: Prediction) -> tuple[str, str]:
+        """The decision and reason by the rules alone, before the budget."""
+        policy = self.policy
+        top = prediction.top_k[0][0] if prediction.top_k else prediction.label
+        labels = {prediction.label, top}
+        private = labels & policy.private_labels
+        if private:
+            return LOCAL, f"private_label:{sorted(private)[0]}"
+        if top in policy.never_escalate:
+            return LOCAL, f"never_escalate:{top}"
+        if top in policy.always_escalate:
+            return ESCALATE, f"always_escalate:{top}"
+        threshold = policy.per_class.get(top)
+        if threshold is not None:
+            if prediction.score < threshold:
+                return ESCALATE, f"per_class_confidence:{top}<{threshold:g}"
+            return LOCAL, "confident"
+        if policy.min_confidence is not None and prediction.score < policy.min_confidence:
+            return ESCALATE, f"min_confidence<{policy.min_confidence:g}"
+        if policy.min_margin is not None and prediction.margin < policy.min_margin:
+            return ESCALATE, f"min_margin<{policy.min_margin:g}"
+        if policy.max_entropy is not None and prediction.entropy > policy.max_entropy:
+            return ESCALATE, f"max_entropy>{policy.max_entropy:g}"
+        return LOCAL, "confident"
+
+    def route(self, prediction: Prediction) -> Prediction:
+        decision, reason = self.wanted(prediction)
+        with self._lock:
+            if decision == ESCALATE and self._over_budget():
+                decision, reason = LOCAL, f"budget_exhausted:{reason}"
+            self._record(decision == ESCALATE)
+        return replace(prediction, decision=decision, reason=reason)
+
+    def route_all(self, predictions: list[Prediction]) -> list[Prediction]:
+        return [self.route(p) for p in predictions]
+
+    def _over_budget(self) -> bool:
+        budget = self.policy.budget
+        if budget is None:
+            return False
+        # would this escalation push the window's share above the budget?
+        size = min(len(self._window) + 1, self._window.maxlen)
+        dropped = 1 if len(self._window) == self._window.maxlen and self._window[0] else 0
+        return (self._escalated_in_window - dropped + 1) / size > budget
+
+    def _record(self, escalated: bool) -> None:
+        if len(self._window) == self._window.maxlen and self._window[0]:
+            self._escalated_in_window -= 1
+        self._window.append(escalated)
+        self._escalated_in_window += escalated
+
+    @property
+    def escalation_rate(self) -> float:
+        with self._lock:
+            return self._escalated_in_window / len(self._window) if self._window else 0.0

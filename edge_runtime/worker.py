@@ -1,0 +1,119 @@
+"""The upstream worker: answers escalations from a shared subscription with a responder function.
+
+Start more workers with the same group to split the load (`$share/<group>/edge/+/escalations`).
+Answers go to the device's own answer topic with the request's correlation data; a request id
+seen recently gets the cached answer again, so device re-sends are harmless.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from . import escalation
+from .mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+
+log = logging.getLogger(__name__)
+
+Responder = Callable[[dict], dict]      # escalation request -> answer body
+
+class AnswerCache:
+    """LRU of recent answers keyed by (device, request id)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+
+    def get(self, key):
+        payload = self._items.get(key)
+        if payload is not None:
+            self._items.move_to_end(key)
+        return payload
+
+    def put(self, key, payload: bytes) -> None:
+        self._items[key] = payload
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+class Worker:
+    def __init__(self, broker: BrokerConfig, responder: Responder, *, group: str = "workers",
+                 device_pattern: str = "+", client_id: str | None = None, cache_size: int = 10_000,
+                 answer_expiry_s: int = 86400):
+        self.responder = responder
+        self.name = client_id or f"worker-{socket.gethostname()}-{os.getpid()}"
+        self.subscription = f"$share/{group}/edge/{device_pattern}/escalations"
+        self.answer_expiry_s = answer_expiry_s
+        self.cache = AnswerCache(cache_size)
+        self.stats = collections.Counter()
+        # Clean session: while this worker is away its share goes to the others, and devices re-send.
+        self.link = Link(broker, self.name, [Subscription(self.subscription, 1)],
+                         LinkHandlers(on_message=self._on_message), clean_start=True, session_expiry_s=0)
+
+    def start(self) -> "Worker":
+        self.link.start()
+        return self
+
+    def stop(self) -> None:
+        self.link.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        self.link.wait_ready(timeout)
+
+    def _on_message(self, message: paho.MQTTMessage) -> None:
+        device = escalation.device_of_topic(message.topic)
+        response_topic = getattr(message.properties, "ResponseTopic", None)
+        if device is None or response_topic != escalation.answer_topic(device):
+            # Answers only ever go to the sender's own answer topic.
+            log.warning("worker: request on %s with response topic %r ignored", message.topic, response_topic)
+            self.stats["ignored"] += 1
+            return
+        correlation = getattr(message.properties, "CorrelationData", None)
+        try:
+            request = escalation.decode_request(message.payload)
+        except escalation.EscalationError as error:
+            if correlation is None:
+                self.stats["ignored"] += 1
+                return
+            request_id = correlation.decode(errors="replace")
+            payload = escalation.encode(escalation.build_answer(request_id, None, worker=self.name, error=str(error)))
+            self.stats["bad_requests"] += 1
+        else:
+            request_id = request["id"]
+            key = (device, request_id)
+            payload = self.cache.get(key)
+            if payload is None:
+                payload = self._answer(request)
+                self.cache.put(key, payload)
+                self.stats["answered"] += 1
+            else:
+                self.stats["cache_hits"] += 1
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = correlation if correlation is not None else request_id.encode()
+        props.MessageExpiryInterval = self.answer_expiry_s
+        props.ContentType = "application/json"
+        self.link.client.publish(response_topic, payload, qos=1, properties=props)
+
+    def _answer(self, request: dict) -> bytes:
+        try:
+            body, error = self.responder(request), None
+        except Exception as failure:                    # the device gets a reason, not silence
+            log.exception("worker: responder failed on %s", request["id"])
+            body, error = None, f"{type(failure).__name__}: {failure}"
+            self.stats["errors"] += 1
+        try:
+            return escalation.encode(escalation.build_answer(request["id"], body, worker=self.name, error=error))
+        except (escalation.EscalationError, TypeError, ValueError) as failure:
+            return escalation.encode(escalation.build_answer(request["id"], None, worker=self.name,
+                                                             error=f"answer not encodable: {failure}"))

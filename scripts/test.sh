@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Quick start, command 2 (and CI): install everything from nothing, then run the whole suite,
+# once with the compiled Cython core and once more (the kernel-dependent tests) on the pure twins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh --test
+export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY=.venv/bin/python
+$PY -c "import edge_runtime.kernels as k; assert k.IMPLEMENTATION == 'cython', 'the Cython core did not build'"
+echo "== test suite (kernels: cython)"
+$PY -m pytest -q -p no:cacheprovider "$@"
+echo "== kernel-dependent tests (kernels: python, EDGE_RUNTIME_PURE_PYTHON=1)"
+EDGE_RUNTIME_PURE_PYTHON=1 $PY -m pytest -q -p no:cacheprovider -m "not slow and not mqtt" \
+    tests/test_runtime.py tests/test_redaction.py

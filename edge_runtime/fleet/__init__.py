@@ -1,0 +1,8 @@
+"""Fleet model updates over MQTT 5 (docs/fleet.md).
+
+release.py  signed release records        protocol.py  topics and messages
+chunks.py   hashed chunks, resumable file  fetch.py     the device's chunk request loop
+state.py    the persisted update state     agent.py     the device update agent
+selftest.py golden examples + latency      probation.py escalation/error rate vs the previous model
+rollout.py  canary choice, promote/halt    manager.py   the fleet manager (publish, serve, status)
+"""

@@ -1,0 +1,327 @@
+"""The device update agent: follows its group's (and its own) desired state, runs the update state
+machine (state.py) and reports every transition on edge/<id>/state.
+
+Each step is written to disk before it runs and is idempotent, so after a crash `resume()` runs the
+persisted step again: a download continues from its bitmap, verification and install are repeated
+(the store's install is idempotent), activation is skipped if active.json already points at the
+target, probation restarts, a rollback finishes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__, paths
+from ..errors import EdgeRuntimeError, StoreError
+from ..mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+from ..store import Store
+from . import probation, protocol, release as releases, selftest
+from .chunks import Download
+from .errors import FleetError, Halted, ReleaseError
+from .fetch import FetchConfig, fetch
+from .probation import ProbationConfig
+from .state import BEFORE_ACTIVATION, TERMINAL, UpdateState, state_path
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class AgentConfig:
+    device_id: str
+    group: str
+    broker: BrokerConfig
+    root: Path
+    download_dir: Path | None = None
+    daemon_url: str | None = None
+    threshold: int = 1
+    latency_budget_ms: float = 1000.0
+    heartbeat_s: float = 30.0
+    probation: ProbationConfig = field(default_factory=ProbationConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+
+def _ref(pair) -> str | None:
+    return f"{pair[0]}@{pair[1]}" if pair else None
+
+class Agent:
+    def __init__(self, config: AgentConfig):
+        releases.check_group(config.group)
+        self.config = config
+        self.store = Store(config.root)
+        self.state = UpdateState(state_path(config.root))
+        self.download_dir = Path(config.download_dir or paths.state_dir(config.root) / "fleet" / "downloads")
+        self.inbox: queue.Queue = queue.Queue()
+        self.pending: list = []
+        device = config.device_id
+        self.chunk_topic = protocol.chunk_topic(device)
+        self.link = Link(config.broker, f"edge-update-{device}",
+                         subscriptions=[Subscription(protocol.group_desired_topic(config.group)),
+                                        Subscription(protocol.device_desired_topic(device)),
+                                        Subscription(self.chunk_topic)],
+                         handlers=LinkHandlers(on_message=self.inbox.put))
+
+    # --- main loop --------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        self.link.start()
+        try:
+            self.report()
+            self.resume()
+            last_report = time.monotonic()
+            while not stop.is_set():
+                message = self.pending.pop(0) if self.pending else self._next(1.0)
+                if message is not None:
+                    self.handle(message)
+                if time.monotonic() - last_report > self.config.heartbeat_s:
+                    self.report()
+                    last_report = time.monotonic()
+        finally:
+            self.link.stop()
+
+    def _next(self, timeout: float):
+        try:
+            return self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def resume(self) -> None:
+        """Finish (or abort) what a killed agent left in progress."""
+        if self.state.phase not in TERMINAL:
+            log.info("resuming update in phase %s", self.state.phase)
+            self.drive()
+
+    # --- reporting --------------------------------------------------------------------------------
+    def report(self) -> None:
+        try:
+            active, previous = _ref(self.store.active()), _ref(self.store.previous())
+        except StoreError as error:
+            active, previous = None, None
+            log.error("%s", error)
+        data = self.state.data
+        signed = (data.get("release") or {}).get("signed") or {}
+        rates = data.get("probation") or {}
+        message = protocol.build_state(
+            self.config.device_id, self.config.group, phase=data["phase"], active=active, previous=previous,
+            release=signed.get("release"), target=_ref((signed["bundle"]["name"], signed["bundle"]["version"]))
+            if signed.get("bundle") else None, installed_release=data["installed_release"],
+            last_error=data["last_error"], refused=data["refused"], note=data.get("note"),
+            escalation_rate=rates.get("escalation_rate"), download=data.get("download"),
+            runtime=__version__)
+        self.link.client.publish(protocol.state_topic(self.config.device_id), protocol.encode(message),
+                                 qos=1, retain=True)
+
+    def refuse(self, number, reason: str) -> None:
+        log.warning("refused: %s", reason)
+        self.state.save(refused={"release": number, "reason": reason, "at": time.time()}, last_error=reason)
+        self.report()
+
+    # --- desired state ----------------------------------------------------------------------------
+    def _verify_desired(self, message) -> tuple[str, dict] | None:
+        scope = protocol.scope_of(message.topic)
+        if scope is None:
+            return None
+        try:
+            desired = protocol.verify_desired(message.payload, self.store.trusted_keys(), self.config.threshold,
+                                              *scope)
+        except ReleaseError as error:
+            self.refuse(None, str(error))
+            return None
+        key = f"{scope[0]}:{scope[1]}"
+        seen = self.state.seen(key)
+        number = ((desired.get("release") or {}).get("signed") or {}).get("release")
+        if desired["seq"] < seen:
+            self.refuse(number, f"replayed desired state (seq {desired['seq']}, already saw {seen})")
+            return None
+        if desired["seq"] == seen:
+            return None  # the retained copy of what we already handled
+        return key, desired
+
+    def handle(self, message) -> None:
+        checked = self._verify_desired(message)
+        if checked is None:
+            return
+        key, desired = checked
+        self.state.save(seen_seq={**self.state.data["seen_seq"], key: desired["seq"]})
+        action = desired["action"]
+        if action == "halt":
+            self.state.save(note=f"halted by the fleet manager: {desired.get('reason') or 'no reason given'}")
+            self.report()
+        elif action == "rollback":
+            self._fleet_rollback(desired)
+        elif desired["stage"] == "canary" and self.config.device_id not in desired["canaries"]:
+            self.state.save(note="waiting: release is with the canaries")
+            self.report()
+        else:
+            self._install(desired["release"])
+
+    def _install(self, envelope: dict) -> None:
+        trusted = self.store.trusted_keys()
+        try:
+            signed = releases.verify_envelope(envelope, trusted, self.config.threshold, "release record")
+            current = releases.check_shape(signed)
+            if current.number == self.state.installed_release and self.store.active() == (current.name, current.version):
+                return  # already running it (e.g. the promotion of a release this canary committed)
+            releases.verify(envelope, trusted, group=self.config.group, installed_release=self.state.installed_release,
+                            threshold=self.config.threshold, runtime=__version__)
+        except ReleaseError as error:
+            self.refuse(((envelope or {}).get("signed") or {}).get("release"), str(error))
+            return
+        self.state.transition("downloading", release=envelope, last_error=None, refused=None, note=None,
+                              selftest=None, probation=None, previous=None, download=None, staged=None)
+        self.drive()
+
+    def _fleet_rollback(self, desired: dict) -> None:
+        try:
+            signed = releases.verify_envelope(desired["release"], self.store.trusted_keys(), self.config.threshold,
+                                              "release record")
+            target = releases.check_shape(signed)
+        except ReleaseError as error:
+            self.refuse(None, str(error))
+            return
+        if self.store.active() != (target.name, target.version):
+            self.state.save(note=f"fleet rollback of {target.ref}: not active here, nothing to do")
+            self.report()
+            return
+        self.state.transition("rolling_back", release=desired["release"], previous=list(self.store.previous() or []),
+                              last_error=f"rolled back by the fleet manager: {desired.get('reason') or target.ref}")
+        self.drive()
+
+    def _during_download(self, message) -> None:
+        """A newer desired state during a download stops it, unless it names the same release."""
+        checked = self._verify_desired(message)
+        if checked is None:
+            return
+        key, desired = checked
+        same = (desired["action"] == "install" and (desired.get("release") or {}) == self.state.release)
+        if same:
+            self.state.save(seen_seq={**self.state.data["seen_seq"], key: desired["seq"]})
+            return
+        self.pending.append(message)
+        raise Halted(f"download stopped: {desired['action']} from the fleet manager "
+                     f"({desired.get('reason') or 'newer desired state'})")
+
+    # --- the state machine ------------------------------------------------------------------------
+    def drive(self) -> None:
+        steps = {"downloading": self._download, "verifying": self._verify, "staged": self._staged,
+                 "selftest": self._selftest, "activating": self._activate, "probation": self._probation,
+                 "rolling_back": self._roll_back}
+        while self.state.phase not in TERMINAL:
+            phase = self.state.phase
+            self.report()
+            try:
+                next_phase, changes = steps[phase]()
+            except Halted as stop:
+                self._cleanup()
+                self.state.transition("idle", note=str(stop))
+                continue
+            except Exception as error:  # noqa: BLE001 - any failure ends in failed or a rollback
+                reason = str(error) if isinstance(error, EdgeRuntimeError) else f"{type(error).__name__}: {error}"
+                log.error("update %s failed: %s", phase, reason)
+                if phase in BEFORE_ACTIVATION:
+                    self._cleanup()
+                    self.state.transition("failed", last_error=f"{phase}: {reason}")
+                elif phase == "rolling_back":
+                    self.state.transition("failed", last_error=f"rollback failed: {reason}")
+                else:
+                    self.state.transition("rolling_back", last_error=f"{phase}: {reason}")
+                continue
+            self.state.transition(next_phase, **changes)
+        self.report()
+
+    def _release(self) -> releases.Release:
+        return releases.check_shape(self.state.release["signed"])
+
+    def _download(self):
+        target = self._release()
+        download = Download(self.download_dir, target).open()
+        device = self.config.device_id
+        request_topic = protocol.chunk_request_topic(device)
+
+        def request(indices):
+            self.link.client.publish(request_topic, protocol.build_request(device, target.sha256, indices), qos=1)
+
+        counters = fetch(download, self.inbox, chunk_topic=self.chunk_topic, request=request,
+                         on_other=self._during_download, config=self.config.fetch)
+        return "verifying", {"download": {**counters, "chunks": download.total, "bytes": target.size}}
+
+    def _verify(self):
+        target = releases.verify(self.state.release, self.store.trusted_keys(), group=self.config.group,
+                                 installed_release=self.state.installed_release, threshold=self.config.threshold,
+                                 runtime=__version__)
+        archive = Download(self.download_dir, target).open().finish()
+        manifest = self.store.install(archive)  # verifies the bundle's own signature and every file's hash
+        if (manifest.name, manifest.version) != (target.name, target.version):
+            raise ReleaseError(f"the archive holds {manifest.ref}, the release record says {target.ref}")
+        return "staged", {"installed_release": max(self.state.installed_release, target.number),
+                          "staged": [target.name, target.version]}
+
+    def _staged(self):
+        Download(self.download_dir, self._release()).discard()
+        return "selftest", {}
+
+    def _selftest(self):
+        target = self._release()
+        result = selftest.run(self.store.path(target.name, target.version), self.store.root,
+                              self.config.latency_budget_ms)
+        current = self.store.active()
+        previous = self.store.previous() if current == (target.name, target.version) else current
+        return "activating", {"selftest": result, "previous": list(previous) if previous else None}
+
+    def _activate(self):
+        target = self._release()
+        if self.store.active() != (target.name, target.version):
+            self.store.activate(target.name, target.version)
+        self._reload_daemon()
+        return "probation", {}
+
+    def _probation(self):
+        target = self._release()
+        previous = self.state.data.get("previous")
+        result = probation.run(self.store.root, target.ref, _ref(previous), self.config.probation)
+        return "committed", {"probation": result, "staged": None}
+
+    def _roll_back(self):
+        target = self._release()
+        previous = tuple(self.state.data.get("previous") or ())
+        if self.store.active() == (target.name, target.version):
+            if not previous:
+                raise FleetError("no previous model to roll back to")
+            if self.store.previous() == previous:
+                self.store.rollback()
+            else:
+                self.store.activate(*previous)
+        self._reload_daemon()
+        return "rolled_back", {"staged": None}
+
+    def _cleanup(self) -> None:
+        """Before activation: drop the partial download and a staged version we installed."""
+        if self.state.release:
+            try:
+                Download(self.download_dir, self._release()).discard()
+            except (ReleaseError, OSError):
+                pass
+        staged = self.state.data.get("staged")
+        if staged and tuple(staged) not in (self.store.active(), self.store.previous()):
+            try:
+                self.store.remove(*staged)
+            except StoreError:
+                pass
+        self.state.save(staged=None)
+
+    def _reload_daemon(self) -> None:
+        if not self.config.daemon_url:
+            return
+        url = self.config.daemon_url.rstrip("/") + "/v1/admin/reload"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST",
+                                                               headers={"Content-Type": "application/json"}),
+                                        timeout=60) as response:
+                body = response.read()
+        except (urllib.error.URLError, OSError) as error:
+            raise FleetError(f"daemon reload at {url} failed: {getattr(error, 'reason', error)}") from None
+        log.info("daemon reload: %s", body[:200])

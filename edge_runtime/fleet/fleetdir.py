@@ -1,0 +1,80 @@
+"""The fleet manager's files: releases/<sha>.erb (+ .release.json) it serves, groups/<g>.json rollouts.
+
+Several CLI processes (publish, promote, serve) change rollouts, so read-modify-write happens under
+an flock on .lock and every write is atomic.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .. import bundle, paths
+from ..fsutil import atomic_write_json, fsync_dir
+from .errors import ReleaseError
+from .release import Release, check_group, write as write_release
+
+def default_dir() -> Path:
+    return paths.home() / "fleet"
+
+class FleetDir:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else default_dir()
+        self.releases = self.root / "releases"
+        self.groups = self.root / "groups"
+
+    @contextmanager
+    def locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def add_release(self, envelope: dict, release: Release, archive: Path) -> Path:
+        """Copy the archive in (checked against the record) so `fleet serve` can answer chunk requests."""
+        target = self.releases / f"{release.sha256}.erb"
+        if not target.exists():
+            if bundle.sha256_file(archive) != release.sha256 or archive.stat().st_size != release.size:
+                raise ReleaseError(f"{archive}: does not match the release record (sha256/size differ)")
+            self.releases.mkdir(parents=True, exist_ok=True)
+            tmp = self.releases / f".{release.sha256}.tmp"
+            shutil.copyfile(archive, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+            fsync_dir(self.releases)
+        write_release(envelope, self.releases / f"{release.sha256}.release.json")
+        return target
+
+    def archive(self, sha256: str) -> Path | None:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            return None
+        path = self.releases / f"{sha256}.erb"
+        return path if path.is_file() else None
+
+    def rollout(self, group: str) -> dict | None:
+        try:
+            return json.loads((self.groups / f"{check_group(group)}.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def rollouts(self) -> list[dict]:
+        if not self.groups.is_dir():
+            return []
+        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.groups.glob("*.json"))]
+
+    def save_rollout(self, rollout: dict, event: str) -> dict:
+        rollout.setdefault("history", []).append({"at": time.time(), "event": event, "stage": rollout["stage"]})
+        atomic_write_json(self.groups / f"{check_group(rollout['group'])}.json", rollout)
+        return rollout
+
+def next_seq(rollout: dict | None) -> int:
+    """Monotonic even if the fleet dir is lost: never below the wall clock in milliseconds."""
+    return max((rollout or {}).get("seq", 0) + 1, int(time.time() * 1000))

@@ -1,0 +1,115 @@
+"""The daemon's life: load, listen, READY=1, serve (watchdog pings, SIGHUP reloads), SIGTERM drains.
+
+Order matters for systemd: READY=1 only once the model is loaded and the sockets listen; STOPPING=1
+as soon as SIGTERM arrives; the listeners close first, in-flight requests finish (up to
+server.drain_timeout_s), then the batcher, the uplink and the outbox stop; the exit code is 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+
+from aiohttp import web
+
+from ..errors import ConfigError
+from .app import build_app
+from .inputs import Limits
+from .notify import Notifier
+
+log = logging.getLogger(__name__)
+
+def run(config) -> int:
+    from .service import Service
+
+    notifier = Notifier()
+    notifier.status("loading the model")
+    service = Service(config)
+    engine = service.swap.current
+    log.info("model loaded", extra={"model": engine.name, "version": engine.version, "config": config.source})
+    try:
+        return asyncio.run(_serve(service, config, notifier))
+    finally:
+        notifier.close()
+
+async def _listen(runner: web.AppRunner, server: dict) -> list[str]:
+    sites = [(web.TCPSite(runner, server["host"], server["port"], backlog=1024), f"{server['host']}:{server['port']}")]
+    if server["unix_socket"]:
+        _remove_stale_socket(server["unix_socket"])
+        sites.append((web.UnixSite(runner, server["unix_socket"]), server["unix_socket"]))
+    for site, where in sites:
+        try:
+            await site.start()
+        except OSError as error:
+            reason = "address already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+            raise ConfigError(f"cannot listen on {where}: {reason}") from None
+    return [where for _, where in sites]
+
+def _remove_stale_socket(path: str) -> None:
+    import stat
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)                 # left by a daemon that was killed
+    except FileNotFoundError:
+        pass
+
+def _status_line(service, where: list[str]) -> str:
+    engine = service.swap.current
+    return f"serving {engine.name}@{engine.version} on {', '.join(where)}"
+
+async def _watchdog(service, notifier: Notifier) -> None:
+    while True:
+        await asyncio.sleep(notifier.watchdog_s)
+        if service.batcher.alive:                  # a dead worker means no pings: systemd restarts us
+            notifier.watchdog()
+
+async def _serve(service, config, notifier: Notifier) -> int:
+    server = config["server"]
+    loop = asyncio.get_running_loop()
+    runner = web.AppRunner(build_app(service, Limits.from_config(config)), handle_signals=False,
+                           access_log=logging.getLogger("aiohttp.access") if server["access_log"] else None,
+                           shutdown_timeout=server["drain_timeout_s"])
+    await runner.setup()
+    service.start(loop)
+    try:
+        where = await _listen(runner, server)
+    except ConfigError:
+        await runner.cleanup()
+        service.stop()
+        raise
+    stop = asyncio.Event()
+    reloading: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        notifier.reloading()
+        result = await service.reload()
+        log.info("reload: %s", result["result"], extra={k: v for k, v in result.items() if k != "result"})
+        notifier.ready(_status_line(service, where))
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watchdog = loop.create_task(_watchdog(service, notifier)) if notifier.watchdog_s else None
+    notifier.ready(_status_line(service, where))
+    log.info("ready", extra={"listen": where, "pid": os.getpid()})
+    await stop.wait()
+
+    notifier.stopping()
+    log.info("stopping: draining in-flight requests")
+    service.draining = True
+    await runner.cleanup()                          # closes the listeners, waits for in-flight handlers
+    if watchdog:
+        watchdog.cancel()
+    for task in list(reloading):
+        await task
+    await asyncio.to_thread(service.stop)
+    log.info("stopped")
+    return 0

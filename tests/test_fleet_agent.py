@@ -1,0 +1,337 @@
+"""The device update agent as a real process against a real mosquitto: happy path, refusals, bad chunks,
+kill -9 at every state, disk full, failing self-test and probation."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+import mqtt_broker
+from fleet_sim import Device, Reports, ServedManager, make_release, refinalize, tiny
+from edge_runtime import bundle, signing
+from edge_runtime.fleet import protocol, release as releases
+from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+from edge_runtime.store import PAUSE_ENV as STORE_PAUSE_ENV, Store
+
+pytestmark = pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
+
+TRAFFIC = ["what is my account balance", "play some jazz music", "book a table for two tonight",
+           "how do I reset my password", "turn off the lights", "what's the weather tomorrow"] * 4
+
+@pytest.fixture(scope="module")
+def broker():
+    with mqtt_broker.Broker() as running:
+        yield running
+
+@pytest.fixture(scope="module")
+def fleet_key():
+    return signing.generate_keypair()[0]
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory, fleet_key):
+    src = tmp_path_factory.mktemp("bundles")
+    v1 = tiny(src / "tiny-1.0.0", fleet_key, "1.0.0", 1)
+    v2 = tiny(src / "tiny-1.1.0", fleet_key, "1.1.0", 2, )
+    strict = dict(routing={"min_confidence": 0.99, "min_margin": 0.0, "max_entropy": 1.0})
+    escalating = tiny(src / "tiny-1.2.0", fleet_key, "1.2.0", 3, **strict)
+
+    def wrong_golden(path, raw):
+        labels = json.loads((path / "labels.json").read_text())
+        rows = [json.loads(line) for line in (path / "golden.jsonl").read_text().splitlines()]
+        rows = [{**r, "label": next(label for label in labels if label != r["label"])} for r in rows]
+        (path / "golden.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        raw.update(version="1.3.0", release=4)
+
+    failing = refinalize(Path(str(v2)[:-4]), src / "tiny-1.3.0", fleet_key, wrong_golden)
+    return {"v1": v1, "v2": v2, "escalating": escalating, "failing": failing}
+
+@pytest.fixture
+def group():
+    return f"g{uuid.uuid4().hex[:8]}"  # retained desired states must not leak between tests
+
+@pytest.fixture
+def traffic(tmp_path):
+    path = tmp_path / "traffic.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TRAFFIC))
+    return path
+
+@pytest.fixture
+def device(tmp_path, broker, fleet_key, archives, group, traffic):
+    made = []
+
+    def factory(*args, initial="v1"):
+        dev = Device(tmp_path / "devices", f"dev-{uuid.uuid4().hex[:6]}", group, broker.url,
+                     fleet_key.public_key(), archives[initial], "--probation-traffic", str(traffic), *args)
+        made.append(dev)
+        return dev
+    yield factory
+    for dev in made:
+        dev.stop()
+
+@pytest.fixture
+def served(broker, tmp_path, fleet_key):
+    manager = ServedManager(broker.url, tmp_path / "fleet", [fleet_key])
+    yield manager
+    manager.close()
+
+@pytest.fixture
+def reports(broker):
+    watcher = Reports(broker.url)
+    yield watcher
+    watcher.close()
+
+def release_for(archives, name, key, group, tmp_path, **options) -> Path:
+    """A release record for archives[name] in its own dir (tests sign the same archive differently)."""
+    archive = archives[name]
+    folder = tmp_path / f"rel-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    copy = folder / archive.name
+    copy.write_bytes(archive.read_bytes())
+    return make_release(copy, key, group, chunk_size=64 * 1024, **options)
+
+def publish_raw(broker_url: str, topic: str, payload: bytes) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect(*broker_url.removeprefix("mqtt://").split(":")[0:1], int(broker_url.rsplit(":", 1)[1]))
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+def desired_bytes(keys, group, seq, envelope, action="install") -> bytes:
+    return protocol.encode(protocol.build_desired(keys, scope="group", target=group, seq=seq, action=action,
+                                                  release=envelope))
+
+def snapshot(root: Path) -> dict:
+    models = root / "models"
+    return {p.relative_to(models).as_posix(): p.read_bytes() for p in sorted(models.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+def assert_serving(dev: Device, expected: tuple[str, str]) -> None:
+    """A verified model serves: load() works, every installed version verifies, nothing half-installed."""
+    from edge_runtime import load
+
+    store = Store(dev.home)
+    assert store.active() == expected
+    assert all(ok for *_, ok, _why in store.verify_all()), store.verify_all()
+    assert load(root=dev.home).predict(["play some jazz"])[0].label in ("negative", "neutral", "positive")
+    assert not [p.name for p in store.models.iterdir() if p.name.startswith(".") and p.is_dir()]
+    downloads = dev.home / "state" / "fleet" / "downloads"
+    assert not (downloads.exists() and list(downloads.iterdir()))
+
+# --- happy path ------------------------------------------------------------------------------------
+
+def test_update_goes_through_every_phase_and_reports_them(device, served, reports, archives, fleet_key,
+                                                          group, tmp_path):
+    dev = device().start()
+    reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
+    record = release_for(archives, "v2", fleet_key, group, tmp_path)
+    served.manager.publish(record, archives["v2"], group)
+    final = dev.wait_phase("committed", "failed", "rolled_back")
+    assert final["phase"] == "committed", final
+    assert final["installed_release"] == 2
+    assert_serving(dev, ("tiny", "1.1.0"))
+    assert Store(dev.home).previous() == ("tiny", "1.0.0")
+    reports.wait(lambda s: s["device"] == dev.id and s["phase"] == "committed", 10, "committed")
+    seen = [s["phase"] for s in reports.all if s["device"] == dev.id]
+    for phase in ("downloading", "verifying", "staged", "selftest", "activating", "probation", "committed"):
+        assert phase in seen, seen
+    assert final["probation"]["escalation_rate"] == 0.0 and final["selftest"]["examples"] == 3
+
+# --- refusals --------------------------------------------------------------------------------------
+
+def test_refusals_are_reported_and_change_nothing(device, reports, archives, fleet_key, group, tmp_path, broker):
+    dev = device().start()
+    reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
+    before = snapshot(dev.home)
+    good = releases.read(release_for(archives, "v2", fleet_key, group, tmp_path))
+    stranger = signing.generate_keypair()[0]
+    unsigned = {"signed": good["signed"], "signatures": []}
+    wrong_key = releases.read(release_for(archives, "v2", stranger, group, tmp_path))
+    tampered = json.loads(json.dumps(good))
+    tampered["signed"]["expires_at"] += 10 ** 8
+    expired = releases.read(release_for(archives, "v2", fleet_key, group, tmp_path, now=time.time() - 7200))
+    other_group = releases.read(release_for(archives, "v2", fleet_key, "elsewhere", tmp_path))
+    topic = protocol.group_desired_topic(group)
+    cases = [
+        (desired_bytes([fleet_key], group, 1, unsigned), "not signed"),
+        (desired_bytes([fleet_key], group, 2, wrong_key), f"untrusted key {signing.key_id(stranger.public_key())}"),
+        (desired_bytes([fleet_key], group, 3, tampered), "bad signature"),
+        (desired_bytes([fleet_key], group, 4, expired), "expired at"),
+        (desired_bytes([fleet_key], group, 5, other_group), "is for group(s) elsewhere"),
+        (desired_bytes([stranger], group, 6, good), "desired state: signature does not verify"),
+        (desired_bytes([fleet_key], "not-" + group, 7, good), "addressed to group not-"),
+    ]
+    for payload, reason in cases:
+        publish_raw(broker.url, topic, payload)
+        report = reports.wait(lambda s: s["device"] == dev.id and reason in (s.get("last_error") or ""), 20, reason)
+        assert report["phase"] == "idle"
+        assert snapshot(dev.home) == before, reason
+    assert Store(dev.home).active() == ("tiny", "1.0.0")
+
+def test_rollback_attack_and_replayed_desired_state_are_refused(device, served, reports, archives, fleet_key,
+                                                                group, tmp_path, broker):
+    dev = device().start()
+    reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
+    old = releases.read(release_for(archives, "v1", fleet_key, group, tmp_path))  # release 1
+    new = releases.read(release_for(archives, "v2", fleet_key, group, tmp_path))  # release 2
+    topic = protocol.group_desired_topic(group)
+    served.manager.fleet.add_release(new, releases.check_shape(new["signed"]), archives["v2"])
+    first = desired_bytes([fleet_key], group, 10, new)
+    publish_raw(broker.url, topic, first)
+    assert dev.wait_phase("committed", "failed", "rolled_back")["phase"] == "committed"
+    after_update = snapshot(dev.home)
+    publish_raw(broker.url, topic, desired_bytes([fleet_key], group, 11, old))
+    reports.wait(lambda s: s["device"] == dev.id and "not newer than installed release 2" in (s.get("last_error") or ""),
+                 20, "rollback refusal")
+    publish_raw(broker.url, topic, first)  # seq 10 again: a replay
+    reports.wait(lambda s: s["device"] == dev.id and "replayed desired state (seq 10, already saw 11)"
+                 in (s.get("last_error") or ""), 20, "replay refusal")
+    assert snapshot(dev.home) == after_update
+    assert_serving(dev, ("tiny", "1.1.0"))
+
+def test_tampered_bundle_bytes_are_refused_at_verification(device, served, archives, fleet_key, group, tmp_path):
+    """The fleet key signs a record over an archive whose model file was altered: the bundle's own
+    manifest hashes catch it, nothing is installed."""
+    import tarfile
+
+    dev = device().start()
+    before = snapshot(dev.home)
+    unpacked = bundle.unpack(archives["v2"], tmp_path / "unpacked")
+    model = unpacked / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-10] ^= 0xFF
+    model.write_bytes(bytes(data))
+    evil = tmp_path / "evil" / "tiny-1.1.0.erb"
+    evil.parent.mkdir()
+    with tarfile.open(evil, "w") as tar:
+        for name in [bundle.MANIFEST, bundle.SIGNATURE, *sorted(bundle.read_manifest(unpacked).files)]:
+            tar.add(unpacked / name, arcname=name)
+    record = make_release(evil, fleet_key, group, chunk_size=64 * 1024)
+    served.manager.publish(record, evil, group)
+    final = dev.wait_phase("committed", "failed", "rolled_back")
+    assert final["phase"] == "failed" and "model.onnx: sha256 mismatch" in final["last_error"], final
+    assert snapshot(dev.home) == before
+    assert_serving(dev, ("tiny", "1.0.0"))
+
+def test_a_chunk_with_a_bad_hash_is_refetched_not_written(device, archives, fleet_key, group, tmp_path, broker):
+    """An adversarial chunk server: the first answer for chunk 1 is corrupted."""
+    dev = device().start()
+    record = release_for(archives, "v2", fleet_key, group, tmp_path)
+    envelope = releases.read(record)
+    target = releases.check_shape(envelope["signed"])
+    archive = record.with_name(record.name.removesuffix(releases.SUFFIX))
+    corrupted = {"left": 1}
+    holder = {}
+
+    def answer(message):
+        request = protocol.decode_request(message.payload)
+        for index in request["indices"]:
+            data = archive.read_bytes()[index * target.chunk_size:(index + 1) * target.chunk_size]
+            if index == 1 and corrupted["left"]:
+                corrupted["left"] -= 1
+                data = b"\x00" + data[1:]
+            holder["link"].client.publish(protocol.chunk_topic(dev.id), protocol.encode_chunk(target.sha256, index, data), qos=1)
+
+    holder["link"] = link = Link(BrokerConfig.from_url(broker.url), "evil-server",
+                                 subscriptions=[Subscription(protocol.chunk_request_topic(dev.id))],
+                                 handlers=LinkHandlers(on_message=answer), clean_start=True)
+    link.start()
+    link.wait_ready(10)
+    try:
+        publish_raw(broker.url, protocol.group_desired_topic(group), desired_bytes([fleet_key], group, 1, envelope))
+        final = dev.wait_phase("committed", "failed", "rolled_back")
+    finally:
+        link.stop()
+    assert final["phase"] == "committed", final
+    assert corrupted["left"] == 0 and final["download"]["bad"] == 1
+    assert final["download"]["received"] == target.signed["archive"]["size"] // target.chunk_size + 1
+    assert_serving(dev, ("tiny", "1.1.0"))
+
+# --- crashes ---------------------------------------------------------------------------------------
+
+KILL_POINTS = ["downloading", "chunk", "verifying", "store-install", "staged", "selftest", "activating",
+               "probation", "committed", "rolling_back"]
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_9_at_every_state_then_resume(point, device, served, archives, fleet_key, group, tmp_path):
+    dev = device()
+    marker = tmp_path / "paused"
+    name = "escalating" if point == "rolling_back" else "v2"
+    if point == "store-install":
+        dev.start(extra_env={STORE_PAUSE_ENV: str(marker)})
+    else:
+        dev.start(pause=f"{point}:{marker}")
+    record = release_for(archives, name, fleet_key, group, tmp_path)
+    served.manager.publish(record, archives[name], group)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert dev.process.poll() is None, dev.log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"never paused at {point}: {dev.log.read_text()[-2000:]}"
+        time.sleep(0.05)
+    dev.kill()
+    assert dev.process.returncode == -9
+    interrupted = dev.state()["phase"]
+    # Right after the crash, before any restart, the device can already serve a verified model.
+    from edge_runtime import load
+
+    assert load(root=dev.home).manifest.ref in ("tiny@1.0.0", "tiny@1.1.0", "tiny@1.2.0")
+    dev.start()
+    final = dev.wait_phase("committed", "failed", "rolled_back")
+    expected = ("rolled_back", ("tiny", "1.0.0")) if point == "rolling_back" else ("committed", ("tiny", "1.1.0"))
+    assert (final["phase"], Store(dev.home).active()) == expected, (interrupted, final)
+    assert_serving(dev, expected[1])
+    if point == "chunk":  # resumed from the bitmap: the stored chunk was not fetched again
+        total = len(releases.read(record)["signed"]["archive"]["chunks"])
+        assert final["download"]["received"] < total
+
+# --- failures that must leave the old model serving ------------------------------------------------
+
+def test_disk_full_during_download_aborts_and_the_old_model_keeps_serving(device, served, archives, fleet_key,
+                                                                          group, tmp_path):
+    downloads = tmp_path / "small-disk"
+    downloads.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(downloads)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'not permitted'})")
+    try:
+        dev = device("--download-dir", str(downloads)).start()
+        record = release_for(archives, "v2", fleet_key, group, tmp_path)
+        served.manager.publish(record, archives["v2"], group)
+        final = dev.wait_phase("committed", "failed", "rolled_back")
+        assert final["phase"] == "failed" and "disk full" in final["last_error"], final
+        assert list(downloads.iterdir()) == []  # the partial download was removed
+        assert_serving(dev, ("tiny", "1.0.0"))
+        assert [m.ref for m in Store(dev.home).versions()] == ["tiny@1.0.0"]
+    finally:
+        dev.stop()
+        subprocess.run(["umount", str(downloads)], check=False)
+
+def test_failing_self_test_is_not_activated_and_is_removed(device, served, reports, archives, fleet_key, group,
+                                                           tmp_path):
+    dev = device().start()
+    record = release_for(archives, "failing", fleet_key, group, tmp_path)
+    served.manager.publish(record, archives["failing"], group)
+    final = dev.wait_phase("committed", "failed", "rolled_back")
+    assert final["phase"] == "failed" and "golden example 1" in final["last_error"], final
+    assert [m.ref for m in Store(dev.home).versions()] == ["tiny@1.0.0"]
+    assert_serving(dev, ("tiny", "1.0.0"))
+    reports.wait(lambda s: s["device"] == dev.id and s["phase"] == "failed" and "golden" in s["last_error"], 10,
+                 "failed report")
+
+def test_higher_escalation_rate_in_probation_rolls_back(device, served, reports, archives, fleet_key, group,
+                                                        tmp_path):
+    dev = device().start()
+    record = release_for(archives, "escalating", fleet_key, group, tmp_path)
+    served.manager.publish(record, archives["escalating"], group)
+    final = dev.wait_phase("committed", "failed", "rolled_back")
+    assert final["phase"] == "rolled_back" and "escalation rate" in final["last_error"], final
+    assert_serving(dev, ("tiny", "1.0.0"))
+    report = reports.wait(lambda s: s["device"] == dev.id and s["phase"] == "rolled_back", 10, "rolled_back")
+    assert report["active"] == "tiny@1.0.0" and report["installed_release"] == 3

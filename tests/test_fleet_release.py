@@ -1,0 +1,140 @@
+"""Release records, desired-state messages, resumable chunk storage and canary choice (no broker needed)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet_sim import tiny
+from edge_runtime import signing
+from edge_runtime.cli import main
+from edge_runtime.fleet import protocol, release as releases, rollout
+from edge_runtime.fleet.chunks import BadChunk, Download
+from edge_runtime.fleet.errors import ChunkError, ReleaseError
+
+@pytest.fixture(scope="module")
+def keys():
+    return [signing.generate_keypair()[0] for _ in range(3)]
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, keys):
+    return tiny(tmp_path_factory.mktemp("b") / "tiny-1.1.0", keys[0], "1.1.0", 2)
+
+def trusted(*private):
+    return {signing.key_id(k.public_key()): k.public_key() for k in private}
+
+def test_release_record_pins_the_archive_and_verifies(archive, keys):
+    envelope = releases.create(archive, ["lab"], [keys[0]], 3600, chunk_size=64 * 1024)
+    signed = envelope["signed"]
+    assert signed["bundle"] == {"name": "tiny", "version": "1.1.0", "release": 2} and signed["release"] == 2
+    assert signed["archive"]["size"] == archive.stat().st_size
+    assert len(signed["archive"]["chunks"]) == -(-archive.stat().st_size // (64 * 1024))
+    release = releases.verify(envelope, trusted(keys[0]), group="lab", installed_release=1)
+    assert release.ref == "tiny@1.1.0" and release.number == 2
+
+@pytest.mark.parametrize("case, reason", [
+    ("unsigned", "not signed"), ("wrong key", "untrusted key"), ("tampered", "bad signature"),
+    ("expired", "expired at"), ("older", "not newer than installed release 5"),
+    ("same", "not newer than installed release 2"), ("group", "is for group(s) lab, this device is in shop"),
+    ("runtime", "needs edge-runtime >= 99.0.0"),
+])
+def test_release_refusals(archive, keys, case, reason):
+    now = time.time()
+    envelope = releases.create(archive, ["lab"], [keys[0]], 3600, now=now - 7200 if case == "expired" else now)
+    group, installed = "lab", {"older": 5, "same": 2}.get(case, 0)
+    trust = trusted(keys[0])
+    if case == "unsigned":
+        envelope["signatures"] = []
+    elif case == "wrong key":
+        trust = trusted(keys[1])
+    elif case == "tampered":
+        envelope["signed"]["groups"] = ["lab", "shop"]
+    elif case == "group":
+        group = "shop"
+    elif case == "runtime":
+        envelope = releases.sign_envelope({**envelope["signed"], "min_runtime": "99.0.0"}, [keys[0]])
+    with pytest.raises(ReleaseError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        releases.verify(envelope, trust, group=group, installed_release=installed, runtime="0.1.0")
+
+def test_threshold_needs_k_distinct_trusted_keys(archive, keys):
+    two = releases.create(archive, ["lab"], keys[:2], 3600)
+    doubled = {**two, "signatures": [two["signatures"][0]] * 2}
+    all_trusted = trusted(*keys)
+    assert releases.verify(two, all_trusted, group="lab", installed_release=0, threshold=2).number == 2
+    with pytest.raises(ReleaseError, match="only 1 of the 2"):
+        releases.verify(doubled, all_trusted, group="lab", installed_release=0, threshold=2)
+
+def test_desired_state_is_signed_and_addressed(archive, keys):
+    envelope = releases.create(archive, ["lab"], [keys[0]], 3600)
+    data = protocol.encode(protocol.build_desired([keys[0]], scope="group", target="lab", seq=7, action="install",
+                                                  release=envelope, stage="canary", canaries=["b", "a"]))
+    signed = protocol.verify_desired(data, trusted(keys[0]), 1, "group", "lab")
+    assert signed["seq"] == 7 and signed["canaries"] == ["a", "b"]
+    with pytest.raises(ReleaseError, match="addressed to group lab"):
+        protocol.verify_desired(data, trusted(keys[0]), 1, "group", "shop")
+    forged = json.loads(data)
+    forged["signed"]["seq"] = 8
+    with pytest.raises(ReleaseError, match="bad signature"):
+        protocol.verify_desired(json.dumps(forged).encode(), trusted(keys[0]), 1, "group", "lab")
+
+def test_chunk_round_trip():
+    payload = protocol.encode_chunk("ab" * 32, 3, b"\x00\x01data")
+    header, data = protocol.decode_chunk(payload)
+    assert header["index"] == 3 and data == b"\x00\x01data"
+    assert protocol.decode_chunk(b"junk") is None
+
+def test_download_rejects_bad_chunks_and_resumes_from_its_bitmap(archive, keys, tmp_path):
+    envelope = releases.create(archive, ["lab"], [keys[0]], 3600, chunk_size=64 * 1024)
+    release = releases.check_shape(envelope["signed"])
+    blob = archive.read_bytes()
+    chunk = lambda i: blob[i * 65536:(i + 1) * 65536]  # noqa: E731
+    download = Download(tmp_path, release).open()
+    with pytest.raises(BadChunk, match="chunk 1: sha256"):
+        download.write(1, b"\x00" + chunk(1)[1:])
+    assert download.part.stat().st_size == 0  # never written
+    download.write(0, chunk(0))
+    download.write(2, chunk(2))
+    with pytest.raises(ChunkError, match="incomplete"):
+        download.finish()
+    # A torn write after the bitmap was saved: resume re-hashes and drops the damaged chunk.
+    with open(download.part, "r+b") as handle:
+        handle.seek(2 * 65536)
+        handle.write(b"\xff")
+    resumed = Download(tmp_path, release).open()
+    assert resumed.done == {0}
+    for index in resumed.missing():
+        resumed.write(index, chunk(index))
+    assert resumed.finish().read_bytes() == blob
+    resumed.discard()
+    assert list(tmp_path.iterdir()) == []
+
+def test_canaries_are_deterministic_and_at_least_one():
+    devices = [f"dev-{i:02d}" for i in range(20)]
+    first = rollout.choose_canaries(devices, 10, "sha-a")
+    assert len(first) == 2 and first == rollout.choose_canaries(list(reversed(devices)), 10, "sha-a")
+    assert rollout.choose_canaries(devices[:3], 10, "sha-a") and len(rollout.choose_canaries(devices[:3], 10, "x")) == 1
+
+def test_assess_halts_on_a_failed_canary_and_promotes_when_all_committed():
+    plan = {"group": "lab", "stage": "canary", "canaries": ["a", "b"],
+            "release": {"number": 3, "sha256": "x", "ref": "tiny@1.2.0"}}
+    ok = {"group": "lab", "phase": "committed", "release": 3, "active": "tiny@1.2.0"}
+    assert rollout.assess(plan, {"a": ok, "b": {**ok, "phase": "probation"}})[0] is None
+    assert rollout.assess(plan, {"a": ok, "b": ok}) == ("promote", "all 2 canaries committed")
+    bad = {**ok, "phase": "rolled_back", "last_error": "probation: escalation rate 100%"}
+    assert rollout.assess(plan, {"a": ok, "b": bad}) == ("halt", "canary b rolled_back: probation: escalation rate 100%")
+
+def test_cli_release_create(archive, keys, tmp_path, capsys):
+    key_file = tmp_path / "fleet.key"
+    signing.save_private_key(key_file, keys[0])
+    out = tmp_path / "r.json"
+    assert main(["fleet", "release", "create", str(archive), "--group", "lab", "--expires", "2h",
+                 "--key", str(key_file), "--out", str(out), "--chunk-size", "65536"]) == 0
+    signed = json.loads(out.read_text())["signed"]
+    assert signed["expires_at"] - signed["created_at"] == 7200 and signed["groups"] == ["lab"]
+    assert main(["fleet", "release", "create", str(archive), "--group", "lab", "--expires", "soon",
+                 "--key", str(key_file)]) == 1
+    assert "duration 'soon'" in capsys.readouterr().err
+    assert main(["fleet", "release", "create", str(archive), "--group", "lab"]) == 2
+    assert main(["fleet", "release", "create", str(archive), "--group", "bad/group", "--key", str(key_file)]) == 1

@@ -1,0 +1,252 @@
+"""On-device privacy: what leaves the device on the real escalation path holds no raw personal data.
+
+A seeded Faker corpus (several locales) puts emails, phones, cards, IBANs and IPs into ordinary sentences;
+a router that escalates everything sends each through Pipeline -> Egress (redaction) -> Outbox (SQLite) and,
+in the MQTT variant, -> Uplink -> real mosquitto -> Worker. The payloads are read back from the outbox
+database and from a subscriber on the escalation topic.
+
+Names are NOT covered: the regex scanner finds structured identifiers only. Person names need a
+token-classification (NER) bundle, which cannot be built offline here without a NER dataset; a test below
+pins that gap down so it is not forgotten. 12-digit Maestro cards are missed by the scanner too (a strict
+xfail below: it turns red once the scanner learns them, so the marker gets removed).
+The TTL test drives the Egress with a fake clock (the only stand-in: a real hour cannot pass in a test).
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bundle_factory  # noqa: E402
+import mqtt_broker  # noqa: E402
+
+import edge_runtime  # noqa: E402
+from edge_runtime import escalation  # noqa: E402
+from edge_runtime.audit import AuditLog  # noqa: E402
+from edge_runtime.egress import Egress  # noqa: E402
+from edge_runtime.outbox import Outbox  # noqa: E402
+from edge_runtime.pipeline import Pipeline  # noqa: E402
+from edge_runtime.router import Router, RoutingPolicy  # noqa: E402
+
+CARD_TYPES = ["visa16", "visa13", "visa19", "mastercard", "amex", "discover", "diners", "jcb15", "jcb16"]
+LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "nl_NL", "es_ES", "it_IT"]
+COVERED = ("EMAIL", "PHONE", "CARD", "IBAN", "IPV4", "IPV6")
+SENTENCES = [
+    "Hi, this is {name}, please send the invoice to {EMAIL} before Friday.",
+    "You can reach me on {PHONE} after 6pm, ask for {name}.",
+    "My card {CARD} was charged twice for the same order.",
+    "Please refund the amount to my account {IBAN}, thanks.",
+    "The router at {IPV4} keeps dropping the connection since yesterday.",
+    "Our server {IPV6} is blocked by your firewall, can you check?",
+    "{name} here: change the contact from {EMAIL} to my phone {PHONE}.",
+    "Transfer 200 euros from {IBAN} and bill the rest to card {CARD}.",
+]
+
+def pii_corpus(seed: int = 4, per_locale: int = 12) -> list[tuple[str, dict[str, list[str]], str]]:
+    """(sentence, {kind: [raw values]}, person name) per example."""
+    from faker import Faker
+
+    rng = random.Random(seed)
+    examples = []
+    for locale in LOCALES:
+        fake = Faker(locale)
+        fake.seed_instance(seed)
+        for _ in range(per_locale):
+            template = rng.choice(SENTENCES)
+            card = fake.credit_card_number(card_type=rng.choice(CARD_TYPES))
+            if rng.random() < 0.3:
+                card = " ".join(card[k:k + 4] for k in range(0, len(card), 4))
+            values = {"EMAIL": fake.email(), "PHONE": fake.phone_number(), "CARD": card, "IBAN": fake.iban(),
+                      "IPV4": fake.ipv4(), "IPV6": fake.ipv6()}
+            name = fake.name()
+            used = {kind: [value] for kind, value in values.items() if "{" + kind + "}" in template}
+            examples.append((template.format(name=name, **values), used, name))
+    return examples
+
+def leaks(payload: str, values: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Raw values found in a payload, also in compact form (spaces, dashes and dots removed)."""
+    compact = re.sub(r"[\s\-.()]", "", payload)
+    found = []
+    for kind, items in values.items():
+        for value in items:
+            squeezed = re.sub(r"[\s\-.()]", "", value)
+            if value in payload or (len(squeezed) >= 8 and squeezed in compact):
+                found.append((kind, value))
+    return found
+
+@pytest.fixture(scope="module")
+def corpus():
+    pytest.importorskip("faker")
+    return pii_corpus()
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A real (tiny) ONNX classifier bundle: the model's answer does not matter, only what leaves the device."""
+    root = tmp_path_factory.mktemp("privacy-home")
+    key = bundle_factory.trusted_signer(root)
+    bundle_factory.make_bundle(root / "tiny", key)
+    return edge_runtime.load(root / "tiny", root=root)
+
+def escalate_everything(model) -> Router:
+    return Router(RoutingPolicy.from_dict({"always_escalate": model.labels}))
+
+def outbox_payloads(path: Path) -> list[dict]:
+    with sqlite3.connect(path) as db:
+        return [json.loads(row[0]) for row in db.execute("SELECT payload FROM requests ORDER BY seq")]
+
+def test_corpus_is_varied(corpus):
+    kinds = {kind for _, values, _ in corpus for kind in values}
+    assert kinds == set(COVERED) and len(corpus) == len(LOCALES) * 12
+    assert len({values.get("PHONE", [""])[0][:3] for _, values, _ in corpus}) > 5   # several phone formats
+
+def test_outbox_payloads_hold_no_raw_values(corpus, tiny, tmp_path):
+    audit_path = tmp_path / "audit.jsonl"
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    pipeline = Pipeline(tiny, escalate_everything(tiny), egress=Egress(audit=AuditLog(audit_path)), outbox=outbox)
+    answers = pipeline.predict([text for text, _, _ in corpus])
+    outbox.close()
+    assert {a.decision for a in answers} == {"deferred"}
+    payloads = outbox_payloads(tmp_path / "outbox.sqlite")
+    assert len(payloads) == len(corpus)
+    by_id = {p["id"]: p for p in payloads}
+    for (text, values, _), answer in zip(corpus, answers):
+        payload = json.dumps(by_id[answer.request_id], ensure_ascii=False)
+        assert leaks(payload, values) == [], text
+        for kind in values:
+            assert f"<{kind}_1>" in by_id[answer.request_id]["text"]
+
+    # the audit log says which kinds were removed and why, never a value or the text
+    entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    assert len(entries) == len(corpus)
+    for entry, (text, values, _) in zip(entries, corpus):
+        assert entry["event"] == "escalated" and entry["reason"].startswith("always_escalate:")
+        assert set(entry["redacted"]) == set(values)
+    audit_text = audit_path.read_text()
+    assert all(leaks(audit_text, values) == [] for _, values, _ in corpus)
+    assert all(text[:30] not in audit_text for text, _, _ in corpus)
+
+def test_names_are_not_covered_by_the_regex_scanner(corpus, tiny, tmp_path):
+    """The known gap, pinned: person names leave the device unless a NER bundle adds them as spans."""
+    with_names = [(text, name) for text, _, name in corpus if name in text]
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    Pipeline(tiny, escalate_everything(tiny), outbox=outbox).predict([text for text, _ in with_names])
+    outbox.close()
+    sent = " ".join(p["text"] for p in outbox_payloads(tmp_path / "outbox.sqlite"))
+    assert with_names and all(name in sent for _, name in with_names)
+
+def test_refuse_policy_keeps_the_text_on_the_device(corpus, tiny, tmp_path):
+    audit_path = tmp_path / "audit.jsonl"
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    egress = Egress(policy={"EMAIL": "refuse"}, audit=AuditLog(audit_path))
+    texts = [text for text, values, _ in corpus]
+    answers = Pipeline(tiny, escalate_everything(tiny), egress=egress, outbox=outbox).predict(texts)
+    outbox.close()
+    with_email = [("EMAIL" in values) for _, values, _ in corpus]
+    assert any(with_email) and not all(with_email)
+    for answer, has_email in zip(answers, with_email):
+        if has_email:
+            assert answer.decision == "local" and answer.reason.startswith("privacy_refused:always_escalate:")
+            assert answer.request_id is None
+        else:
+            assert answer.decision == "deferred"
+    sent = outbox_payloads(tmp_path / "outbox.sqlite")
+    assert len(sent) == len(with_email) - sum(with_email)
+    refused = [json.loads(line) for line in audit_path.read_text().splitlines()
+               if json.loads(line)["event"] == "refused"]
+    assert len(refused) == sum(with_email)
+    assert all("EMAIL" in entry["refused"] for entry in refused)
+    assert all(leaks(audit_path.read_text(), values) == [] for _, values, _ in corpus)
+
+@pytest.mark.xfail(strict=True, reason="kernels pii scan finds cards of 13-19 digits; 12-digit Maestro cards leak")
+def test_twelve_digit_maestro_cards_are_redacted(tiny, tmp_path):
+    from faker import Faker
+
+    fake = Faker("en_GB")
+    fake.seed_instance(7)
+    cards = [fake.credit_card_number(card_type="maestro") for _ in range(5)]
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    Pipeline(tiny, escalate_everything(tiny), outbox=outbox).predict([f"my card {c} was declined" for c in cards])
+    outbox.close()
+    sent = json.dumps(outbox_payloads(tmp_path / "outbox.sqlite"))
+    assert leaks(sent, {"CARD": cards}) == []
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+def test_placeholders_restore_the_answer_locally_until_the_ttl(tiny, tmp_path):
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    pipeline = Pipeline(tiny, escalate_everything(tiny), egress=Egress(ttl_s=60, clock=clock), outbox=outbox)
+    text = "send the receipt to ana.lopez@example.org and call +44 20 7946 0958"
+    (answer,) = pipeline.predict([text])
+    request = json.loads(outbox.payload(answer.request_id))
+    assert "ana.lopez@example.org" not in request["text"] and "<EMAIL_1>" in request["text"]
+    # the upstream answers in terms of the placeholders it saw
+    reply = escalation.build_answer(answer.request_id, {"label": "receipt", "reply": f"done: {request['text']}"},
+                                    worker="w1")
+    assert outbox.record_answers([(answer.request_id, escalation.encode(reply))]) == [answer.request_id]
+    restored = pipeline.answer(answer.request_id)
+    assert restored["reply"] == f"done: {text}"
+    clock.now += 61                    # past the TTL the mapping is gone: placeholders stay placeholders
+    expired = pipeline.answer(answer.request_id)
+    assert "ana.lopez@example.org" not in json.dumps(expired) and "<EMAIL_1>" in expired["reply"]
+    outbox.close()
+
+@pytest.mark.mqtt
+@pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
+def test_mqtt_escalations_hold_no_raw_values(corpus, tiny, tmp_path):
+    import paho.mqtt.client as paho
+
+    from edge_runtime.mqtt import BrokerConfig
+    from edge_runtime.uplink import Uplink
+    from edge_runtime.worker import Worker
+
+    def echo(request: dict) -> dict:       # an upstream that quotes the (redacted) text back
+        return {"label": request["text"], "score": 0.99}
+
+    seen: list[bytes] = []          # list.append is atomic: paho's thread appends, the test reads
+    with mqtt_broker.Broker() as broker:
+        config = BrokerConfig.from_url(broker.url, backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
+        probe = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        subscribed = threading.Event()
+        probe.on_message = lambda client, userdata, message: seen.append(message.payload)
+        probe.on_subscribe = lambda *args: subscribed.set()
+        probe.connect("127.0.0.1", broker.port)
+        probe.subscribe("edge/+/escalations", qos=1)
+        probe.loop_start()
+        try:
+            assert subscribed.wait(10)
+            with Worker(config, echo) as worker, \
+                    Uplink("privacy-dev", config, Outbox(tmp_path / "o.sqlite"), bundle=(tiny.name, tiny.version)) \
+                    as uplink:
+                worker.wait_ready(5)
+                uplink.wait_ready(5)
+                pipeline = Pipeline(tiny, escalate_everything(tiny), uplink=uplink, deadline_s=20)
+                sample = corpus[::4]
+                answers = pipeline.predict([text for text, _, _ in sample])
+                deadline = time.monotonic() + 20
+                while len(seen) < len(sample) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        finally:
+            probe.loop_stop()
+            probe.disconnect()
+    assert len(seen) >= len(sample)
+    wire = [json.loads(payload) for payload in seen]
+    by_id = {message["id"]: message for message in wire}
+    for (text, values, _), answer in zip(sample, answers):
+        assert answer.decision == "escalate"
+        assert leaks(json.dumps(by_id[answer.request_id], ensure_ascii=False), values) == []
+        # the echoed answer came back with placeholders and was re-identified on the device
+        assert answer.label == text

@@ -1,0 +1,550 @@
+"""The device daemon, run for real: `python -m edge_runtime serve` as a subprocess on a free port, with
+a private store holding the small CLINC150 INT8 bundle; clients are http.client, raw sockets and
+tritonclient."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_runtime import bundle, signing
+from edge_runtime.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+TEXTS = ["what is my checking account balance", "play the next song please", "thank you so much",
+         "freeze my bank account right now", "roll a six sided die"]
+MARKER = "zq-private-marker-7731"          # must never appear in the daemon's log
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+def private_home(root: Path, bundle_dir: Path, key_path: Path) -> Path:
+    from conftest import _store_with
+
+    return _store_with(root, bundle_dir, key_path)
+
+class Daemon:
+    """`edge-runtime serve` in a subprocess; stdout+stderr go to a log file the test can read."""
+
+    def __init__(self, home: Path, *args: str, env: dict | None = None, log_dir: Path | None = None):
+        self.port = free_port()
+        self.log_path = (log_dir or home) / f"daemon-{self.port}.log"
+        environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        environment.update(EDGE_RUNTIME_HOME=str(home), **(env or {}))
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime", "serve", "--port", str(self.port), *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=REPO)
+
+    def wait_ready(self, timeout: float = 120.0) -> "Daemon":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited {self.process.returncode}: {self.log()}")
+            try:
+                if self.get("/v2/health/ready")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"daemon not ready: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 60.0):
+        """(status, headers, parsed JSON or raw bytes)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+                headers = {"Content-Type": "application/json", **(headers or {})}
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            data = response.read()
+            kind = response.getheader("Content-Type", "")
+            return response.status, dict(response.getheaders()), json.loads(data) if "json" in kind else data
+        finally:
+            connection.close()
+
+    def get(self, path: str):
+        return self.request("GET", path, timeout=5)
+
+    def post(self, path: str, body, headers=None):
+        return self.request("POST", path, body, headers)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+def cli(*args, home: Path, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True,
+                          env={**os.environ, "EDGE_RUNTIME_HOME": str(home), **(env or {})}, cwd=REPO, timeout=120)
+
+def second_version(small_bundle: Path, build_key: Path, where: Path, version="0.2.0", release=2) -> Path:
+    target = where / f"bundle-{version}"
+    shutil.copytree(small_bundle, target)
+    raw = json.loads((target / "manifest.json").read_text())
+    raw.update(version=version, release=release)
+    (target / "signature.json").unlink(missing_ok=True)
+    bundle.finalize(target, raw, signing.load_private_key(build_key))
+    return target
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, small_bundle, build_key):
+    """One daemon shared by the read-mostly tests of this module (own store copy)."""
+    home = private_home(tmp_path_factory.mktemp("daemon-home"), small_bundle, build_key)
+    socket_path = tmp_path_factory.mktemp("sock") / "edge.sock"
+    running = Daemon(home, "--unix-socket", str(socket_path)).wait_ready()
+    running.home, running.socket_path = home, socket_path
+    yield running
+    assert running.stop() == 0
+    assert MARKER not in running.log(), "request text leaked into the log"
+
+def infer_body(texts, **extra):
+    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}], **extra}
+
+# -- Open Inference Protocol ------------------------------------------------------------------------
+
+def test_v2_health_and_metadata_follow_the_protocol(daemon):
+    status, _, body = daemon.get("/v2/health/live")
+    assert (status, body) == (200, {"live": True})
+    status, _, body = daemon.get("/v2/health/ready")
+    assert (status, body) == (200, {"ready": True})
+    status, _, server = daemon.get("/v2")
+    assert status == 200 and server["name"] == "edge-runtime" and server["version"]
+    assert isinstance(server["extensions"], list)
+    status, _, meta = daemon.get("/v2/models/clinc-small")
+    assert status == 200 and meta["name"] == "clinc-small" and meta["versions"] == ["0.1.0"]
+    assert meta["platform"] == "onnxruntime"
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    outputs = {o["name"]: o["datatype"] for o in meta["outputs"]}
+    assert outputs["label"] == "BYTES" and outputs["score"] == "FP32" and outputs["decision"] == "BYTES"
+    assert daemon.get("/v2/models/clinc-small/versions/0.1.0")[2] == meta
+    assert daemon.get("/v2/models/clinc-small/ready")[2] == {"name": "clinc-small", "ready": True}
+    assert daemon.get("/v2/models/clinc-small/versions/0.1.0/ready")[0] == 200
+    for path in ("/v2/models/other", "/v2/models/clinc-small/versions/9.9.9", "/v2/models/other/ready"):
+        status, _, body = daemon.get(path)
+        assert status == 404 and "error" in body
+
+def test_v2_infer_returns_named_tensors(daemon, small_bundle):
+    labels = set(json.loads((small_bundle / "labels.json").read_text()))
+    status, _, body = daemon.post("/v2/models/clinc-small/infer", infer_body(TEXTS[:3], id="req-7"))
+    assert status == 200, body
+    assert body["model_name"] == "clinc-small" and body["model_version"] == "0.1.0" and body["id"] == "req-7"
+    tensors = {t["name"]: t for t in body["outputs"]}
+    assert set(tensors) == {"label", "score", "decision", "reason", "request_id"}
+    assert tensors["label"]["datatype"] == "BYTES" and tensors["label"]["shape"] == [3]
+    assert set(tensors["label"]["data"]) <= labels
+    assert tensors["score"]["datatype"] == "FP32" and all(0 < s <= 1 for s in tensors["score"]["data"])
+    assert set(tensors["decision"]["data"]) <= {"local", "escalate", "deferred"}
+    # outputs selection, [N, 1] shape, the /versions form
+    status, _, body = daemon.post("/v2/models/clinc-small/versions/0.1.0/infer", {
+        "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [[TEXTS[0]], [TEXTS[1]]]}],
+        "outputs": [{"name": "top_k"}, {"name": "score"}]})
+    assert status == 200, body
+    assert [t["name"] for t in body["outputs"]] == ["top_k", "score"]
+    top = [json.loads(item) for item in body["outputs"][0]["data"]]
+    assert len(top) == 2 and top[0][0]["score"] == pytest.approx(body["outputs"][1]["data"][0], rel=1e-6)
+    status, _, body = daemon.post("/v2/models/clinc-small/versions/0.0.9/infer", infer_body(TEXTS[:1]))
+    assert status == 404 and "0.0.9" in body["error"]
+
+def test_standard_v2_client_works_unchanged(daemon):
+    np = pytest.importorskip("numpy")
+    httpclient = pytest.importorskip("tritonclient.http")
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{daemon.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("clinc-small")
+    assert client.get_model_metadata("clinc-small")["platform"] == "onnxruntime"
+    for binary in (False, True):                  # JSON tensors and the binary tensor extension
+        tensor = httpclient.InferInput("text", [3], "BYTES")
+        tensor.set_data_from_numpy(np.array(TEXTS[:3], dtype=np.object_), binary_data=binary)
+        outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in ("label", "score")]
+        result = client.infer("clinc-small", [tensor], outputs=outputs, request_id="t1")
+        assert result.get_response()["model_version"] == "0.1.0" and result.get_response()["id"] == "t1"
+        assert result.as_numpy("label").shape == (3,) and result.as_numpy("score").dtype == np.float32
+        plain = daemon.post("/v1/predict", {"texts": TEXTS[:3]})[2]["predictions"]
+        assert [label if isinstance(label, str) else label.decode() for label in result.as_numpy("label")] == [p["label"] for p in plain]
+    default = client.infer("clinc-small", [tensor])   # no outputs named: the server's defaults
+    assert default.as_numpy("decision").shape == (3,)
+    with pytest.raises(Exception, match="unknown model"):
+        client.infer("nope", [tensor])
+    client.close()
+
+# -- /v1 ----------------------------------------------------------------------------------------------
+
+def test_v1_predict_single_and_many(daemon):
+    status, _, one = daemon.post("/v1/predict", {"text": TEXTS[0], "top_k": 2})
+    assert status == 200, one
+    assert one["model"] == "clinc-small" and one["version"] == "0.1.0"
+    assert one["decision"] in ("local", "escalate", "deferred") and one["reason"]
+    assert len(one["top_k"]) == 2 and one["top_k"][0]["label"] == one["label"]
+    status, _, many = daemon.post("/v1/predict", {"texts": TEXTS})
+    assert status == 200 and len(many["predictions"]) == len(TEXTS)
+    assert many["predictions"][0]["label"] == one["label"]
+
+def test_deferred_answers_are_looked_up_by_request_id(daemon):
+    from edge_runtime.outbox import Outbox
+
+    status, _, body = daemon.post("/v1/predict", {"texts": TEXTS})
+    deferred = [p for p in body["predictions"] if p["decision"] == "deferred"]
+    assert deferred, "the small bundle's routing escalates its unsure answers (offline: deferred)"
+    request_id = deferred[0]["request_id"]
+    status, _, pending = daemon.get(f"/v1/requests/{request_id}")
+    assert status == 202 and pending == {"request_id": request_id, "status": "pending"}
+    with Outbox(daemon.home / "state" / "outbox.sqlite") as outbox:    # an upstream answer arrives
+        assert outbox.record_answers([(request_id, json.dumps({"id": request_id, "answer": {"label": "upstream"}}))])
+    status, _, answered = daemon.get(f"/v1/requests/{request_id}")
+    assert status == 200 and answered["status"] == "answered" and answered["answer"]["label"] == "upstream"
+    for unknown in ("0" * 32, "not-an-id"):
+        status, _, body = daemon.get(f"/v1/requests/{unknown}")
+        assert status == 404 and body == {"error": "unknown request id"}
+
+def test_metrics_and_status(daemon):
+    daemon.post("/v1/predict", {"texts": TEXTS[:2]})
+    status, headers, text = daemon.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = text.decode()
+    for series in ('edge_runtime_http_requests_total{route="v1_predict",status="200"}',
+                   "edge_runtime_http_request_seconds_bucket", "edge_runtime_batch_size_bucket",
+                   "edge_runtime_queue_depth", "edge_runtime_outbox_pending", "edge_runtime_outbox_dead_letters", "edge_runtime_escalation_rate",
+                   'edge_runtime_model_info{name="clinc-small",release="1",version="0.1.0"} 1.0',
+                   "edge_runtime_predictions_total{decision="):
+        assert series in text, series
+    done = cli("status", "--json", "--url", f"http://127.0.0.1:{daemon.port}", home=daemon.home)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model"]["name"] == "clinc-small" and report["model"]["version"] == "0.1.0"
+    assert report["kernels"] in ("cython", "python") and report["uptime_s"] > 0
+    assert report["outbox"]["pending"] >= 0 and report["queue"]["max_batch"] == 32
+    assert sum(report["counters"]["predictions"].values()) >= 2
+    human = cli("status", "--unix-socket", str(daemon.socket_path), home=daemon.home)
+    assert human.returncode == 0 and "clinc-small@0.1.0" in human.stdout
+    nobody = cli("status", "--url", f"http://127.0.0.1:{free_port()}", home=daemon.home)
+    assert nobody.returncode == 1 and "no daemon answering" in nobody.stderr
+
+# -- bad input ------------------------------------------------------------------------------------------
+
+JSON = {"Content-Type": "application/json"}
+BAD_REQUESTS = [
+    ("non-JSON", "/v1/predict", b"{not json", JSON, 400, "not valid JSON"),
+    ("empty body", "/v1/predict", b"", JSON, 400, "empty body"),
+    ("JSON list", "/v1/predict", b"[1, 2]", JSON, 400, "JSON object"),
+    ("wrong type", "/v1/predict", json.dumps({"text": 42}).encode(), JSON, 400, "text 1: expected a string"),
+    ("texts not a list", "/v1/predict", json.dumps({"texts": MARKER}).encode(), JSON, 400, "expected a list"),
+    ("both fields", "/v1/predict", json.dumps({"text": "a", "texts": ["b"]}).encode(), JSON, 400, "exactly one"),
+    ("unknown field", "/v1/predict", json.dumps({"txt": "a"}).encode(), JSON, 400, "unknown field"),
+    ("bad top_k", "/v1/predict", json.dumps({"text": "a", "top_k": 9}).encode(), JSON, 400, "top_k"),
+    ("empty text", "/v1/predict", json.dumps({"text": "   "}).encode(), JSON, 400, "text 1: empty"),
+    ("empty list", "/v1/predict", json.dumps({"texts": []}).encode(), JSON, 400, "empty list"),
+    ("text too long", "/v1/predict", json.dumps({"text": MARKER * 1000}).encode(), JSON, 413, "too long"),
+    ("too many texts", "/v1/predict", json.dumps({"texts": [MARKER] * 65}).encode(), JSON, 413, "too many texts"),
+    ("invalid UTF-8", "/v1/predict", b'{"text": "caf\xe9 ' + MARKER.encode() + b'"}', JSON, 400, "UTF-8"),
+    ("lone surrogate", "/v1/predict", b'{"text": "\\ud800 ' + MARKER.encode() + b'"}', JSON, 400, "surrogate"),
+    ("nested too deep", "/v1/predict", b"[" * 100_000 + b"]" * 100_000, JSON, 400, "not valid JSON"),
+    ("huge number", "/v1/predict", b'{"top_k": ' + b"9" * 5000 + b"}", JSON, 400, "not valid JSON"),
+    ("wrong content type", "/v1/predict", json.dumps({"text": MARKER}).encode(), {"Content-Type": "text/plain"},
+     415, "content type"),
+    ("body too large", "/v1/predict", b'{"text": "' + b"a" * (2 << 20) + b'"}', JSON, 413, "too large"),
+    ("unknown model", "/v2/models/other/infer", json.dumps(infer_body([MARKER])).encode(), JSON, 404,
+     "unknown model"),
+    ("unknown version", "/v2/models/clinc-small/versions/7.0.0/infer", json.dumps(infer_body(["a"])).encode(),
+     JSON, 404, "no version"),
+    ("V2 wrong input name", "/v2/models/clinc-small/infer",
+     json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode(), JSON,
+     400, "input named 'text'"),
+    ("V2 wrong datatype", "/v2/models/clinc-small/infer",
+     json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}).encode(), JSON,
+     400, "BYTES"),
+    ("V2 shape mismatch", "/v2/models/clinc-small/infer",
+     json.dumps({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}).encode(), JSON,
+     400, "does not match"),
+    ("V2 unknown output", "/v2/models/clinc-small/infer",
+     json.dumps(infer_body(["a"], outputs=[{"name": "logits"}])).encode(), JSON, 400, "unknown output"),
+    ("V2 number as text", "/v2/models/clinc-small/infer",
+     json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [5]}]}).encode(), JSON,
+     400, "expected a string"),
+    ("V2 bad binary header", "/v2/models/clinc-small/infer", b"{}", {"Inference-Header-Content-Length": "99"},
+     400, "Inference-Header-Content-Length"),
+]
+
+@pytest.mark.parametrize("path, body, headers, status, reason", [case[1:] for case in BAD_REQUESTS],
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_input_gets_a_clear_4xx_and_the_daemon_keeps_serving(daemon, path, body, headers, status, reason):
+    got, _, answer = daemon.post(path, body, headers)
+    assert got == status, answer
+    assert set(answer) == {"error"} and reason in answer["error"]
+    assert MARKER not in answer["error"]
+    assert daemon.post("/v1/predict", {"text": TEXTS[0]})[0] == 200
+
+def test_unknown_paths_and_methods_answer_json(daemon):
+    status, _, body = daemon.get("/nope")
+    assert status == 404 and "error" in body
+    status, headers, body = daemon.request("DELETE", "/v1/predict")
+    assert status == 405 and "error" in body and "POST" in headers.get("Allow", "")
+
+def _raw(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(30)
+    return sock
+
+def test_slow_and_vanishing_clients_do_not_block_others(daemon):
+    body = json.dumps({"text": MARKER}).encode()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    slow_headers = _raw(daemon.port)
+    slow_headers.sendall(head[:20])                          # headers trickle in, never finish
+    slow_body = _raw(daemon.port)
+    slow_body.sendall(head + body[:5])                       # body stalls half-way
+    for _ in range(3):                                       # gone mid-body / before the answer
+        gone = _raw(daemon.port)
+        gone.sendall(head + body[:3])
+        gone.close()
+        gone = _raw(daemon.port)
+        gone.sendall(head + body)
+        gone.close()
+    results = []
+
+    def client():
+        for _ in range(5):
+            results.append(daemon.post("/v1/predict", {"text": TEXTS[1]})[0])
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [200] * 20
+    slow_headers.sendall(head[20:] + body)                   # the slow ones still get served
+    assert slow_headers.recv(65536).startswith(b"HTTP/1.1 200")
+    slow_body.sendall(body[5:])
+    assert slow_body.recv(65536).startswith(b"HTTP/1.1 200")
+    slow_headers.close()
+    slow_body.close()
+
+def test_a_client_that_never_sends_its_body_gets_408(tmp_path, small_bundle, build_key):
+    home = private_home(tmp_path / "home", small_bundle, build_key)
+    running = Daemon(home, env={"EDGE_RUNTIME_SERVER_BODY_TIMEOUT_S": "0.5"}).wait_ready()
+    try:
+        sock = _raw(running.port)
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"te")
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408") and b"not received within" in answer
+        sock.close()
+    finally:
+        assert running.stop() == 0
+
+# -- backpressure and deadlines ----------------------------------------------------------------------
+
+def test_full_queue_answers_503_with_retry_after(tmp_path, small_bundle, build_key):
+    home = private_home(tmp_path / "home", small_bundle, build_key)
+    running = Daemon(home, env={"EDGE_RUNTIME_BATCHING_MAX_QUEUE": "64"}).wait_ready()
+    try:
+        statuses, lock = [], threading.Lock()
+
+        def client():
+            got = running.post("/v1/predict", {"texts": [TEXTS[i % 5] for i in range(64)]})
+            with lock:
+                statuses.append((got[0], got[1].get("Retry-After"), got[2]))
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert {s for s, _, _ in statuses} <= {200, 503} and len(statuses) == 8
+        refused = [(retry, body) for s, retry, body in statuses if s == 503]
+        assert refused, "8 concurrent requests of 64 texts cannot all fit a 64-text queue"
+        assert all(retry == "1" and "queue is full" in body["error"] for retry, body in refused)
+        assert any(s == 200 for s, _, _ in statuses)
+        assert running.post("/v1/predict", {"text": TEXTS[0]})[0] == 200
+        assert 'edge_runtime_rejected_total{reason="queue_full"}' in running.get("/metrics")[2].decode()
+    finally:
+        assert running.stop() == 0
+
+def test_deadline_answers_504(tmp_path, small_bundle, build_key):
+    home = private_home(tmp_path / "home", small_bundle, build_key)
+    running = Daemon(home, env={"EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "1"}).wait_ready()
+    try:
+        status, _, body = running.post("/v1/predict", {"texts": [TEXTS[i % 5] * 4 for i in range(64)]})
+        assert status == 504 and "deadline exceeded" in body["error"]
+        assert running.get("/v2/health/live")[0] == 200
+    finally:
+        assert running.stop() == 0
+
+# -- hot swap, drain, systemd notify ---------------------------------------------------------------------
+
+def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp_path):
+    Store(home).install(second_version(small_bundle, build_key, tmp_path))
+    running = Daemon(home, log_dir=tmp_path).wait_ready()
+    seen: list[list[tuple[int, str]]] = [[] for _ in range(4)]
+    stop = threading.Event()
+
+    def load(mine):
+        while not stop.is_set():
+            status, _, body = running.post("/v1/predict", {"text": TEXTS[len(mine) % 5]})
+            mine.append((status, body.get("version") if isinstance(body, dict) else None))
+    threads = [threading.Thread(target=load, args=(s,)) for s in seen]
+    try:
+        for thread in threads:
+            thread.start()
+        while sum(map(len, seen)) < 40:
+            time.sleep(0.05)
+        activated = cli("models", "activate", "clinc-small@0.2.0", home=home)
+        assert activated.returncode == 0, activated.stderr
+        running.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120
+        while not all(s and s[-1][1] == "0.2.0" for s in seen):
+            assert time.monotonic() < deadline, "the daemon never switched to 0.2.0"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    answers = [answer for mine in seen for answer in mine]
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    for mine in seen:                                   # each client: old answers, then only new ones
+        versions = [version for _, version in mine]
+        first_new = versions.index("0.2.0")
+        assert set(versions[:first_new]) == {"0.1.0"} and set(versions[first_new:]) == {"0.2.0"}
+    assert running.get("/v2/models/clinc-small")[2]["versions"] == ["0.2.0"]
+    assert 'version="0.2.0"' in running.get("/metrics")[2].decode()
+    status, _, result = running.post("/v1/admin/reload", b"", {})
+    assert status == 200 and result["result"] == "unchanged"
+    assert cli("models", "rollback", home=home).returncode == 0
+    status, _, result = running.post("/v1/admin/reload", b"", {})
+    assert result["result"] == "swapped" and result["version"] == "0.1.0"
+    assert running.stop() == 0
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory):
+    running = daemon_home_factory()
+    results, lock = [], threading.Lock()
+
+    def client():
+        got = running.post("/v1/predict", {"texts": [TEXTS[i % 5] for i in range(64)]})
+        with lock:
+            results.append(got[0])
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while running.get("/v1/status")[2]["queue"]["depth"] == 0:     # wait until work is in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    running.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(120)
+    assert running.process.wait(60) == 0
+    assert results == [200] * 6
+    log = running.log()
+    assert '"msg": "stopping: draining in-flight requests"' in log and '"msg": "stopped"' in log
+
+@pytest.fixture
+def daemon_home_factory(tmp_path, small_bundle, build_key):
+    started = []
+
+    def start(*args, env=None):
+        home = private_home(tmp_path / f"home{len(started)}", small_bundle, build_key)
+        running = Daemon(home, *args, env=env)
+        started.append(running)
+        return running.wait_ready()
+    yield start
+    for running in started:
+        running.stop()
+
+def test_sd_notify_ready_watchdog_reloading_stopping(daemon_home_factory, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(60)
+    running = daemon_home_factory(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
+    messages = []
+
+    def until(field: str) -> None:
+        while field not in messages:
+            messages.extend(listener.recv(4096).decode().split("\n"))
+    until("READY=1")
+    assert any(m.startswith("STATUS=serving clinc-small@0.1.0") for m in messages)
+    messages.clear()
+    until("WATCHDOG=1")
+    running.process.send_signal(signal.SIGHUP)
+    until("RELOADING=1")
+    assert any(m.startswith("MONOTONIC_USEC=") for m in messages)
+    messages.clear()
+    until("READY=1")
+    running.process.send_signal(signal.SIGTERM)
+    until("STOPPING=1")
+    assert running.process.wait(60) == 0
+    listener.close()
+
+def test_notifier_speaks_to_an_abstract_socket():
+    from edge_runtime.server.notify import Notifier
+
+    name = f"edge-runtime-test-{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0" + name)
+    listener.settimeout(5)
+    notifier = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "3000000"})
+    assert notifier.watchdog_s == 1.5
+    assert notifier.ready("serving x")
+    assert listener.recv(4096) == b"READY=1\nSTATUS=serving x"
+    assert notifier.stopping() and listener.recv(4096).startswith(b"STOPPING=1")
+    notifier.close()
+    listener.close()
+    assert not Notifier({}).ready("no systemd")           # not under systemd: a no-op
+
+# -- uplink, configuration errors -------------------------------------------------------------------------
+
+def test_escalations_go_upstream_when_a_broker_is_configured(daemon_home_factory):
+    mqtt_broker = pytest.importorskip("mqtt_broker")
+    if not mqtt_broker.available():
+        pytest.skip("mosquitto is not installed")
+    from edge_runtime.mqtt import BrokerConfig
+    from edge_runtime.worker import Worker
+
+    with mqtt_broker.Broker() as broker, \
+            Worker(BrokerConfig.from_url(broker.url), lambda request: {"label": "upstream_label"}) as worker:
+        worker.wait_ready(10)
+        running = daemon_home_factory(env={"EDGE_RUNTIME_UPLINK_BROKER": broker.url,
+                                           "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-test",
+                                           "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "10000"})
+        deadline = time.monotonic() + 30
+        while not running.get("/v1/status")[2]["uplink"]["connected"]:
+            assert time.monotonic() < deadline, "the uplink never connected"
+            time.sleep(0.05)
+        status, _, body = running.post("/v1/predict", {"texts": TEXTS})
+        assert status == 200
+        escalated = [p for p in body["predictions"] if p["decision"] == "escalate"]
+        assert escalated and all(p["label"] == "upstream_label" and p["request_id"] for p in escalated)
+        assert all(p["decision"] in ("local", "escalate") for p in body["predictions"])
+
+def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
+    bad = tmp_path / "config.toml"
+    bad.write_text("[server]\nport = 70000\n")
+    done = cli("serve", "--config", str(bad), home=home)
+    assert done.returncode == 1 and "config.toml: server.port: must be an integer 1-65535" in done.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = cli("serve", "--port", str(busy.getsockname()[1]), home=home)
+    assert done.returncode == 1 and "address already in use" in done.stderr
+    done = cli("serve", home=tmp_path / "empty-home")
+    assert done.returncode == 1 and "no active model" in done.stderr

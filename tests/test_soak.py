@@ -1,0 +1,90 @@
+"""Soak: 50,000 mixed requests against the real daemon; its peak RSS after warm-up may grow <= 10%."""
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import threading
+import time
+
+import psutil
+import pytest
+
+from test_server import Daemon, private_home
+
+pytestmark = pytest.mark.slow
+
+TOTAL, WARM_UP, CLIENTS = 50_000, 5_000, 8
+WORDS = ("balance account transfer song play alarm weather paris card fee joke thank you freeze roll die "
+         "dollars savings checking tomorrow morning music next please what how is my the a").split()
+
+def random_text(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 14)))
+
+def one_request(rng: random.Random):
+    """(method, path, body, expected statuses): /v1 single and batch, V2, and some bad requests."""
+    kind = rng.random()
+    if kind < 0.55:
+        return "/v1/predict", {"text": random_text(rng)}, {200}
+    if kind < 0.75:
+        return "/v1/predict", {"texts": [random_text(rng) for _ in range(rng.randint(2, 6))]}, {200}
+    if kind < 0.95:
+        texts = [random_text(rng) for _ in range(rng.randint(1, 3))]
+        return "/v2/models/clinc-small/infer", {
+            "inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}, {200}
+    return "/v1/predict", {"text": "   "}, {400}
+
+def test_fifty_thousand_requests_keep_memory_flat(tmp_path, small_bundle, build_key):
+    home = private_home(tmp_path / "home", small_bundle, build_key)
+    running = Daemon(home).wait_ready()
+    process = psutil.Process(running.process.pid)
+    counter = iter(range(TOTAL))
+    lock = threading.Lock()
+    done = [0]
+    failures: list = []
+    samples: list[tuple[int, int]] = []          # (requests done, rss)
+    finished = threading.Event()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=60)
+        while True:
+            with lock:
+                number = next(counter, None)
+            if number is None:
+                break
+            path, body, expected = one_request(rng)
+            connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            if response.status not in expected:
+                failures.append((path, response.status))
+            with lock:
+                done[0] += 1
+        connection.close()
+
+    def monitor() -> None:
+        while not finished.is_set():
+            samples.append((done[0], process.memory_info().rss))
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(CLIENTS)]
+    watcher = threading.Thread(target=monitor)
+    watcher.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(3600)
+    finished.set()
+    watcher.join()
+    status = running.get("/v1/status")[2]
+    assert running.stop() == 0
+    assert not failures, failures[:5]
+    assert done[0] == TOTAL
+    warmed = [rss for count, rss in samples if count >= WARM_UP]
+    baseline = warmed[0]
+    peak = max(warmed)
+    print(f"\nsoak: rss after warm-up {baseline / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB "
+          f"(+{100 * (peak / baseline - 1):.1f}%), outbox {status['outbox']}")
+    assert peak <= baseline * 1.10, f"RSS grew from {baseline} to {peak} bytes"
+    assert status["queue"]["depth"] == 0

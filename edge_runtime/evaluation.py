@@ -6,30 +6,15 @@ kept_accuracy:     accuracy of the answers kept on the device (decision local).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError
+from . import datasets
 
-def read_jsonl(path: Path, text_key: str = "text", label_key: str = "label") -> tuple[list[str], list[str]]:
-    texts, labels = [], []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read: {error}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            texts.append(str(record[text_key]))
-            labels.append(str(record[label_key]))
-        except (ValueError, KeyError, TypeError):
-            raise InputError(f"{path}:{number}: expected a JSON object with {text_key!r} and {label_key!r}") from None
-    if not texts:
-        raise InputError(f"{path}: no examples")
-    return texts, labels
+def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
+    """(texts, labels) of a labelled JSONL file; InputError names the first bad line."""
+    split = datasets.read_jsonl(path)
+    return split.texts, split.labels
 
 def _share(hits: int, total: int) -> float | None:
     return hits / total if total else None
@@ -135,8 +120,6 @@ def candidate_labels(big, texts: Sequence[str], predictions: Sequence, oos_label
     """The upstream's answer restricted to the device's top-k labels plus the OOS label (the top-k travel
     with every escalation request). The upstream's own reject threshold still turns weak answers into OOS."""
     from .calibration import softmax
-
-    import numpy as np
 
     index = {label: i for i, label in enumerate(big.labels)}
     logits = big.logits(texts)

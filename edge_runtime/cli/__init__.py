@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("models", "models", "List, inspect, verify, install, activate and roll back bundles."),
     "keys": ("keys", "keys", "Generate and trust ed25519 signing keys."),
     "build": ("build", "build", "Build a signed INT8 bundle from a Hugging Face model (needs [build])."),
+    "calibrate": ("calibrate", "calibrate", "Fit temperature and routing thresholds; write a new signed bundle version."),
     "redact": ("redact", "redact", "Redact personal data from stdin lines."),
     "outbox": ("outbox", "outbox", "Inspect the escalation outbox: list, retry dead letters, purge."),
     "upstream": ("upstream", "upstream", "Run an upstream worker that answers escalations with a larger bundle."),

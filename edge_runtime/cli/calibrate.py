@@ -32,24 +32,27 @@ def write_version(model, manifest: dict, private_key, out: Path | None, install:
     from ..bundle import finalize
     from ..store import Store
 
-    parent = Path(out).parent if out else None
+    parent = Path(out).resolve().parent if out else None
     if out and Path(out).exists():
         raise click.UsageError(f"{out} already exists")
+    if parent:
+        parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=parent)) / "bundle"
     try:
         _copy_bundle(model.path, staging)
         finalize(staging, manifest, private_key=private_key)
         if install:
             return Store().install(staging).path
-        parent.mkdir(parents=True, exist_ok=True)
         staging.rename(out)
         return Path(out)
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
 
 def plot(result, scores, correct, path: Path) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise click.ClickException("--plot needs matplotlib (pip install matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -2,10 +2,10 @@
 time (the batch the golden labels were computed at), each within a latency budget."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from ..datasets import read_jsonl
 from .errors import SelfTestError
 
 GOLDEN = "golden.jsonl"
@@ -14,21 +14,8 @@ def read_golden(bundle_dir: Path) -> list[dict]:
     path = Path(bundle_dir) / GOLDEN
     if not path.is_file():
         raise SelfTestError(f"the bundle has no {GOLDEN}")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            ok = isinstance(row["text"], str) and isinstance(row["label"], str)
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:
-            raise SelfTestError(f"{GOLDEN} line {number} needs text and label")
-        rows.append(row)
-    if not rows:
-        raise SelfTestError(f"{GOLDEN} is empty")
-    return rows
+    golden = read_jsonl(path, error=SelfTestError)
+    return [{"text": text, "label": label} for text, label in zip(golden.texts, golden.labels)]
 
 def run(bundle_dir: Path, root: Path, latency_budget_ms: float = 1000.0) -> dict:
     """{"examples", "max_latency_ms"}; SelfTestError with the first failure otherwise."""

@@ -2,7 +2,8 @@
 # Builds and tests edge-runtime on arm64 (aarch64) on an x86-64 host: a Debian bookworm arm64 chroot
 # run under qemu-user-static. See deploy/arm/README.md. Needs root. Reuses the chroot on later runs.
 #
-#   deploy/arm/run-arm-tests.sh [--root DIR] [--bundle DIR] [--store DIR] [--skip-tests] [--skip-smoke]
+#   deploy/arm/run-arm-tests.sh [--root DIR] [--bundle DIR] [--store DIR] [--cpu QEMU_CPU]
+#                               [--skip-tests] [--skip-smoke]
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +15,9 @@ DEFAULT_MODEL="clinc150-minilm-int8"
 RUN_TESTS=1
 RUN_SMOKE=1
 SUITE="bookworm"
+# the emulated CPU matches the fake /proc/cpuinfo (Cortex-A76, as on a Raspberry Pi 5). qemu's default
+# "max" has SVE, and onnxruntime 1.32's optimised INT8 graph then returns wrong logits under qemu 7.2
+QEMU_CPU_MODEL="${ARM_QEMU_CPU:-cortex-a76}"
 VENV="/opt/edge-venv"          # inside the chroot
 BUILD_DIR="/build/edge-runtime" # inside the chroot: a copy of the repo, so the host's x86 .so files stay put
 SRC_MOUNT="/src"                # inside the chroot: the repo, bind-mounted read-only
@@ -22,7 +26,7 @@ PY_PACKAGES=(numpy Cython setuptools wheel tokenizers onnxruntime cryptography p
              paho-mqtt prometheus-client aiohttp psutil pytest pytest-timeout hypothesis faker)
 DEB_PACKAGES=(ca-certificates python3 python3-venv python3-dev gcc)
 
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run-arm-tests: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -30,6 +34,7 @@ while [ $# -gt 0 ]; do
         --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
         --bundle) BUNDLE="${2:?--bundle needs a directory}"; shift 2 ;;
         --store) STORE="${2:?--store needs a directory}"; shift 2 ;;
+        --cpu) QEMU_CPU_MODEL="${2:?--cpu needs a qemu CPU model}"; shift 2 ;;
         --skip-tests) RUN_TESTS=0; shift ;;
         --skip-smoke) RUN_SMOKE=0; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -82,7 +87,7 @@ in_chroot() {  # in_chroot 'shell commands' -- a clean environment, the venv fir
     chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
         PATH="$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 PYTHONDONTWRITEBYTECODE=1 \
-        HF_HUB_OFFLINE=1 DEBIAN_FRONTEND=noninteractive \
+        HF_HUB_OFFLINE=1 DEBIAN_FRONTEND=noninteractive QEMU_CPU="$QEMU_CPU_MODEL" \
         ${CHROOT_ENV:-} /bin/bash -ec "$1"
 }
 
@@ -168,7 +173,7 @@ mounts() {
     fake_cpuinfo || return 1
     mount_once "$ROOT/proc/cpuinfo" --bind "$ROOT/etc/edge-runtime-fake-cpuinfo" || return 1
     cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
-    NOTE="$(chroot "$ROOT" /usr/bin/uname -m), $(grep -c ^processor "$ROOT/proc/cpuinfo") fake cores"
+    NOTE="$(chroot "$ROOT" /usr/bin/uname -m), qemu -cpu $QEMU_CPU_MODEL, $(grep -c ^processor "$ROOT/proc/cpuinfo") fake Cortex-A76 cores"
 }
 
 debian_packages() {
@@ -178,10 +183,15 @@ debian_packages() {
         [ -n "$SECURITY" ] && echo "deb $SECURITY $SUITE-security main"
     } > "$ROOT/etc/apt/sources.list"
     # a TLS-intercepting proxy's CA (if the host trusts one) so pip inside reaches PyPI
+    local crt new_ca=0
     mkdir -p "$ROOT/usr/local/share/ca-certificates"
-    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/" 2>/dev/null || true
+    for crt in /usr/local/share/ca-certificates/*.crt; do
+        [ -f "$crt" ] || continue
+        cmp -s "$crt" "$ROOT$crt" || { cp "$crt" "$ROOT$crt"; new_ca=1; }
+    done
     if in_chroot "dpkg -s ${DEB_PACKAGES[*]} >/dev/null 2>&1"; then
-        in_chroot "update-ca-certificates >/dev/null"; NOTE="reused"; return 0
+        [ "$new_ca" = 0 ] || in_chroot "update-ca-certificates >/dev/null"
+        NOTE="reused"; return 0
     fi
     in_chroot "apt-get -o Acquire::Check-Valid-Until=false update -q &&
                apt-get install -y -q --no-install-recommends ${DEB_PACKAGES[*]} &&
@@ -200,9 +210,10 @@ python_packages() {
 
 build_extension() {
     # a fresh copy of the repo (the host's x86 .so and generated .c files stay out), built for aarch64;
-    # the previous aarch64 objects are kept when kernels/*.pyx and setup.py are unchanged
+    # the previous aarch64 objects (and the editable install) are kept when kernels/*.pyx, setup.py and
+    # pyproject.toml are unchanged: pip's editable build would recompile everything in a temp dir
     local dest="$ROOT$BUILD_DIR" keep="$ROOT/build/.keep" digest
-    digest="$(cat "$REPO/setup.py" "$REPO"/kernels/*.pyx | sha256sum | cut -c1-16)"
+    digest="$(cat "$REPO/setup.py" "$REPO/pyproject.toml" "$REPO"/kernels/*.pyx | sha256sum | cut -c1-16)"
     rm -rf "$keep"
     if [ "$(cat "$dest/.kernels-digest" 2>/dev/null)" = "$digest" ]; then
         mkdir -p "$keep/kernels" "$keep/so"
@@ -216,8 +227,10 @@ build_extension() {
     if [ -d "$keep" ]; then   # newer than the .pyx they came from, so neither Cython nor gcc runs again
         cp -a "$keep"/kernels/*.c "$dest/kernels/" && cp -a "$keep"/so/*.so "$dest/edge_runtime/kernels/"
         rm -rf "$keep"
+        in_chroot "cd $BUILD_DIR && python setup.py -q build_ext --inplace" || return 1
+    else
+        in_chroot "cd $BUILD_DIR && python -m pip install -q --no-build-isolation --no-deps -e ." || return 1
     fi
-    in_chroot "cd $BUILD_DIR && python -m pip install -q --no-build-isolation --no-deps -e ." || return 1
     echo "$digest" > "$dest/.kernels-digest"
 }
 
@@ -266,6 +279,20 @@ smoke() {
         edge-runtime predict "what is my balance" "book a table for two at 7pm" "how do I say thanks in french"
         echo "--- doctor --json"
         edge-runtime doctor --json | tee /tmp/doctor.json
+        echo "--- golden examples (same answers as on x86)"
+        python - <<EOF
+import json, os, sys
+from edge_runtime.model import load
+if not os.path.exists("/srv/edge-bundle/golden.jsonl"):
+    sys.exit(print("golden: the bundle has no golden.jsonl, skipped"))
+golden = [json.loads(line) for line in open("/srv/edge-bundle/golden.jsonl") if line.strip()]
+model = load(None)
+predictions = model.predict([g["text"] for g in golden])
+bad = [(g["text"], g["label"], g["score"], p.label, round(p.score, 4)) for g, p in zip(golden, predictions)
+       if p.label != g["label"] or abs(p.score - g["score"]) > 0.1]
+assert not bad, f"{len(bad)}/{len(golden)} golden examples differ: {bad[:3]}"
+print(f"golden: {len(golden)}/{len(golden)} labels match, scores within 0.1")
+EOF
         python - <<EOF
 import json
 report = json.load(open("/tmp/doctor.json"))

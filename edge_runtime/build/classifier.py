@@ -1,0 +1,107 @@
+"""Build a text classifier: encoder + linear head (logreg or fine-tuned) folded into one INT8 logits graph."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluate, export, golden, graph, metrics, ortrun, textenc
+from .config import DEFAULT_ROUTING, BuildConfig, BuildResult
+from .data import Split, encode_labels, label_list
+from .errors import BuildError
+from .gate import classifier_gate
+from .progress import Progress
+from .staging import base_manifest, emit, make_staging_dir, quantize_and_gate
+
+def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Progress | None = None) -> BuildResult:
+    progress = progress or Progress()
+    began = time.perf_counter()
+    labels = label_list(train)
+    y_train = np.asarray(encode_labels(train, labels, "training data"))
+    y_val = np.asarray(encode_labels(val, labels, "validation data"))
+    oos = config.oos_label if config.oos_label in labels else None
+    work, stage = make_staging_dir(config.out)
+    try:
+        textenc.save_bundle_tokenizer(config.model_dir / "tokenizer.json", stage / "tokenizer.json", config.max_length)
+        tokenizer = textenc.load_tokenizer(stage / "tokenizer.json", config.max_length)
+        ids_train, ids_val = textenc.encode(tokenizer, train.texts), textenc.encode(tokenizer, val.texts)
+        head, encoder_onnx = _train_head(config, work, ids_train, y_train, len(labels), progress)
+        with progress.step("fold pooling + head into the graph"):
+            graph.fold_head(encoder_onnx, head, work / "fp32.onnx")
+        with progress.bar("evaluate fp32 on val", len(ids_val)) as advance:
+            fp32_logits = ortrun.run(work / "fp32.onnx", ids_val, advance=advance)
+        fp32_scores = evaluate.scores(evaluate.predict(fp32_logits, labels), y_val, labels, oos)
+        state = {}
+
+        def evaluate_pair():
+            with progress.bar("evaluate int8 on val", len(ids_val)) as advance:
+                state["logits"] = ortrun.run(stage / "model.onnx", ids_val, advance=advance)
+            state["scores"] = evaluate.scores(evaluate.predict(state["logits"], labels), y_val, labels, oos)
+            return classifier_gate(fp32_scores, state["scores"], config.max_drop, force=config.force)
+
+        quant_section, gate_report = quantize_and_gate(work / "fp32.onnx", stage / "model.onnx", config,
+                                                        progress, evaluate_pair)
+        int8_logits, int8_scores = state["logits"], state["scores"]
+        threshold = (evaluate.fit_reject_threshold(int8_logits, y_val, labels, oos, config.reject_max_in_scope_drop)
+                     if oos else None)
+        with_reject = {
+            "fp32": evaluate.scores(evaluate.predict(fp32_logits, labels, oos, threshold), y_val, labels, oos),
+            "int8": evaluate.scores(evaluate.predict(int8_logits, labels, oos, threshold), y_val, labels, oos),
+        } if threshold is not None else None
+        (stage / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        golden.write_golden(stage / "golden.jsonl", golden.classifier_rows(
+            val.texts, ids_val, y_val, labels, lambda ids: ortrun.run(stage / "model.onnx", ids, batch_size=1),
+            oos, threshold, batch_logits=int8_logits))
+        with progress.step("measure size and batch-1 latency"):
+            sample = ids_val[0]
+            perf = {"fp32_size_mb": metrics.size_mb(work / "fp32.onnx"),
+                    "int8_size_mb": metrics.size_mb(stage / "model.onnx"),
+                    "fp32_latency_ms_batch1": metrics.batch1_latency_ms(work / "fp32.onnx", sample),
+                    "int8_latency_ms_batch1": metrics.batch1_latency_ms(stage / "model.onnx", sample),
+                    "latency_tokens": len(sample)}
+        manifest = base_manifest(config, "text-classification", "tokenizer.json")
+        manifest["model"] = {"file": "model.onnx", "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+                             "outputs": ["logits"], "quantization": quant_section}
+        manifest["postprocess"] = {"labels": "labels.json", "temperature": 1.0, "top_k": 5, "pooling": "mean",
+                                   "normalize": head.normalize, "reject_threshold": threshold,
+                                   "reject_label": oos if threshold is not None else None}
+        manifest["routing"] = {**DEFAULT_ROUTING, "oos_label": oos, **config.routing}
+        manifest["metrics"] = {
+            "split": "val", "head": config.head, "fp32": fp32_scores, "int8": int8_scores,
+            "with_reject_threshold": with_reject, "gate": gate_report, **perf,
+            "build_seconds": round(time.perf_counter() - began, 1), "steps_seconds": progress.timings,
+            "source": config.source,
+        }
+        path = emit(stage, manifest, config)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(path, manifest, round(time.perf_counter() - began, 1))
+
+def _train_head(config: BuildConfig, work: Path, ids_train, y_train, n_classes: int, progress: Progress):
+    """(LinearHead, path of the fp32 encoder ONNX it sits on)."""
+    from .head import LinearHead, fit_logreg
+
+    encoder_onnx = work / "encoder.onnx"
+    if config.head == "logreg":
+        with progress.step("export encoder to ONNX"):
+            export.cached_export(config.model_dir, config.cache_dir, encoder_onnx)
+        with progress.bar("encoder features (train)", len(ids_train)) as advance:
+            features = ortrun.run(encoder_onnx, ids_train, pool=True, normalize=True, advance=advance)
+        with progress.step("fit logistic-regression head"):
+            weight, bias = fit_logreg(features, y_train, n_classes, c=config.logreg_c, seed=config.finetune.seed)
+        return LinearHead(weight, bias, normalize=True), encoder_onnx
+    if config.head == "finetune":
+        from .finetune import cache_key, cached_finetune
+        from .source import fingerprint
+
+        cache_root = config.cache_dir or work
+        key = cache_key(fingerprint(config.model_dir), ids_train, y_train.tolist(), config.finetune)
+        tuned_dir, head = cached_finetune(config.model_dir, ids_train, y_train.tolist(), n_classes,
+                                          config.finetune, cache_root, key, progress)
+        with progress.step("export fine-tuned encoder to ONNX"):
+            export.cached_export(tuned_dir, config.cache_dir, encoder_onnx)
+        return head, encoder_onnx
+    raise BuildError(f"unknown head {config.head!r} (logreg or finetune)")

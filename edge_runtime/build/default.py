@@ -1,0 +1,78 @@
+"""`edge-runtime build default`: build the recipe's bundle, sign it locally, install and activate it."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import paths
+from .data import read_jsonl
+from .errors import BuildError
+from .finetune import FinetuneConfig
+from .local_key import local_signing_key
+from .classifier import build_classifier
+from .config import BuildConfig
+from .progress import Progress
+from .recipe import REPO, Recipe
+from .source import check_model_dir, package_model_dir
+
+def installed_release(store, name: str, release: int):
+    for manifest in store.versions(name):
+        if manifest.release == release:
+            return manifest
+    return None
+
+def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | None = None) -> BuildConfig:
+    source = recipe.section("source")
+    if "package" in source:
+        model_dir = package_model_dir(source["package"])
+    elif "model_dir" in source:
+        model_dir = check_model_dir(REPO / source["model_dir"])
+    else:
+        raise BuildError(f"{recipe.path}: [source] needs `package` or `model_dir`")
+    head = recipe.section("head")
+    tune = FinetuneConfig(**{key: head[key] for key in FinetuneConfig.__dataclass_fields__ if key in head})
+    gate = recipe.section("gate")
+    return BuildConfig(
+        model_dir=model_dir, name=recipe.get("bundle", "name"), version=str(recipe.get("bundle", "version")),
+        release=int(recipe.get("bundle", "release")), out=out, max_length=int(head.get("max_length", 64)),
+        max_drop=float(gate.get("max_drop", 1.0)), exclude_nodes=list(gate.get("exclude_nodes", [])),
+        fallback_exclude=list(gate.get("fallback_exclude", [])), head=head.get("mode", "finetune"),
+        logreg_c=float(head.get("logreg_c", 10.0)), finetune=tune,
+        oos_label=recipe.get("oos", "label", "oos"),
+        reject_max_in_scope_drop=float(recipe.get("oos", "reject_max_in_scope_drop", 0.3)),
+        routing=recipe.section("routing"), private_key=local_signing_key(root),
+        cache_dir=Path(cache_dir) if cache_dir else paths.cache_dir(root) / "build",
+        source={"model": source.get("package") or source.get("model_dir"),
+                "dataset": recipe.get("dataset", "attribution", recipe.get("dataset", "name")),
+                "recipe": str(recipe.path)},
+    )
+
+def build_default(recipe: Recipe, force: bool = False, datasets: Path | None = None,
+                  progress: Progress | None = None, cache_dir: Path | None = None) -> dict:
+    from ..store import Store
+
+    progress = progress or Progress()
+    root = paths.home()
+    store = Store(root)
+    name, release = recipe.get("bundle", "name"), int(recipe.get("bundle", "release"))
+    existing = installed_release(store, name, release)
+    if existing is not None and not force:
+        return {"status": "already-installed", "name": name, "version": existing.version, "release": release,
+                "path": str(existing.path), "metrics": existing.metrics}
+    began = time.perf_counter()
+    dataset = recipe.dataset_dir(datasets)
+    train = read_jsonl(dataset / recipe.get("dataset", "train", "train.jsonl"))
+    val = read_jsonl(dataset / recipe.get("dataset", "val", "val.jsonl"))
+    version = str(recipe.get("bundle", "version"))
+    out = paths.cache_dir(root) / "build" / "bundles" / f"{name}-{version}.erb"
+    config = config_from_recipe(recipe, root, out, cache_dir)
+    result = build_classifier(config, train, val, progress)
+    if existing is not None and existing.version == version:
+        raise BuildError(f"rebuilt {out}, but {name}@{version} is already installed: "
+                         "bump version and release in the recipe to install the rebuild")
+    with progress.step("install and activate"):
+        manifest = store.install(result.path)
+        store.activate(manifest.name, manifest.version)
+    return {"status": "built", "name": manifest.name, "version": manifest.version, "release": manifest.release,
+            "archive": str(result.path), "path": str(manifest.path),
+            "build_seconds": round(time.perf_counter() - began, 1), "metrics": result.manifest["metrics"]}

@@ -1,0 +1,133 @@
+"""Full fine-tuning of encoder + linear head on mean-pooled features, torch on CPU.
+
+The result is an HF model folder (the tuned encoder) plus a LinearHead, cached by a key of
+(source model, data, hyper-parameters) so a rerun after a later failure does not retrain.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .head import LinearHead
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    encoder_lr: float = 1e-4
+    head_lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    dropout: float = 0.1
+    seed: int = 0
+    threads: int = 2
+
+def cache_key(model_fingerprint: str, ids: list[list[int]], targets: list[int], config: FinetuneConfig) -> str:
+    digest = hashlib.sha256(model_fingerprint.encode())
+    digest.update(json.dumps([ids, targets, asdict(config)]).encode())
+    return digest.hexdigest()[:16]
+
+def _schedule(total_steps: int, warmup: float):
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return factor
+
+def _batches(ids, targets, batch_size, generator):
+    import torch
+
+    order = torch.randperm(len(ids), generator=generator).tolist()
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in chosen)
+        input_ids = torch.zeros((len(chosen), width), dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, i in enumerate(chosen):
+            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+            mask[row, :len(ids[i])] = 1
+        yield input_ids, mask, torch.tensor([targets[i] for i in chosen])
+
+def finetune(model_dir: Path, ids: list[list[int]], targets: list[int], n_classes: int,
+             config: FinetuneConfig, out_dir: Path, progress) -> LinearHead:
+    """Train; save the tuned encoder to `out_dir/encoder` and the head to `out_dir/head.npz`."""
+    import torch
+    from transformers import AutoModel
+
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    hidden = encoder.config.hidden_size
+    head = torch.nn.Linear(hidden, n_classes)
+    dropout = torch.nn.Dropout(config.dropout)
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in encoder.named_parameters() if not n.endswith(no_decay)],
+         "lr": config.encoder_lr, "weight_decay": config.weight_decay},
+        {"params": [p for n, p in encoder.named_parameters() if n.endswith(no_decay)],
+         "lr": config.encoder_lr, "weight_decay": 0.0},
+        {"params": [head.weight], "lr": config.head_lr, "weight_decay": config.weight_decay},
+        {"params": [head.bias], "lr": config.head_lr, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups)
+    steps_per_epoch = -(-len(ids) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, config.warmup))
+    generator = torch.Generator().manual_seed(config.seed)
+    encoder.train()
+    with progress.bar("fine-tune", total) as advance:
+        for epoch in range(config.epochs):
+            running = 0.0
+            for step, (input_ids, mask, labels) in enumerate(_batches(ids, targets, config.batch_size, generator), 1):
+                states = encoder(input_ids=input_ids, attention_mask=mask,
+                                 token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+                weights = mask.unsqueeze(-1).float()
+                pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                loss = torch.nn.functional.cross_entropy(head(dropout(pooled)), labels)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                optimizer.step()
+                scheduler.step()
+                running += loss.item()
+                advance(1, f"epoch {epoch + 1}/{config.epochs}, loss {running / step:.3f}")
+    encoder.eval()
+    out_dir = Path(out_dir)
+    encoder.save_pretrained(str(out_dir / "encoder"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (Path(model_dir) / name).is_file():
+            shutil.copyfile(Path(model_dir) / name, out_dir / "encoder" / name)
+    trained = LinearHead(head.weight.detach().numpy().astype(np.float32),
+                         head.bias.detach().numpy().astype(np.float32), normalize=False)
+    np.savez(out_dir / "head.npz", weight=trained.weight, bias=trained.bias)
+    return trained
+
+def load_cached(out_dir: Path) -> LinearHead | None:
+    out_dir = Path(out_dir)
+    if not (out_dir / "complete").is_file():
+        return None
+    saved = np.load(out_dir / "head.npz")
+    return LinearHead(saved["weight"], saved["bias"], normalize=False)
+
+def cached_finetune(model_dir, ids, targets, n_classes, config, cache_root: Path, key: str,
+                    progress) -> tuple[Path, LinearHead]:
+    """(tuned encoder folder, head), trained now or taken from `cache_root/finetune/key`."""
+    out_dir = Path(cache_root) / "finetune" / key
+    head = load_cached(out_dir)
+    if head is not None:
+        progress.log(f"fine-tune: reusing cached run {out_dir}")
+        return out_dir / "encoder", head
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # an interrupted run
+    out_dir.mkdir(parents=True)
+    head = finetune(model_dir, ids, targets, n_classes, config, out_dir, progress)
+    (out_dir / "complete").write_text("ok\n")
+    return out_dir / "encoder", head

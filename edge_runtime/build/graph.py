@@ -1,0 +1,67 @@
+"""Fold pooling and the linear head into the encoder graph, so the bundle maps token ids to logits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BuildError
+from .head import LinearHead
+
+HIDDEN = "last_hidden_state"
+LOGITS = "logits"
+
+def _const(name: str, values, dtype):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
+
+def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
+    """encoder (-> last_hidden_state) + masked mean pooling [+ L2 norm] + linear head -> `logits` (B, C)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(encoder_path))
+    graph = model.graph
+    if HIDDEN not in [output.name for output in graph.output]:
+        raise BuildError(f"{encoder_path} has no '{HIDDEN}' output to pool")
+    if "attention_mask" not in [item.name for item in graph.input]:
+        raise BuildError(f"{encoder_path} has no 'attention_mask' input")
+    p = "head/"
+    graph.initializer.extend([
+        _const(p + "axis_seq", [1], np.int64),
+        _const(p + "axis_last", [-1], np.int64),
+        _const(p + "eps", 1e-9, np.float32),
+        _const(p + "norm_eps", 1e-12, np.float32),
+        _const(p + "weight_t", head.weight.T, np.float32),
+        _const(p + "bias", head.bias, np.float32),
+    ])
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], [p + "mask_f"], to=TensorProto.FLOAT, name=p + "cast"),
+        helper.make_node("Unsqueeze", [p + "mask_f", p + "axis_last"], [p + "mask3"], name=p + "unsqueeze"),
+        helper.make_node("Mul", [HIDDEN, p + "mask3"], [p + "masked"], name=p + "mask_mul"),
+        helper.make_node("ReduceSum", [p + "masked", p + "axis_seq"], [p + "sum"], keepdims=0, name=p + "sum"),
+        helper.make_node("ReduceSum", [p + "mask3", p + "axis_seq"], [p + "count"], keepdims=0, name=p + "count"),
+        helper.make_node("Max", [p + "count", p + "eps"], [p + "count_safe"], name=p + "count_safe"),
+        helper.make_node("Div", [p + "sum", p + "count_safe"], [p + "mean"], name=p + "mean"),
+    ]
+    pooled = p + "mean"
+    if head.normalize:
+        nodes += [
+            helper.make_node("Mul", [pooled, pooled], [p + "sq"], name=p + "sq"),
+            helper.make_node("ReduceSum", [p + "sq", p + "axis_last"], [p + "sumsq"], keepdims=1, name=p + "sumsq"),
+            helper.make_node("Sqrt", [p + "sumsq"], [p + "norm"], name=p + "norm"),
+            helper.make_node("Max", [p + "norm", p + "norm_eps"], [p + "norm_safe"], name=p + "norm_safe"),
+            helper.make_node("Div", [pooled, p + "norm_safe"], [p + "unit"], name=p + "unit"),
+        ]
+        pooled = p + "unit"
+    # MatMul + Add rather than Gemm: the quantizer would rewrite a Gemm; this way the head stays fp32 by name
+    nodes += [helper.make_node("MatMul", [pooled, p + "weight_t"], [p + "scores"], name=p + "matmul"),
+              helper.make_node("Add", [p + "scores", p + "bias"], [LOGITS], name=p + "add")]
+    graph.node.extend(nodes)
+    while len(graph.output):
+        graph.output.pop()
+    graph.output.append(helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch_size", head.weight.shape[0]]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_path))
+    return Path(out_path)

@@ -1,0 +1,34 @@
+"""Tokenize with the bundle's own tokenizer.json, exactly as the runtime will, and batch by length."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+def load_tokenizer(path: Path, max_length: int):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()  # we pad per batch, to the longest sequence
+    tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+def save_bundle_tokenizer(source: Path, target: Path, max_length: int) -> None:
+    """The bundle's tokenizer: truncation at max_length, no fixed padding."""
+    load_tokenizer(source, max_length).save(str(target))
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [item.ids for item in tokenizer.encode_batch(texts)]
+
+def batches(ids: list[list[int]], batch_size: int):
+    """Yield (indices, input_ids, attention_mask, token_type_ids), batches of similar length."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in chosen)
+        input_ids = np.zeros((len(chosen), width), dtype=np.int64)
+        mask = np.zeros_like(input_ids)
+        for row, i in enumerate(chosen):
+            input_ids[row, :len(ids[i])] = ids[i]
+            mask[row, :len(ids[i])] = 1
+        yield chosen, input_ids, mask, np.zeros_like(input_ids)

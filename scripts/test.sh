@@ -10,5 +10,5 @@ $PY -c "import edge_runtime.kernels as k; assert k.IMPLEMENTATION == 'cython', '
 echo "== test suite (kernels: cython)"
 $PY -m pytest -q -p no:cacheprovider "$@"
 echo "== kernel-dependent tests (kernels: python, EDGE_RUNTIME_PURE_PYTHON=1)"
-EDGE_RUNTIME_PURE_PYTHON=1 $PY -m pytest -q -p no:cacheprovider -m "not slow and not mqtt" \
-    tests/test_runtime.py tests/test_redaction.py
+EDGE_RUNTIME_PURE_PYTHON=1 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
+    tests/test_runtime.py tests/test_redaction.py tests/test_privacy.py tests/test_server.py tests/test_hybrid.py

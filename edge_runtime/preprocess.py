@@ -36,6 +36,8 @@ class Preprocessor:
                 raise InputError(f"text {number}: expected a string, got {type(text).__name__}")
             if not text.strip():
                 raise InputError(f"text {number}: empty")
+        if len(texts) == 1:      # batch 1: skip the tokenizer's thread pool hand-off
+            return [self.tokenizer.encode(texts[0], add_special_tokens=True)]
         return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
 
     def tensors(self, encodings) -> Batch:

@@ -148,8 +148,8 @@ rootfs() {
         echo "second stage failed; remove $ROOT and run again"; return 1
     fi
     mkdir -p "$ROOT"
-    # binfmt runs arm64 binaries directly, so one pass does both stages; keep qemu inside for
-    # binfmt registrations without the F (fix-binary) flag
+    # two stages so that binfmt registrations without the F (fix-binary) flag work too: they look
+    # for qemu inside the chroot, which only exists after the first stage
     debootstrap --arch=arm64 --variant=minbase --foreign "$SUITE" "$ROOT" "$MIRROR" || return 1
     install -m 755 /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"
     chroot "$ROOT" /debootstrap/debootstrap --second-stage
@@ -209,29 +209,14 @@ python_packages() {
 }
 
 build_extension() {
-    # a fresh copy of the repo (the host's x86 .so and generated .c files stay out), built for aarch64;
-    # the previous aarch64 objects (and the editable install) are kept when kernels/*.pyx, setup.py and
-    # pyproject.toml are unchanged: pip's editable build would recompile everything in a temp dir
-    local dest="$ROOT$BUILD_DIR" keep="$ROOT/build/.keep" digest
-    digest="$(cat "$REPO/setup.py" "$REPO/pyproject.toml" "$REPO"/kernels/*.pyx | sha256sum | cut -c1-16)"
-    rm -rf "$keep"
-    if [ "$(cat "$dest/.kernels-digest" 2>/dev/null)" = "$digest" ]; then
-        mkdir -p "$keep/kernels" "$keep/so"
-        cp -a "$dest"/kernels/*.c "$keep/kernels/" && cp -a "$dest"/edge_runtime/kernels/_*.so "$keep/so/" \
-            && NOTE="kernels unchanged: reused the aarch64 objects" || rm -rf "$keep"
-    fi
+    # a fresh copy of the repo (the host's x86 .so and generated .c files stay out), built for aarch64
+    # on every run: Cython regenerates the C, gcc compiles it (the slowest stage under emulation)
+    local dest="$ROOT$BUILD_DIR"
     rm -rf "$dest" && mkdir -p "$dest" || return 1
     tar -C "$ROOT$SRC_MOUNT" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./.edge-runtime \
         --exclude=./.hypothesis --exclude=./.pytest_cache --exclude='*.so' --exclude='./kernels/*.c' \
         --exclude=__pycache__ --exclude='*.egg-info' -cf - . | tar -C "$dest" -xf - || return 1
-    if [ -d "$keep" ]; then   # newer than the .pyx they came from, so neither Cython nor gcc runs again
-        cp -a "$keep"/kernels/*.c "$dest/kernels/" && cp -a "$keep"/so/*.so "$dest/edge_runtime/kernels/"
-        rm -rf "$keep"
-        in_chroot "cd $BUILD_DIR && python setup.py -q build_ext --inplace" || return 1
-    else
-        in_chroot "cd $BUILD_DIR && python -m pip install -q --no-build-isolation --no-deps -e ." || return 1
-    fi
-    echo "$digest" > "$dest/.kernels-digest"
+    in_chroot "cd $BUILD_DIR && python -m pip install -q --no-build-isolation --no-deps -e ."
 }
 
 check_kernels() {

@@ -1,9 +1,11 @@
 """Crash-safe file writes: write a temp file, fsync it, rename it over the target, fsync the directory."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 def fsync_dir(path: Path) -> None:
@@ -34,3 +36,15 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def atomic_write_json(path: Path, obj, mode: int = 0o644) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+@contextmanager
+def exclusive_lock(directory: Path):
+    """Hold an exclusive flock on `directory`/.lock: one writer at a time across processes."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -6,19 +6,17 @@ at any point leaves either the old state or the new one, plus at most a dot-name
 listed as a version and is swept by the next install."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from . import bundle, paths, signing
 from .bundle import Manifest
 from .errors import BundleError, StoreError
-from .fsutil import atomic_write_json, fsync_dir
+from .fsutil import atomic_write_json, exclusive_lock, fsync_dir
 
 ACTIVE = "active.json"
 # Test hook: when set, the store creates this file and sleeps right before committing a change,
@@ -216,15 +214,8 @@ class Store:
 
     # --- changing -----------------------------------------------------------------------------
 
-    @contextmanager
     def _locked(self):
-        self.models.mkdir(parents=True, exist_ok=True)
-        with open(self.models / ".lock", "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return exclusive_lock(self.models)
 
     def _sweep_temp_dirs(self) -> None:
         """Left by a killed process; safe to delete because every writer holds the lock."""

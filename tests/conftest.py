@@ -5,7 +5,6 @@ Tests that change a store get their own copy (`home`); read-only tests share `bu
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

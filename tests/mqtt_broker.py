@@ -45,7 +45,7 @@ class Broker:
         self.process: subprocess.Popen | None = None
         self.log = self.dir / "mosquitto.log"
         lines = [
-            f"persistence true", f"persistence_location {self.dir}/", "autosave_interval 1",
+            "persistence true", f"persistence_location {self.dir}/", "autosave_interval 1",
             "set_tcp_nodelay true", "max_queued_messages 100000", "max_inflight_messages 0",
             f"log_dest file {self.log}", "log_type error", "log_type warning", "log_type notice",
             "log_type information",

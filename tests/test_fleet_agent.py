@@ -3,7 +3,6 @@ kill -9 at every state, disk full, failing self-test and probation."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import kernels
 from .head import LinearHead
 
 @dataclass
@@ -48,13 +49,9 @@ def _batches(ids, targets, batch_size, generator):
     order = torch.randperm(len(ids), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in chosen)
-        input_ids = torch.zeros((len(chosen), width), dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, i in enumerate(chosen):
-            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-            mask[row, :len(ids[i])] = 1
-        yield input_ids, mask, torch.tensor([targets[i] for i in chosen])
+        rows = [ids[i] for i in chosen]
+        input_ids, mask, _ = kernels.batching.pad_batch(rows, max(len(row) for row in rows))
+        yield torch.from_numpy(input_ids), torch.from_numpy(mask), torch.tensor([targets[i] for i in chosen])
 
 def finetune(model_dir: Path, ids: list[list[int]], targets: list[int], n_classes: int,
              config: FinetuneConfig, out_dir: Path, progress) -> LinearHead:

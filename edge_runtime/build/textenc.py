@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import kernels
+
 def load_tokenizer(path: Path, max_length: int):
     from tokenizers import Tokenizer
 
@@ -25,10 +27,6 @@ def batches(ids: list[list[int]], batch_size: int):
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in chosen)
-        input_ids = np.zeros((len(chosen), width), dtype=np.int64)
-        mask = np.zeros_like(input_ids)
-        for row, i in enumerate(chosen):
-            input_ids[row, :len(ids[i])] = ids[i]
-            mask[row, :len(ids[i])] = 1
+        rows = [ids[i] for i in chosen]
+        input_ids, mask, _ = kernels.batching.pad_batch(rows, max(len(row) for row in rows))
         yield chosen, input_ids, mask, np.zeros_like(input_ids)

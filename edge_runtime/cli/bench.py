@@ -6,7 +6,8 @@ import time
 import click
 import numpy as np
 
-from .common import emit_json, load_model, model_options
+from .output import print_json_line
+from .common import load_model, model_options
 
 SAMPLE_TEXTS = [
     "what is my checking account balance",
@@ -48,7 +49,7 @@ def bench(bundle, threads, allow_unsigned, n, as_json):
               "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
               "batch32_per_s": float(throughput)}
     if as_json:
-        emit_json(result)
+        print_json_line(result)
         return
     click.echo(f"{result['model']}  threads={threads or 'auto'}")
     click.echo(f"batch 1   p50 {p50:.2f} ms   p90 {p90:.2f} ms   p99 {p99:.2f} ms   ({n} requests)")

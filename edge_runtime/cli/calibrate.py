@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .common import emit_json, percent
+from .output import print_json_line
+from .common import percent
 
 def _signing_key(key: str | None):
     from .. import paths, signing
@@ -142,7 +143,7 @@ def calibrate(bundle, data, target_escalation, target_accuracy, oos_label, no_re
         plot(result, probs.max(axis=1), predicted == np.array([index[g] for g in gold]), Path(plot_path))
     new_ref = f"{new_manifest['name']}@{new_manifest['version']}"
     if as_json:
-        emit_json({**result.to_dict(), "model": f"{model.name}@{model.version}", "new_version": new_ref,
+        print_json_line({**result.to_dict(), "model": f"{model.name}@{model.version}", "new_version": new_ref,
                    "routing": new_manifest["routing"], "written": str(written) if written else None,
                    "plot": plot_path})
         return

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 
 import click
@@ -35,9 +34,6 @@ def read_texts(texts: tuple[str, ...]) -> list[str]:
     if sys.stdin.isatty():
         raise click.UsageError("give TEXT arguments or pipe lines on stdin")
     return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-
-def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False))
 
 def percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"

@@ -6,7 +6,8 @@ import shutil
 
 import click
 
-from .common import emit_json
+from .output import print_json_line
+
 
 # /proc/cpuinfo flags that decide how fast INT8 inference runs
 CPU_FEATURES = {
@@ -67,7 +68,7 @@ def doctor(as_json):
     """
     report = collect()
     if as_json:
-        emit_json(report)
+        print_json_line(report)
     else:
         features = ", ".join(name for name, present in report["cpu_features"].items() if present) or "none"
         click.echo(f"machine        {report['machine']} (Python {report['python']})")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..evaluation import DEFAULT_DEVICE_COST, DEFAULT_UPSTREAM_COST, per_class, read_jsonl, routed_figures
-from .common import emit_json, load_model, model_options, percent, router_for
+from .output import print_json_line
+from .common import load_model, model_options, percent, router_for
 
 ROWS = ("accuracy", "in_scope_accuracy", "oos_recall", "escalation_rate", "kept_accuracy")
 
@@ -80,7 +81,7 @@ def evaluate(bundle, threads, allow_unsigned, data, upstream, upstream_mode, dev
     if show_per_class or as_json:
         figures["per_class"] = per_class(gold, final)
     if as_json:
-        emit_json(figures)
+        print_json_line(figures)
         return
     click.echo(f"model             {figures['model']}  ({figures['n']} examples)")
     if upstream:

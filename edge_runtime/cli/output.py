@@ -12,6 +12,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 def print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str))
 
+def print_json_line(data) -> None:
+    """One compact JSON object per line (JSON Lines), for streams of results."""
+    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+
 def print_table(columns: list[str], rows: list[list], title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table

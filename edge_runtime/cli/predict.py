@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .common import emit_json, load_model, model_options, read_texts, router_for
+from .output import print_json_line
+from .common import load_model, model_options, read_texts, router_for
 
 CHUNK = 32
 
@@ -21,6 +22,6 @@ def predict(bundle, threads, allow_unsigned, as_json, top_k, texts):
         chunk = texts[start:start + CHUNK]
         for text, prediction in zip(chunk, router.route_all(model.predict(chunk, top_k=top_k))):
             if as_json:
-                emit_json({"text": text, **prediction.to_dict()})
+                print_json_line({"text": text, **prediction.to_dict()})
             else:
                 click.echo(f"{prediction.label}\t{prediction.score:.3f}\t{prediction.decision}\t{text}")

@@ -1,7 +1,6 @@
 """`edge-runtime update`: the device update agent (follows the fleet's desired state) and its state."""
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from pathlib import Path

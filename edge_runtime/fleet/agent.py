@@ -8,7 +8,6 @@ target, probation restarts, a rollback finishes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading

@@ -5,16 +5,14 @@ an flock on .lock and every write is atomic.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from .. import bundle, paths
-from ..fsutil import atomic_write_json, fsync_dir
+from ..fsutil import atomic_write_json, exclusive_lock, fsync_dir
 from .errors import ReleaseError
 from .release import Release, check_group, write as write_release
 
@@ -27,15 +25,8 @@ class FleetDir:
         self.releases = self.root / "releases"
         self.groups = self.root / "groups"
 
-    @contextmanager
     def locked(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return exclusive_lock(self.root)
 
     def add_release(self, envelope: dict, release: Release, archive: Path) -> Path:
         """Copy the archive in (checked against the record) so `fleet serve` can answer chunk requests."""

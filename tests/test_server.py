@@ -445,8 +445,12 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory):
     threads = [threading.Thread(target=client) for _ in range(6)]
     for thread in threads:
         thread.start()
+    def admitted() -> int:              # texts queued or in flight, plus texts already answered
+        status = running.get("/v1/status")[2]
+        return status["queue"]["depth"] + sum(status["counters"]["predictions"].values())
+
     deadline = time.monotonic() + 30
-    while running.get("/v1/status")[2]["queue"]["depth"] == 0:     # wait until work is in flight
+    while admitted() < 6 * 64:          # every client's request is in: a later one would be refused
         assert time.monotonic() < deadline
         time.sleep(0.002)
     running.process.send_signal(signal.SIGTERM)

@@ -54,3 +54,14 @@ def home(tmp_path, small_bundle, build_key, monkeypatch) -> Path:
     root = _store_with(tmp_path / "home", small_bundle, build_key)
     monkeypatch.setenv("EDGE_RUNTIME_HOME", str(root))
     return root
+
+@pytest.fixture(scope="session")
+def small_val_rows(small_bundle) -> list[str]:
+    """CLINC150 val lines whose label the small bundle knows (20 per intent, 100 oos)."""
+    import json
+
+    from small_bundle import datasets_dir
+
+    labels = set(json.loads((small_bundle / "labels.json").read_text()))
+    return [line for line in (datasets_dir() / "clinc150" / "val.jsonl").read_text().splitlines()
+            if json.loads(line)["label"] in labels]

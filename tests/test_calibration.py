@@ -19,15 +19,9 @@ from edge_runtime.store import Store
 
 
 @pytest.fixture(scope="module")
-def val_file(small_bundle, tmp_path_factory) -> Path:
-    """CLINC150 val rows whose label the small bundle knows (20 per intent, 100 oos)."""
-    from small_bundle import datasets_dir
-
-    labels = set(json.loads((small_bundle / "labels.json").read_text()))
-    rows = [line for line in (datasets_dir() / "clinc150" / "val.jsonl").read_text().splitlines()
-            if json.loads(line)["label"] in labels]
+def val_file(small_val_rows, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("val") / "val.jsonl"
-    path.write_text("\n".join(rows) + "\n")
+    path.write_text("\n".join(small_val_rows) + "\n")
     return path
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,9 @@ def cli(*args, home):
                           env=environment, cwd=REPO, timeout=300)
 
 @pytest.fixture(scope="module")
-def val_file(small_bundle, tmp_path_factory) -> Path:
-    from small_bundle import datasets_dir
-
-    labels = set(json.loads((small_bundle / "labels.json").read_text()))
-    rows = [line for line in (datasets_dir() / "clinc150" / "val.jsonl").read_text().splitlines()
-            if json.loads(line)["label"] in labels]
+def val_file(small_val_rows, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("hybrid") / "val.jsonl"
-    path.write_text("\n".join(rows[::2]) + "\n")
+    path.write_text("\n".join(small_val_rows[::2]) + "\n")
     return path
 
 @pytest.fixture(scope="module")

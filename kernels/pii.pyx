@@ -269,6 +269,11 @@ cdef bint luhn(const int* digits, Py_ssize_t count) noexcept nogil:
         total += d
     return total % 10 == 0
 
+cdef inline bint maestro(const int* digits) noexcept nogil:
+    # Maestro issues 12-digit cards: IIN 50 or 56-69
+    return (digits[0] == 5 and (digits[1] == 0 or 6 <= digits[1] <= 8)) or digits[0] == 6
+
+
 cdef Py_ssize_t m_card(Buf b, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     if b[i] == 48 or not numeric_prev_ok(b, i):
         return -1
@@ -301,7 +306,7 @@ cdef Py_ssize_t m_card(Buf b, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
         break
     for g in range(ng - 1, -1, -1):
         count = counts[g]
-        if count < 13:
+        if count < 12 or (count == 12 and not maestro(digits)):
             break
         if count > 19:
             continue

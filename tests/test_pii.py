@@ -37,6 +37,7 @@ POSITIVES = [
     ("call +14155552671 now", "+14155552671", "PHONE"),
     ("call 020 7946 0958 now", "020 7946 0958", "PHONE"),
     ("appelez le 06 12 34 56 78 svp", "06 12 34 56 78", "PHONE"),
+    ("maestro 6759 6498 2648 declined", "6759 6498 2648", "CARD"),             # 12 digits: Maestro only
     ("ruf an: 030 12345678", "030 12345678", "PHONE"),
     ("ruf an: +49 30 1234567.", "+49 30 1234567", "PHONE"),
     ("bel +31(0)20 1234567", "+31(0)20 1234567", "PHONE"),
@@ -74,6 +75,7 @@ NEGATIVES = [
     "commit 3f786850e387550fdab836ed7e6dc881de23001b fixed it",
     "total $1,299.99 or 1.299,00 EUR for 12 items of 500 g",
     "card 4111111111111112 fails Luhn, IBAN DE89370400440532013001 fails mod-97",
+    "12 digits pass Luhn but are no Maestro IIN: 411111111117 or 3782 8224 6313",
     "octets 256.1.1.1 and 1.2.3.4.5 are not addresses",
     "class MyVeryLongCamelCaseClassName2 in /usr/lib/python3.12/site-packages",
     "numbers 42 and 1000000 and 3.14159",

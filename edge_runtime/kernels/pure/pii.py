@@ -11,7 +11,7 @@ kept before it.
 
 Decisions (both twins):
 - Character classes are ASCII: non-ASCII letters and digits are plain separators.
-- CARD: 13-19 digits, first digit not 0, one separator kind (' ' or '-') between groups of
+- CARD: 13-19 digits (12 for Maestro: IIN 50, 56-69), first digit not 0, one separator kind (' ' or '-') between groups of
   3-6 digits (the last 1-6), Luhn; the longest valid prefix of the groups wins.
 - PHONE: '+' or '00' then 8-15 digits; or a trunk '0' then 9-12 digits (9-11 when written
   as one plain block); or North American 3-3-4 / 1-3-3-4 groups, or 10 plain digits whose
@@ -273,6 +273,11 @@ def _luhn(digits, count):
     return total % 10 == 0
 
 
+def _maestro(digits):
+    """Maestro issues 12-digit cards: IIN 50 or 56-69."""
+    return (digits[0] == 5 and (digits[1] == 0 or 6 <= digits[1] <= 8)) or digits[0] == 6
+
+
 def _card(b, n, i):
     if b[i] == 48 or not _numeric_prev_ok(b, i):
         return -1
@@ -302,7 +307,7 @@ def _card(b, n, i):
         break
     for g in range(len(ends) - 1, -1, -1):
         count = counts[g]
-        if count < 13:
+        if count < 12 or (count == 12 and not _maestro(digits)):
             break
         if count > 19:
             continue

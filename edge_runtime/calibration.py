@@ -7,6 +7,8 @@ Everything works on raw logits (N, C) and gold class indices from a labelled val
   escalation_threshold / accuracy_threshold   the min_confidence the router escalates below
   per_class_thresholds                        the same per predicted class, where data allows
   reject_threshold                            below it the device answers the out-of-scope label
+  signal="entropy"                            route on the kernel's normalised entropy (routing.max_entropy)
+                                              instead of the top probability (routing.min_confidence)
 Figures fitted on data are optimistic on that same data: evaluate on held-out examples.
 """
 from __future__ import annotations
@@ -156,7 +158,7 @@ class Calibration:
     ece_after: float
     reject_threshold: float | None
     reject_label: str | None
-    min_confidence: float
+    min_confidence: float | None
     per_class: dict[str, float] = field(default_factory=dict)
     target: dict = field(default_factory=dict)
     expected_escalation_rate: float = 0.0
@@ -164,6 +166,8 @@ class Calibration:
     accuracy: float = 0.0
     risk_coverage: list[dict] = field(default_factory=list)
     n: int = 0
+    signal: str = "confidence"
+    max_entropy: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,12 +178,28 @@ def _check(logits: np.ndarray, targets: np.ndarray) -> None:
     if not np.isfinite(logits).all():
         raise InputError("calibration logits hold NaN or infinity")
 
+SIGNALS = ("confidence", "entropy")
+
+def normalised_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """The entropy the device computes (the classify kernel's H / ln C), for routing.max_entropy."""
+    from . import kernels
+
+    result = kernels.classify.classify_logits(np.ascontiguousarray(logits, dtype=np.float32), temperature, 1, False)
+    return np.asarray(result.entropy, dtype=np.float64)
+
 def calibrate(logits: np.ndarray, gold: list[str], labels: list[str], *, target_escalation: float | None = None,
               target_accuracy: float | None = None, current_temperature: float = 1.0, oos_label: str | None = "oos",
-              fit_reject: bool = True, max_in_scope_drop: float = 0.003, per_class_min: int = 20) -> Calibration:
-    """Fit T, the reject threshold and routing thresholds for one target (escalation share or kept accuracy)."""
+              fit_reject: bool = True, max_in_scope_drop: float = 0.003, per_class_min: int = 20,
+              signal: str = "confidence") -> Calibration:
+    """Fit T, the reject threshold and routing thresholds for one target (escalation share or kept accuracy).
+
+    signal "confidence": the cut is routing.min_confidence on the top probability; "entropy": the cut is
+    routing.max_entropy on the normalised entropy (fitted as 1 - entropy, so the same code finds both cuts;
+    no per-class thresholds)."""
     if (target_escalation is None) == (target_accuracy is None):
         raise InputError("give exactly one target: an escalation rate or a kept accuracy")
+    if signal not in SIGNALS:
+        raise InputError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted(set(gold) - set(index))
     if unknown:
@@ -197,24 +217,26 @@ def calibrate(logits: np.ndarray, gold: list[str], labels: list[str], *, target_
     predicted = np.where(scores < reject, oos_index, argmax) if reject is not None else argmax
     correct = predicted == targets
     per_class: dict[str, float] = {}
+    routed = scores if signal == "confidence" else 1.0 - normalised_entropy(logits, temperature)
     if target_escalation is not None:
-        threshold = escalation_threshold(scores, target_escalation)
+        threshold = escalation_threshold(routed, target_escalation)
     else:
-        threshold = accuracy_threshold(scores, correct, target_accuracy)
-        if per_class_min > 0:
+        threshold = accuracy_threshold(routed, correct, target_accuracy)
+        if per_class_min > 0 and signal == "confidence":
             per_class = per_class_thresholds(scores, correct, argmax, labels, target_accuracy, per_class_min)
     limits = np.array([per_class.get(labels[i], threshold) for i in argmax])
-    escalated = scores < limits
+    escalated = routed < limits
     return Calibration(
         temperature=temperature,
         nll_before=nll(logits, targets, current_temperature), nll_after=nll(logits, targets, temperature),
         ece_before=ece(before.max(axis=1), before.argmax(axis=1) == targets), ece_after=ece(scores, argmax == targets),
         reject_threshold=reject, reject_label=oos_label if reject is not None else None,
-        min_confidence=round(threshold, 6), per_class=per_class,
+        min_confidence=round(threshold, 6) if signal == "confidence" else None, per_class=per_class,
         target={"escalation": target_escalation} if target_escalation is not None else {"accuracy": target_accuracy},
         expected_escalation_rate=float(escalated.mean()),
         kept_accuracy=float(correct[~escalated].mean()) if (~escalated).any() else None,
-        accuracy=float(correct.mean()), risk_coverage=risk_coverage(scores, correct), n=len(targets),
+        accuracy=float(correct.mean()), risk_coverage=risk_coverage(routed, correct), n=len(targets),
+        signal=signal, max_entropy=round(1.0 - threshold, 6) if signal == "entropy" else None,
     )
 
 def bump_patch(version: str) -> str:
@@ -237,7 +259,7 @@ def calibrated_manifest(raw: dict, result: Calibration) -> dict:
     post["reject_threshold"] = result.reject_threshold
     post["reject_label"] = result.reject_label
     routing = manifest.setdefault("routing", {})
-    routing.update(min_confidence=result.min_confidence, min_margin=None, max_entropy=None,
+    routing.update(min_confidence=result.min_confidence, min_margin=None, max_entropy=result.max_entropy,
                    per_class=dict(result.per_class))
     summary = {k: v for k, v in result.to_dict().items() if k != "risk_coverage"}
     summary["calibrated_from"] = f"{raw['name']}@{raw['version']}"

@@ -85,3 +85,157 @@ def test_bad_prices_and_unknown_upstream_fail_clearly(bundle_home, val_file):
     assert negative.returncode == 2 and "--device-cost" in negative.stderr
     missing = cli("eval", "--data", val_file, "--upstream", "no-such-model", home=bundle_home)
     assert missing.returncode == 1 and "no-such-model" in missing.stderr
+
+
+# --- the combined upstream mode (edge_runtime/combine.py) -----------------------------------------------------
+import math
+
+import numpy as np
+
+from edge_runtime import escalation
+from edge_runtime.combine import Combination, combine, combine_many
+from edge_runtime.store import Store
+
+
+@pytest.fixture(scope="module")
+def fitted(bundle_home, val_file, build_key, tmp_path_factory):
+    """`calibrate --bundle clinc-small --device clinc-small`: the small bundle, combined with itself."""
+    out = tmp_path_factory.mktemp("combined") / "upstream"
+    done = cli("calibrate", "--bundle", "clinc-small", "--device", "clinc-small", "--data", val_file,
+               "--key", build_key, "--out", out, "--threads", "1", "--json", home=bundle_home)
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout)
+
+
+def test_combine_follows_the_formula_on_a_hand_built_case():
+    labels = ["a", "b", "c", "oos"]
+    top_k = [("a", 0.7), ("b", 0.2)]                     # c and oos share the rest: 0.05 each
+    logits = [0.0, math.log(4.0), 0.0, 0.0]              # upstream (T=1): 1/7, 4/7, 1/7, 1/7
+    device, upstream = [0.7, 0.2, 0.05, 0.05], [1 / 7, 4 / 7, 1 / 7, 1 / 7]
+
+    def expected(w, b):
+        s = [w * math.log(d) + (1 - w) * math.log(u) + (b if i == 3 else 0.0)
+             for i, (d, u) in enumerate(zip(device, upstream))]
+        e = [math.exp(v) for v in s]
+        return [v / sum(e) for v in e]
+
+    assert combine(Combination(0.0, 0.0, 0.0), top_k, logits, labels) == ("b", pytest.approx(4 / 7))   # upstream
+    assert combine(Combination(1.0, 0.0, 0.0), top_k, logits, labels) == ("a", pytest.approx(0.7))     # device
+    q = expected(0.5, 0.0)                                # sqrt(.7/7)=.316 vs sqrt(.2*4/7)=.338: b wins
+    assert combine(Combination(0.5, 0.0, 0.0), top_k, logits, labels) == ("b", pytest.approx(q[1]))
+    q = expected(0.7, 0.0)                                # more device weight: a wins
+    assert combine(Combination(0.7, 0.0, 0.0), top_k, logits, labels) == ("a", pytest.approx(q[0]))
+    q = expected(0.5, 3.0)                                # the oos bias makes oos the argmax
+    assert combine(Combination(0.5, 3.0, 0.0), top_k, logits, labels) == ("oos", pytest.approx(q[3]))
+    q = expected(0.5, 0.0)                                # below the reject threshold: oos, score max q
+    assert combine(Combination(0.5, 0.0, q[1] + 0.01), top_k, logits, labels) == ("oos", pytest.approx(q[1]))
+    # the temperature divides the upstream logits: T=2 flattens 4/7 to 2/5
+    assert combine(Combination(0.0, 0.0, 0.0, temperature=2.0), top_k, logits, labels)[1] == pytest.approx(2 / 5)
+    # wire-format top-k (dicts) give the same answer
+    wire = [{"label": label, "score": score} for label, score in top_k]
+    assert combine(Combination(0.5, 1.0, 0.3), wire, logits, labels) == \
+        combine(Combination(0.5, 1.0, 0.3), top_k, logits, labels)
+
+
+def test_combine_matches_the_vectorised_version(bundle_home, val_file):
+    texts, _ = read_jsonl(val_file)
+    model = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
+    predictions, logits = model.predict(texts), model.logits(texts)
+    combination = Combination(0.4, 1.5, 0.45, temperature=0.8)
+    labels, scores = combine_many(combination, [p.top_k for p in predictions], logits, model.labels)
+    one = [combine(combination, p.top_k, row, model.labels) for p, row in zip(predictions, logits)]
+    assert labels == [label for label, _ in one]
+    assert np.allclose(scores, [score for _, score in one], atol=1e-9)
+    assert "oos" in labels and len(set(labels)) > 3            # the reject and several labels are exercised
+
+
+def test_fitting_writes_a_signed_upstream_version_with_the_section(fitted, bundle_home):
+    out, report = fitted
+    manifest = Store(bundle_home).verify(out)                  # hashes and signature against the trusted key
+    assert manifest.raw["version"] == "0.1.1" and report["new_version"] == "clinc-small@0.1.1"
+    section = manifest.raw["postprocess"]["combine"]
+    assert section == report["combination"]
+    assert set(section) >= {"device_weight", "oos_bias", "reject_threshold", "temperature", "oos_label"}
+    assert section["device"] == "clinc-small@0.1.0"
+    assert 0 < report["escalated"] < report["n"]
+    assert manifest.raw["metrics"]["combination"]["combined_from"] == "clinc-small@0.1.0"
+    assert Combination.from_manifest(manifest.raw).device_weight == section["device_weight"]
+
+
+def test_eval_combined_mode_end_to_end(fitted, bundle_home, val_file):
+    out, _ = fitted
+    done = cli("eval", "--data", val_file, "--upstream", out, "--upstream-mode", "combined", "--threads", "1",
+               "--json", home=bundle_home)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["upstream_mode"] == "combined" and report["upstream"] == "clinc-small@0.1.1"
+    # independently: route on the device, combine the escalated ones with the fitted section
+    texts, gold = read_jsonl(val_file)
+    device = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
+    upstream = edge_runtime.load(out, root=bundle_home, threads=1)
+    routed = Router(RoutingPolicy.from_dict(device.manifest.raw["routing"])).route_all(device.predict(texts))
+    combination = Combination.from_manifest(upstream.manifest.raw)
+    final = [combine(combination, p.top_k, row, upstream.labels)[0] if p.decision == "escalate" else p.label
+             for p, row in zip(routed, upstream.logits(texts))]
+    in_scope = [f == g for f, g in zip(final, gold) if g != "oos"]
+    oos = [f == "oos" for f, g in zip(final, gold) if g == "oos"]
+    assert report["in_scope_accuracy"] == pytest.approx(sum(in_scope) / len(in_scope))
+    assert report["oos_recall"] == pytest.approx(sum(oos) / len(oos))
+    assert report["escalated"] == sum(p.decision == "escalate" for p in routed)
+
+
+def test_eval_combined_needs_the_section(bundle_home, val_file):
+    done = cli("eval", "--data", val_file, "--upstream", "clinc-small", "--upstream-mode", "combined",
+               home=bundle_home)
+    assert done.returncode == 1 and "no postprocess.combine section" in done.stderr
+
+
+def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, tmp_path, monkeypatch):
+    from edge_runtime.cli.upstream import bundle_responder
+
+    out, report = fitted
+    monkeypatch.setenv("EDGE_RUNTIME_HOME", str(bundle_home))
+    respond = bundle_responder(str(out), threads=1)
+    plain = bundle_responder("clinc-small", threads=1)
+    device = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
+    upstream = edge_runtime.load(out, root=bundle_home, threads=1)
+    combination = Combination.from_manifest(upstream.manifest.raw)
+    text = "how do i change my pin"
+    prediction = device.predict([text])[0]
+    request = json.loads(escalation.encode(escalation.build_request(text, prediction, device_id="d1")))
+    answer = respond(request)
+    assert answer["combined"] is True
+    assert (answer["label"], answer["score"]) == pytest.approx(
+        combine(combination, prediction.top_k, upstream.logits([text])[0], upstream.labels))
+    # a signed version weighting the device at 0.9: a device top-k certain of another label wins
+    from edge_runtime import signing
+    from edge_runtime.cli.calibrate import write_version
+
+    manifest = {k: v for k, v in upstream.manifest.raw.items() if k not in ("files", "created")}
+    manifest["postprocess"] = {**manifest["postprocess"],
+                               "combine": {**manifest["postprocess"]["combine"], "device_weight": 0.9}}
+    strong = write_version(upstream, manifest, signing.load_private_key(build_key), tmp_path / "strong", False)
+    other = next(label for label in upstream.labels if label not in (answer["label"], "oos"))
+    forced = {**request, "prediction": {**request["prediction"], "top_k": [{"label": other, "score": 0.999}]}}
+    assert bundle_responder(str(strong), threads=1)(forced)["label"] == other
+    # without a device prediction, or from a bundle without the section: the plain prediction
+    bare = respond({**request, "prediction": None})
+    assert "combined" not in bare and bare == plain({**request, "prediction": None}) | {"latency_ms": bare["latency_ms"]}
+    assert "combined" not in plain(request)
+
+
+def test_calibrate_can_route_on_entropy(bundle_home, val_file, build_key, tmp_path):
+    out = tmp_path / "entropy"
+    done = cli("calibrate", "--bundle", "clinc-small", "--data", val_file, "--target-escalation", "0.2",
+               "--signal", "entropy", "--key", build_key, "--out", out, "--threads", "1", "--json",
+               home=bundle_home)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    routing = report["routing"]
+    assert routing["min_confidence"] is None and routing["per_class"] == {} and 0 < routing["max_entropy"] < 1
+    texts, _ = read_jsonl(val_file)
+    model = edge_runtime.load(out, root=bundle_home, threads=1)
+    routed = Router(RoutingPolicy.from_dict(model.manifest.raw["routing"])).route_all(model.predict(texts))
+    escalated = [p.decision == "escalate" for p in routed]
+    assert sum(escalated) == round(0.2 * len(texts))          # the cut escalates exactly the target share
+    assert all(p.reason.startswith("max_entropy>") for p in routed if p.decision == "escalate")

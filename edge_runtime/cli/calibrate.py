@@ -2,6 +2,8 @@
 
 The new version is a copy of the bundle with postprocess.temperature, the reject threshold and routing.*
 set, the patch version and release bumped, re-finalized and signed (default: the local build key).
+With --device DEVICE, the bundle is an upstream and calibrate fits its postprocess.combine section instead:
+how it pools its probabilities with DEVICE's top-k for the cases DEVICE escalates (edge_runtime/combine.py).
 """
 from __future__ import annotations
 
@@ -80,10 +82,14 @@ def _report(result, ref: str, new_ref: str | None) -> None:
     click.echo(f"ECE (15 bins)      {result.ece_before:.4f} -> {result.ece_after:.4f}")
     reject = "-" if result.reject_threshold is None else f"{result.reject_threshold:g} -> {result.reject_label}"
     click.echo(f"reject threshold   {reject}")
-    click.echo(f"min_confidence     {result.min_confidence:g}  (+{len(result.per_class)} per-class thresholds)")
+    if result.signal == "entropy":
+        click.echo(f"max_entropy        {result.max_entropy:g}  (routing on normalised entropy)")
+    else:
+        click.echo(f"min_confidence     {result.min_confidence:g}  (+{len(result.per_class)} per-class thresholds)")
     click.echo(f"escalation rate    {percent(result.expected_escalation_rate)} expected (on this data)")
     click.echo(f"kept accuracy      {percent(result.kept_accuracy)}   device accuracy {percent(result.accuracy)}")
-    click.echo("\ncoverage  threshold  kept accuracy")
+    signal = "1 - entropy" if result.signal == "entropy" else "threshold"
+    click.echo(f"\ncoverage  {signal:>9}  kept accuracy")
     for row in result.risk_coverage:
         click.echo(f"{percent(row['coverage']):>8}  {row['threshold']:>9.4f}  {percent(row['kept_accuracy']):>13}")
 
@@ -92,6 +98,13 @@ def _report(result, ref: str, new_ref: str | None) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help='Labelled JSONL, one {"text", "label"} per line (validation data, not training data).')
 @click.option("--target-escalation", type=click.FloatRange(0, 1), help="Share of requests to escalate, e.g. 0.10.")
+@click.option("--signal", type=click.Choice(["confidence", "entropy"]), default="confidence", show_default=True,
+              help="Route on the top probability (routing.min_confidence) or on the normalised entropy "
+                   "(routing.max_entropy; no per-class thresholds).")
+@click.option("--device", metavar="PATH|NAME[@VERSION]",
+              help="Fit the combined upstream mode instead: BUNDLE is the upstream, DEVICE the (calibrated) device "
+                   "whose routing decides what is escalated; writes BUNDLE's postprocess.combine section "
+                   "(device weight, OOS bias, reject threshold, upstream temperature). No targets with it.")
 @click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True),
               help="Accuracy the kept answers must reach, e.g. 0.99.")
 @click.option("--oos-label", default="oos", show_default=True, help="Out-of-scope label ('' for none).")
@@ -106,15 +119,22 @@ def _report(result, ref: str, new_ref: str | None) -> None:
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True)
 @click.option("--allow-unsigned", is_flag=True, help="Developers only: accept an unsigned source bundle.")
 @click.option("--json", "as_json", is_flag=True)
-def calibrate(bundle, data, target_escalation, target_accuracy, oos_label, no_reject, per_class_min, key, out,
-              install, plot_path, threads, allow_unsigned, as_json):
-    """Fit temperature scaling and routing thresholds; write them into a new, signed bundle version."""
+def calibrate(bundle, data, target_escalation, signal, device, target_accuracy, oos_label, no_reject, per_class_min,
+              key, out, install, plot_path, threads, allow_unsigned, as_json):
+    """Fit temperature scaling and routing thresholds; write them into a new, signed bundle version.
+
+    With --device: fit how the upstream BUNDLE combines its probabilities with DEVICE's top-k on the examples
+    DEVICE escalates (`edge-runtime eval --upstream-mode combined`, and the upstream worker, use it)."""
     import numpy as np
 
     from ..calibration import calibrate as fit, calibrated_manifest
     from ..evaluation import read_jsonl
     from .common import load_model
 
+    if device:
+        if target_escalation is not None or target_accuracy is not None or plot_path:
+            raise click.UsageError("--device fits the combined upstream mode: no --target-* or --plot with it")
+        return _combination(bundle, device, data, oos_label, key, out, install, threads, allow_unsigned, as_json)
     if (target_escalation is None) == (target_accuracy is None):
         raise click.UsageError("give exactly one of --target-escalation and --target-accuracy")
     if out and install:
@@ -127,7 +147,7 @@ def calibrate(bundle, data, target_escalation, target_accuracy, oos_label, no_re
     logits = model.logits(texts)
     result = fit(logits, gold, model.labels, target_escalation=target_escalation, target_accuracy=target_accuracy,
                  current_temperature=model.classification.temperature, oos_label=oos_label or None,
-                 fit_reject=not no_reject, per_class_min=per_class_min)
+                 fit_reject=not no_reject, per_class_min=per_class_min, signal=signal)
     new_manifest = calibrated_manifest(model.manifest.raw, result)
     written = None
     if out or install:
@@ -148,6 +168,48 @@ def calibrate(bundle, data, target_escalation, target_accuracy, oos_label, no_re
                    "plot": plot_path})
         return
     _report(result, f"{model.name}@{model.version}", new_ref if written else None)
+    if written:
+        click.echo(f"\nwrote {new_ref} to {written}")
+    else:
+        click.echo("\n(dry run: pass --out DIR or --install to write the new version)")
+
+def _combination(bundle, device, data, oos_label, key, out, install, threads, allow_unsigned, as_json):
+    """calibrate --device: fit BUNDLE's postprocess.combine for DEVICE's escalations, write a new version."""
+    from ..combine import combined_manifest, fit_combination
+    from ..evaluation import read_jsonl
+    from .common import load_model, router_for
+
+    if out and install:
+        raise click.UsageError("--out and --install exclude each other")
+    private_key = _signing_key(key) if (out or install) else None
+    texts, gold = read_jsonl(data)
+    small = load_model(device, threads, allow_unsigned)
+    big = load_model(bundle, threads, allow_unsigned)
+    for model in (small, big):
+        if model.task != "text-classification":
+            raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are combined")
+    predictions = router_for(small).route_all(small.predict(texts))
+    escalated = [p.decision == "escalate" for p in predictions]
+    result = fit_combination([p.top_k for p in predictions], escalated, [p.label for p in predictions],
+                             big.logits(texts), big.labels, gold, oos_label=oos_label or None,
+                             device=f"{small.name}@{small.version}")
+    new_manifest = combined_manifest(big.manifest.raw, result)
+    written = write_version(big, new_manifest, private_key, Path(out) if out else None, install) \
+        if out or install else None
+    new_ref = f"{new_manifest['name']}@{new_manifest['version']}"
+    if as_json:
+        print_json_line({**result.to_dict(), "model": f"{big.name}@{big.version}", "device": result.combination.device,
+                         "new_version": new_ref, "written": str(written) if written else None})
+        return
+    c = result.combination
+    click.echo(f"combined {big.name}@{big.version} with {c.device}'s top-k on {result.n} examples "
+               f"({result.escalated} escalated)" + (f" -> {new_ref}" if written else ""))
+    click.echo(f"upstream temperature  {c.temperature:g}")
+    click.echo(f"device weight         {c.device_weight:g}   (NLL on the escalated {result.nll_escalated:.4f})")
+    click.echo(f"oos bias              {c.oos_bias:g}")
+    click.echo(f"reject threshold      {c.reject_threshold:g} -> {c.oos_label}")
+    click.echo(f"on this data          in-scope {percent(result.in_scope_accuracy)}, OOS recall "
+               f"{percent(result.oos_recall)}, escalated answered right {percent(result.escalated_accuracy)}")
     if written:
         click.echo(f"\nwrote {new_ref} to {written}")
     else:

@@ -13,6 +13,12 @@ ROWS = ("accuracy", "in_scope_accuracy", "oos_recall", "escalation_rate", "kept_
 def _upstream_labels(big, texts, predictions, mode: str) -> list[str]:
     if mode == "plain":
         return [p.label for p in big.predict(texts)]
+    if mode == "combined":
+        from ..combine import Combination, combine_many
+
+        answers, _ = combine_many(Combination.from_manifest(big.manifest.raw), [p.top_k for p in predictions],
+                                  big.logits(texts), big.labels)
+        return answers
     from ..evaluation import candidate_labels
 
     return candidate_labels(big, texts, predictions)
@@ -55,8 +61,12 @@ def _print_hybrid(figures) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help='JSONL file, one {"text", "label"} per line.')
 @click.option("--upstream", metavar="PATH|NAME", help="A larger bundle that answers the escalated cases.")
-@click.option("--upstream-mode", type=click.Choice(["plain", "candidates"]), default="plain", show_default=True,
-              help="candidates: the upstream picks among the device's top-k labels and the OOS label.")
+@click.option("--upstream-mode", type=click.Choice(["plain", "candidates", "combined"]), default="plain",
+              show_default=True,
+              help="candidates: the upstream picks among the device's top-k labels and the OOS label; combined: "
+                   "the upstream pools its probabilities with the device's top-k as its postprocess.combine "
+                   "section says (fit it with `calibrate --bundle UPSTREAM --device DEVICE`). In both, the "
+                   "'all upstream' column applies the mode to every request.")
 @click.option("--device-cost", type=click.FloatRange(0), default=DEFAULT_DEVICE_COST, show_default=True,
               help="Price of one request on the device (USD).")
 @click.option("--upstream-cost", type=click.FloatRange(0), default=DEFAULT_UPSTREAM_COST, show_default=True,
@@ -73,6 +83,13 @@ def evaluate(bundle, threads, allow_unsigned, data, upstream, upstream_mode, dev
     local = final = [p.label for p in predictions]
     if upstream:
         big = load_model(upstream, threads, allow_unsigned)
+        if upstream_mode == "combined":
+            from ..combine import Combination
+
+            if Combination.from_manifest(big.manifest.raw) is None:
+                raise click.ClickException(
+                    f"{big.name}@{big.version} has no postprocess.combine section: fit one with "
+                    f"`edge-runtime calibrate --bundle {upstream} --device DEVICE --data VAL.jsonl --out DIR`")
         figures, final = _hybrid(model, big, texts, gold, predictions, oos_label, device_cost, upstream_cost,
                              upstream_mode)
     else:

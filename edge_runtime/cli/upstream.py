@@ -19,14 +19,27 @@ def _broker(url, cafile, cert, key, username):
         raise click.BadParameter(str(error), param_hint="--broker") from None
 
 def bundle_responder(bundle: str, threads: int = 0, allow_unsigned: bool = False):
-    """Responder answering with the bundle's prediction for the request's text."""
+    """Responder answering with the bundle's prediction for the request's text. When the bundle has a
+    postprocess.combine section and the request's prediction carries the device's top-k, the label and score
+    are the combined ones (edge_runtime/combine.py) and the answer says "combined": true."""
     import edge_runtime
+    from ..combine import Combination, combine
 
     model = edge_runtime.load(bundle, threads=threads, allow_unsigned=allow_unsigned)
+    combination = Combination.from_manifest(model.manifest.raw) if model.task == "text-classification" else None
 
     def respond(request: dict) -> dict:
-        prediction = model.predict([request["text"]])[0]
-        return prediction.to_dict() if hasattr(prediction, "to_dict") else dict(prediction)
+        top_k = (request.get("prediction") or {}).get("top_k")
+        if combination is None or not top_k:
+            prediction = model.predict([request["text"]])[0]
+            return prediction.to_dict() if hasattr(prediction, "to_dict") else dict(prediction)
+        from ..postprocess import classify
+
+        logits = model.logits([request["text"]])
+        answer = classify(logits, model.classification)[0].to_dict()   # the upstream's own top-k, margin, entropy
+        answer["label"], answer["score"] = combine(combination, top_k, logits[0], model.labels)
+        answer["combined"] = True
+        return answer
     return respond
 
 @click.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .redaction import KINDS as PII_KINDS
 
 try:
     import tomllib
@@ -72,6 +73,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "key_file": Key(str, "", help="client certificate's private key"),
         "username": Key(str, "", help="MQTT username (password: $EDGE_RUNTIME_MQTT_PASSWORD)"),
         "deadline_ms": Key(float, 2000.0, 0, 600_000, "wait this long for an upstream answer, then defer"),
+    },
+    "privacy": {
+        "tagger": Key(str, "pii-tagger-minilm", help="PII tagger bundle for names and addresses ('' = none)"),
+        "require_tagger": Key(bool, False, help="refuse to start when the tagger bundle cannot be loaded"),
+        "refuse": Key(list, [], help="PII kinds whose texts never leave the device (escalation refused)"),
+        "drop": Key(list, [], help="PII kinds removed without a placeholder mapping"),
     },
     "logging": {
         "level": Key(str, "info", help="debug, info, warning or error"),
@@ -213,6 +220,19 @@ def _validate_together(values: dict, where: str) -> None:
                 raise ConfigError(f"{where}: uplink.{key}: {uplink[key]}: no such file")
     if any(ch in uplink["device_id"] for ch in "/+#\0"):
         raise ConfigError(f"{where}: uplink.device_id: must not contain / + # or NUL")
+    privacy = values["privacy"]
+    for key in ("refuse", "drop"):
+        unknown = [kind for kind in privacy[key] if kind not in PII_KINDS]
+        if unknown:
+            raise ConfigError(f"{where}: privacy.{key}: unknown PII kind {unknown[0]!r} (known: {', '.join(PII_KINDS)})")
+    both = set(privacy["refuse"]) & set(privacy["drop"])
+    if both:
+        raise ConfigError(f"{where}: privacy: {sorted(both)[0]} is in both refuse and drop")
+
+def privacy_policy(config: Mapping) -> dict[str, str]:
+    """{kind: "refuse" | "drop"} from [privacy]; other kinds are redacted with a placeholder."""
+    privacy = config["privacy"]
+    return {**{kind: "drop" for kind in privacy["drop"]}, **{kind: "refuse" for kind in privacy["refuse"]}}
 
 def routing_overrides(config: Mapping) -> dict:
     """The [routing] keys that are set (-1 means: keep the bundle's value)."""

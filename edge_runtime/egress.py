@@ -1,5 +1,8 @@
 """Everything that leaves the device passes here: PII is redacted (or the send refused) first.
 
+What counts as PII: the regex scanner's identifiers (kernels.pii) and, with a tagger bundle
+(pii_tagger.py), person names and postal addresses.
+
 The placeholder mapping never leaves: it is kept in memory, per request id, for `ttl_s` seconds,
 so the upstream answer can be re-identified locally and then forgotten.
 """
@@ -10,12 +13,15 @@ import time
 from typing import Callable, Mapping
 
 from .audit import AuditLog
+from .pii_tagger import PiiTagger, find_spans
 from .redaction import PrivacyRefused, redact, restore
 
 class Egress:
     def __init__(self, policy: Mapping[str, str] | None = None, audit: AuditLog | None = None,
-                 ttl_s: float = 3600.0, clock: Callable[[], float] = time.monotonic):
+                 ttl_s: float = 3600.0, clock: Callable[[], float] = time.monotonic,
+                 tagger: PiiTagger | None = None):
         self.policy = dict(policy or {})
+        self.tagger = tagger
         self.audit = audit or AuditLog(None)
         self.ttl_s = ttl_s
         self.clock = clock
@@ -25,7 +31,7 @@ class Egress:
     def prepare(self, request_id: str, text: str, reason: str) -> str:
         """The text as it may leave the device; raises PrivacyRefused when the policy forbids sending."""
         try:
-            redaction = redact(text, policy=self.policy)
+            redaction = redact(text, find_spans(text, self.tagger), policy=self.policy)
         except PrivacyRefused as refused:
             self.audit.record("refused", request_id=request_id, reason=reason, refused=str(refused))
             raise

@@ -38,6 +38,7 @@ class Model:
             max_length=int(pre.get("max_length", 128)),
             pad_id=int(pre.get("pad_id", 0)),
             token_type_ids="token_type_ids" in raw.get("model", {}).get("inputs", ["token_type_ids"]),
+            case_feature=bool(pre.get("case_feature", False)),
         )
         model_file = raw.get("model", {}).get("file", "model.onnx")
         digest = raw.get("files", {}).get(model_file, {}).get("sha256")
@@ -64,13 +65,13 @@ class Model:
             raise InputError("expected a list of texts, got one string")
         encodings = self.preprocessor.encode(texts)
         if len(encodings) <= self.max_batch:
-            batch = self.preprocessor.tensors(encodings)
+            batch = self.preprocessor.tensors(encodings, texts)
             yield np.arange(len(encodings)), self.session.run(batch.tensors), batch
             return
         order, boundaries, _ = self.preprocessor.buckets(encodings, self.max_batch, self.max_tokens)
         for start, end in zip(boundaries[:-1], boundaries[1:]):
             rows = order[start:end]
-            batch = self.preprocessor.tensors([encodings[i] for i in rows])
+            batch = self.preprocessor.tensors([encodings[i] for i in rows], [texts[i] for i in rows])
             yield rows, self.session.run(batch.tensors), batch
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
@@ -109,7 +110,7 @@ class Model:
     def entities(self, texts: Sequence[str], strategy: str | None = None) -> list[list[Entity]]:
         self._require("token-classification")
         encodings = self.preprocessor.encode(texts)
-        batch = self.preprocessor.tensors(encodings)
+        batch = self.preprocessor.tensors(encodings, texts)
         (logits,) = self.session.run(batch.tensors)
         width = logits.shape[1]
         offsets = np.zeros((len(texts), width, 2), dtype=np.int64)
@@ -120,7 +121,7 @@ class Model:
             word_ids[row, :n] = [-1 if w is None else w for w in encoding.word_ids[:n]]
         return postprocess.entities(logits, offsets, word_ids, self.labels,
                                     strategy or self.post.get("aggregation", "simple"),
-                                    self.post.get("scheme", "IOB2"))
+                                    self.post.get("scheme", "IOB2"), float(self.post.get("outside_bias", 0.0)))
 
     def _require(self, task: str) -> None:
         if self.task != task:

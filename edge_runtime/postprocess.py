@@ -58,6 +58,10 @@ def embed(hidden: np.ndarray, attention_mask: np.ndarray, pooling: str = "mean",
     return kernels.pooling.mean_pool(hidden, attention_mask, normalize)
 
 def entities(logits: np.ndarray, offsets: np.ndarray, word_ids: np.ndarray, labels: Sequence[str],
-             strategy: str = "simple", scheme: str = "IOB2") -> list[list[Entity]]:
-    return kernels.tokencls.decode_entities(
-        np.ascontiguousarray(logits, dtype=np.float32), offsets, word_ids, list(labels), strategy, scheme)
+             strategy: str = "simple", scheme: str = "IOB2", outside_bias: float = 0.0) -> list[list[Entity]]:
+    """Entity spans; `outside_bias` > 0 is taken off the "O" logit first, so borderline tokens count as
+    entities (a PII tagger would rather redact one word too many than leak a name)."""
+    logits = np.array(logits, dtype=np.float32) if outside_bias else np.ascontiguousarray(logits, dtype=np.float32)
+    if outside_bias and "O" in labels:
+        logits[..., list(labels).index("O")] -= outside_bias
+    return kernels.tokencls.decode_entities(logits, offsets, word_ids, list(labels), strategy, scheme)

@@ -22,13 +22,14 @@ class Batch:
 
 class Preprocessor:
     def __init__(self, tokenizer_file: Path, max_length: int, pad_id: int = 0,
-                 token_type_ids: bool = True):
+                 token_type_ids: bool = True, case_feature: bool = False):
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         self.max_length = max_length
         self.pad_id = pad_id
         self.token_type_ids = token_type_ids
+        self.case_feature = case_feature   # token_type_ids carry case_flags() (see there)
 
     def encode(self, texts: Sequence[str]):
         for number, text in enumerate(texts, 1):
@@ -40,9 +41,14 @@ class Preprocessor:
             return [self.tokenizer.encode(texts[0], add_special_tokens=True)]
         return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
 
-    def tensors(self, encodings) -> Batch:
+    def tensors(self, encodings, texts: Sequence[str] | None = None) -> Batch:
+        """Padded tensors; a case-feature bundle needs the `texts` the encodings came from."""
         ids = [encoding.ids for encoding in encodings]
         type_ids = [encoding.type_ids for encoding in encodings] if self.token_type_ids else None
+        if self.case_feature:
+            if texts is None:
+                raise ValueError("this bundle's token_type_ids carry case: pass the texts")
+            type_ids = [case_flags(text, encoding) for text, encoding in zip(texts, encodings)]
         input_ids, attention_mask, token_type_ids = kernels.batching.pad_batch(
             ids, self.max_length, self.pad_id, type_ids)
         tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -55,3 +61,10 @@ class Preprocessor:
         lengths = np.fromiter((len(encoding.ids) for encoding in encodings), dtype=np.int64,
                               count=len(encodings))
         return kernels.batching.length_buckets(lengths, max_batch, max_tokens)
+
+def case_flags(text: str, encoding) -> list[int]:
+    """1 for each token whose first character is upper case, else 0 (special tokens: 0).
+
+    An uncased encoder cannot tell "Rose" from "rose"; a tagger bundle built with `case_feature`
+    learns the token-type embedding as a capitalisation signal, which names and addresses need."""
+    return [1 if end > start and text[start].isupper() else 0 for start, end in encoding.offsets]

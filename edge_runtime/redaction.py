@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from .errors import EdgeRuntimeError
 
-KINDS = ("EMAIL", "PHONE", "CARD", "IBAN", "IPV4", "IPV6", "MAC", "SECRET")
+KINDS = ("EMAIL", "PHONE", "CARD", "IBAN", "IPV4", "IPV6", "MAC", "SECRET",
+         "PERSON", "ADDRESS")   # the last two come from a PII tagger bundle (pii_tagger.py), not the scanner
 ACTIONS = ("redact", "drop", "refuse")
 _PLACEHOLDER = re.compile(r"<([A-Z0-9]+_[0-9]+)>")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Quick start, command 1: set up, build the default CLINC150 bundle on first use (~12 min on 2 cores,
-# with progress), then run the main job on it: the daemon, queried over its HTTP APIs, plus the CLI.
+# Quick start, command 1: set up, build the default CLINC150 bundle and the PII tagger on first use
+# (~17 min on 2 cores, with progress), then run the main job on it: the daemon, queried over its HTTP APIs, plus the CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -33,6 +33,9 @@ curl -s "$URL/metrics" | grep -E '^edge_runtime_(predictions_total|model_info|ba
 
 echo "== the CLI, offline"
 edge-runtime predict "how do i say thank you in japanese" "set an alarm for 6 am"
+echo "== what an escalation may carry: personal data redacted on the device"
+echo "Hi, this is Maria Gonzalez, send the card to 14 Elm Street, Leeds LS6 2AB or mail maria.g@example.com" \
+    | edge-runtime redact
 echo "== eval on CLINC150 val (3,100 queries)"
 edge-runtime eval --data "$DATA/val.jsonl"
 edge-runtime doctor

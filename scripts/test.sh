@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --test
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export EDGE_RUNTIME_TEST_CACHE=${EDGE_RUNTIME_TEST_CACHE:-$PWD/.test-cache}   # the PII tagger's fine-tuning, shared by both runs
 PY=.venv/bin/python
 $PY -c "import edge_runtime.kernels as k; assert k.IMPLEMENTATION == 'cython', 'the Cython core did not build'"
 echo "== test suite (kernels: cython)"
 $PY -m pytest -q -p no:cacheprovider "$@"
 echo "== kernel-dependent tests (kernels: python, EDGE_RUNTIME_PURE_PYTHON=1)"
 EDGE_RUNTIME_PURE_PYTHON=1 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
-    tests/test_runtime.py tests/test_redaction.py tests/test_privacy.py tests/test_server.py tests/test_hybrid.py
+    tests/test_runtime.py tests/test_redaction.py tests/test_privacy.py tests/test_pii_tagger.py tests/test_server.py \
+    tests/test_hybrid.py

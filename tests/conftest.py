@@ -65,3 +65,46 @@ def small_val_rows(small_bundle) -> list[str]:
     labels = set(json.loads((small_bundle / "labels.json").read_text()))
     return [line for line in (datasets_dir() / "clinc150" / "val.jsonl").read_text().splitlines()
             if json.loads(line)["label"] in labels]
+
+@pytest.fixture(scope="session")
+def pii_tagger_bundle(tmp_path_factory, build_key) -> Path:
+    """The PII tagger exactly as its recipe ships (models/pii-tagger-minilm). Fine-tuning takes ~6 minutes
+    on 2 cores; with $EDGE_RUNTIME_TEST_CACHE set (scripts/test.sh sets it) the second pytest run of
+    `make test` reuses it from there."""
+    pytest.importorskip("optimum", reason="building a bundle needs the [build] extra")
+    pytest.importorskip("faker", reason="the tagger's training corpus comes from Faker")
+    from edge_runtime import signing
+    from edge_runtime.build import pii_corpus
+    from edge_runtime.build.default import config_from_recipe, tagger_corpus
+    from edge_runtime.build.progress import Silent
+    from edge_runtime.build.recipe import TAGGER_RECIPE, load_recipe
+    from edge_runtime.build.tagger import build_tagger
+
+    recipe = load_recipe(TAGGER_RECIPE)
+    root = tmp_path_factory.mktemp("tagger-home")
+    out = tmp_path_factory.mktemp("bundles") / "pii-tagger"
+    shared = os.environ.get("EDGE_RUNTIME_TEST_CACHE")
+    cache = Path(shared) / "pii-tagger-build" if shared else tmp_path_factory.mktemp("tagger-cache")
+    config = config_from_recipe(recipe, root, out, cache)
+    config.private_key = signing.load_private_key(build_key)
+    train, val = tagger_corpus(recipe)
+    return build_tagger(config, train, val, pii_corpus.TAGS, Silent()).path
+
+@pytest.fixture(scope="session")
+def pii_tagger_home(tmp_path_factory, pii_tagger_bundle, build_key) -> Path:
+    """A store that trusts the build key, with the tagger installed (not active: it is not served)."""
+    from edge_runtime import signing
+    from edge_runtime.store import Store
+
+    root = tmp_path_factory.mktemp("tagger-store")
+    signing.trust_key(root, signing.load_private_key(build_key).public_key())
+    Store(root).install(pii_tagger_bundle)
+    return root
+
+@pytest.fixture(scope="session")
+def pii_tagger(pii_tagger_home):
+    """The tagger as egress runs it."""
+    import edge_runtime
+    from edge_runtime.pii_tagger import PiiTagger
+
+    return PiiTagger(edge_runtime.load("pii-tagger-minilm", root=pii_tagger_home, threads=1))

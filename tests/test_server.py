@@ -552,3 +552,23 @@ def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
     assert done.returncode == 1 and "address already in use" in done.stderr
     done = cli("serve", home=tmp_path / "empty-home")
     assert done.returncode == 1 and "no active model" in done.stderr
+
+def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, build_key, pii_tagger_bundle):
+    """The shipped config loads the PII tagger by name; escalations waiting in the outbox hold no name."""
+    from edge_runtime.outbox import Outbox
+
+    home = private_home(tmp_path / "home", small_bundle, build_key)
+    Store(home).install(pii_tagger_bundle)
+    running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()   # escalate all
+    try:
+        status = running.get("/v1/status")[2]
+        assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"
+        text = f"hi it's Rosalind Featherstonehaugh, my card was stolen {MARKER}"
+        code, _, body = running.post("/v1/predict", {"text": text})
+        assert code == 200 and body["decision"] == "deferred", body
+    finally:
+        assert running.stop() == 0
+    with Outbox(home / "state" / "outbox.sqlite") as outbox:
+        sent = outbox.payload(body["request_id"]).decode()
+    assert "<PERSON_1>" in sent and "Rosalind" not in sent and "Featherstonehaugh" not in sent
+    assert MARKER not in running.log() and "Featherstonehaugh" not in running.log()

@@ -35,6 +35,8 @@ class BuildConfig:
     oos_label: str = "oos"
     reject_max_in_scope_drop: float = 0.3
     routing: dict = field(default_factory=dict)
+    # tagger only
+    max_false_share: float = 0.015            # outside_bias: most held-out texts without PII given a false span
 
 @dataclass
 class BuildResult:

@@ -1,4 +1,8 @@
-"""`edge-runtime build default`: build the recipe's bundle, sign it locally, install and activate it."""
+"""`edge-runtime build default`: build the recipes' bundles, sign them locally, install them.
+
+The classifier recipe's bundle is activated (it is what the daemon serves); the PII tagger's is only
+installed (egress loads it by name).
+"""
 from __future__ import annotations
 
 import time
@@ -41,6 +45,7 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         oos_label=recipe.get("oos", "label", "oos"),
         reject_max_in_scope_drop=float(recipe.get("oos", "reject_max_in_scope_drop", 0.3)),
         routing=recipe.section("routing"), private_key=local_signing_key(root),
+        max_false_share=float(gate.get("max_false_share", 0.015)),
         cache_dir=Path(cache_dir) if cache_dir else paths.cache_dir(root) / "build",
         source={"model": source.get("package") or source.get("model_dir"),
                 "dataset": recipe.get("dataset", "attribution", recipe.get("dataset", "name")),
@@ -49,6 +54,50 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
 
 def build_default(recipe: Recipe, force: bool = False, datasets: Path | None = None,
                   progress: Progress | None = None, cache_dir: Path | None = None) -> dict:
+    """The classifier recipe: build, install, activate (a no-op when its release is installed)."""
+    def make(config: BuildConfig, progress: Progress):
+        dataset = recipe.dataset_dir(datasets)
+        train = read_jsonl(dataset / recipe.get("dataset", "train", "train.jsonl"))
+        val = read_jsonl(dataset / recipe.get("dataset", "val", "val.jsonl"))
+        return build_classifier(config, train, val, progress)
+
+    return _build_and_install(recipe, make, force, progress, cache_dir, activate=True)
+
+def build_pii_tagger(recipe: Recipe, force: bool = False, progress: Progress | None = None,
+                     cache_dir: Path | None = None, datasets: Path | None = None) -> dict:
+    """The PII tagger recipe: a synthetic corpus (plus real queries as negatives), build, install (not
+    activated)."""
+    from . import pii_corpus
+    from .tagger import build_tagger
+
+    def make(config: BuildConfig, progress: Progress):
+        train, val = tagger_corpus(recipe, datasets)
+        config.source["dataset"] = "synthetic (Faker, edge_runtime/build/pii_corpus.py)" + (
+            f" + negatives from {config.source['dataset']}" if config.source.get("dataset") else "")
+        return build_tagger(config, train, val, pii_corpus.TAGS, progress)
+
+    return _build_and_install(recipe, make, force, progress, cache_dir, activate=False)
+
+def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, list]:
+    """(train, held-out) examples as the recipe's [corpus] and optional [dataset] (real negatives) say."""
+    from . import pii_corpus
+
+    corpus = recipe.section("corpus")
+    seed, negatives = int(corpus.get("seed", 1)), float(corpus.get("negatives", 0.2))
+    real_train, real_val = [], []
+    if recipe.section("dataset"):
+        texts = read_jsonl(recipe.dataset_dir(datasets) / recipe.get("dataset", "train", "train.jsonl")).texts
+        wanted = int(corpus.get("real_negatives", 0)), int(corpus.get("real_negatives_val", 0))
+        chosen = pii_corpus.real_negatives(texts, sum(wanted), seed)
+        real_train, real_val = chosen[:wanted[0]], chosen[wanted[0]:]
+    train = pii_corpus.generate(int(corpus.get("train_examples", 4000)), seed, pii_corpus.TRAIN, negatives,
+                                real=real_train)
+    val = pii_corpus.generate(int(corpus.get("val_examples", 800)), seed + 1, pii_corpus.HELD_OUT, negatives,
+                              real=real_val)
+    return train, val
+
+def _build_and_install(recipe: Recipe, make, force: bool, progress: Progress | None, cache_dir: Path | None,
+                       activate: bool) -> dict:
     from ..store import Store
 
     progress = progress or Progress()
@@ -60,19 +109,18 @@ def build_default(recipe: Recipe, force: bool = False, datasets: Path | None = N
         return {"status": "already-installed", "name": name, "version": existing.version, "release": release,
                 "path": str(existing.path), "metrics": existing.metrics}
     began = time.perf_counter()
-    dataset = recipe.dataset_dir(datasets)
-    train = read_jsonl(dataset / recipe.get("dataset", "train", "train.jsonl"))
-    val = read_jsonl(dataset / recipe.get("dataset", "val", "val.jsonl"))
     version = str(recipe.get("bundle", "version"))
     out = paths.cache_dir(root) / "build" / "bundles" / f"{name}-{version}.erb"
-    config = config_from_recipe(recipe, root, out, cache_dir)
-    result = build_classifier(config, train, val, progress)
+    if out.exists():
+        out.unlink()  # a leftover of an interrupted build
+    result = make(config_from_recipe(recipe, root, out, cache_dir), progress)
     if existing is not None and existing.version == version:
         raise BuildError(f"rebuilt {out}, but {name}@{version} is already installed: "
                          "bump version and release in the recipe to install the rebuild")
-    with progress.step("install and activate"):
+    with progress.step("install and activate" if activate else "install"):
         manifest = store.install(result.path)
-        store.activate(manifest.name, manifest.version)
+        if activate:
+            store.activate(manifest.name, manifest.version)
     return {"status": "built", "name": manifest.name, "version": manifest.version, "release": manifest.release,
             "archive": str(result.path), "path": str(manifest.path),
             "build_seconds": round(time.perf_counter() - began, 1), "metrics": result.manifest["metrics"]}

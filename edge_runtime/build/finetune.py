@@ -1,4 +1,5 @@
-"""Full fine-tuning of encoder + linear head on mean-pooled features, torch on CPU.
+"""Full fine-tuning of encoder + linear head, torch on CPU: on mean-pooled features (a sentence
+classifier) or on every token (`per_token`: a tagger; targets are one tag per token, -100 = ignore).
 
 The result is an HF model folder (the tuned encoder) plus a LinearHead, cached by a key of
 (source model, data, hyper-parameters) so a rerun after a later failure does not retrain.
@@ -28,9 +29,11 @@ class FinetuneConfig:
     seed: int = 0
     threads: int = 2
 
-def cache_key(model_fingerprint: str, ids: list[list[int]], targets: list[int], config: FinetuneConfig) -> str:
+def cache_key(model_fingerprint: str, ids: list[list[int]], targets: list, config: FinetuneConfig,
+              per_token: bool = False, type_ids: list[list[int]] | None = None) -> str:
     digest = hashlib.sha256(model_fingerprint.encode())
-    digest.update(json.dumps([ids, targets, asdict(config)]).encode())
+    extra = (["per_token"] if per_token else []) + ([type_ids] if type_ids is not None else [])
+    digest.update(json.dumps([ids, targets, asdict(config)] + extra).encode())
     return digest.hexdigest()[:16]
 
 def _schedule(total_steps: int, warmup: float):
@@ -43,18 +46,29 @@ def _schedule(total_steps: int, warmup: float):
 
     return factor
 
-def _batches(ids, targets, batch_size, generator):
+def _batches(ids, targets, batch_size, generator, per_token: bool, type_ids=None):
     import torch
 
     order = torch.randperm(len(ids), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         rows = [ids[i] for i in chosen]
-        input_ids, mask, _ = kernels.batching.pad_batch(rows, max(len(row) for row in rows))
-        yield torch.from_numpy(input_ids), torch.from_numpy(mask), torch.tensor([targets[i] for i in chosen])
+        width = max(len(row) for row in rows)
+        types = [type_ids[i] for i in chosen] if type_ids is not None else None
+        input_ids, mask, token_types = kernels.batching.pad_batch(rows, width, 0, types)
+        if token_types is None:
+            token_types = np.zeros_like(input_ids)
+        if per_token:
+            labels = torch.full((len(chosen), width), -100, dtype=torch.long)
+            for row, i in enumerate(chosen):
+                labels[row, :len(targets[i])] = torch.tensor(targets[i])
+        else:
+            labels = torch.tensor([targets[i] for i in chosen])
+        yield torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(token_types), labels
 
-def finetune(model_dir: Path, ids: list[list[int]], targets: list[int], n_classes: int,
-             config: FinetuneConfig, out_dir: Path, progress) -> LinearHead:
+def finetune(model_dir: Path, ids: list[list[int]], targets: list, n_classes: int,
+             config: FinetuneConfig, out_dir: Path, progress, per_token: bool = False,
+             type_ids: list[list[int]] | None = None) -> LinearHead:
     """Train; save the tuned encoder to `out_dir/encoder` and the head to `out_dir/head.npz`."""
     import torch
     from transformers import AutoModel
@@ -83,12 +97,18 @@ def finetune(model_dir: Path, ids: list[list[int]], targets: list[int], n_classe
     with progress.bar("fine-tune", total) as advance:
         for epoch in range(config.epochs):
             running = 0.0
-            for step, (input_ids, mask, labels) in enumerate(_batches(ids, targets, config.batch_size, generator), 1):
+            batches = _batches(ids, targets, config.batch_size, generator, per_token, type_ids)
+            for step, (input_ids, mask, token_types, labels) in enumerate(batches, 1):
                 states = encoder(input_ids=input_ids, attention_mask=mask,
-                                 token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-                weights = mask.unsqueeze(-1).float()
-                pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                loss = torch.nn.functional.cross_entropy(head(dropout(pooled)), labels)
+                                 token_type_ids=token_types).last_hidden_state
+                if per_token:
+                    logits = head(dropout(states))
+                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), labels.reshape(-1),
+                                                             ignore_index=-100)
+                else:
+                    weights = mask.unsqueeze(-1).float()
+                    pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                    loss = torch.nn.functional.cross_entropy(head(dropout(pooled)), labels)
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -115,7 +135,7 @@ def load_cached(out_dir: Path) -> LinearHead | None:
     return LinearHead(saved["weight"], saved["bias"], normalize=False)
 
 def cached_finetune(model_dir, ids, targets, n_classes, config, cache_root: Path, key: str,
-                    progress) -> tuple[Path, LinearHead]:
+                    progress, per_token: bool = False, type_ids=None) -> tuple[Path, LinearHead]:
     """(tuned encoder folder, head), trained now or taken from `cache_root/finetune/key`."""
     out_dir = Path(cache_root) / "finetune" / key
     head = load_cached(out_dir)
@@ -125,6 +145,6 @@ def cached_finetune(model_dir, ids, targets, n_classes, config, cache_root: Path
     if out_dir.exists():
         shutil.rmtree(out_dir)  # an interrupted run
     out_dir.mkdir(parents=True)
-    head = finetune(model_dir, ids, targets, n_classes, config, out_dir, progress)
+    head = finetune(model_dir, ids, targets, n_classes, config, out_dir, progress, per_token, type_ids)
     (out_dir / "complete").write_text("ok\n")
     return out_dir / "encoder", head

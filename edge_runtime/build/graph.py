@@ -1,4 +1,5 @@
-"""Fold pooling and the linear head into the encoder graph, so the bundle maps token ids to logits."""
+"""Fold the linear head (after pooling, or on every token) into the encoder graph, so the bundle maps
+token ids to logits."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,15 +19,10 @@ def _const(name: str, values, dtype):
 
 def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
     """encoder (-> last_hidden_state) + masked mean pooling [+ L2 norm] + linear head -> `logits` (B, C)."""
-    import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(encoder_path))
+    model = _load_encoder(encoder_path)
     graph = model.graph
-    if HIDDEN not in [output.name for output in graph.output]:
-        raise BuildError(f"{encoder_path} has no '{HIDDEN}' output to pool")
-    if "attention_mask" not in [item.name for item in graph.input]:
-        raise BuildError(f"{encoder_path} has no 'attention_mask' input")
     p = "head/"
     graph.initializer.extend([
         _const(p + "axis_seq", [1], np.int64),
@@ -55,13 +51,43 @@ def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
             helper.make_node("Div", [pooled, p + "norm_safe"], [p + "unit"], name=p + "unit"),
         ]
         pooled = p + "unit"
-    # MatMul + Add rather than Gemm: the quantizer would rewrite a Gemm; this way the head stays fp32 by name
-    nodes += [helper.make_node("MatMul", [pooled, p + "weight_t"], [p + "scores"], name=p + "matmul"),
-              helper.make_node("Add", [p + "scores", p + "bias"], [LOGITS], name=p + "add")]
+    nodes += _linear(pooled, head, p)
     graph.node.extend(nodes)
-    while len(graph.output):
-        graph.output.pop()
-    graph.output.append(helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch_size", head.weight.shape[0]]))
+    return _save(model, ["batch_size", head.weight.shape[0]], out_path)
+
+def fold_token_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
+    """encoder (-> last_hidden_state) + the linear head on every token -> `logits` (B, T, C)."""
+    model = _load_encoder(encoder_path)
+    model.graph.initializer.extend([_const("head/weight_t", head.weight.T, np.float32),
+                                    _const("head/bias", head.bias, np.float32)])
+    model.graph.node.extend(_linear(HIDDEN, head, "head/"))
+    return _save(model, ["batch_size", "sequence_length", head.weight.shape[0]], out_path)
+
+def _load_encoder(encoder_path: Path):
+    import onnx
+
+    model = onnx.load(str(encoder_path))
+    if HIDDEN not in [output.name for output in model.graph.output]:
+        raise BuildError(f"{encoder_path} has no '{HIDDEN}' output")
+    if "attention_mask" not in [item.name for item in model.graph.input]:
+        raise BuildError(f"{encoder_path} has no 'attention_mask' input")
+    return model
+
+def _linear(features: str, head: LinearHead, p: str) -> list:
+    # MatMul + Add rather than Gemm: the quantizer would rewrite a Gemm; this way the head stays fp32 by name
+    from onnx import helper
+
+    return [helper.make_node("MatMul", [features, p + "weight_t"], [p + "scores"], name=p + "matmul"),
+            helper.make_node("Add", [p + "scores", p + "bias"], [LOGITS], name=p + "add")]
+
+def _save(model, logits_shape: list, out_path: Path) -> Path:
+    """Make `logits` the only output, check, save."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    while len(model.graph.output):
+        model.graph.output.pop()
+    model.graph.output.append(helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, logits_shape))
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return Path(out_path)

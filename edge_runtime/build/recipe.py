@@ -10,6 +10,7 @@ from .errors import BuildError
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_RECIPE = REPO / "models" / "clinc150-minilm-int8" / "recipe.toml"
+TAGGER_RECIPE = REPO / "models" / "pii-tagger-minilm" / "recipe.toml"
 
 @dataclass
 class Recipe:

@@ -1,4 +1,5 @@
-"""`edge-runtime build`: classifier / embedder bundles from a Hugging Face model, and the default bundle.
+"""`edge-runtime build`: classifier / embedder bundles from a Hugging Face model, the default bundle and
+the PII tagger.
 
 Everything heavy is imported inside the commands, after the [build] extra has been checked.
 """
@@ -21,7 +22,12 @@ def _summary(result: dict) -> None:
                f"-> {result.get('path') or result.get('archive')}")
     for split in ("fp32", "int8"):
         scores = metrics.get(split)
-        if scores:
+        if scores and "all" in scores:   # a tagger: span figures per kind
+            kinds = ", ".join(f"{kind} {scores[kind]['value_recall']:.2f}" for kind in scores
+                              if kind not in ("all", "negatives"))
+            click.echo(f"  {split}: values fully redacted {scores['all']['value_recall']:.2f} ({kinds}), "
+                       f"span precision {scores['all']['span_precision']:.2f}")
+        elif scores:
             oos = "" if scores.get("oos_recall") is None else f", OOS recall {scores['oos_recall']:.2f}"
             click.echo(f"  {split}: in-scope {scores['in_scope_accuracy']:.2f}{oos}, accuracy {scores['accuracy']:.2f}")
     for split, scores in (metrics.get("with_reject_threshold") or {}).items():
@@ -128,15 +134,41 @@ def embedder(texts, min_cosine, as_json, **common):
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Default: models/clinc150-minilm-int8/recipe.toml.")
 @click.option("--datasets", type=click.Path(file_okay=False), help="Folder holding the dataset (overrides the recipe).")
 @click.option("--force", is_flag=True, help="Rebuild even when this release is installed.")
+@click.option("--no-tagger", is_flag=True, help="Skip the PII tagger (names and addresses will not be redacted).")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Exports and fine-tuning runs to reuse (default: $EDGE_RUNTIME_HOME/cache/build).")
 @json_option
-def default(recipe, datasets, force, cache_dir, as_json):
-    """Build, sign (local build key), install and activate the default bundle."""
-    from ..build.default import build_default
-    from ..build.recipe import load_recipe
+def default(recipe, datasets, force, no_tagger, cache_dir, as_json):
+    """Build, sign (local build key) and install the default bundle (activated) and the PII tagger."""
+    from ..build.default import build_default, build_pii_tagger
+    from ..build.recipe import TAGGER_RECIPE, load_recipe
 
+    progress = _progress(as_json)
+    cache = Path(cache_dir) if cache_dir else None
     result = build_default(load_recipe(Path(recipe) if recipe else None), force=force,
-                           datasets=Path(datasets) if datasets else None, progress=_progress(as_json),
-                           cache_dir=Path(cache_dir) if cache_dir else None)
+                           datasets=Path(datasets) if datasets else None, progress=progress, cache_dir=cache)
+    tagger = None if no_tagger else build_pii_tagger(load_recipe(TAGGER_RECIPE), force=force, progress=progress,
+                                                     cache_dir=cache, datasets=Path(datasets) if datasets else None)
+    if as_json:
+        print_json({**result, "pii_tagger": tagger})
+        return
+    _summary(result)
+    if tagger:
+        _summary(tagger)
+
+@build.command("pii-tagger")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Default: models/pii-tagger-minilm/recipe.toml.")
+@click.option("--datasets", type=click.Path(file_okay=False), help="Folder holding the real-negatives dataset.")
+@click.option("--force", is_flag=True, help="Rebuild even when this release is installed.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Exports and fine-tuning runs to reuse (default: $EDGE_RUNTIME_HOME/cache/build).")
+@json_option
+def pii_tagger(recipe, datasets, force, cache_dir, as_json):
+    """Build, sign and install the PII tagger (person names, postal addresses) that egress runs."""
+    from ..build.default import build_pii_tagger
+    from ..build.recipe import TAGGER_RECIPE, load_recipe
+
+    result = build_pii_tagger(load_recipe(Path(recipe) if recipe else TAGGER_RECIPE), force=force,
+                              progress=_progress(as_json), cache_dir=Path(cache_dir) if cache_dir else None,
+                              datasets=Path(datasets) if datasets else None)
     print_json(result) if as_json else _summary(result)

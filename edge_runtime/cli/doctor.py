@@ -33,6 +33,7 @@ def cpu_features() -> dict[str, bool]:
 
 def collect() -> dict:
     from .. import kernels, paths, session
+    from ..pii_tagger import DEFAULT_BUNDLE
     from ..store import Store
 
     store = Store()
@@ -51,6 +52,8 @@ def collect() -> dict:
     checks = [{"model": f"{name}@{version}", "ok": ok, "reason": reason}
               for name, version, ok, reason in store.verify_all()]
     report["store"] = {"ok": all(c["ok"] for c in checks), "models": checks}
+    tagger = [c["model"] for c in checks if c["model"].startswith(DEFAULT_BUNDLE + "@") and c["ok"]]
+    report["pii_tagger"] = tagger[-1] if tagger else None
     problems = [f"{c['model']}: {c['reason']}" for c in checks if not c["ok"]]
     if active is None:
         problems.append("no active model")
@@ -78,6 +81,7 @@ def doctor(as_json):
         click.echo(f"kernels        {report['kernels']}")
         click.echo(f"home           {report['home']} ({report['disk_free_mb']} MB free)")
         click.echo(f"active model   {report['active_model'] or '-'}")
+        click.echo(f"pii tagger     {report['pii_tagger'] or '- (names and addresses are not redacted: edge-runtime build pii-tagger)'}")
         for check in report["store"]["models"]:
             click.echo(f"  {'ok ' if check['ok'] else 'BAD'} {check['model']}  {check['reason'] or ''}")
         for problem in report["problems"]:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..errors import InputError
+from ..pii_tagger import DEFAULT_BUNDLE, find_spans, load_tagger
 from ..redaction import ACTIONS, KINDS, redact as redact_text
 
 
@@ -28,18 +29,23 @@ def _policy(values: tuple[str, ...]) -> dict[str, str]:
               help='One JSON object per line: {"text": redacted, "spans": [{"start","end","kind"}]}.')
 @click.option("--policy", "policy_items", multiple=True, metavar="KIND=ACTION",
               help="redact (default), drop or refuse a kind, e.g. --policy CARD=refuse. Repeatable.")
-def redact(as_json: bool, policy_items: tuple[str, ...]) -> None:
+@click.option("--tagger", metavar="NAME|PATH", default=None,
+              help=f"PII tagger bundle for names and addresses [default: {DEFAULT_BUNDLE} if installed].")
+@click.option("--no-tagger", is_flag=True, help="The regex scanner only (no names, no addresses).")
+def redact(as_json: bool, policy_items: tuple[str, ...], tagger: str | None, no_tagger: bool) -> None:
     """Redact personal data from stdin lines (spans in --json are offsets in the original line)."""
     policy = _policy(policy_items)
+    found = None if no_tagger else load_tagger(tagger or DEFAULT_BUNDLE, required=tagger is not None)
+    if found is None and not no_tagger:
+        click.echo(f"note: no PII tagger ({DEFAULT_BUNDLE} is not installed): names and addresses are not "
+                   "redacted; build it with `edge-runtime build pii-tagger`", err=True)
     out = sys.stdout
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as error:
             raise InputError(f"stdin line {number} is not valid UTF-8 ({error.reason})") from None
-        from ..kernels import pii
-
-        spans = pii.scan(line)
+        spans = find_spans(line, found) if line.strip() else []
         result = redact_text(line, spans, policy)
         if as_json:
             record = {"text": result.text,

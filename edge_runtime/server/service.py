@@ -19,7 +19,8 @@ from ..outbox import Outbox
 from ..pipeline import Pipeline
 from ..results import DEFERRED
 from ..router import Router, RoutingPolicy
-from ..config import routing_overrides
+from ..config import privacy_policy, routing_overrides
+from ..pii_tagger import load_tagger
 from .batching import Batcher, QueueFull, Stopped
 from .errors import RequestError
 from .metrics import Metrics
@@ -36,7 +37,12 @@ class Service:
         self.rejected: collections.Counter = collections.Counter()      # requests refused, by reason
         self.draining = False
         self.outbox = Outbox(paths.state_dir() / "outbox.sqlite")
-        self.egress = Egress(audit=AuditLog(paths.state_dir() / "audit.jsonl"))
+        privacy = config["privacy"]
+        self.egress = Egress(privacy_policy(config), audit=AuditLog(paths.state_dir() / "audit.jsonl"),
+                             tagger=load_tagger(privacy["tagger"], required=privacy["require_tagger"]))
+        if privacy["tagger"] and self.egress.tagger is None:
+            log.warning("PII tagger %s is not installed: names and addresses in escalations are not redacted "
+                        "(edge-runtime build pii-tagger)", privacy["tagger"])
         uplink_config = config["uplink"]
         self.device_id = uplink_config["device_id"] or socket.gethostname()
         self.uplink = None
@@ -164,6 +170,8 @@ class Service:
                 "device_id": self.device_id, "connected": self.uplink.link.connected.is_set(),
                 "stats": dict(self.uplink.stats)},
             "outbox": {"pending": summary["pending"], "answered": summary["answered"], "dead": summary["dead"]},
+            "privacy": {"tagger": self.egress.tagger.name if self.egress.tagger else None,
+                        "policy": self.egress.policy},
         }
 
 def _make_uplink(uplink_config: dict, device_id: str, outbox: Outbox, engine: Engine):

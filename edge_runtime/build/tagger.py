@@ -1,0 +1,209 @@
+"""Build a token tagger (token-classification): fine-tuned encoder + a linear head on every token, INT8.
+
+Used for the PII tagger (person names, postal addresses) that egress runs beside the regex scanner.
+Quality is measured on spans, the way redaction uses them: a gold value counts as caught when
+predicted spans cover every one of its characters (any kind: a name redacted as an address has still
+not left the device), and precision is the share of predicted spans that touch a gold value.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+
+from .. import kernels
+from ..preprocess import case_flags
+from . import export, graph, metrics, ortrun, textenc
+from .config import BuildConfig, BuildResult
+from .errors import GateError
+from .progress import Progress
+from .staging import base_manifest, emit, make_staging_dir, quantize_and_gate
+
+AGGREGATION = "simple"
+SCHEME = "IOB2"
+
+
+def build_tagger(config: BuildConfig, train: list, val: list, tags: list[str],
+                 progress: Progress | None = None, case_feature: bool = True) -> BuildResult:
+    """`train` / `val`: objects with `.text` and `.spans` ((start, end, kind), ...); `tags`: IOB2 tag list.
+    `case_feature`: token_type_ids carry capitalisation (preprocess.case_flags), which the uncased
+    encoder cannot see otherwise."""
+    from .finetune import cache_key, cached_finetune
+    from .pii_corpus import token_tags
+    from .source import fingerprint
+
+    progress = progress or Progress()
+    began = time.perf_counter()
+    work, stage = make_staging_dir(config.out)
+    try:
+        textenc.save_bundle_tokenizer(config.model_dir / "tokenizer.json", stage / "tokenizer.json", config.max_length)
+        tokenizer = textenc.load_tokenizer(stage / "tokenizer.json", config.max_length)
+        train_enc = tokenizer.encode_batch([example.text for example in train])
+        val_enc = tokenizer.encode_batch([example.text for example in val])
+        ids_train = [encoding.ids for encoding in train_enc]
+        targets = [token_tags(encoding.offsets, encoding.special_tokens_mask, example.spans, tags)
+                   for encoding, example in zip(train_enc, train)]
+        types = ([case_flags(example.text, encoding) for example, encoding in zip(train, train_enc)]
+                 if case_feature else None)
+        key = cache_key(fingerprint(config.model_dir), ids_train, targets, config.finetune, per_token=True,
+                        type_ids=types)
+        tuned_dir, head = cached_finetune(config.model_dir, ids_train, targets, len(tags), config.finetune,
+                                          config.cache_dir or work, key, progress, per_token=True, type_ids=types)
+        val_texts = [example.text for example in val] if case_feature else None
+        with progress.step("export fine-tuned encoder to ONNX"):
+            export.cached_export(tuned_dir, config.cache_dir, work / "encoder.onnx")
+        with progress.step("fold the token head into the graph"):
+            graph.fold_token_head(work / "encoder.onnx", head, work / "fp32.onnx")
+        fp32 = span_scores(_decode(_tag(work / "fp32.onnx", val_enc, val_texts, progress, "fp32"), tags), val)
+        state = {}
+
+        def evaluate_pair():
+            state["batches"] = _tag(stage / "model.onnx", val_enc, val_texts, progress, "int8")
+            state["scores"] = span_scores(_decode(state["batches"], tags), val)
+            return tagger_gate(fp32, state["scores"], config.max_drop, force=config.force)
+
+        quant_section, gate_report = quantize_and_gate(work / "fp32.onnx", stage / "model.onnx", config,
+                                                        progress, evaluate_pair)
+        with progress.step("fit the bias against O (recall first)"):
+            bias = fit_outside_bias(state["batches"], tags, val, config.max_false_share)
+            state["spans"] = _decode(state["batches"], tags, bias)
+            biased = span_scores(state["spans"], val)
+        (stage / "labels.json").write_text(json.dumps(tags) + "\n", encoding="utf-8")
+        _write_golden(stage / "golden.jsonl", val, state["spans"])
+        with progress.step("measure size and batch-1 latency"):
+            sample = val_enc[0].ids
+            perf = {"fp32_size_mb": metrics.size_mb(work / "fp32.onnx"),
+                    "int8_size_mb": metrics.size_mb(stage / "model.onnx"),
+                    "int8_latency_ms_batch1": metrics.batch1_latency_ms(stage / "model.onnx", sample),
+                    "latency_tokens": len(sample)}
+        manifest = base_manifest(config, "token-classification", "tokenizer.json")
+        manifest["preprocess"]["case_feature"] = case_feature
+        manifest["model"] = {"file": "model.onnx", "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+                             "outputs": ["logits"], "quantization": quant_section}
+        manifest["postprocess"] = {"labels": "labels.json", "aggregation": AGGREGATION, "scheme": SCHEME,
+                                   "outside_bias": bias}
+        manifest["metrics"] = {"split": "held-out clauses", "fp32": fp32, "int8": state["scores"],
+                               "int8_with_outside_bias": biased,
+                               "gate": gate_report, **perf, "build_seconds": round(time.perf_counter() - began, 1),
+                               "steps_seconds": progress.timings, "source": config.source}
+        path = emit(stage, manifest, config)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(path, manifest, round(time.perf_counter() - began, 1))
+
+
+def _tag(model_path, encodings, texts: list[str] | None, progress: Progress, what: str) -> list[tuple]:
+    """Run the tagger over held-out texts: [(rows, logits, offsets, word_ids), ...] per length batch.
+    With `texts`, the token types carry case flags, as on the device."""
+    sess = ortrun.session(model_path)
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+    batches = []
+    with progress.bar(f"tag held-out texts ({what})", len(order)) as advance:
+        for begin in range(0, len(order), 64):
+            chosen = order[begin:begin + 64]
+            rows = [encodings[i].ids for i in chosen]
+            types = [case_flags(texts[i], encodings[i]) for i in chosen] if texts is not None else None
+            input_ids, mask, type_ids = kernels.batching.pad_batch(rows, max(map(len, rows)), 0, types)
+            if type_ids is None:
+                type_ids = np.zeros_like(input_ids)
+            logits = sess.run(None, ortrun._feeds(sess, input_ids, mask, type_ids))[0]
+            width = logits.shape[1]
+            offsets = np.zeros((len(chosen), width, 2), dtype=np.int64)
+            word_ids = np.full((len(chosen), width), -1, dtype=np.int64)
+            for row, i in enumerate(chosen):
+                n = len(encodings[i].ids)
+                offsets[row, :n] = np.asarray(encodings[i].offsets, dtype=np.int64).reshape(n, 2)
+                word_ids[row, :n] = [-1 if w is None else w for w in encodings[i].word_ids]
+            batches.append((chosen, logits, offsets, word_ids))
+            advance(len(chosen))
+    return batches
+
+
+def _decode(batches: list[tuple], tags: list[str], outside_bias: float = 0.0) -> list[list[tuple]]:
+    """Predicted (start, end, kind) per text, decoded by the runtime's own kernel and rule
+    (postprocess.entities: `outside_bias` is taken off the O logit)."""
+    from ..postprocess import entities
+
+    out: list[list[tuple]] = [[] for _ in range(sum(len(b[0]) for b in batches))]
+    for chosen, logits, offsets, word_ids in batches:
+        found = entities(logits, offsets, word_ids, tags, AGGREGATION, SCHEME, outside_bias)
+        for row, i in enumerate(chosen):
+            out[i] = [(e.start, e.end, e.label) for e in found[row]]
+    return out
+
+
+def fit_outside_bias(batches: list[tuple], tags: list[str], examples: list, max_false_texts: float = 0.015,
+                     min_precision: float = 90.0) -> float:
+    """The largest bias against O (more redaction) that keeps false spans on at most `max_false_texts`
+    of the texts without PII and span precision >= `min_precision`. Redaction prefers recall: a
+    missed name leaves the device, an extra placeholder only costs the upstream a word."""
+    best = 0.0
+    for bias in np.arange(0.0, 6.01, 0.5):
+        scores = span_scores(_decode(batches, tags, float(bias)), examples)
+        negatives = scores["negatives"]
+        false_share = negatives["with_false_spans"] / max(1, negatives["texts"])
+        if false_share > max_false_texts or scores["all"]["span_precision"] < min_precision:
+            break
+        best = float(bias)
+    return best
+
+
+def span_scores(predicted: list[list[tuple]], gold_examples: list) -> dict:
+    """Per kind and overall: value recall (every character covered), exact-span F1, span precision."""
+    kinds = sorted({kind for example in gold_examples for *_, kind in example.spans})
+    result = {}
+    for kind in kinds + [None]:
+        gold_total = covered = exact = predicted_total = touching = 0
+        for spans, example in zip(predicted, gold_examples):
+            gold = [s for s in example.spans if kind is None or s[2] == kind]
+            mine = [s for s in spans if kind is None or s[2] == kind]
+            gold_total += len(gold)
+            predicted_total += len(mine)
+            for start, end, _ in gold:
+                chars = set(range(start, end)) - {i for i in range(start, end) if example.text[i].isspace()}
+                for p_start, p_end, _ in spans:   # any kind covers
+                    chars -= set(range(p_start, p_end))
+                covered += not chars
+                exact += any(p[0] == start and p[1] == end for p in mine)
+            for p_start, p_end, _ in mine:
+                touching += any(p_start < g_end and p_end > g_start for g_start, g_end, _ in example.spans)
+        recall = exact / gold_total if gold_total else 0.0
+        precision = exact / predicted_total if predicted_total else 0.0
+        result[kind or "all"] = {
+            "values": gold_total,
+            "value_recall": _pct(covered, gold_total),
+            "span_precision": _pct(touching, predicted_total),
+            "exact_f1": round(200 * precision * recall / (precision + recall), 2) if precision + recall else 0.0,
+        }
+    negatives = [spans for spans, example in zip(predicted, gold_examples) if not example.spans]
+    result["negatives"] = {"texts": len(negatives), "with_false_spans": sum(bool(s) for s in negatives)}
+    return result
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 2) if whole else 0.0
+
+
+def tagger_gate(fp32: dict, int8: dict, max_drop: float, force: bool = False) -> dict:
+    """INT8 may lose at most `max_drop` points of value recall or exact-span F1 against fp32."""
+    drops = {"value_recall": round(fp32["all"]["value_recall"] - int8["all"]["value_recall"], 2),
+             "exact_f1": round(fp32["all"]["exact_f1"] - int8["all"]["exact_f1"], 2)}
+    report = {"max_drop": max_drop, "drops": drops, "passed": max(drops.values()) <= max_drop, "forced": False}
+    if not report["passed"]:
+        if not force:
+            raise GateError(f"INT8 gate failed: tagger drop {max(drops.values()):.2f} points > allowed "
+                            f"{max_drop:.2f} ({drops}); try --exclude-nodes ffn_down, or --force", report)
+        report["forced"] = True
+    return report
+
+
+def _write_golden(path, examples: list, spans: list[list[tuple]], count: int = 12) -> None:
+    """Held-out texts the INT8 tagger gets exactly right, with their spans (the on-device self-test)."""
+    rows = [{"text": example.text, "entities": [list(s) for s in example.spans]}
+            for example, found in zip(examples, spans)
+            if example.spans and sorted(found) == sorted(example.spans)]
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows[:count]:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

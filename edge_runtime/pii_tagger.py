@@ -1,0 +1,120 @@
+"""Person names and postal addresses, found by a token-classification bundle, as redaction spans.
+
+The regex scanner (kernels.pii) finds structured identifiers; names and addresses need a model. This
+runs the tagger over text of any length: the text is cut into windows of at most the bundle's
+max_length tokens that overlap by OVERLAP tokens (a name on a window's edge is whole in the next one),
+and every span is widened to whole words, so no fragment of a name ("Mc" of "McAllister") is left
+behind. `find_spans` merges the scanner's spans with the tagger's into the non-overlapping list that
+redaction takes.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUNDLE = "pii-tagger-minilm"
+OVERLAP = 16
+KINDS = ("PERSON", "ADDRESS")
+
+
+class PiiTagger:
+    def __init__(self, model):
+        if model.task != "token-classification":
+            raise ValueError(f"{model.name} is a {model.task} model, not a token-classification tagger")
+        unknown = {tag[2:] for tag in model.labels if tag[:2] in ("B-", "I-")} - set(KINDS)
+        if unknown:
+            raise ValueError(f"{model.name} tags {', '.join(sorted(unknown))}; redaction knows {', '.join(KINDS)}")
+        self.model = model
+        self.name = f"{model.name}@{model.version}"
+        tokenizer = model.preprocessor.tokenizer
+        self._window = max(8, model.preprocessor.max_length - 2)   # [CLS] and [SEP]
+        self._tokenizer = _untruncated(tokenizer)
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, kind) of every name and address in `text`, whole words, sorted, merged."""
+        if not text.strip():
+            return []
+        windows = self._windows(text)
+        found = []
+        for (start, end), entities in zip(windows, self.model.entities([text[s:e] for s, e in windows])):
+            found += [(start + e.start, start + e.end, e.label) for e in entities if e.label in KINDS]
+        return merge([_whole_words(text, s, e, kind) for s, e, kind in found])
+
+    def _windows(self, text: str) -> list[tuple[int, int]]:
+        offsets = [o for o in self._tokenizer.encode(text, add_special_tokens=False).offsets if o[1] > o[0]]
+        if len(offsets) <= self._window:
+            return [(0, len(text))]
+        step = self._window - OVERLAP
+        windows = []
+        for first in range(0, len(offsets), step):
+            last = min(first + self._window, len(offsets)) - 1
+            windows.append((offsets[first][0], offsets[last][1]))
+            if last == len(offsets) - 1:
+                break
+        return windows
+
+
+def _untruncated(tokenizer):
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char in "'’-"
+
+
+def _whole_words(text: str, start: int, end: int, kind: str) -> tuple[int, int, str]:
+    while start > 0 and _is_word_char(text[start - 1]):
+        start -= 1
+    while end < len(text) and _is_word_char(text[end]):
+        end += 1
+    return start, end, kind
+
+
+def merge(spans: Iterable[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Overlapping spans become one. Its kind: the scanner's, when a scanner span is part of it (checksums
+    and formats beat a model: an e-mail stays EMAIL though the tagger sees a name in it); else the kind of
+    its longest part (ties: the earlier)."""
+    merged: list[list] = []
+    for start, end, kind in sorted(spans):
+        rank = (kind not in KINDS, end - start)   # scanner kinds first, then length
+        if merged and start < merged[-1][1]:
+            last = merged[-1]
+            if rank > last[3]:
+                last[2], last[3] = kind, rank
+            last[1] = max(last[1], end)
+        else:
+            merged.append([start, end, kind, rank])
+    return [(start, end, kind) for start, end, kind, _ in merged]
+
+
+def find_spans(text: str, tagger: "PiiTagger | None" = None) -> list[tuple[int, int, str]]:
+    """The regex scanner's spans plus, with a tagger, names and addresses: merged, non-overlapping."""
+    from .kernels import pii
+
+    spans = pii.scan(text)
+    if tagger is None:
+        return spans
+    return merge(list(spans) + tagger.spans(text))
+
+
+def load_tagger(ref: str, *, required: bool = False, threads: int = 1, root=None) -> "PiiTagger | None":
+    """The tagger bundle `ref` from the store; None when `ref` is empty, or is missing and not required."""
+    if not ref:
+        return None
+    from .errors import EdgeRuntimeError
+    from .model import load
+
+    try:
+        return PiiTagger(load(ref, threads=threads, root=root, max_batch=8))
+    except EdgeRuntimeError as error:
+        if required:
+            raise
+        log.info("PII tagger %s not loaded: %s", ref, error)
+        return None

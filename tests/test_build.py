@@ -205,7 +205,7 @@ def test_build_default_installs_activates_then_is_a_no_op(tmp_path, encoder, cac
     recipe, datasets = _tiny_recipe(tmp_path)
     home = tmp_path / "home"
     command = [sys.executable, "-m", "edge_runtime", "build", "default", "--recipe", str(recipe),
-               "--datasets", str(datasets), "--cache-dir", str(cache), "--json"]
+               "--datasets", str(datasets), "--cache-dir", str(cache), "--no-tagger", "--json"]
     first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=800)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["status"] == "built"
@@ -252,3 +252,31 @@ def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):
     got = _int8_logits(result.path, texts)
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
     assert np.abs(got - expected).max() < 0.1 * (expected.max() - expected.min())
+
+def test_build_pii_tagger_installs_without_activating_then_is_a_no_op(tmp_path):
+    """The tagger recipe's path through the CLI, shrunk to seconds (the real recipe is built once per session
+    by conftest.pii_tagger_bundle)."""
+    _, datasets = _tiny_recipe(tmp_path)
+    recipe = (REPO / "models" / "pii-tagger-minilm" / "recipe.toml").read_text()
+    for old, new in (("train_examples = 5000", "train_examples = 150"), ("val_examples = 800", "val_examples = 40"),
+                     ("real_negatives = 2500", "real_negatives = 20"), ("real_negatives_val = 600", "real_negatives_val = 10"),
+                     ("epochs = 2", "epochs = 1"), ("max_length = 96", "max_length = 32"),
+                     ("max_drop = 1.0", "max_drop = 100.0"), ('name = "pii-tagger-minilm"', 'name = "tiny-tagger"')):
+        assert old in recipe
+        recipe = recipe.replace(old, new)
+    (tmp_path / "tagger.toml").write_text(recipe)
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "edge_runtime", "build", "pii-tagger", "--recipe", str(tmp_path / "tagger.toml"),
+               "--datasets", str(datasets), "--cache-dir", str(tmp_path / "cache"), "--json"]
+    first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=800)
+    assert first.returncode == 0, first.stderr
+    built = json.loads(first.stdout)
+    assert built["status"] == "built" and built["name"] == "tiny-tagger"
+    manifest = json.loads((Path(built["path"]) / "manifest.json").read_text())
+    assert manifest["task"] == "token-classification" and manifest["preprocess"]["case_feature"] is True
+    assert json.loads((Path(built["path"]) / "labels.json").read_text()) == \
+        ["O", "B-PERSON", "I-PERSON", "B-ADDRESS", "I-ADDRESS"]
+    assert "negatives from CLINC150" in manifest["metrics"]["source"]["dataset"]
+    assert not (home / "models" / "active.json").exists()          # installed, never activated
+    second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and json.loads(second.stdout)["status"] == "already-installed"

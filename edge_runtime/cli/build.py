@@ -20,7 +20,7 @@ def _summary(result: dict) -> None:
     metrics = result.get("metrics") or {}
     click.echo(f"{result.get('status', 'built')}: {result.get('name')}@{result.get('version')} "
                f"-> {result.get('path') or result.get('archive')}")
-    for split in ("fp32", "int8"):
+    for split in ("fp32", "int8", "int8_with_outside_bias"):
         scores = metrics.get(split)
         if scores and "all" in scores:   # a tagger: span figures per kind
             kinds = ", ".join(f"{kind} {scores[kind]['value_recall']:.2f}" for kind in scores

@@ -15,7 +15,7 @@ import numpy as np
 from . import postprocess
 from .errors import BundleError, InputError, StoreError
 from .paths import cache_dir
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, token_positions
 from .results import Entity, Prediction
 from .session import Session, SessionSettings
 
@@ -112,13 +112,7 @@ class Model:
         encodings = self.preprocessor.encode(texts)
         batch = self.preprocessor.tensors(encodings, texts)
         (logits,) = self.session.run(batch.tensors)
-        width = logits.shape[1]
-        offsets = np.zeros((len(texts), width, 2), dtype=np.int64)
-        word_ids = np.full((len(texts), width), -1, dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            n = min(len(encoding.ids), width)
-            offsets[row, :n] = np.asarray(encoding.offsets[:n], dtype=np.int64).reshape(n, 2)
-            word_ids[row, :n] = [-1 if w is None else w for w in encoding.word_ids[:n]]
+        offsets, word_ids = token_positions(encodings, logits.shape[1])
         return postprocess.entities(logits, offsets, word_ids, self.labels,
                                     strategy or self.post.get("aggregation", "simple"),
                                     self.post.get("scheme", "IOB2"), float(self.post.get("outside_bias", 0.0)))

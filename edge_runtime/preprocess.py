@@ -62,6 +62,18 @@ class Preprocessor:
                               count=len(encodings))
         return kernels.batching.length_buckets(lengths, max_batch, max_tokens)
 
+def token_positions(encodings, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (B, width, 2), word_ids (B, width)) of padded encodings, for entity decoding: character
+    spans into each text, and -1 on special and padding tokens."""
+    offsets = np.zeros((len(encodings), width, 2), dtype=np.int64)
+    word_ids = np.full((len(encodings), width), -1, dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        n = min(len(encoding.ids), width)
+        offsets[row, :n] = np.asarray(encoding.offsets[:n], dtype=np.int64).reshape(n, 2)
+        word_ids[row, :n] = [-1 if w is None else w for w in encoding.word_ids[:n]]
+    return offsets, word_ids
+
+
 def case_flags(text: str, encoding) -> list[int]:
     """1 for each token whose first character is upper case, else 0 (special tokens: 0).
 

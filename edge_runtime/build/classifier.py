@@ -25,8 +25,7 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     oos = config.oos_label if config.oos_label in labels else None
     work, stage = make_staging_dir(config.out)
     try:
-        textenc.save_bundle_tokenizer(config.model_dir / "tokenizer.json", stage / "tokenizer.json", config.max_length)
-        tokenizer = textenc.load_tokenizer(stage / "tokenizer.json", config.max_length)
+        tokenizer = textenc.stage_tokenizer(config.model_dir, stage, config.max_length)
         ids_train, ids_val = textenc.encode(tokenizer, train.texts), textenc.encode(tokenizer, val.texts)
         head, encoder_onnx = _train_head(config, work, ids_train, y_train, len(labels), progress)
         with progress.step("fold pooling + head into the graph"):

@@ -16,8 +16,7 @@ def build_embedder(config: BuildConfig, texts: list[str], progress: Progress | N
     began = time.perf_counter()
     work, stage = make_staging_dir(config.out)
     try:
-        textenc.save_bundle_tokenizer(config.model_dir / "tokenizer.json", stage / "tokenizer.json", config.max_length)
-        tokenizer = textenc.load_tokenizer(stage / "tokenizer.json", config.max_length)
+        tokenizer = textenc.stage_tokenizer(config.model_dir, stage, config.max_length)
         ids = textenc.encode(tokenizer, texts)
         with progress.step("export encoder to ONNX"):
             export.cached_export(config.model_dir, config.cache_dir, work / "fp32.onnx")

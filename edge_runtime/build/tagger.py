@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .. import kernels
-from ..preprocess import case_flags
+from ..preprocess import case_flags, token_positions
 from . import export, graph, metrics, ortrun, textenc
 from .config import BuildConfig, BuildResult
 from .errors import GateError
@@ -38,8 +38,7 @@ def build_tagger(config: BuildConfig, train: list, val: list, tags: list[str],
     began = time.perf_counter()
     work, stage = make_staging_dir(config.out)
     try:
-        textenc.save_bundle_tokenizer(config.model_dir / "tokenizer.json", stage / "tokenizer.json", config.max_length)
-        tokenizer = textenc.load_tokenizer(stage / "tokenizer.json", config.max_length)
+        tokenizer = textenc.stage_tokenizer(config.model_dir, stage, config.max_length)
         train_enc = tokenizer.encode_batch([example.text for example in train])
         val_enc = tokenizer.encode_batch([example.text for example in val])
         ids_train = [encoding.ids for encoding in train_enc]
@@ -109,13 +108,7 @@ def _tag(model_path, encodings, texts: list[str] | None, progress: Progress, wha
             if type_ids is None:
                 type_ids = np.zeros_like(input_ids)
             logits = sess.run(None, ortrun._feeds(sess, input_ids, mask, type_ids))[0]
-            width = logits.shape[1]
-            offsets = np.zeros((len(chosen), width, 2), dtype=np.int64)
-            word_ids = np.full((len(chosen), width), -1, dtype=np.int64)
-            for row, i in enumerate(chosen):
-                n = len(encodings[i].ids)
-                offsets[row, :n] = np.asarray(encodings[i].offsets, dtype=np.int64).reshape(n, 2)
-                word_ids[row, :n] = [-1 if w is None else w for w in encodings[i].word_ids]
+            offsets, word_ids = token_positions([encodings[i] for i in chosen], logits.shape[1])
             batches.append((chosen, logits, offsets, word_ids))
             advance(len(chosen))
     return batches

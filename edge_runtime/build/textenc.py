@@ -15,9 +15,11 @@ def load_tokenizer(path: Path, max_length: int):
     tokenizer.enable_truncation(max_length)
     return tokenizer
 
-def save_bundle_tokenizer(source: Path, target: Path, max_length: int) -> None:
-    """The bundle's tokenizer: truncation at max_length, no fixed padding."""
-    load_tokenizer(source, max_length).save(str(target))
+def stage_tokenizer(model_dir: Path, stage: Path, max_length: int):
+    """Write the bundle's tokenizer.json (truncation at max_length, no fixed padding) into the staging dir
+    and return it loaded from there, exactly as the runtime will read it."""
+    load_tokenizer(Path(model_dir) / "tokenizer.json", max_length).save(str(Path(stage) / "tokenizer.json"))
+    return load_tokenizer(Path(stage) / "tokenizer.json", max_length)
 
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return [item.ids for item in tokenizer.encode_batch(texts)]

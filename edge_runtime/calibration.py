@@ -245,8 +245,9 @@ def bump_patch(version: str) -> str:
     major, minor, patch = (int(part) for part in core.split("."))
     return f"{major}.{minor}.{patch + 1}"
 
-def calibrated_manifest(raw: dict, result: Calibration) -> dict:
-    """A copy of a manifest for the next version, carrying the fitted temperature and thresholds."""
+def next_version_manifest(raw: dict) -> dict:
+    """A copy of a manifest for the bundle's next version: patch and release bumped, files and created
+    dropped (finalize() writes them again)."""
     import copy
 
     manifest = copy.deepcopy(raw)
@@ -254,6 +255,11 @@ def calibrated_manifest(raw: dict, result: Calibration) -> dict:
         manifest.pop(key, None)
     manifest["version"] = bump_patch(raw["version"])
     manifest["release"] = int(raw["release"]) + 1
+    return manifest
+
+def calibrated_manifest(raw: dict, result: Calibration) -> dict:
+    """A copy of a manifest for the next version, carrying the fitted temperature and thresholds."""
+    manifest = next_version_manifest(raw)
     post = manifest.setdefault("postprocess", {})
     post["temperature"] = result.temperature
     post["reject_threshold"] = result.reject_threshold

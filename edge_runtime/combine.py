@@ -65,27 +65,9 @@ class Combination:
 def combine(combination: Combination, top_k: Sequence, logits_row: Sequence[float],
             labels: Sequence[str]) -> tuple[str, float]:
     """One escalated request: the device's top-k [(label, p)] or [{"label", "score"}] and one row of upstream
-    logits (in `labels` order) -> (label, score)."""
-    c = combination
-    known = {}
-    for item in top_k:
-        label, score = (item["label"], item["score"]) if isinstance(item, dict) else item
-        if label in labels:
-            known[list(labels).index(label)] = float(score)
-    n = len(labels)
-    rest = max((1.0 - sum(known.values())) / (n - len(known)), FLOOR) if n > len(known) else FLOOR
-    z = np.asarray(logits_row, dtype=np.float64) / c.temperature
-    u = np.exp(z - z.max())
-    u /= u.sum()
-    s = [c.device_weight * np.log(known.get(i, rest) + EPS) + (1 - c.device_weight) * np.log(u[i] + EPS)
-         + (c.oos_bias if labels[i] == c.oos_label else 0.0) for i in range(n)]
-    q = np.exp(np.array(s) - max(s))
-    q /= q.sum()
-    best = int(q.argmax())
-    score = float(q[best])
-    if c.oos_label in labels and score < c.reject_threshold:
-        return c.oos_label, score
-    return labels[best], score
+    logits (in `labels` order) -> (label, score). The one-row case of combine_many()."""
+    answers, scores = combine_many(combination, [top_k], np.asarray(logits_row, dtype=np.float64)[None, :], labels)
+    return answers[0], float(scores[0])
 
 
 def device_matrix(top_ks: Sequence[Sequence], labels: Sequence[str]) -> np.ndarray:
@@ -198,15 +180,9 @@ def fit_combination(top_ks: Sequence[Sequence], escalated: Sequence[bool], devic
 
 def combined_manifest(raw: dict, fit: CombinationFit) -> dict:
     """A copy of the upstream's manifest for its next version, with postprocess.combine and metrics.combination."""
-    import copy
+    from .calibration import next_version_manifest
 
-    from .calibration import bump_patch
-
-    manifest = copy.deepcopy(raw)
-    for key in ("files", "created"):
-        manifest.pop(key, None)
-    manifest["version"] = bump_patch(raw["version"])
-    manifest["release"] = int(raw["release"]) + 1
+    manifest = next_version_manifest(raw)
     manifest.setdefault("postprocess", {})["combine"] = fit.combination.to_dict()
     summary = {k: v for k, v in fit.to_dict().items() if k not in ("combination", "grid")}
     summary["combined_from"] = f"{raw['name']}@{raw['version']}"

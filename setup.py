@@ -4,11 +4,13 @@ Portable by default (no -march=native) so a wheel runs on any x86-64 or aarch64 
 EDGE_RUNTIME_NATIVE=1 opts in to -march=native for a build that stays on one machine.
 EDGE_RUNTIME_NO_EXTENSIONS=1 skips the build: the package then runs on its pure-Python twins.
 """
+
 import glob
 import os
 import sys
 
 from setuptools import setup
+
 
 def extensions():
     if os.environ.get("EDGE_RUNTIME_NO_EXTENSIONS") == "1":
@@ -37,5 +39,6 @@ def extensions():
         language_level=3,
         compiler_directives={"embedsignature": True, "cdivision": True},
     )
+
 
 setup(ext_modules=extensions())

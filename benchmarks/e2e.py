@@ -11,6 +11,7 @@ Rows come in two groups, compared only within their group (see benchmarks/README
 Batch 1: median and p90 latency of single CLINC150 val queries, systems interleaved in rounds so they share
 the machine's load. Val set: the 3,100 texts in batches of 32, texts/s, best of the passes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))    # run from a checkout without installing
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
@@ -44,30 +45,35 @@ BATCH = 32
 TARGETS = {"b1_vs_raw": 1.03, "val_vs_fastembed": 1.3, "val_vs_optimum": 1.3, "val_vs_torch": 5.0}
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
+
 @dataclass
 class Workload:
-    queries: list[str]          # batch-1 requests
-    texts: list[str]            # the val set, run in batches of 32
+    queries: list[str]  # batch-1 requests
+    texts: list[str]  # the val set, run in batches of 32
     warmup: int
     rounds: int
     passes: int
 
+
 @dataclass
 class System:
-    group: str                  # "classifier" | "embedder"
-    kind: str                   # limit | edge | optimum | fastembed | torch | info
+    group: str  # "classifier" | "embedder"
+    kind: str  # limit | edge | optimum | fastembed | torch | info
     name: str
-    single: Callable[[int], object] | None     # request i of Workload.queries at batch 1
-    whole: Callable[[], object]                 # all of Workload.texts in batches of 32
-    answer: Callable[[list[str]], object] | None = None     # top-1 labels or vectors, to check agreement
-    warm: Callable[[], object] | None = None    # one batch of 32 before a single timed pass (torch)
+    single: Callable[[int], object] | None  # request i of Workload.queries at batch 1
+    whole: Callable[[], object]  # all of Workload.texts in batches of 32
+    answer: Callable[[list[str]], object] | None = None  # top-1 labels or vectors, to check agreement
+    warm: Callable[[], object] | None = None  # one batch of 32 before a single timed pass (torch)
     result: dict = field(default_factory=dict)
 
+
 # ---- setup helpers ---------------------------------------------------------------------------
+
 
 def read_texts(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line)["text"] for line in handle if line.strip()]
+
 
 def ort_options(threads: int):
     import onnxruntime as ort
@@ -78,6 +84,7 @@ def ort_options(threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     return options
+
 
 def hf_folder(folder: Path, model_file: Path, source: Path, config_patch: dict | None = None) -> Path:
     """A Hugging Face style folder around an INT8 model file: what optimum and fastembed load from."""
@@ -92,6 +99,7 @@ def hf_folder(folder: Path, model_file: Path, source: Path, config_patch: dict |
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
+
 def ensure_embedder(out: Path, source: Path, texts: list[str]) -> Path:
     """Build (once) an INT8 feature-extraction bundle of the source encoder with `edge-runtime build embedder`."""
     if (out / "manifest.json").exists():
@@ -99,10 +107,30 @@ def ensure_embedder(out: Path, source: Path, texts: list[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         handle.writelines(json.dumps({"text": text}) + "\n" for text in texts[:: max(1, len(texts) // 64)][:64])
-    command = [sys.executable, "-m", "edge_runtime", "build", "embedder", "--model", str(source),
-               "--name", "bench-minilm-embedder", "--version", "0.0.1", "--release", "1", "--max-length", "64",
-               "--texts", handle.name, "--allow-unsigned-output", "--out", str(out),
-               "--cache-dir", str(paths.cache_dir() / "build")]
+    command = [
+        sys.executable,
+        "-m",
+        "edge_runtime",
+        "build",
+        "embedder",
+        "--model",
+        str(source),
+        "--name",
+        "bench-minilm-embedder",
+        "--version",
+        "0.0.1",
+        "--release",
+        "1",
+        "--max-length",
+        "64",
+        "--texts",
+        handle.name,
+        "--allow-unsigned-output",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(paths.cache_dir() / "build"),
+    ]
     print(f"building the embedder bundle into {out} ...", file=sys.stderr)
     done = subprocess.run(command, capture_output=True, text=True)
     os.unlink(handle.name)
@@ -111,18 +139,23 @@ def ensure_embedder(out: Path, source: Path, texts: list[str]) -> Path:
         raise SystemExit(f"error: edge-runtime build embedder failed: {reason}")
     return out
 
+
 def model_file(model) -> Path:
     return model.path / model.manifest.raw.get("model", {}).get("file", "model.onnx")
+
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask.astype(np.float32)[:, :, None]
     means = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
     return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
+
 def batches(items: list, size: int = BATCH):
-    return [items[start:start + size] for start in range(0, len(items), size)]
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
 
 # ---- the systems -----------------------------------------------------------------------------
+
 
 def raw_systems(group: str, model, threads: int, work: Workload) -> list[System]:
     """Plain InferenceSession.run on the bundle's model file; tokenised and padded before the clock starts."""
@@ -142,39 +175,76 @@ def raw_systems(group: str, model, threads: int, work: Workload) -> list[System]
     bucketed = [feeds([encodings[i] for i in order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
     in_order = [feeds(chunk) for chunk in batches(encodings)]
     return [
-        System(group, "limit", "raw session.run (pre-tokenised, length-bucketed)",
-               lambda i: session.run(None, singles[i]), lambda: [session.run(None, f) for f in bucketed]),
-        System(group, "info", "raw session.run (pre-tokenised, batches of 32 in val order)",
-               None, lambda: [session.run(None, f) for f in in_order]),
+        System(
+            group,
+            "limit",
+            "raw session.run (pre-tokenised, length-bucketed)",
+            lambda i: session.run(None, singles[i]),
+            lambda: [session.run(None, f) for f in bucketed],
+        ),
+        System(
+            group,
+            "info",
+            "raw session.run (pre-tokenised, batches of 32 in val order)",
+            None,
+            lambda: [session.run(None, f) for f in in_order],
+        ),
     ]
+
 
 def edge_systems(group: str, model, work: Workload) -> list[System]:
     call = model.predict if group == "classifier" else model.embed
 
-    def answer(texts):    # top-1 before the reject threshold: what the other classifiers return
+    def answer(texts):  # top-1 before the reject threshold: what the other classifiers return
         return [p.top_k[0][0] for p in call(texts)] if group == "classifier" else call(texts)
 
     return [
-        System(group, "edge", f"edge_runtime {call.__name__} (whole list, bucketed)",
-               lambda i: call([work.queries[i]]), lambda: call(work.texts), answer),
-        System(group, "info", f"edge_runtime {call.__name__} (caller-made batches of 32)",
-               None, lambda: [call(chunk) for chunk in batches(work.texts)]),
+        System(
+            group,
+            "edge",
+            f"edge_runtime {call.__name__} (whole list, bucketed)",
+            lambda i: call([work.queries[i]]),
+            lambda: call(work.texts),
+            answer,
+        ),
+        System(
+            group,
+            "info",
+            f"edge_runtime {call.__name__} (caller-made batches of 32)",
+            None,
+            lambda: [call(chunk) for chunk in batches(work.texts)],
+        ),
     ]
+
 
 def optimum_classifier(bundle, source: Path, threads: int, scratch: Path, work: Workload) -> System:
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer, pipeline
 
     labels = bundle.labels
-    folder = hf_folder(scratch / "optimum-classifier", model_file(bundle), source, {
-        "architectures": ["BertForSequenceClassification"], "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)}})
+    folder = hf_folder(
+        scratch / "optimum-classifier",
+        model_file(bundle),
+        source,
+        {
+            "architectures": ["BertForSequenceClassification"],
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        },
+    )
     model = ORTModelForSequenceClassification.from_pretrained(
-        folder, file_name="model.onnx", session_options=ort_options(threads), provider="CPUExecutionProvider")
+        folder, file_name="model.onnx", session_options=ort_options(threads), provider="CPUExecutionProvider"
+    )
     pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder))
-    return System("classifier", "optimum", "optimum ORTModelForSequenceClassification + pipeline",
-                  lambda i: pipe(work.queries[i]), lambda: pipe(work.texts, batch_size=BATCH),
-                  lambda texts: [r["label"] for r in pipe(texts, batch_size=BATCH)])
+    return System(
+        "classifier",
+        "optimum",
+        "optimum ORTModelForSequenceClassification + pipeline",
+        lambda i: pipe(work.queries[i]),
+        lambda: pipe(work.texts, batch_size=BATCH),
+        lambda texts: [r["label"] for r in pipe(texts, batch_size=BATCH)],
+    )
+
 
 def optimum_embedder(embedder, source: Path, threads: int, scratch: Path, work: Workload) -> System:
     """ORTModelForFeatureExtraction + its tokenizer + NumPy mean pooling (the optimum/sentence-transformers recipe)."""
@@ -183,30 +253,49 @@ def optimum_embedder(embedder, source: Path, threads: int, scratch: Path, work: 
 
     folder = hf_folder(scratch / "optimum-embedder", model_file(embedder), source)
     model = ORTModelForFeatureExtraction.from_pretrained(
-        folder, file_name="model.onnx", session_options=ort_options(threads), provider="CPUExecutionProvider")
+        folder, file_name="model.onnx", session_options=ort_options(threads), provider="CPUExecutionProvider"
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
 
     def embed(texts):
         encoded = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="np")
         return mean_pool(model(**encoded).last_hidden_state, encoded["attention_mask"])
 
-    return System("embedder", "optimum", "optimum ORTModelForFeatureExtraction + tokenizer + mean pool",
-                  lambda i: embed([work.queries[i]]), lambda: [embed(chunk) for chunk in batches(work.texts)], embed)
+    return System(
+        "embedder",
+        "optimum",
+        "optimum ORTModelForFeatureExtraction + tokenizer + mean pool",
+        lambda i: embed([work.queries[i]]),
+        lambda: [embed(chunk) for chunk in batches(work.texts)],
+        embed,
+    )
+
 
 def fastembed_embedder(embedder, source: Path, threads: int, scratch: Path, work: Workload) -> System:
     from fastembed import TextEmbedding
     from fastembed.common.model_description import ModelSource, PoolingType
 
     name = "edge-runtime-bench/minilm-l6-int8"
-    with contextlib.suppress(ValueError):      # already registered by the previous thread count
-        TextEmbedding.add_custom_model(model=name, pooling=PoolingType.MEAN, normalization=True,
-                                       sources=ModelSource(hf=name), dim=384, model_file="model.onnx")
+    with contextlib.suppress(ValueError):  # already registered by the previous thread count
+        TextEmbedding.add_custom_model(
+            model=name,
+            pooling=PoolingType.MEAN,
+            normalization=True,
+            sources=ModelSource(hf=name),
+            dim=384,
+            model_file="model.onnx",
+        )
     folder = hf_folder(scratch / "fastembed-embedder", model_file(embedder), source)
     model = TextEmbedding(name, specific_model_path=str(folder), threads=threads)
-    return System("embedder", "fastembed", "fastembed TextEmbedding (same INT8 file)",
-                  lambda i: list(model.embed([work.queries[i]], batch_size=BATCH)),
-                  lambda: list(model.embed(work.texts, batch_size=BATCH)),
-                  lambda texts: np.stack(list(model.embed(texts, batch_size=BATCH))))
+    return System(
+        "embedder",
+        "fastembed",
+        "fastembed TextEmbedding (same INT8 file)",
+        lambda i: list(model.embed([work.queries[i]], batch_size=BATCH)),
+        lambda: list(model.embed(work.texts, batch_size=BATCH)),
+        lambda texts: np.stack(list(model.embed(texts, batch_size=BATCH))),
+    )
+
 
 def torch_classifier(n_labels: int, source: Path, work: Workload) -> System:
     """fp32 MiniLM-L6 with a fresh 151-way head (same shapes as the bundle's; its weights don't matter to speed)."""
@@ -215,11 +304,16 @@ def torch_classifier(n_labels: int, source: Path, work: Workload) -> System:
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=n_labels).eval()
-    pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(source),
-                    device=-1)
-    return System("classifier", "torch", "transformers pipeline, torch fp32",
-                  lambda i: pipe(work.queries[i]), lambda: pipe(work.texts, batch_size=BATCH),
-                  warm=lambda: pipe(work.texts[:BATCH], batch_size=BATCH))
+    pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(source), device=-1)
+    return System(
+        "classifier",
+        "torch",
+        "transformers pipeline, torch fp32",
+        lambda i: pipe(work.queries[i]),
+        lambda: pipe(work.texts, batch_size=BATCH),
+        warm=lambda: pipe(work.texts[:BATCH], batch_size=BATCH),
+    )
+
 
 def torch_embedder(source: Path, work: Workload) -> System:
     """The optimum embedder row's recipe on torch fp32: tokenizer + AutoModel + the same NumPy mean pooling."""
@@ -234,9 +328,16 @@ def torch_embedder(source: Path, work: Workload) -> System:
             hidden = model(**encoded).last_hidden_state
         return mean_pool(hidden.numpy(), encoded["attention_mask"].numpy())
 
-    return System("embedder", "torch", "transformers AutoModel torch fp32 + tokenizer + mean pool",
-                  lambda i: embed([work.queries[i]]), lambda: [embed(chunk) for chunk in batches(work.texts)], embed,
-                  warm=lambda: embed(work.texts[:BATCH]))
+    return System(
+        "embedder",
+        "torch",
+        "transformers AutoModel torch fp32 + tokenizer + mean pool",
+        lambda i: embed([work.queries[i]]),
+        lambda: [embed(chunk) for chunk in batches(work.texts)],
+        embed,
+        warm=lambda: embed(work.texts[:BATCH]),
+    )
+
 
 @contextlib.contextmanager
 def quiet():
@@ -248,6 +349,7 @@ def quiet():
             yield
         finally:
             logging.disable(logging.NOTSET)
+
 
 def make_systems(args, threads: int, work: Workload, scratch: Path) -> list[System]:
     import edge_runtime
@@ -262,6 +364,7 @@ def make_systems(args, threads: int, work: Workload, scratch: Path) -> list[Syst
             systems.append(optimum_classifier(classifier, source, threads, scratch, work))
         if "torch" not in skip:
             import torch
+
             torch.set_num_threads(threads)
             systems.append(torch_classifier(len(classifier.labels), source, work))
     if args.embedder_path is None:
@@ -277,12 +380,14 @@ def make_systems(args, threads: int, work: Workload, scratch: Path) -> list[Syst
             systems.append(torch_embedder(source, work))
     return systems
 
+
 def agreement(systems: list[System], texts: list[str]) -> list[dict]:
     """Same answers? Top-1 label agreement (classifier) or min cosine (embedder) with edge_runtime.
 
     Compared one text at a time: dynamic INT8 quantises activations per tensor over the whole batch, pad
     positions included, so batched answers depend on the batch's other texts (the last row measures that).
     """
+
     def one_by_one(system):
         answers = [system.answer([text]) for text in texts]
         return sum(answers, []) if isinstance(answers[0], list) else np.concatenate(answers)
@@ -305,7 +410,9 @@ def agreement(systems: list[System], texts: list[str]) -> list[dict]:
         out.append(compare(group, "edge_runtime itself, batched vs one at a time", mine, edge.answer(texts)))
     return out
 
+
 # ---- measuring -------------------------------------------------------------------------------
+
 
 def measure_batch1(systems: list[System], work: Workload) -> None:
     """Per-request latency; each round runs a slice of the queries on every system in turn."""
@@ -316,7 +423,7 @@ def measure_batch1(systems: list[System], work: Workload) -> None:
     times: dict[str, list[float]] = {s.name + s.group: [] for s in live}
     for chunk in np.array_split(np.arange(len(work.queries)), work.rounds):
         for system in live:
-            system.single(int(chunk[0]))        # re-warm after the previous system's threads ran
+            system.single(int(chunk[0]))  # re-warm after the previous system's threads ran
             for i in chunk:
                 start = time.perf_counter()
                 system.single(int(i))
@@ -324,6 +431,7 @@ def measure_batch1(systems: list[System], work: Workload) -> None:
     for system in live:
         samples = np.asarray(times[system.name + system.group]) * 1000.0
         system.result.update(b1_median_ms=float(np.median(samples)), b1_p90_ms=float(np.percentile(samples, 90)))
+
 
 def measure_val(systems: list[System], work: Workload) -> None:
     """Best pass of each system; the first pass doubles as warm-up (arena growth for batch 32)."""
@@ -334,7 +442,7 @@ def measure_val(systems: list[System], work: Workload) -> None:
     for number in range(work.passes):
         for system in systems:
             if system.kind == "torch" and number > 0:
-                continue                        # slow and far from its target: one pass is enough
+                continue  # slow and far from its target: one pass is enough
             start = time.perf_counter()
             system.whole()
             key = system.name + system.group
@@ -342,7 +450,9 @@ def measure_val(systems: list[System], work: Workload) -> None:
     for system in systems:
         system.result["val_texts_per_s"] = len(work.texts) / best[system.name + system.group]
 
+
 # ---- stage breakdown (why a target is missed) ------------------------------------------------
+
 
 def breakdown(model, group: str, work: Workload) -> dict:
     """Median ms per stage of edge_runtime's request path, batch 1 and the val set, timed from outside."""
@@ -379,32 +489,58 @@ def breakdown(model, group: str, work: Workload) -> dict:
     whole = [stages(work.texts) for _ in range(max(1, work.passes))]
     return {"group": group, "batch1_ms": median_of(single), "val_ms": median_of(whole)}
 
+
 # ---- verdicts and output ---------------------------------------------------------------------
+
 
 def verdicts(systems: list[System], threads: int) -> list[dict]:
     out = []
 
     def add(group, what, ratio, target, higher_is_better):
         ok = ratio >= target if higher_is_better else ratio <= target
-        out.append({"threads": threads, "group": group, "target": what, "ratio": round(ratio, 3),
-                    "need": f"{'>=' if higher_is_better else '<='} {target:g}x", "verdict": "PASS" if ok else "MISS"})
+        out.append(
+            {
+                "threads": threads,
+                "group": group,
+                "target": what,
+                "ratio": round(ratio, 3),
+                "need": f"{'>=' if higher_is_better else '<='} {target:g}x",
+                "verdict": "PASS" if ok else "MISS",
+            }
+        )
 
     for group in ("classifier", "embedder"):
         rows = {s.kind: s.result for s in systems if s.group == group and s.kind != "info"}
         if "edge" not in rows:
             continue
         edge, raw = rows["edge"], rows["limit"]
-        add(group, "batch 1: edge / raw session.run latency", edge["b1_median_ms"] / raw["b1_median_ms"],
-            TARGETS["b1_vs_raw"], False)
+        add(
+            group,
+            "batch 1: edge / raw session.run latency",
+            edge["b1_median_ms"] / raw["b1_median_ms"],
+            TARGETS["b1_vs_raw"],
+            False,
+        )
         for kind in ("fastembed", "optimum"):
             if kind in rows:
-                add(group, f"batch 1: edge / {kind} latency", edge["b1_median_ms"] / rows[kind]["b1_median_ms"],
-                    1.0, False)
+                add(
+                    group,
+                    f"batch 1: edge / {kind} latency",
+                    edge["b1_median_ms"] / rows[kind]["b1_median_ms"],
+                    1.0,
+                    False,
+                )
         for kind in ("fastembed", "optimum", "torch"):
             if kind in rows:
-                add(group, f"val set: edge / {kind} throughput",
-                    edge["val_texts_per_s"] / rows[kind]["val_texts_per_s"], TARGETS[f"val_vs_{kind}"], True)
+                add(
+                    group,
+                    f"val set: edge / {kind} throughput",
+                    edge["val_texts_per_s"] / rows[kind]["val_texts_per_s"],
+                    TARGETS[f"val_vs_{kind}"],
+                    True,
+                )
     return out
+
 
 def table_rows(systems: list[System], threads: int) -> list[dict]:
     rows = []
@@ -416,41 +552,68 @@ def table_rows(systems: list[System], threads: int) -> list[dict]:
         for s in members:
             r = s.result
             b1 = r.get("b1_median_ms")
-            rows.append({"threads": threads, "group": group, "system": s.name, "kind": s.kind,
-                         "b1_median_ms": b1, "b1_p90_ms": r.get("b1_p90_ms"),
-                         "b1_vs_raw": None if b1 is None else b1 / raw["b1_median_ms"],
-                         "val_texts_per_s": r["val_texts_per_s"],
-                         "val_vs_raw": r["val_texts_per_s"] / raw["val_texts_per_s"]})
+            rows.append(
+                {
+                    "threads": threads,
+                    "group": group,
+                    "system": s.name,
+                    "kind": s.kind,
+                    "b1_median_ms": b1,
+                    "b1_p90_ms": r.get("b1_p90_ms"),
+                    "b1_vs_raw": None if b1 is None else b1 / raw["b1_median_ms"],
+                    "val_texts_per_s": r["val_texts_per_s"],
+                    "val_vs_raw": r["val_texts_per_s"] / raw["val_texts_per_s"],
+                }
+            )
     return rows
+
 
 def print_table(rows: list[dict], targets: list[dict], profiles: list[dict]) -> None:
     head = ["thr", "group", "system", "b1 median", "b1 p90", "b1 x raw", "val texts/s", "val x raw"]
-    lines = [[str(r["threads"]), r["group"], r["system"],
-              "" if r["b1_median_ms"] is None else f"{r['b1_median_ms']:.3f} ms",
-              "" if r["b1_p90_ms"] is None else f"{r['b1_p90_ms']:.3f} ms",
-              "" if r["b1_vs_raw"] is None else f"{r['b1_vs_raw']:.3f}x",
-              f"{r['val_texts_per_s']:.0f}", f"{r['val_vs_raw']:.3f}x"] for r in rows]
+    lines = [
+        [
+            str(r["threads"]),
+            r["group"],
+            r["system"],
+            "" if r["b1_median_ms"] is None else f"{r['b1_median_ms']:.3f} ms",
+            "" if r["b1_p90_ms"] is None else f"{r['b1_p90_ms']:.3f} ms",
+            "" if r["b1_vs_raw"] is None else f"{r['b1_vs_raw']:.3f}x",
+            f"{r['val_texts_per_s']:.0f}",
+            f"{r['val_vs_raw']:.3f}x",
+        ]
+        for r in rows
+    ]
     widths = [max(len(x) for x in column) for column in zip(head, *lines)]
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)
     print(fmt.format(*head))
     print("-+-".join("-" * w for w in widths))
     for line in lines:
         print(fmt.format(*line))
-    print("\nb1 x raw: latency / raw session.run latency (lower is better); "
-          "val x raw: throughput / raw throughput (higher is better)\n")
+    print(
+        "\nb1 x raw: latency / raw session.run latency (lower is better); "
+        "val x raw: throughput / raw throughput (higher is better)\n"
+    )
     for t in targets:
-        print(f"threads {t['threads']} {t['group']:<10} {t['target']:<44} {t['ratio']:.3f}x  "
-              f"(need {t['need']})  {t['verdict']}")
+        print(
+            f"threads {t['threads']} {t['group']:<10} {t['target']:<44} {t['ratio']:.3f}x  "
+            f"(need {t['need']})  {t['verdict']}"
+        )
     for p in profiles:
-        print(f"\nthreads {p['threads']} {p['group']} edge_runtime stages, median ms: "
-              f"batch 1 {p['batch1_ms']}  val set {p['val_ms']}")
+        print(
+            f"\nthreads {p['threads']} {p['group']} edge_runtime stages, median ms: "
+            f"batch 1 {p['batch1_ms']}  val set {p['val_ms']}"
+        )
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="clinc150-minilm-int8", help="classifier bundle: store name or path")
     parser.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned classifier bundle")
-    parser.add_argument("--embedder", default=None,
-                        help="feature-extraction bundle dir (default: built once into $EDGE_RUNTIME_HOME/cache/bench)")
+    parser.add_argument(
+        "--embedder",
+        default=None,
+        help="feature-extraction bundle dir (default: built once into $EDGE_RUNTIME_HOME/cache/bench)",
+    )
     parser.add_argument("--no-embedder", action="store_true", help="classifier rows only")
     parser.add_argument("--source", default=None, help=f"HF folder of the fp32 encoder (default: {SOURCE_PACKAGE})")
     parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
@@ -465,18 +628,28 @@ def main(argv=None) -> int:
     from edge_runtime.errors import EdgeRuntimeError
 
     val = read_texts(DATASET / "val.jsonl")
-    queries = val[3::max(1, len(val) // (60 if args.quick else 300))][:60 if args.quick else 300]
-    work = Workload(queries=queries, texts=val[::5] if args.quick else val, warmup=10 if args.quick else 30,
-                    rounds=6 if args.quick else 30, passes=2 if args.quick else 3)
+    queries = val[3 :: max(1, len(val) // (60 if args.quick else 300))][: 60 if args.quick else 300]
+    work = Workload(
+        queries=queries,
+        texts=val[::5] if args.quick else val,
+        warmup=10 if args.quick else 30,
+        rounds=6 if args.quick else 30,
+        passes=2 if args.quick else 3,
+    )
     if args.source is None:
         from edge_runtime.build.source import package_model_dir
+
         args.source = str(package_model_dir(SOURCE_PACKAGE))
     args.embedder_path = None
     if not args.no_embedder:
-        args.embedder_path = Path(args.embedder) if args.embedder else ensure_embedder(
-            paths.cache_dir() / "bench" / "minilm-l6-embedder-int8", Path(args.source), val)
+        args.embedder_path = (
+            Path(args.embedder)
+            if args.embedder
+            else ensure_embedder(paths.cache_dir() / "bench" / "minilm-l6-embedder-int8", Path(args.source), val)
+        )
     if "torch" not in args.skip:
         import torch
+
         torch.set_num_interop_threads(1)
     rows, targets, profiles, checks = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="e2e-bench-") as scratch:
@@ -499,15 +672,39 @@ def main(argv=None) -> int:
                     model = edge_runtime.load(ref, threads=count, allow_unsigned=unsigned)
                     profiles.append({"threads": count, **breakdown(model, group, work)})
     if args.json:
-        print(json.dumps({"workload": {"queries": len(work.queries), "texts": len(work.texts),
-                                       "passes": work.passes, "quick": args.quick},
-                          "rows": rows, "targets": targets, "breakdown": profiles, "agreement": checks}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "workload": {
+                        "queries": len(work.queries),
+                        "texts": len(work.texts),
+                        "passes": work.passes,
+                        "quick": args.quick,
+                    },
+                    "rows": rows,
+                    "targets": targets,
+                    "breakdown": profiles,
+                    "agreement": checks,
+                },
+                indent=2,
+            )
+        )
     else:
         print_table(rows, targets, profiles)
-        print("\nsame answers (first 48 val texts, batch 1):", "; ".join(
-            f"{c['group']} {c['system']}: " + (f"top-1 agreement {c['top1_agreement']:.0%}" if "top1_agreement" in c
-                                               else f"min cosine {c['min_cosine']:.4f}") for c in checks))
+        print(
+            "\nsame answers (first 48 val texts, batch 1):",
+            "; ".join(
+                f"{c['group']} {c['system']}: "
+                + (
+                    f"top-1 agreement {c['top1_agreement']:.0%}"
+                    if "top1_agreement" in c
+                    else f"min cosine {c['min_cosine']:.4f}"
+                )
+                for c in checks
+            ),
+        )
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,7 @@
 Times are medians of many repeats (time.perf_counter). Speed is only ever reported as a ratio against a
 baseline measured in the same run, never as an absolute pass/fail in tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from edge_runtime.kernels import compiled_module, pure_module  # noqa: E402
 
 SAMPLES = 21
-SAMPLE_SECONDS = 0.004     # each sample loops long enough to swamp timer overhead
+SAMPLE_SECONDS = 0.004  # each sample loops long enough to swamp timer overhead
+
 
 def _loops(fn) -> int:
     """How many calls make one sample last SAMPLE_SECONDS."""
@@ -36,11 +38,13 @@ def _loops(fn) -> int:
             return loops
         loops *= 2
 
+
 def _sample(fn, loops: int) -> float:
     start = time.perf_counter()
     for _ in range(loops):
         fn()
     return (time.perf_counter() - start) / loops
+
 
 def paired_medians(baseline, cython) -> tuple[float, float]:
     """Median seconds per call of both, their samples interleaved so both see the same machine load."""
@@ -51,34 +55,70 @@ def paired_medians(baseline, cython) -> tuple[float, float]:
         cy.append(_sample(cython, cy_loops))
     return statistics.median(base), statistics.median(cy)
 
+
 def row(kernel: str, shape: str, baseline_name: str, baseline, cython, target: float | None) -> dict:
     base_s, cy_s = paired_medians(baseline, cython)
     ratio = base_s / cy_s
     verdict = "" if target is None else ("PASS" if ratio >= target else "MISS")
-    return {"kernel": kernel, "shape": shape, "baseline": baseline_name, "twin_us": base_s * 1e6,
-            "cython_us": cy_s * 1e6, "ratio": ratio, "target": target, "verdict": verdict}
+    return {
+        "kernel": kernel,
+        "shape": shape,
+        "baseline": baseline_name,
+        "twin_us": base_s * 1e6,
+        "cython_us": cy_s * 1e6,
+        "ratio": ratio,
+        "target": target,
+        "verdict": verdict,
+    }
+
 
 def classify_rows(rng) -> list[dict]:
     pure, compiled = pure_module("classify"), compiled_module("classify")
     one = rng.normal(0, 3, size=(1, 151)).astype(np.float32)
     many = rng.normal(0, 3, size=(32, 151)).astype(np.float32)
     return [
-        row("classify_logits", "(1,151)", "NumPy twin", lambda: pure.classify_logits(one),
-            lambda: compiled.classify_logits(one), 5.0),
-        row("classify_logits", "(32,151)", "NumPy twin", lambda: pure.classify_logits(many),
-            lambda: compiled.classify_logits(many), None),
+        row(
+            "classify_logits",
+            "(1,151)",
+            "NumPy twin",
+            lambda: pure.classify_logits(one),
+            lambda: compiled.classify_logits(one),
+            5.0,
+        ),
+        row(
+            "classify_logits",
+            "(32,151)",
+            "NumPy twin",
+            lambda: pure.classify_logits(many),
+            lambda: compiled.classify_logits(many),
+            None,
+        ),
     ]
+
 
 def batching_rows(rng) -> list[dict]:
     pure, compiled = pure_module("batching"), compiled_module("batching")
     sequences = [rng.integers(0, 30522, int(n)).tolist() for n in rng.integers(5, 41, 32)]
     lengths = rng.integers(5, 200, 256)
     return [
-        row("pad_batch", "32 rows, len 5..40", "NumPy twin", lambda: pure.pad_batch(sequences, 512),
-            lambda: compiled.pad_batch(sequences, 512), 4.0),
-        row("length_buckets", "256 lengths", "NumPy twin", lambda: pure.length_buckets(lengths, 32, 4096),
-            lambda: compiled.length_buckets(lengths, 32, 4096), None),
+        row(
+            "pad_batch",
+            "32 rows, len 5..40",
+            "NumPy twin",
+            lambda: pure.pad_batch(sequences, 512),
+            lambda: compiled.pad_batch(sequences, 512),
+            4.0,
+        ),
+        row(
+            "length_buckets",
+            "256 lengths",
+            "NumPy twin",
+            lambda: pure.length_buckets(lengths, 32, 4096),
+            lambda: compiled.length_buckets(lengths, 32, 4096),
+            None,
+        ),
     ]
+
 
 def einsum_pool_f32(hidden, mask):
     """The usual sentence-transformers pooling in NumPy: float32 einsum, divide, L2 (no float64 sums)."""
@@ -88,24 +128,39 @@ def einsum_pool_f32(hidden, mask):
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     return means / np.maximum(norms, 1e-12)
 
+
 def pooling_rows(rng) -> list[dict]:
     pure, compiled = pure_module("pooling"), compiled_module("pooling")
     hidden = rng.normal(size=(32, 48, 384)).astype(np.float32)
     mask = (np.arange(48) < rng.integers(5, 49, 32)[:, None]).astype(np.int64)
     return [
-        row("mean_pool+L2", "(32,48,384)", "einsum twin (f64 sums)", lambda: pure.mean_pool(hidden, mask, True),
-            lambda: compiled.mean_pool(hidden, mask, True), 2.0),
-        row("mean_pool+L2", "(32,48,384)", "einsum f32 (info)", lambda: einsum_pool_f32(hidden, mask),
-            lambda: compiled.mean_pool(hidden, mask, True), None),
+        row(
+            "mean_pool+L2",
+            "(32,48,384)",
+            "einsum twin (f64 sums)",
+            lambda: pure.mean_pool(hidden, mask, True),
+            lambda: compiled.mean_pool(hidden, mask, True),
+            2.0,
+        ),
+        row(
+            "mean_pool+L2",
+            "(32,48,384)",
+            "einsum f32 (info)",
+            lambda: einsum_pool_f32(hidden, mask),
+            lambda: compiled.mean_pool(hidden, mask, True),
+            None,
+        ),
     ]
 
+
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
 
 def tokencls_rows(rng) -> list[dict]:
     pure, compiled = pure_module("tokencls"), compiled_module("tokencls")
     batch, tokens = 32, 128
     logits = rng.normal(size=(batch, tokens, len(NER_LABELS))).astype(np.float32)
-    logits[..., 0] += 2.0                                   # mostly O, as real NER output is
+    logits[..., 0] += 2.0  # mostly O, as real NER output is
     word_ids = np.full((batch, tokens), -1, dtype=np.int64)
     offsets = np.zeros((batch, tokens, 2), dtype=np.int64)
     for b, length in enumerate(rng.integers(16, tokens + 1, batch)):
@@ -114,12 +169,24 @@ def tokencls_rows(rng) -> list[dict]:
         offsets[b, 1 : length - 1, 0], offsets[b, 1 : length - 1, 1] = starts, starts + 4
     args = (logits, offsets, word_ids, NER_LABELS)
     return [
-        row("decode_entities simple", "(32,128,9)", "Python loop twin", lambda: pure.decode_entities(*args),
-            lambda: compiled.decode_entities(*args), 20.0),
-        row("decode_entities average", "(32,128,9)", "Python loop twin",
+        row(
+            "decode_entities simple",
+            "(32,128,9)",
+            "Python loop twin",
+            lambda: pure.decode_entities(*args),
+            lambda: compiled.decode_entities(*args),
+            20.0,
+        ),
+        row(
+            "decode_entities average",
+            "(32,128,9)",
+            "Python loop twin",
             lambda: pure.decode_entities(*args, strategy="average"),
-            lambda: compiled.decode_entities(*args, strategy="average"), None),
+            lambda: compiled.decode_entities(*args, strategy="average"),
+            None,
+        ),
     ]
+
 
 # ---- PII row: kernels/pii.pyx and pure/pii.py belong to the PII helper, who may extend this section ----
 def pii_rows(rng) -> list[dict]:
@@ -131,8 +198,22 @@ def pii_rows(rng) -> list[dict]:
     spec = importlib.util.spec_from_file_location("pii_reference", reference_path)
     reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reference)
-    words = ["the", "order", "shipped", "to", "alice@example.com", "call", "+44 20 7946 0958", "card",
-             "4111 1111 1111 1111", "from", "10.0.0.7", "and", "DE89 3704 0044 0532 0130 00", "thanks"]
+    words = [
+        "the",
+        "order",
+        "shipped",
+        "to",
+        "alice@example.com",
+        "call",
+        "+44 20 7946 0958",
+        "card",
+        "4111 1111 1111 1111",
+        "from",
+        "10.0.0.7",
+        "and",
+        "DE89 3704 0044 0532 0130 00",
+        "thanks",
+    ]
     text = " ".join(rng.choice(words, 400).tolist())
     pure = pure_module("pii")
     shape = f"text {len(text)} chars"
@@ -140,13 +221,25 @@ def pii_rows(rng) -> list[dict]:
         row("pii scan", shape, "pure twin", lambda: pure.scan(text), lambda: compiled.scan(text), None),
         row("pii scan", shape, "re reference", lambda: reference.scan(text), lambda: compiled.scan(text), None),
     ]
+
+
 # ---- end of PII section ----
+
 
 def print_table(rows: list[dict]) -> None:
     head = ["kernel", "shape", "baseline", "twin (NumPy/Python)", "cython", "ratio", "target"]
-    lines = [[r["kernel"], r["shape"], r["baseline"], f"{r['twin_us']:.1f} us", f"{r['cython_us']:.1f} us",
-              f"{r['ratio']:.1f}x", "" if r["target"] is None else f">= {r['target']:g}x {r['verdict']}"]
-             for r in rows]
+    lines = [
+        [
+            r["kernel"],
+            r["shape"],
+            r["baseline"],
+            f"{r['twin_us']:.1f} us",
+            f"{r['cython_us']:.1f} us",
+            f"{r['ratio']:.1f}x",
+            "" if r["target"] is None else f">= {r['target']:g}x {r['verdict']}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in column) for column in zip(head, *lines)]
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)
     print(fmt.format(*head))
@@ -154,14 +247,17 @@ def print_table(rows: list[dict]) -> None:
     for line in lines:
         print(fmt.format(*line))
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     missing = [name for name in ("batching", "classify", "pooling", "tokencls") if compiled_module(name) is None]
     if missing:
-        print(f"error: Cython kernels not built: {', '.join(missing)} (pip install -e . --no-build-isolation)",
-              file=sys.stderr)
+        print(
+            f"error: Cython kernels not built: {', '.join(missing)} (pip install -e . --no-build-isolation)",
+            file=sys.stderr,
+        )
         return 1
     rng = np.random.default_rng(0)
     rows = classify_rows(rng) + batching_rows(rng) + pooling_rows(rng) + tokencls_rows(rng) + pii_rows(rng)
@@ -170,6 +266,7 @@ def main(argv=None) -> int:
     else:
         print_table(rows)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

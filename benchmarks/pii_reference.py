@@ -4,6 +4,7 @@ Same kinds, validators (Luhn, mod-97, octets, ipaddress, entropy) and priority a
 edge_runtime.kernels.pii; the patterns approximate the hand-written state machine, so results
 agree on ordinary text but are not guaranteed identical. `scan(text) -> [(start, end, kind)]`.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -16,19 +17,31 @@ from edge_runtime.kernels.pure.pii import IBAN_LENGTHS, KINDS, SECRET_KEY_NAMES,
 _NUM_PREV = r"(?<![A-Za-z0-9_.,\-/+#@$])(?<![0-9] )"
 _HEX_PREV = r"(?<![A-Za-z0-9_:.\-])"
 PATTERNS = {
-    "EMAIL": re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9]"
-                        r"[A-Za-z0-9\-]*(?:\.[A-Za-z0-9][A-Za-z0-9\-]*)*\.[A-Za-z]{2,}(?![A-Za-z0-9\-])"),
-    "IBAN": re.compile(r"(?<![A-Za-z0-9_])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){1,7}(?: ?[A-Z0-9]{1,4})?"
-                       r"(?![A-Za-z0-9_])"),
-    "CARD": re.compile(_NUM_PREV + r"[1-9][0-9]{2,18}(?:([ \-])[0-9]{1,6}(?:\1[0-9]{1,6}){0,5})?"
-                       r"(?![A-Za-z0-9_]|[.,\-][0-9])"),
+    "EMAIL": re.compile(
+        r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9]"
+        r"[A-Za-z0-9\-]*(?:\.[A-Za-z0-9][A-Za-z0-9\-]*)*\.[A-Za-z]{2,}(?![A-Za-z0-9\-])"
+    ),
+    "IBAN": re.compile(
+        r"(?<![A-Za-z0-9_])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){1,7}(?: ?[A-Z0-9]{1,4})?"
+        r"(?![A-Za-z0-9_])"
+    ),
+    "CARD": re.compile(
+        _NUM_PREV + r"[1-9][0-9]{2,18}(?:([ \-])[0-9]{1,6}(?:\1[0-9]{1,6}){0,5})?"
+        r"(?![A-Za-z0-9_]|[.,\-][0-9])"
+    ),
     "IPV6": re.compile(_HEX_PREV + r"(?:[0-9A-Fa-f]{1,4}|:)?:[0-9A-Fa-f:.]*[0-9A-Fa-f:](?![A-Za-z0-9_])"),
-    "MAC": re.compile(_HEX_PREV + r"(?:[0-9A-Fa-f]{2}([:\-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}"
-                      r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?![A-Za-z0-9_]|[:.\-][0-9A-Fa-f])"),
-    "IPV4": re.compile(r"(?<![A-Za-z0-9_.])(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-                       r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?![A-Za-z0-9_]|\.[0-9])"),
-    "PHONE": re.compile(_NUM_PREV + r"(?:\+[0-9]|\(?[0-9])[0-9 ().\-]{6,28}[0-9](?:x[0-9]{1,6})?"
-                        r"(?![A-Za-z0-9_]|[.\-][0-9])"),
+    "MAC": re.compile(
+        _HEX_PREV + r"(?:[0-9A-Fa-f]{2}([:\-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}"
+        r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?![A-Za-z0-9_]|[:.\-][0-9A-Fa-f])"
+    ),
+    "IPV4": re.compile(
+        r"(?<![A-Za-z0-9_.])(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+        r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?![A-Za-z0-9_]|\.[0-9])"
+    ),
+    "PHONE": re.compile(
+        _NUM_PREV + r"(?:\+[0-9]|\(?[0-9])[0-9 ().\-]{6,28}[0-9](?:x[0-9]{1,6})?"
+        r"(?![A-Za-z0-9_]|[.\-][0-9])"
+    ),
     "SECRET": re.compile(r"[A-Za-z0-9_\-+/=.]{8,}"),
 }
 _GROUPS = re.compile(r"\(?[0-9]+\)?")
@@ -56,8 +69,11 @@ def _card(match) -> tuple[int, int] | None:
     groups = re.split(r"[ \-]", value)
     while groups:
         digits = "".join(groups)
-        if 13 <= len(digits) <= 19 and (len(groups) == 1 or (
-                all(3 <= len(g) <= 6 for g in groups[:-1]) and len(groups[-1]) <= 6)) and luhn(digits):
+        if (
+            13 <= len(digits) <= 19
+            and (len(groups) == 1 or (all(3 <= len(g) <= 6 for g in groups[:-1]) and len(groups[-1]) <= 6))
+            and luhn(digits)
+        ):
             return match.start(), match.start() + len(" ".join(groups))
         groups = groups[:-1]
     return None
@@ -75,7 +91,7 @@ def _iban(match) -> tuple[int, int] | None:
             break
         end += 1
         kept += ch != " "
-    if re.match(r"[A-Za-z0-9_]", match.string[end:end + 1]) or not mod97(compact[:length]):
+    if re.match(r"[A-Za-z0-9_]", match.string[end : end + 1]) or not mod97(compact[:length]):
         return None
     return match.start(), end
 
@@ -107,9 +123,11 @@ def _phone_ok(number: str) -> bool:
         return 8 <= dialled <= 15 and digits[0 if plus else 2] != "0"
     if digits.startswith("0"):
         return not trunk and 9 <= len(digits) <= (11 if len(groups) == 1 else 12)
-    return (lengths == [3, 3, 4] and digits[0] >= "2") or (
-        lengths == [1, 3, 3, 4] and digits[0] == "1" and digits[1] >= "2") or (
-        lengths == [10] and digits[0] >= "2" and digits[3] >= "2")
+    return (
+        (lengths == [3, 3, 4] and digits[0] >= "2")
+        or (lengths == [1, 3, 3, 4] and digits[0] == "1" and digits[1] >= "2")
+        or (lengths == [10] and digits[0] >= "2" and digits[3] >= "2")
+    )
 
 
 def _phone(match) -> tuple[int, int] | None:
@@ -120,9 +138,8 @@ def _phone(match) -> tuple[int, int] | None:
     # the longest run of whole groups that is a phone number
     cuts = [m.end() for m in re.finditer(r"[0-9)](?=[ .\-]|$)", number)]
     for cut in reversed(cuts):
-        tail = match.string[start + cut:start + cut + 2]
-        if re.match(r"[.\-][0-9]", tail) or re.search(r"[ .\-]{2}", number[:cut]) \
-                or not _phone_ok(number[:cut]):
+        tail = match.string[start + cut : start + cut + 2]
+        if re.match(r"[.\-][0-9]", tail) or re.search(r"[ .\-]{2}", number[:cut]) or not _phone_ok(number[:cut]):
             continue
         end = start + cut + (len(x) + len(extension) if cut == len(number) else 0)
         return start, end
@@ -130,13 +147,20 @@ def _phone(match) -> tuple[int, int] | None:
 
 
 def _entropy_ok(token: str) -> bool:
-    if len(token) < 20 or token.startswith("/") or not re.search(r"[a-z]", token) \
-            or not re.search(r"[A-Z]", token) or not re.search(r"[0-9]", token) \
-            or re.fullmatch(r"[0-9a-fA-F\-]+", token):
+    if (
+        len(token) < 20
+        or token.startswith("/")
+        or not re.search(r"[a-z]", token)
+        or not re.search(r"[A-Z]", token)
+        or not re.search(r"[0-9]", token)
+        or re.fullmatch(r"[0-9a-fA-F\-]+", token)
+    ):
         return False
     pairs = max(len(token) - 1, 1)
-    if len(re.findall(r"(?=[a-z]{2})", token)) * 5 >= pairs * 2 \
-            or len(re.findall(r"(?=[A-Z]{2})", token)) * 5 >= pairs * 2:
+    if (
+        len(re.findall(r"(?=[a-z]{2})", token)) * 5 >= pairs * 2
+        or len(re.findall(r"(?=[A-Z]{2})", token)) * 5 >= pairs * 2
+    ):
         return False
     window = token[:1024]
     counts = Counter(window).values()
@@ -150,7 +174,7 @@ def _secret(match) -> tuple[int, int] | None:
     if len(token) < 8:
         return None
     start += len(match.group(0)) - len(match.group(0).lstrip("."))
-    if re.search(r"(?<![A-Za-z0-9_])Bearer $", text[max(0, match.start() - 8):match.start()]):
+    if re.search(r"(?<![A-Za-z0-9_])Bearer $", text[max(0, match.start() - 8) : match.start()]):
         return start, start + len(token)
     pair = _KEY_VALUE.match(token)
     if pair:
@@ -168,9 +192,16 @@ def _secret(match) -> tuple[int, int] | None:
     return None
 
 
-VALIDATORS = {"EMAIL": lambda m: m.span(), "IBAN": _iban, "CARD": _card, "IPV6": _ipv6,
-              "MAC": lambda m: m.span(), "IPV4": lambda m: m.span(), "PHONE": _phone,
-              "SECRET": _secret}
+VALIDATORS = {
+    "EMAIL": lambda m: m.span(),
+    "IBAN": _iban,
+    "CARD": _card,
+    "IPV6": _ipv6,
+    "MAC": lambda m: m.span(),
+    "IPV4": lambda m: m.span(),
+    "PHONE": _phone,
+    "SECRET": _secret,
+}
 
 
 def scan(text: str) -> list[tuple[int, int, str]]:

@@ -8,6 +8,7 @@ N keep-alive connections (asyncio, raw HTTP/1.1), each sending one /v1/predict t
 bounded time and count. Routing is set to keep every answer local so the daemon does the same work
 as `model.predict` (no outbox writes). Batching off = batching.max_batch 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = REPO / ".edge-runtime"
-TEXTS = ["what is my checking account balance", "how do i say thank you in japanese",
-         "set an alarm for 6 am tomorrow", "is there a fee for using my card abroad",
-         "tell me a joke about computers", "what's the weather going to be like in paris this weekend",
-         "please transfer 200 dollars from savings to checking before friday",
-         "how many calories are in a large banana"]
+TEXTS = [
+    "what is my checking account balance",
+    "how do i say thank you in japanese",
+    "set an alarm for 6 am tomorrow",
+    "is there a fee for using my card abroad",
+    "tell me a joke about computers",
+    "what's the weather going to be like in paris this weekend",
+    "please transfer 200 dollars from savings to checking before friday",
+    "how many calories are in a large banana",
+]
 CLIENTS = (1, 8, 32)
-MAX_REQUESTS = 200_000          # per point: bounded by count as well as time
+MAX_REQUESTS = 200_000  # per point: bounded by count as well as time
+
 
 def pick_home() -> Path:
     for candidate in (os.environ.get("EDGE_RUNTIME_HOME"), DEFAULT_HOME):
@@ -57,6 +64,7 @@ def pick_home() -> Path:
     store.activate(manifest.name, manifest.version)
     return home
 
+
 def in_process(home: Path, seconds: float) -> dict:
     import edge_runtime
 
@@ -74,25 +82,40 @@ def in_process(home: Path, seconds: float) -> dict:
     while rounds < 5 or time.perf_counter() - started < seconds:
         model.predict(batch)
         rounds += 1
-    result = {"model": f"{model.name}@{model.version}", "batch1_p50_ms": 1000 * statistics.median(latencies),
-              "batch32_per_s": rounds * 32 / (time.perf_counter() - started)}
+    result = {
+        "model": f"{model.name}@{model.version}",
+        "batch1_p50_ms": 1000 * statistics.median(latencies),
+        "batch32_per_s": rounds * 32 / (time.perf_counter() - started),
+    }
     del model
     gc.collect()
     return result
+
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
 def start_daemon(home: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "EDGE_RUNTIME_HOME": str(home), "EDGE_RUNTIME_BATCHING_MAX_BATCH": str(max_batch),
-           "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "0", "EDGE_RUNTIME_ROUTING_MIN_MARGIN": "0",
-           "EDGE_RUNTIME_ROUTING_MAX_ENTROPY": "1", "EDGE_RUNTIME_LOGGING_LEVEL": "warning",
-           "EDGE_RUNTIME_BATCHING_MAX_QUEUE": "4096"}
-    process = subprocess.Popen([sys.executable, "-m", "edge_runtime", "serve", "--port", str(port)],
-                               env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "EDGE_RUNTIME_HOME": str(home),
+        "EDGE_RUNTIME_BATCHING_MAX_BATCH": str(max_batch),
+        "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "0",
+        "EDGE_RUNTIME_ROUTING_MIN_MARGIN": "0",
+        "EDGE_RUNTIME_ROUTING_MAX_ENTROPY": "1",
+        "EDGE_RUNTIME_LOGGING_LEVEL": "warning",
+        "EDGE_RUNTIME_BATCHING_MAX_QUEUE": "4096",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime", "serve", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -104,10 +127,14 @@ def start_daemon(home: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
     process.kill()
     raise SystemExit("the daemon did not become ready")
 
+
 def request_bytes(text: str) -> bytes:
     body = json.dumps({"text": text}).encode()
-    return (b"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
 
 async def _connection(port: int, requests: list[bytes], stop_at: float, latencies: list, budget: list) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -125,25 +152,35 @@ async def _connection(port: int, requests: list[bytes], stop_at: float, latencie
         i += 1
     writer.close()
 
+
 async def load(port: int, clients: int, seconds: float) -> dict:
     requests = [request_bytes(text) for text in TEXTS]
     warm: list = []
-    await asyncio.gather(*[_connection(port, requests, time.perf_counter() + 0.5, warm, [10**9])
-                           for _ in range(clients)])
+    await asyncio.gather(
+        *[_connection(port, requests, time.perf_counter() + 0.5, warm, [10**9]) for _ in range(clients)]
+    )
     latencies: list = []
     started = time.perf_counter()
-    await asyncio.gather(*[_connection(port, requests, started + seconds, latencies, [MAX_REQUESTS // clients])
-                           for _ in range(clients)])
+    await asyncio.gather(
+        *[_connection(port, requests, started + seconds, latencies, [MAX_REQUESTS // clients]) for _ in range(clients)]
+    )
     elapsed = time.perf_counter() - started
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
-    return {"clients": clients, "requests": len(latencies), "per_s": len(latencies) / elapsed,
-            "p50_ms": float(p50), "p99_ms": float(p99)}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+    }
+
 
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,15 +213,20 @@ def main() -> None:
         print(json.dumps(summary, indent=2))
         return
     print(f"model {reference['model']}, {os.cpu_count()} CPUs, {args.seconds:g} s per point, answers kept local")
-    print(f"in-process: batch-1 p50 {reference['batch1_p50_ms']:.2f} ms, "
-          f"batch-32 {reference['batch32_per_s']:.0f} texts/s")
+    print(
+        f"in-process: batch-1 p50 {reference['batch1_p50_ms']:.2f} ms, "
+        f"batch-32 {reference['batch32_per_s']:.0f} texts/s"
+    )
     print(f"{'mode':<12} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for p in points:
         print(f"{p['mode']:<12} {p['clients']:>7} {p['per_s']:>8.0f} {p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f}")
-    print(f"32 clients: batching {summary['speedup_32_batching_vs_off']:.2f}x no batching (target >= 2x), "
-          f"{100 * summary['share_32_of_in_process_batch32']:.0f}% of in-process batch 32 (target >= 70%)")
+    print(
+        f"32 clients: batching {summary['speedup_32_batching_vs_off']:.2f}x no batching (target >= 2x), "
+        f"{100 * summary['share_32_of_in_process_batch32']:.0f}% of in-process batch 32 (target >= 70%)"
+    )
     print(f"1 client: p50 {summary['p50_1_client_minus_in_process_ms']:+.2f} ms vs in-process (target <= 0.3)")
     print("peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in peaks.items()) + " (target <= 160 MB)")
+
 
 if __name__ == "__main__":
     main()

@@ -6,14 +6,17 @@
 
 Importing this package never imports torch, transformers or optimum.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
 
 def load(ref=None, **options):
     """Load a verified bundle (path, store name, name@version, or the active one). See model.load."""
     from .model import load as _load
 
     return _load(ref, **options)
+
 
 __all__ = ["load", "__version__"]

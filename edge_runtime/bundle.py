@@ -1,6 +1,7 @@
 """Bundle format v1: a directory with model files, manifest.json (hashes of every file) and signature.json
 (detached ed25519 signatures over the exact bytes of manifest.json); `.erb` archives are plain tar files.
 The format is specified in docs/bundle-format.md."""
+
 from __future__ import annotations
 
 import copy
@@ -38,6 +39,7 @@ MAX_TOTAL_BYTES = 8 << 30
 MAX_MEMBERS = 1000
 _CHUNK = 1 << 20
 
+
 class Manifest:
     """Read-only view of manifest.json. `path` is the bundle directory, `signers` the verified key ids."""
 
@@ -71,9 +73,11 @@ class Manifest:
     def __repr__(self) -> str:
         return f"Manifest({self.ref}, release={self.release}, path={self.path})"
 
+
 def canonical_json(obj) -> bytes:
     """Sorted keys, 2-space indent, UTF-8 (not ASCII-escaped), trailing newline, no NaN."""
     return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -82,19 +86,27 @@ def sha256_file(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
+
 def check_relative_path(name: str) -> str:
     """A member path must be relative, POSIX, without '..', and not one of the two metadata files."""
     parts = PurePosixPath(name).parts
-    if (not name or "\\" in name or name.startswith("/") or "\x00" in name
-            or any(part in ("", ".", "..") for part in name.split("/"))):
+    if (
+        not name
+        or "\\" in name
+        or name.startswith("/")
+        or "\x00" in name
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
         raise BundleError(f"{name!r}: not a safe relative path")
     if parts in ((MANIFEST,), (SIGNATURE,)):
         raise BundleError(f"{name}: reserved name cannot be listed in files")
     return name
 
+
 def _require(condition: bool, reason: str) -> None:
     if not condition:
         raise BundleError(f"{MANIFEST}: {reason}")
+
 
 def validate_manifest(raw) -> None:
     _require(isinstance(raw, dict), "not a JSON object")
@@ -102,16 +114,20 @@ def validate_manifest(raw) -> None:
     name, version, release = raw.get("name"), raw.get("version"), raw.get("release")
     _require(isinstance(name, str) and bool(NAME_RE.match(name)), f"invalid name {name!r}")
     _require(isinstance(version, str) and bool(SEMVER_RE.match(version)), f"version {version!r} is not semver")
-    _require(isinstance(release, int) and not isinstance(release, bool) and release >= 0,
-             f"release {release!r} is not a non-negative integer")
+    _require(
+        isinstance(release, int) and not isinstance(release, bool) and release >= 0,
+        f"release {release!r} is not a non-negative integer",
+    )
     _require(raw.get("task") in TASKS, f"task {raw.get('task')!r} is not one of {', '.join(TASKS)}")
     _require(isinstance(raw.get("created"), str), "created is missing")
     files = raw.get("files")
     _require(isinstance(files, dict) and bool(files), "files is missing or empty")
     for rel, entry in files.items():
         check_relative_path(rel)
-        _require(isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                 and isinstance(entry.get("size"), int), f"files[{rel!r}] needs sha256 and size")
+        _require(
+            isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int),
+            f"files[{rel!r}] needs sha256 and size",
+        )
     model = raw.get("model")
     _require(isinstance(model, dict) and model.get("file") in files, "model.file must name a listed file")
     tokenizer = raw.get("preprocess", {}).get("tokenizer")
@@ -119,6 +135,7 @@ def validate_manifest(raw) -> None:
     labels = raw.get("postprocess", {}).get("labels")
     if raw["task"] in LABELLED_TASKS:
         _require(labels in files, f"postprocess.labels must name a listed file for {raw['task']}")
+
 
 def _walk_files(root: Path) -> list[str]:
     """Relative POSIX paths of every non-directory entry; links and special files are refused."""
@@ -136,8 +153,10 @@ def _walk_files(root: Path) -> list[str]:
                 raise BundleError(f"{rel}: not a regular file")
     return sorted(found)
 
+
 def _content_files(bundle_dir: Path) -> list[str]:
     return [rel for rel in _walk_files(bundle_dir) if rel not in (MANIFEST, SIGNATURE)]
+
 
 def _load_manifest_bytes(data: bytes, path: Path | None) -> Manifest:
     try:
@@ -146,6 +165,7 @@ def _load_manifest_bytes(data: bytes, path: Path | None) -> Manifest:
         raise BundleError(f"{MANIFEST}: not valid JSON ({error})") from None
     validate_manifest(raw)
     return Manifest(raw, path)
+
 
 def read_manifest(bundle: Path) -> Manifest:
     """The manifest of a bundle directory or .erb archive, validated but NOT verified."""
@@ -158,6 +178,7 @@ def read_manifest(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: not a bundle ({MANIFEST} missing)") from None
     return _load_manifest_bytes(data, bundle)
 
+
 def signature_key_ids(bundle: Path) -> list[str]:
     """Key ids named in signature.json of a directory or archive, NOT verified (for display)."""
     bundle = Path(bundle)
@@ -166,6 +187,7 @@ def signature_key_ids(bundle: Path) -> list[str]:
         return [str(entry.get("key_id")) for entry in json.loads(data)["signatures"]]
     except (BundleError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
+
 
 def check_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Every listed file exists with the right size and sha256, and nothing else is there."""
@@ -181,6 +203,7 @@ def check_files(bundle_dir: Path, manifest: Manifest) -> None:
     if extra:
         raise BundleError(f"{extra[0]}: not listed in {MANIFEST}")
 
+
 def _check_signature(bundle_dir: Path, data: bytes, trusted: dict, allow_unsigned: bool) -> tuple[str, ...]:
     sig_path = bundle_dir / SIGNATURE
     if not sig_path.exists():
@@ -190,20 +213,23 @@ def _check_signature(bundle_dir: Path, data: bytes, trusted: dict, allow_unsigne
     try:
         signatures = json.loads(sig_path.read_text(encoding="utf-8"))["signatures"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise BundleError(f"{SIGNATURE}: malformed (expected {{\"signatures\": [...]}})") from None
+        raise BundleError(f'{SIGNATURE}: malformed (expected {{"signatures": [...]}})') from None
     try:
         return tuple(signing.verify_signatures(data, signatures, trusted))
     except BundleError as error:
         raise BundleError(f"{MANIFEST}: {error}") from None
+
 
 def _runtime_version() -> str | None:
     from importlib import import_module
 
     return getattr(import_module("edge_runtime"), "__version__", None)
 
+
 def _semver_core(text: str) -> tuple[int, ...]:
     match = SEMVER_RE.match(text)
     return tuple(int(match.group(i)) for i in (1, 2, 3)) if match else (0, 0, 0)
+
 
 def verify(bundle_dir: Path, trusted_keys: dict, allow_unsigned: bool = False) -> Manifest:
     """Signature first (over the exact manifest bytes), then the manifest's schema, then every file.
@@ -222,6 +248,7 @@ def verify(bundle_dir: Path, trusted_keys: dict, allow_unsigned: bool = False) -
     if isinstance(needed, str) and runtime and _semver_core(runtime) < _semver_core(needed):
         raise BundleError(f"needs edge-runtime >= {needed} (this is {runtime})")
     return manifest
+
 
 def finalize(bundle_dir: Path, manifest: dict, private_key=None) -> Manifest:
     """Hash every file into `files`, write manifest.json canonically, and sign it when a key is given."""
@@ -246,7 +273,9 @@ def finalize(bundle_dir: Path, manifest: dict, private_key=None) -> Manifest:
         sig_path.unlink()  # a stale signature would not match the new manifest
     return Manifest(raw, bundle_dir, signers)
 
+
 # --- archives -------------------------------------------------------------------------------------
+
 
 def pack(bundle_dir: Path, archive_path: Path) -> Path:
     """Write a plain tar: manifest.json, signature.json, then listed files sorted; fixed owner/mode/mtime,
@@ -276,14 +305,19 @@ def pack(bundle_dir: Path, archive_path: Path) -> Path:
     fsync_dir(archive_path.parent)
     return archive_path
 
+
 def _member_name(member: tarfile.TarInfo) -> str | None:
     """The checked relative name of a member, None for the '.' directory entry."""
     name = member.name[2:] if member.name.startswith("./") else member.name
     name = name.rstrip("/") if member.isdir() else name
     if name in ("", "."):
         return None
-    if (name.startswith("/") or "\\" in name or "\x00" in name
-            or any(part in ("", ".", "..") for part in name.split("/"))):
+    if (
+        name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
         raise BundleError(f"archive member {member.name!r}: unsafe path")
     if member.issym() or member.islnk():
         raise BundleError(f"archive member {member.name!r}: links are not allowed")
@@ -291,11 +325,13 @@ def _member_name(member: tarfile.TarInfo) -> str | None:
         raise BundleError(f"archive member {member.name!r}: devices, fifos and other special files are not allowed")
     return name
 
+
 def _open_archive(archive_path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(archive_path, mode="r:*")
     except (tarfile.TarError, OSError) as error:
         raise BundleError(f"{archive_path}: not a bundle archive ({error})") from None
+
 
 def _read_archive_member(archive_path: Path, wanted: str) -> bytes:
     with _open_archive(archive_path) as tar:
@@ -306,8 +342,14 @@ def _read_archive_member(archive_path: Path, wanted: str) -> bytes:
                 return tar.extractfile(member).read()
     raise BundleError(f"{archive_path}: not a bundle ({wanted} missing)")
 
-def unpack(archive_path: Path, dest_dir: Path, max_member_bytes: int = MAX_MEMBER_BYTES,
-           max_total_bytes: int = MAX_TOTAL_BYTES, max_members: int = MAX_MEMBERS) -> Path:
+
+def unpack(
+    archive_path: Path,
+    dest_dir: Path,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_members: int = MAX_MEMBERS,
+) -> Path:
     """Extract into `dest_dir` (created; must be empty). Only regular files and directories with safe
     relative names are written, each opened O_EXCL|O_NOFOLLOW so nothing is overwritten or followed."""
     archive_path, dest_dir = Path(archive_path), Path(dest_dir)
@@ -340,6 +382,7 @@ def unpack(archive_path: Path, dest_dir: Path, max_member_bytes: int = MAX_MEMBE
             except OSError as error:
                 raise BundleError(f"archive member {name}: cannot extract ({error.strerror})") from None
     return dest_dir
+
 
 def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, name: str) -> None:
     try:

@@ -11,6 +11,7 @@ Everything works on raw logits (N, C) and gold class indices from a labelled val
                                               instead of the top probability (routing.min_confidence)
 Figures fitted on data are optimistic on that same data: evaluate on held-out examples.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,17 +25,20 @@ ECE_BINS = 15
 T_MIN, T_MAX = 0.05, 20.0
 COVERAGES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
+
 def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     z -= z.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(z).sum(axis=1))
     return float(np.mean(log_norm - z[np.arange(len(targets)), targets]))
+
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, tol: float = 1e-4) -> float:
     """Golden-section search over log T (the NLL is convex in 1/T, unimodal in log T)."""
@@ -54,6 +58,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, tol: float = 1e-4) 
             fb = nll(logits, targets, math.exp(b))
     return round(math.exp((lo + hi) / 2), 4)
 
+
 def ece(scores: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """Sum over equal-width confidence bins of |accuracy - mean confidence|, weighted by bin share."""
     scores, correct = np.asarray(scores, dtype=np.float64), np.asarray(correct, dtype=np.float64)
@@ -67,6 +72,7 @@ def ece(scores: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
             total += members.mean() * abs(correct[members].mean() - scores[members].mean())
     return float(total)
 
+
 def risk_coverage(scores: np.ndarray, correct: np.ndarray, coverages=COVERAGES) -> list[dict]:
     """For each coverage: the score threshold keeping that share (highest scores first) and their accuracy."""
     order = np.argsort(-np.asarray(scores), kind="stable")
@@ -76,9 +82,16 @@ def risk_coverage(scores: np.ndarray, correct: np.ndarray, coverages=COVERAGES) 
     rows = []
     for coverage in coverages:
         kept = max(1, int(round(coverage * n)))
-        rows.append({"coverage": kept / n, "threshold": float(ranked_scores[kept - 1]),
-                     "kept_accuracy": float(hits[kept - 1] / kept), "risk": float(1 - hits[kept - 1] / kept)})
+        rows.append(
+            {
+                "coverage": kept / n,
+                "threshold": float(ranked_scores[kept - 1]),
+                "kept_accuracy": float(hits[kept - 1] / kept),
+                "risk": float(1 - hits[kept - 1] / kept),
+            }
+        )
     return rows
+
 
 def curve(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The full risk-coverage curve (coverage, risk) for plotting."""
@@ -87,9 +100,11 @@ def curve(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarr
     kept = np.arange(1, len(order) + 1)
     return kept / len(order), 1 - hits / kept
 
+
 def _between(low: float, high: float) -> float:
     """A threshold strictly above `low` and at most `high` (scores below it escalate)."""
     return float(min(1.0, (low + high) / 2 if high > low else np.nextafter(low, 2.0)))
+
 
 def escalation_threshold(scores: np.ndarray, rate: float) -> float:
     """min_confidence escalating round(rate * N) of these scores (fewer when scores tie at the cut)."""
@@ -102,6 +117,7 @@ def escalation_threshold(scores: np.ndarray, rate: float) -> float:
     if k >= len(ranked):
         return _between(ranked[-1], 1.0)
     return _between(ranked[k - 1], ranked[k])
+
 
 def accuracy_threshold(scores: np.ndarray, correct: np.ndarray, target: float) -> float:
     """The lowest min_confidence whose kept answers (score >= it) are at least `target` accurate;
@@ -121,8 +137,15 @@ def accuracy_threshold(scores: np.ndarray, correct: np.ndarray, target: float) -
     m = int(good[-1]) + 1
     return 0.0 if m == len(ranked) else _between(ranked[m], ranked[m - 1])
 
-def per_class_thresholds(scores: np.ndarray, correct: np.ndarray, predicted: np.ndarray, labels: list[str],
-                         target: float, min_examples: int = 20) -> dict[str, float]:
+
+def per_class_thresholds(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    predicted: np.ndarray,
+    labels: list[str],
+    target: float,
+    min_examples: int = 20,
+) -> dict[str, float]:
     """accuracy_threshold per predicted class that has at least `min_examples` predictions."""
     result = {}
     for index in np.unique(predicted):
@@ -130,6 +153,7 @@ def per_class_thresholds(scores: np.ndarray, correct: np.ndarray, predicted: np.
         if members.sum() >= max(1, min_examples):
             result[labels[int(index)]] = round(accuracy_threshold(scores[members], correct[members], target), 6)
     return result
+
 
 def reject_threshold(probs: np.ndarray, targets: np.ndarray, oos_index: int, max_in_scope_drop: float = 0.003):
     """The max-probability threshold (below it: the OOS label) with the best OOS recall that costs at most
@@ -143,11 +167,12 @@ def reject_threshold(probs: np.ndarray, targets: np.ndarray, oos_index: int, max
     for threshold in np.unique(np.round(score, 4)):
         predicted = np.where(score < threshold, oos_index, argmax)
         if base_in - float((predicted[in_scope] == targets[in_scope]).mean()) > max_in_scope_drop + 1e-12:
-            break           # higher thresholds only reject more in-scope answers
+            break  # higher thresholds only reject more in-scope answers
         recall = float((predicted[oos] == oos_index).mean())
         if recall > best_recall:
             best, best_recall = float(threshold), recall
     return best
+
 
 @dataclass
 class Calibration:
@@ -172,13 +197,16 @@ class Calibration:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
 def _check(logits: np.ndarray, targets: np.ndarray) -> None:
     if logits.ndim != 2 or len(logits) != len(targets) or len(targets) == 0:
         raise InputError("calibration needs logits (N, C) and N gold labels, N > 0")
     if not np.isfinite(logits).all():
         raise InputError("calibration logits hold NaN or infinity")
 
+
 SIGNALS = ("confidence", "entropy")
+
 
 def normalised_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
     """The entropy the device computes (the classify kernel's H / ln C), for routing.max_entropy."""
@@ -187,10 +215,21 @@ def normalised_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
     result = kernels.classify.classify_logits(np.ascontiguousarray(logits, dtype=np.float32), temperature, 1, False)
     return np.asarray(result.entropy, dtype=np.float64)
 
-def calibrate(logits: np.ndarray, gold: list[str], labels: list[str], *, target_escalation: float | None = None,
-              target_accuracy: float | None = None, current_temperature: float = 1.0, oos_label: str | None = "oos",
-              fit_reject: bool = True, max_in_scope_drop: float = 0.003, per_class_min: int = 20,
-              signal: str = "confidence") -> Calibration:
+
+def calibrate(
+    logits: np.ndarray,
+    gold: list[str],
+    labels: list[str],
+    *,
+    target_escalation: float | None = None,
+    target_accuracy: float | None = None,
+    current_temperature: float = 1.0,
+    oos_label: str | None = "oos",
+    fit_reject: bool = True,
+    max_in_scope_drop: float = 0.003,
+    per_class_min: int = 20,
+    signal: str = "confidence",
+) -> Calibration:
     """Fit T, the reject threshold and routing thresholds for one target (escalation share or kept accuracy).
 
     signal "confidence": the cut is routing.min_confidence on the top probability; "entropy": the cut is
@@ -212,8 +251,9 @@ def calibrate(logits: np.ndarray, gold: list[str], labels: list[str], *, target_
     probs = softmax(logits, temperature)
     argmax, scores = probs.argmax(axis=1), probs.max(axis=1)
     oos_index = index.get(oos_label) if oos_label else None
-    reject = (reject_threshold(probs, targets, oos_index, max_in_scope_drop)
-              if fit_reject and oos_index is not None else None)
+    reject = (
+        reject_threshold(probs, targets, oos_index, max_in_scope_drop) if fit_reject and oos_index is not None else None
+    )
     predicted = np.where(scores < reject, oos_index, argmax) if reject is not None else argmax
     correct = predicted == targets
     per_class: dict[str, float] = {}
@@ -228,22 +268,31 @@ def calibrate(logits: np.ndarray, gold: list[str], labels: list[str], *, target_
     escalated = routed < limits
     return Calibration(
         temperature=temperature,
-        nll_before=nll(logits, targets, current_temperature), nll_after=nll(logits, targets, temperature),
-        ece_before=ece(before.max(axis=1), before.argmax(axis=1) == targets), ece_after=ece(scores, argmax == targets),
-        reject_threshold=reject, reject_label=oos_label if reject is not None else None,
-        min_confidence=round(threshold, 6) if signal == "confidence" else None, per_class=per_class,
+        nll_before=nll(logits, targets, current_temperature),
+        nll_after=nll(logits, targets, temperature),
+        ece_before=ece(before.max(axis=1), before.argmax(axis=1) == targets),
+        ece_after=ece(scores, argmax == targets),
+        reject_threshold=reject,
+        reject_label=oos_label if reject is not None else None,
+        min_confidence=round(threshold, 6) if signal == "confidence" else None,
+        per_class=per_class,
         target={"escalation": target_escalation} if target_escalation is not None else {"accuracy": target_accuracy},
         expected_escalation_rate=float(escalated.mean()),
         kept_accuracy=float(correct[~escalated].mean()) if (~escalated).any() else None,
-        accuracy=float(correct.mean()), risk_coverage=risk_coverage(routed, correct), n=len(targets),
-        signal=signal, max_entropy=round(1.0 - threshold, 6) if signal == "entropy" else None,
+        accuracy=float(correct.mean()),
+        risk_coverage=risk_coverage(routed, correct),
+        n=len(targets),
+        signal=signal,
+        max_entropy=round(1.0 - threshold, 6) if signal == "entropy" else None,
     )
+
 
 def bump_patch(version: str) -> str:
     """1.2.3 -> 1.2.4 (pre-release and build tags are dropped: the new version is a release)."""
     core = version.split("+", 1)[0].split("-", 1)[0]
     major, minor, patch = (int(part) for part in core.split("."))
     return f"{major}.{minor}.{patch + 1}"
+
 
 def next_version_manifest(raw: dict) -> dict:
     """A copy of a manifest for the bundle's next version: patch and release bumped, files and created
@@ -257,6 +306,7 @@ def next_version_manifest(raw: dict) -> dict:
     manifest["release"] = int(raw["release"]) + 1
     return manifest
 
+
 def calibrated_manifest(raw: dict, result: Calibration) -> dict:
     """A copy of a manifest for the next version, carrying the fitted temperature and thresholds."""
     manifest = next_version_manifest(raw)
@@ -265,8 +315,12 @@ def calibrated_manifest(raw: dict, result: Calibration) -> dict:
     post["reject_threshold"] = result.reject_threshold
     post["reject_label"] = result.reject_label
     routing = manifest.setdefault("routing", {})
-    routing.update(min_confidence=result.min_confidence, min_margin=None, max_entropy=result.max_entropy,
-                   per_class=dict(result.per_class))
+    routing.update(
+        min_confidence=result.min_confidence,
+        min_margin=None,
+        max_entropy=result.max_entropy,
+        per_class=dict(result.per_class),
+    )
     summary = {k: v for k, v in result.to_dict().items() if k != "risk_coverage"}
     summary["calibrated_from"] = f"{raw['name']}@{raw['version']}"
     manifest.setdefault("metrics", {})["calibration"] = summary

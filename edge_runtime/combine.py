@@ -15,43 +15,48 @@ one device (its temperature and routing fixed): the upstream temperature by NLL 
 together, minimising the larger share of the two error budgets of the final answers (device answers for the
 kept examples, combined answers for the escalated ones): in-scope errors / 2.5% and OOS misses / 20%.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 from .calibration import fit_temperature, softmax
 from .errors import InputError
 
-FLOOR = 1e-6          # the least probability the device's residual mass gives a label outside its top-k
-EPS = 1e-12           # log floor
+FLOOR = 1e-6  # the least probability the device's residual mass gives a label outside its top-k
+EPS = 1e-12  # log floor
 WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))
-BIASES = tuple(0.5 * i for i in range(-2, 9))            # -1.0 .. 4.0
-BUDGETS = (0.025, 0.20)                                  # in-scope error, OOS miss
+BIASES = tuple(0.5 * i for i in range(-2, 9))  # -1.0 .. 4.0
+BUDGETS = (0.025, 0.20)  # in-scope error, OOS miss
 
 
 @dataclass
 class Combination:
-    device_weight: float          # W
-    oos_bias: float               # B, added to the combined log-score of oos_label
-    reject_threshold: float       # R: below this combined max probability the answer is oos_label
-    temperature: float = 1.0      # the upstream's temperature inside the combination
+    device_weight: float  # W
+    oos_bias: float  # B, added to the combined log-score of oos_label
+    reject_threshold: float  # R: below this combined max probability the answer is oos_label
+    temperature: float = 1.0  # the upstream's temperature inside the combination
     oos_label: str | None = "oos"
-    device: str | None = None     # name@version of the device it was fitted for (information only)
+    device: str | None = None  # name@version of the device it was fitted for (information only)
 
     @classmethod
-    def from_manifest(cls, raw: dict) -> "Combination | None":
+    def from_manifest(cls, raw: dict) -> Combination | None:
         """The manifest's postprocess.combine section (a whole manifest or the section itself), or None."""
         section = raw.get("postprocess", {}).get("combine") if "postprocess" in raw else raw
         if not section:
             return None
         try:
-            result = cls(device_weight=float(section["device_weight"]), oos_bias=float(section.get("oos_bias", 0.0)),
-                         reject_threshold=float(section.get("reject_threshold", 0.0)),
-                         temperature=float(section.get("temperature", 1.0)),
-                         oos_label=section.get("oos_label", "oos") or None, device=section.get("device"))
+            result = cls(
+                device_weight=float(section["device_weight"]),
+                oos_bias=float(section.get("oos_bias", 0.0)),
+                reject_threshold=float(section.get("reject_threshold", 0.0)),
+                temperature=float(section.get("temperature", 1.0)),
+                oos_label=section.get("oos_label", "oos") or None,
+                device=section.get("device"),
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"postprocess.combine is malformed: {error}") from None
         if not 0.0 <= result.device_weight <= 1.0 or result.temperature <= 0:
@@ -62,8 +67,9 @@ class Combination:
         return asdict(self)
 
 
-def combine(combination: Combination, top_k: Sequence, logits_row: Sequence[float],
-            labels: Sequence[str]) -> tuple[str, float]:
+def combine(
+    combination: Combination, top_k: Sequence, logits_row: Sequence[float], labels: Sequence[str]
+) -> tuple[str, float]:
     """One escalated request: the device's top-k [(label, p)] or [{"label", "score"}] and one row of upstream
     logits (in `labels` order) -> (label, score). The one-row case of combine_many()."""
     answers, scores = combine_many(combination, [top_k], np.asarray(logits_row, dtype=np.float64)[None, :], labels)
@@ -83,25 +89,34 @@ def device_matrix(top_ks: Sequence[Sequence], labels: Sequence[str]) -> np.ndarr
     return out
 
 
-def combined_probs(combination: Combination, device: np.ndarray, logits: np.ndarray, labels: Sequence[str],
-                   temperature: float | None = None) -> np.ndarray:
+def combined_probs(
+    combination: Combination,
+    device: np.ndarray,
+    logits: np.ndarray,
+    labels: Sequence[str],
+    temperature: float | None = None,
+) -> np.ndarray:
     """q for many rows: `device` from device_matrix, `logits` (N, C) from the upstream."""
     c = combination
     s = c.device_weight * np.log(device + EPS) + (1 - c.device_weight) * np.log(
-        softmax(logits, temperature or c.temperature) + EPS)
+        softmax(logits, temperature or c.temperature) + EPS
+    )
     if c.oos_label in labels:
         s[:, list(labels).index(c.oos_label)] += c.oos_bias
     return softmax(s)
 
 
-def combine_many(combination: Combination, top_ks: Sequence[Sequence], logits: np.ndarray,
-                 labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+def combine_many(
+    combination: Combination, top_ks: Sequence[Sequence], logits: np.ndarray, labels: Sequence[str]
+) -> tuple[list[str], np.ndarray]:
     """The vectorised combine(): (labels, scores) for many requests."""
     q = combined_probs(combination, device_matrix(top_ks, labels), logits, labels)
     best, score = q.argmax(axis=1), q.max(axis=1)
     reject = combination.oos_label in labels
-    answers = [combination.oos_label if reject and s < combination.reject_threshold else labels[int(b)]
-               for b, s in zip(best, score)]
+    answers = [
+        combination.oos_label if reject and s < combination.reject_threshold else labels[int(b)]
+        for b, s in zip(best, score)
+    ]
     return answers, score
 
 
@@ -110,8 +125,8 @@ class CombinationFit:
     combination: Combination
     n: int
     escalated: int
-    nll_escalated: float            # NLL of q on the escalated examples (gold in the upstream's labels)
-    in_scope_accuracy: float        # of the final answers on the fitting data (optimistic)
+    nll_escalated: float  # NLL of q on the escalated examples (gold in the upstream's labels)
+    in_scope_accuracy: float  # of the final answers on the fitting data (optimistic)
     oos_recall: float | None
     escalated_accuracy: float
     grid: dict = field(default_factory=dict)
@@ -128,9 +143,20 @@ def _budget_key(final: np.ndarray, targets: np.ndarray, oos: int | None, budgets
     return max(shares), sum(shares)
 
 
-def fit_combination(top_ks: Sequence[Sequence], escalated: Sequence[bool], device_labels: Sequence[str],
-                    logits: np.ndarray, labels: Sequence[str], gold: Sequence[str], *, oos_label: str | None = "oos",
-                    weights=WEIGHTS, biases=BIASES, budgets=BUDGETS, device: str | None = None) -> CombinationFit:
+def fit_combination(
+    top_ks: Sequence[Sequence],
+    escalated: Sequence[bool],
+    device_labels: Sequence[str],
+    logits: np.ndarray,
+    labels: Sequence[str],
+    gold: Sequence[str],
+    *,
+    oos_label: str | None = "oos",
+    weights=WEIGHTS,
+    biases=BIASES,
+    budgets=BUDGETS,
+    device: str | None = None,
+) -> CombinationFit:
     """Fit T, W, B, R (see the module docstring) from every example's device top-k, routing decision and
     answer, the upstream's logits and the gold labels."""
     index = {label: i for i, label in enumerate(labels)}
@@ -154,7 +180,7 @@ def fit_combination(top_ks: Sequence[Sequence], escalated: Sequence[bool], devic
 
     nlls = {w: nll(q_for(w, 0.0)) for w in weights}
     weight = min(nlls, key=nlls.get)
-    base = np.array([index.get(label, -1) for label in device_labels])      # the kept answers, fixed
+    base = np.array([index.get(label, -1) for label in device_labels])  # the kept answers, fixed
     best = None
     for bias in biases if oos is not None else (0.0,):
         q = q_for(weight, bias)
@@ -170,12 +196,19 @@ def fit_combination(top_ks: Sequence[Sequence], escalated: Sequence[bool], devic
     combination = Combination(weight, bias, round(reject, 6), temperature, oos_label, device)
     in_scope = targets != oos
     return CombinationFit(
-        combination=combination, n=len(targets), escalated=len(rows), nll_escalated=nll(q_for(weight, bias)),
+        combination=combination,
+        n=len(targets),
+        escalated=len(rows),
+        nll_escalated=nll(q_for(weight, bias)),
         in_scope_accuracy=float((final[in_scope] == targets[in_scope]).mean()),
         oos_recall=float((final[~in_scope] == oos).mean()) if (~in_scope).any() else None,
         escalated_accuracy=float((final[rows] == targets[rows]).mean()),
-        grid={"weights_nll": {str(w): round(v, 5) for w, v in nlls.items()}, "biases": list(biases),
-              "budgets": list(budgets)})
+        grid={
+            "weights_nll": {str(w): round(v, 5) for w, v in nlls.items()},
+            "biases": list(biases),
+            "budgets": list(budgets),
+        },
+    )
 
 
 def combined_manifest(raw: dict, fit: CombinationFit) -> dict:

@@ -3,42 +3,51 @@
 Every key is declared once in SCHEMA with its type, default and allowed range, so `config check`
 can name the offending key: "config.toml: server.port: must be an integer 1-65535".
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .redaction import KINDS as PII_KINDS
 
 try:
     import tomllib
-except ModuleNotFoundError:          # Python 3.10
+except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 DEFAULT_PATH = Path("/etc/edge-runtime/config.toml")
 ENV_PREFIX = "EDGE_RUNTIME_"
 
+
 @dataclass(frozen=True)
 class Key:
-    kind: type                       # int, float, str, bool or list (of strings)
+    kind: type  # int, float, str, bool or list (of strings)
     default: Any
     low: float | None = None
     high: float | None = None
     help: str = ""
 
     def describe(self) -> str:
-        names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                 list: "a list of strings"}
+        names = {
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            bool: "true or false",
+            list: "a list of strings",
+        }
         text = names[self.kind]
         if self.low is not None and self.high is not None:
             text += f" {self.low:g}-{self.high:g}"
         elif self.low is not None:
             text += f" >= {self.low:g}"
         return text
+
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "server": {
@@ -86,6 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 LEVELS = ("debug", "info", "warning", "error")
 
+
 class Config(dict):
     """{section: {key: value}} with every key present; `source` names where it came from."""
 
@@ -97,8 +107,10 @@ class Config(dict):
         section, key = dotted.split(".", 1)
         return self[section][key]
 
+
 def defaults() -> dict:
     return {section: {key: spec.default for key, spec in keys.items()} for section, keys in SCHEMA.items()}
+
 
 def _check(where: str, dotted: str, spec: Key, value):
     problem = ConfigError(f"{where}: {dotted}: must be {spec.describe()}")
@@ -124,6 +136,7 @@ def _check(where: str, dotted: str, spec: Key, value):
         raise problem
     return spec.kind(value)
 
+
 def _merge(values: dict, overrides: Mapping, where: str) -> None:
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{where}: must be a table of sections")
@@ -135,9 +148,9 @@ def _merge(values: dict, overrides: Mapping, where: str) -> None:
         for key, value in table.items():
             spec = SCHEMA[section].get(key)
             if spec is None:
-                raise ConfigError(f"{where}: {section}.{key}: unknown key "
-                                  f"(known: {', '.join(SCHEMA[section])})")
+                raise ConfigError(f"{where}: {section}.{key}: unknown key (known: {', '.join(SCHEMA[section])})")
             values[section][key] = _check(where, f"{section}.{key}", spec, value)
+
 
 def _parse_env(text: str, spec: Key):
     if spec.kind is bool:
@@ -159,6 +172,7 @@ def _parse_env(text: str, spec: Key):
         return [item.strip() for item in text.split(",") if item.strip()]
     return text
 
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
     """EDGE_RUNTIME_SERVER_PORT=9000 -> {"server": {"port": 9000}}; other variables are ignored."""
     environ = os.environ if environ is None else environ
@@ -169,6 +183,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
             if name in environ:
                 found.setdefault(section, {})[key] = _parse_env(environ[name], spec)
     return found
+
 
 def read_file(path: Path) -> dict:
     try:
@@ -181,14 +196,17 @@ def read_file(path: Path) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path.name}: not valid TOML ({error})") from None
 
+
 def default_file() -> Path | None:
     explicit = os.environ.get(f"{ENV_PREFIX}CONFIG")
     if explicit:
         return Path(explicit)
     return DEFAULT_PATH if DEFAULT_PATH.is_file() else None
 
-def load(path: str | Path | None = None, cli: Mapping | None = None,
-         environ: Mapping[str, str] | None = None) -> Config:
+
+def load(
+    path: str | Path | None = None, cli: Mapping | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
     """Defaults, then the file (`path`, else $EDGE_RUNTIME_CONFIG, else /etc/edge-runtime/config.toml
     when it exists), then the environment, then `cli` ({section: {key: value}}, None values skipped)."""
     values = defaults()
@@ -201,12 +219,14 @@ def load(path: str | Path | None = None, cli: Mapping | None = None,
     _validate_together(values, path.name if path else "config")
     return Config(values, str(path) if path else "defaults")
 
+
 def _validate_together(values: dict, where: str) -> None:
     if values["logging"]["level"] not in LEVELS:
         raise ConfigError(f"{where}: logging.level: must be one of {', '.join(LEVELS)}")
     if values["batching"]["max_queue"] < values["server"]["max_texts"]:
-        raise ConfigError(f"{where}: batching.max_queue: must be at least server.max_texts "
-                          f"({values['server']['max_texts']})")
+        raise ConfigError(
+            f"{where}: batching.max_queue: must be at least server.max_texts ({values['server']['max_texts']})"
+        )
     uplink = values["uplink"]
     if uplink["broker"]:
         from .mqtt import BrokerConfig
@@ -224,19 +244,24 @@ def _validate_together(values: dict, where: str) -> None:
     for key in ("refuse", "drop"):
         unknown = [kind for kind in privacy[key] if kind not in PII_KINDS]
         if unknown:
-            raise ConfigError(f"{where}: privacy.{key}: unknown PII kind {unknown[0]!r} (known: {', '.join(PII_KINDS)})")
+            raise ConfigError(
+                f"{where}: privacy.{key}: unknown PII kind {unknown[0]!r} (known: {', '.join(PII_KINDS)})"
+            )
     both = set(privacy["refuse"]) & set(privacy["drop"])
     if both:
         raise ConfigError(f"{where}: privacy: {sorted(both)[0]} is in both refuse and drop")
+
 
 def privacy_policy(config: Mapping) -> dict[str, str]:
     """{kind: "refuse" | "drop"} from [privacy]; other kinds are redacted with a placeholder."""
     privacy = config["privacy"]
     return {**{kind: "drop" for kind in privacy["drop"]}, **{kind: "refuse" for kind in privacy["refuse"]}}
 
+
 def routing_overrides(config: Mapping) -> dict:
     """The [routing] keys that are set (-1 means: keep the bundle's value)."""
     return {key: value for key, value in config["routing"].items() if value >= 0}
+
 
 def to_toml(values: Mapping) -> str:
     """A TOML rendering of a config (scalars and lists of strings only, which is all SCHEMA has)."""
@@ -249,7 +274,7 @@ def to_toml(values: Mapping) -> str:
             return repr(value)
         if isinstance(value, list):
             return "[" + ", ".join(scalar(v) for v in value) + "]"
-        return json.dumps(value, ensure_ascii=False)      # a JSON string is a valid TOML basic string
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
     lines = []
     for section, table in values.items():

@@ -2,6 +2,7 @@
 
 The one reader for training data, evaluation data and a bundle's golden examples.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+
 
 @dataclass
 class Split:
@@ -18,8 +20,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, keep) -> "Split":
+    def subset(self, keep) -> Split:
         return Split([self.texts[i] for i in keep], [self.labels[i] for i in keep])
+
 
 def read_jsonl(path: Path, need_labels: bool = True, error: type[Exception] = InputError) -> Split:
     """Every non-blank line; `error` (an EdgeRuntimeError) names the file and line of the first bad one."""

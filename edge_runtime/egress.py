@@ -6,20 +6,27 @@ What counts as PII: the regex scanner's identifiers (kernels.pii) and, with a ta
 The placeholder mapping never leaves: it is kept in memory, per request id, for `ttl_s` seconds,
 so the upstream answer can be re-identified locally and then forgotten.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from .audit import AuditLog
 from .pii_tagger import PiiTagger, find_spans
 from .redaction import PrivacyRefused, redact, restore
 
+
 class Egress:
-    def __init__(self, policy: Mapping[str, str] | None = None, audit: AuditLog | None = None,
-                 ttl_s: float = 3600.0, clock: Callable[[], float] = time.monotonic,
-                 tagger: PiiTagger | None = None):
+    def __init__(
+        self,
+        policy: Mapping[str, str] | None = None,
+        audit: AuditLog | None = None,
+        ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+        tagger: PiiTagger | None = None,
+    ):
         self.policy = dict(policy or {})
         self.tagger = tagger
         self.audit = audit or AuditLog(None)
@@ -59,6 +66,7 @@ class Egress:
         now = self.clock()
         for request_id in [r for r, (expires, _) in self._mappings.items() if expires <= now]:
             del self._mappings[request_id]
+
 
 def _restore_strings(value, mapping):
     if isinstance(value, str):

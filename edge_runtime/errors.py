@@ -1,16 +1,21 @@
 """Errors a user can act on. The CLI prints their message on one line and exits 1."""
 
+
 class EdgeRuntimeError(Exception):
     """Base class: the message is a one-line reason fit for a terminal."""
+
 
 class BundleError(EdgeRuntimeError):
     """A bundle is malformed, tampered with, or not signed by a trusted key."""
 
+
 class StoreError(EdgeRuntimeError):
     """The local model store cannot do what was asked (unknown model, nothing to roll back to...)."""
 
+
 class ConfigError(EdgeRuntimeError):
     """The configuration is invalid."""
+
 
 class InputError(EdgeRuntimeError):
     """A request's input is invalid (empty text, wrong type, too long...)."""

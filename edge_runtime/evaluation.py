@@ -4,20 +4,24 @@ in_scope_accuracy: accuracy on examples whose gold label is not the OOS label.
 oos_recall:        share of OOS examples predicted as OOS.
 kept_accuracy:     accuracy of the answers kept on the device (decision local).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import datasets
+
 
 def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
     """(texts, labels) of a labelled JSONL file; InputError names the first bad line."""
     split = datasets.read_jsonl(path)
     return split.texts, split.labels
 
+
 def _share(hits: int, total: int) -> float | None:
     return hits / total if total else None
+
 
 def accuracy_figures(gold: Sequence[str], predicted: Sequence[str], oos_label: str = "oos") -> dict:
     pairs = list(zip(gold, predicted))
@@ -29,6 +33,7 @@ def accuracy_figures(gold: Sequence[str], predicted: Sequence[str], oos_label: s
         "in_scope_accuracy": _share(sum(g == p for g, p in in_scope), len(in_scope)),
         "oos_recall": _share(sum(p == oos_label for _, p in oos), len(oos)),
     }
+
 
 def per_class(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, dict]:
     labels = sorted(set(gold) | set(predicted))
@@ -43,22 +48,31 @@ def per_class(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, dict]:
         report[label] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
     return report
 
-def routed_figures(gold: Sequence[str], local: Sequence[str], escalated: Sequence[bool],
-                   final: Sequence[str] | None = None, oos_label: str = "oos") -> dict:
+
+def routed_figures(
+    gold: Sequence[str],
+    local: Sequence[str],
+    escalated: Sequence[bool],
+    final: Sequence[str] | None = None,
+    oos_label: str = "oos",
+) -> dict:
     """Figures of a routed run: what stayed local, what went upstream, and the end result."""
     kept = [(g, p) for g, p, e in zip(gold, local, escalated) if not e]
     sent = [(g, p) for g, p, e in zip(gold, local, escalated) if e]
     figures = accuracy_figures(gold, final if final is not None else local, oos_label)
-    figures.update({
-        "escalation_rate": _share(len(sent), len(gold)) or 0.0,
-        "local_share": _share(len(kept), len(gold)) or 0.0,
-        "kept_accuracy": _share(sum(g == p for g, p in kept), len(kept)),
-        "escalated_local_accuracy": _share(sum(g == p for g, p in sent), len(sent)),
-    })
+    figures.update(
+        {
+            "escalation_rate": _share(len(sent), len(gold)) or 0.0,
+            "local_share": _share(len(kept), len(gold)) or 0.0,
+            "kept_accuracy": _share(sum(g == p for g, p in kept), len(kept)),
+            "escalated_local_accuracy": _share(sum(g == p for g, p in sent), len(sent)),
+        }
+    )
     if final is not None:
         finals = [(g, f) for g, f, e in zip(gold, final, escalated) if e]
         figures["escalated_accuracy"] = _share(sum(g == f for g, f in finals), len(finals))
     return figures
+
 
 # --- the hybrid: device + upstream -----------------------------------------------------------------
 # Default prices per request, in USD: the device's marginal cost (energy for ~10 ms of one CPU core,
@@ -66,8 +80,14 @@ def routed_figures(gold: Sequence[str], local: Sequence[str], escalated: Sequenc
 DEFAULT_DEVICE_COST = 0.000002
 DEFAULT_UPSTREAM_COST = 0.0004
 
-def payload_sizes(texts: Sequence[str], predictions: Sequence | None, *, bundle: tuple[str, str] = ("", ""),
-                  device_id: str = "eval-device") -> list[int]:
+
+def payload_sizes(
+    texts: Sequence[str],
+    predictions: Sequence | None,
+    *,
+    bundle: tuple[str, str] = ("", ""),
+    device_id: str = "eval-device",
+) -> list[int]:
     """Bytes of each escalation request as it would leave the device: redacted, serialised (escalation.encode).
     `predictions` None: requests without a device prediction (everything sent upstream)."""
     from . import escalation
@@ -81,40 +101,55 @@ def payload_sizes(texts: Sequence[str], predictions: Sequence | None, *, bundle:
         reason = getattr(prediction, "reason", "") if prediction is not None else "all_upstream"
         redacted = egress.prepare(request_id, text, reason)
         egress.forget(request_id)
-        message = escalation.build_request(redacted, prediction, device_id=device_id, request_id=request_id,
-                                           reason=reason, bundle=bundle)
+        message = escalation.build_request(
+            redacted, prediction, device_id=device_id, request_id=request_id, reason=reason, bundle=bundle
+        )
         sizes.append(len(escalation.encode(message)))
     return sizes
+
 
 def cost_per_1000(escalation_rate: float, device_cost: float, upstream_cost: float, *, on_device: bool = True) -> float:
     """Every request runs on the device (when on_device); the escalated share also pays the upstream price."""
     return 1000.0 * ((device_cost if on_device else 0.0) + escalation_rate * upstream_cost)
 
-def hybrid_figures(gold: Sequence[str], local: Sequence[str], escalated: Sequence[bool], upstream: Sequence[str],
-                   *, escalated_bytes: int, all_bytes: int, device_cost: float = DEFAULT_DEVICE_COST,
-                   upstream_cost: float = DEFAULT_UPSTREAM_COST, oos_label: str = "oos") -> dict:
+
+def hybrid_figures(
+    gold: Sequence[str],
+    local: Sequence[str],
+    escalated: Sequence[bool],
+    upstream: Sequence[str],
+    *,
+    escalated_bytes: int,
+    all_bytes: int,
+    device_cost: float = DEFAULT_DEVICE_COST,
+    upstream_cost: float = DEFAULT_UPSTREAM_COST,
+    oos_label: str = "oos",
+) -> dict:
     """Device + upstream against device alone and everything upstream.
 
     `upstream` holds the upstream's answer for every example (so "everything upstream" can be scored);
     the hybrid takes it for the escalated ones only."""
-    final = [u if e else l for l, u, e in zip(local, upstream, escalated)]
+    final = [up if sent else here for here, up, sent in zip(local, upstream, escalated)]
     figures = routed_figures(gold, local, escalated, final, oos_label)
     n, sent = len(gold), sum(bool(e) for e in escalated)
-    figures.update({
-        "upstream_bytes": escalated_bytes,
-        "upstream_bytes_per_1000": 1000.0 * escalated_bytes / n if n else 0.0,
-        "cost_per_1000": cost_per_1000(figures["escalation_rate"], device_cost, upstream_cost),
-        "prices": {"device": device_cost, "upstream": upstream_cost},
-        "device_only": accuracy_figures(gold, local, oos_label),
-        "all_upstream": {
-            **accuracy_figures(gold, upstream, oos_label),
-            "upstream_bytes": all_bytes,
-            "upstream_bytes_per_1000": 1000.0 * all_bytes / n if n else 0.0,
-            "cost_per_1000": cost_per_1000(1.0, device_cost, upstream_cost, on_device=False),
-        },
-        "escalated": sent,
-    })
+    figures.update(
+        {
+            "upstream_bytes": escalated_bytes,
+            "upstream_bytes_per_1000": 1000.0 * escalated_bytes / n if n else 0.0,
+            "cost_per_1000": cost_per_1000(figures["escalation_rate"], device_cost, upstream_cost),
+            "prices": {"device": device_cost, "upstream": upstream_cost},
+            "device_only": accuracy_figures(gold, local, oos_label),
+            "all_upstream": {
+                **accuracy_figures(gold, upstream, oos_label),
+                "upstream_bytes": all_bytes,
+                "upstream_bytes_per_1000": 1000.0 * all_bytes / n if n else 0.0,
+                "cost_per_1000": cost_per_1000(1.0, device_cost, upstream_cost, on_device=False),
+            },
+            "escalated": sent,
+        }
+    )
     return figures
+
 
 def candidate_labels(big, texts: Sequence[str], predictions: Sequence, oos_label: str = "oos") -> list[str]:
     """The upstream's answer restricted to the device's top-k labels plus the OOS label (the top-k travel

@@ -1,4 +1,5 @@
 """Crash-safe file writes: write a temp file, fsync it, rename it over the target, fsync the directory."""
+
 from __future__ import annotations
 
 import fcntl
@@ -8,12 +9,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     path = Path(path)
@@ -34,8 +37,10 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
     fsync_dir(path.parent)
 
+
 def atomic_write_json(path: Path, obj, mode: int = 0o644) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
+
 
 @contextmanager
 def exclusive_lock(directory: Path):

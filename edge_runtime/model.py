@@ -3,12 +3,13 @@
 Routing (local or escalate) is the router's job (edge_runtime.router); `Model.predict` returns the
 local answer with its confidence figures.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -21,11 +22,11 @@ from .session import Session, SessionSettings
 
 TASKS = ("text-classification", "feature-extraction", "token-classification")
 
+
 class Model:
     """A verified bundle with its onnxruntime session. Thread-safe for concurrent predict calls."""
 
-    def __init__(self, path: Path, manifest, settings: SessionSettings, max_batch: int = 32,
-                 max_tokens: int = 4096):
+    def __init__(self, path: Path, manifest, settings: SessionSettings, max_batch: int = 32, max_tokens: int = 4096):
         self.path = Path(path)
         self.manifest = manifest
         raw = manifest.raw
@@ -49,8 +50,11 @@ class Model:
         labels_file = post.get("labels")
         if labels_file:
             self.labels = json.loads((self.path / labels_file).read_text(encoding="utf-8"))
-        self.classification = (postprocess.ClassificationSettings.from_manifest(post, self.labels)
-                               if self.task == "text-classification" else None)
+        self.classification = (
+            postprocess.ClassificationSettings.from_manifest(post, self.labels)
+            if self.task == "text-classification"
+            else None
+        )
         self.max_batch = max_batch
         self.max_tokens = max_tokens
 
@@ -113,16 +117,30 @@ class Model:
         batch = self.preprocessor.tensors(encodings, texts)
         (logits,) = self.session.run(batch.tensors)
         offsets, word_ids = token_positions(encodings, logits.shape[1])
-        return postprocess.entities(logits, offsets, word_ids, self.labels,
-                                    strategy or self.post.get("aggregation", "simple"),
-                                    self.post.get("scheme", "IOB2"), float(self.post.get("outside_bias", 0.0)))
+        return postprocess.entities(
+            logits,
+            offsets,
+            word_ids,
+            self.labels,
+            strategy or self.post.get("aggregation", "simple"),
+            self.post.get("scheme", "IOB2"),
+            float(self.post.get("outside_bias", 0.0)),
+        )
 
     def _require(self, task: str) -> None:
         if self.task != task:
             raise InputError(f"{self.name} is a {self.task} model, not {task}")
 
-def load(ref: str | Path | None = None, *, root: Path | None = None, allow_unsigned: bool = False,
-         threads: int = 0, max_batch: int = 32, use_cache: bool = True) -> Model:
+
+def load(
+    ref: str | Path | None = None,
+    *,
+    root: Path | None = None,
+    allow_unsigned: bool = False,
+    threads: int = 0,
+    max_batch: int = 32,
+    use_cache: bool = True,
+) -> Model:
     """Load a bundle: a directory or .erb archive path, a store name, name@version, or (None) the active model.
 
     The bundle's hashes and signature are verified against the store's trusted keys first.

@@ -3,6 +3,7 @@
 `Link` owns one paho client and its network thread (paho's loop_start, so publish() from other
 threads only queues). Both the device uplink and the upstream worker use it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,8 @@ import random
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
@@ -22,8 +23,10 @@ from .errors import ConfigError, EdgeRuntimeError
 
 log = logging.getLogger(__name__)
 
+
 class LinkError(EdgeRuntimeError):
     """The broker cannot be reached or refused us (TLS, credentials, ACL)."""
+
 
 @dataclass(frozen=True)
 class BrokerConfig:
@@ -40,7 +43,7 @@ class BrokerConfig:
     backoff_max_s: float = 30.0
 
     @classmethod
-    def from_url(cls, url: str, **overrides) -> "BrokerConfig":
+    def from_url(cls, url: str, **overrides) -> BrokerConfig:
         """`mqtt://[user[:password]@]host[:port]` or `mqtts://...` (TLS, default port 8883)."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -60,6 +63,7 @@ class BrokerConfig:
         overrides = {key: value for key, value in overrides.items() if value is not None}
         return replace(config, **overrides)
 
+
 class Backoff:
     """Exponential backoff with full jitter, so a fleet does not reconnect in lockstep."""
 
@@ -69,12 +73,13 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next(self) -> float:
-        cap = min(self.max_s, self.min_s * (2 ** self.attempt))
+        cap = min(self.max_s, self.min_s * (2**self.attempt))
         self.attempt += 1
         return self.min_s / 2 + self._rng.uniform(0, cap - self.min_s / 2)
 
     def reset(self) -> None:
         self.attempt = 0
+
 
 def _set_nodelay(client, userdata, sock) -> None:
     # Nagle + delayed ACK cost ~88 ms per request/response round trip; off it is ~0.4 ms.
@@ -84,36 +89,41 @@ def _set_nodelay(client, userdata, sock) -> None:
     except (OSError, AttributeError):
         pass
 
+
 def make_client(config: BrokerConfig, client_id: str) -> paho.Client:
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
-    )
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     client.on_socket_open = _set_nodelay
-    client.max_inflight_messages_set(65535)   # our own window bounds what is in flight
+    client.max_inflight_messages_set(65535)  # our own window bounds what is in flight
     client.max_queued_messages_set(0)
     if config.username:
         client.username_pw_set(config.username, config.password)
     if config.tls:
         try:
             client.tls_set(
-                ca_certs=config.ca_file, certfile=config.cert_file, keyfile=config.key_file,
-                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                ca_certs=config.ca_file,
+                certfile=config.cert_file,
+                keyfile=config.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         except (OSError, ssl.SSLError) as error:
             raise ConfigError(f"cannot load TLS files: {error}") from None
     return client
+
 
 @dataclass
 class Subscription:
     topic: str
     qos: int = 1
 
+
 @dataclass
 class LinkHandlers:
     on_message: Callable[[paho.MQTTMessage], None] | None = None
-    on_connected: Callable[[bool], None] | None = None      # arg: session_present
+    on_connected: Callable[[bool], None] | None = None  # arg: session_present
     on_disconnected: Callable[[], None] | None = None
     on_publish: Callable[[int, int, str], None] | None = None  # mid, reason code value, name
+
 
 @dataclass
 class Link:
@@ -148,8 +158,11 @@ class Link:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self.session_expiry_s
         self.client.connect_async(
-            self.config.host, self.config.port, keepalive=self.config.keepalive,
-            clean_start=self.clean_start, properties=properties,
+            self.config.host,
+            self.config.port,
+            keepalive=self.config.keepalive,
+            clean_start=self.clean_start,
+            properties=properties,
         )
         self.client.loop_start()
 

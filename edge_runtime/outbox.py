@@ -5,6 +5,7 @@ application-level answer comes back (a PUBACK is not enough: mosquitto acks QoS 
 is on disk). Rejected or evicted requests move to `dead_letters`; technicians list, retry and purge
 them with `edge-runtime outbox`. Budgets (count, bytes, age) bound the pending requests.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from . import paths
 
@@ -44,25 +45,30 @@ CREATE TABLE IF NOT EXISTS dead_letters(
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+
 def default_path() -> Path:
     return paths.state_dir() / "outbox.sqlite"
+
 
 @dataclass(frozen=True)
 class Budgets:
     max_count: int = 10_000
     max_bytes: int = 64 * 1024 * 1024
     max_age_s: float = 7 * 86400
-    keep_answered: int = 10_000        # answered requests kept for `answer(id)` lookups
+    keep_answered: int = 10_000  # answered requests kept for `answer(id)` lookups
+
 
 @dataclass
 class AddResult:
     new: list[str] = field(default_factory=list)
     already_answered: dict[str, bytes] = field(default_factory=dict)
-    evicted: list[tuple[str, str]] = field(default_factory=list)   # (id, reason)
+    evicted: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+
 
 class Outbox:
-    def __init__(self, path: str | Path | None = None, budgets: Budgets = Budgets(),
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, path: str | Path | None = None, budgets: Budgets = Budgets(), clock: Callable[[], float] = time.time
+    ):
         self.path = Path(path) if path else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.budgets = budgets
@@ -123,8 +129,10 @@ class Outbox:
         with self.transaction():
             for request_id, payload in items:
                 cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO requests(id, state, payload, size, created_at) VALUES (?, 'pending', ?, ?, ?)",
-                    (request_id, payload, len(payload), now))
+                    "INSERT OR IGNORE INTO requests(id, state, payload, size, created_at)"
+                    " VALUES (?, 'pending', ?, ?, ?)",
+                    (request_id, payload, len(payload), now),
+                )
                 if cursor.rowcount:
                     result.new.append(request_id)
                     self._pending_count += 1
@@ -144,7 +152,9 @@ class Outbox:
             for request_id, answer in answers:
                 row = self._db.execute(
                     "UPDATE requests SET state='answered', answer=?, answered_at=? WHERE id=? AND state='pending' "
-                    "RETURNING size", (answer, now, request_id)).fetchone()
+                    "RETURNING size",
+                    (answer, now, request_id),
+                ).fetchone()
                 if row:
                     fresh.append(request_id)
                     self._pending_count -= 1
@@ -181,8 +191,9 @@ class Outbox:
     def answer(self, request_id: str) -> dict | None:
         """The answer message stored for a request, or None while it is unanswered or unknown."""
         with self._lock:
-            row = self._db.execute("SELECT answer FROM requests WHERE id=? AND state='answered'",
-                                   (request_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT answer FROM requests WHERE id=? AND state='answered'", (request_id,)
+            ).fetchone()
         return json.loads(row[0]) if row else None
 
     def bump(self, name: str, by: int = 1) -> None:
@@ -198,19 +209,25 @@ class Outbox:
         with self._lock:
             states = dict(self._db.execute("SELECT state, count(*) FROM requests GROUP BY state"))
             dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-        return {"pending": states.get("pending", 0), "answered": states.get("answered", 0),
-                "dead": dead, "counters": self.counters()}
+        return {
+            "pending": states.get("pending", 0),
+            "answered": states.get("answered", 0),
+            "dead": dead,
+            "counters": self.counters(),
+        }
 
     def requests(self, state: str) -> list[dict]:
         with self._lock:
             if state == "dead":
                 rows = self._db.execute(
-                    "SELECT id, size, created_at, attempts, reason, dead_at FROM dead_letters ORDER BY dead_at")
+                    "SELECT id, size, created_at, attempts, reason, dead_at FROM dead_letters ORDER BY dead_at"
+                )
                 keys = ("id", "size", "created_at", "attempts", "reason", "dead_at")
             else:
                 rows = self._db.execute(
                     "SELECT id, size, created_at, attempts, answered_at FROM requests WHERE state=? ORDER BY seq",
-                    (state,))
+                    (state,),
+                )
                 keys = ("id", "size", "created_at", "attempts", "answered_at")
             return [dict(zip(keys, row), state=state) for row in rows]
 
@@ -221,12 +238,15 @@ class Outbox:
                 ids = [r[0] for r in self._db.execute("SELECT id FROM dead_letters ORDER BY dead_at")]
             moved = []
             for request_id in ids:
-                row = self._db.execute("DELETE FROM dead_letters WHERE id=? RETURNING payload, created_at",
-                                       (request_id,)).fetchone()
+                row = self._db.execute(
+                    "DELETE FROM dead_letters WHERE id=? RETURNING payload, created_at", (request_id,)
+                ).fetchone()
                 if row:
                     self._db.execute(
                         "INSERT OR REPLACE INTO requests(id, state, payload, size, created_at) "
-                        "VALUES (?, 'pending', ?, ?, ?)", (request_id, row[0], len(row[0]), self.clock()))
+                        "VALUES (?, 'pending', ?, ?, ?)",
+                        (request_id, row[0], len(row[0]), self.clock()),
+                    )
                     moved.append(request_id)
             self._pending_count, self._pending_bytes = self._count_pending()
         return moved
@@ -240,21 +260,28 @@ class Outbox:
     # -- internals (inside a transaction) -----------------------------------------------------
     def _count_pending(self) -> tuple[int, int]:
         count, size = self._db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM requests WHERE state='pending'").fetchone()
+            "SELECT count(*), coalesce(sum(size), 0) FROM requests WHERE state='pending'"
+        ).fetchone()
         return count, size
 
     def _bump(self, name: str, by: int) -> None:
-        self._db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
-                         "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (name, by))
+        self._db.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+            (name, by),
+        )
 
     def _move_to_dead(self, request_id: str, reason: str, now: float) -> bool:
         row = self._db.execute(
             "DELETE FROM requests WHERE id=? AND state='pending' RETURNING payload, size, created_at, attempts",
-            (request_id,)).fetchone()
+            (request_id,),
+        ).fetchone()
         if not row:
             return False
-        self._db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (request_id, row[0], row[1], row[2], row[3], reason, now))
+        self._db.execute(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (request_id, row[0], row[1], row[2], row[3], reason, now),
+        )
         self._pending_count -= 1
         self._pending_bytes -= row[1]
         return True
@@ -266,8 +293,7 @@ class Outbox:
         if count <= budgets.max_count and size_total <= budgets.max_bytes and not check_age:
             return []
         evicted = []
-        oldest = self._db.execute(
-            "SELECT id, size, created_at FROM requests WHERE state='pending' ORDER BY seq")
+        oldest = self._db.execute("SELECT id, size, created_at FROM requests WHERE state='pending' ORDER BY seq")
         for request_id, size, created_at in oldest:
             if count > budgets.max_count:
                 reason, counter = f"evicted: over the count budget ({budgets.max_count})", "evicted_count"
@@ -291,4 +317,5 @@ class Outbox:
         self._db.execute(
             "DELETE FROM requests WHERE state='answered' AND seq NOT IN "
             "(SELECT seq FROM requests WHERE state='answered' ORDER BY seq DESC LIMIT ?)",
-            (self.budgets.keep_answered,))
+            (self.budgets.keep_answered,),
+        )

@@ -7,10 +7,11 @@ and every span is widened to whole words, so no fragment of a name ("Mc" of "McA
 behind. `find_spans` merges the scanner's spans with the tagger's into the non-overlapping list that
 redaction takes.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class PiiTagger:
         self.model = model
         self.name = f"{model.name}@{model.version}"
         tokenizer = model.preprocessor.tokenizer
-        self._window = max(8, model.preprocessor.max_length - 2)   # [CLS] and [SEP]
+        self._window = max(8, model.preprocessor.max_length - 2)  # [CLS] and [SEP]
         self._tokenizer = _untruncated(tokenizer)
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
@@ -38,7 +39,7 @@ class PiiTagger:
             return []
         windows = self._windows(text)
         found = []
-        for (start, end), entities in zip(windows, self.model.entities([text[s:e] for s, e in windows])):
+        for (start, _end), entities in zip(windows, self.model.entities([text[s:e] for s, e in windows])):
             found += [(start + e.start, start + e.end, e.label) for e in entities if e.label in KINDS]
         return merge([_whole_words(text, s, e, kind) for s, e, kind in found])
 
@@ -83,7 +84,7 @@ def merge(spans: Iterable[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     its longest part (ties: the earlier)."""
     merged: list[list] = []
     for start, end, kind in sorted(spans):
-        rank = (kind not in KINDS, end - start)   # scanner kinds first, then length
+        rank = (kind not in KINDS, end - start)  # scanner kinds first, then length
         if merged and start < merged[-1][1]:
             last = merged[-1]
             if rank > last[3]:
@@ -94,7 +95,7 @@ def merge(spans: Iterable[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     return [(start, end, kind) for start, end, kind, _ in merged]
 
 
-def find_spans(text: str, tagger: "PiiTagger | None" = None) -> list[tuple[int, int, str]]:
+def find_spans(text: str, tagger: PiiTagger | None = None) -> list[tuple[int, int, str]]:
     """The regex scanner's spans plus, with a tagger, names and addresses: merged, non-overlapping."""
     from .kernels import pii
 
@@ -104,7 +105,7 @@ def find_spans(text: str, tagger: "PiiTagger | None" = None) -> list[tuple[int, 
     return merge(list(spans) + tagger.spans(text))
 
 
-def load_tagger(ref: str, *, required: bool = False, threads: int = 1, root=None) -> "PiiTagger | None":
+def load_tagger(ref: str, *, required: bool = False, threads: int = 1, root=None) -> PiiTagger | None:
     """The tagger bundle `ref` from the store; None when `ref` is empty, or is missing and not required."""
     if not ref:
         return None

@@ -4,10 +4,11 @@ answer locally, or redact (egress) -> outbox -> uplink and wait up to the deadli
 Without an uplink (no broker configured) escalations are written to the outbox and answered
 `deferred` at once: they go out when a broker is reachable. Without an outbox they stay local.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from . import escalation
 from .egress import Egress
@@ -15,9 +16,19 @@ from .redaction import PrivacyRefused
 from .results import DEFERRED, ESCALATE, LOCAL, Prediction
 from .router import Router
 
+
 class Pipeline:
-    def __init__(self, model, router: Router, *, egress: Egress | None = None, uplink=None, outbox=None,
-                 device_id: str = "local", deadline_s: float = 2.0):
+    def __init__(
+        self,
+        model,
+        router: Router,
+        *,
+        egress: Egress | None = None,
+        uplink=None,
+        outbox=None,
+        device_id: str = "local",
+        deadline_s: float = 2.0,
+    ):
         self.model = model
         self.router = router
         self.egress = egress or Egress()
@@ -52,11 +63,15 @@ class Pipeline:
             return replace(prediction, decision=LOCAL, reason=f"privacy_refused:{prediction.reason}"), None
         prediction = replace(prediction, request_id=request_id)
         if self.uplink is not None:
-            return prediction, self.uplink.submit(outgoing, prediction, request_id=request_id,
-                                                  reason=prediction.reason)
-        message = escalation.build_request(outgoing, prediction, device_id=self.device_id,
-                                           request_id=request_id, reason=prediction.reason,
-                                           bundle=(self.model.name, self.model.version))
+            return prediction, self.uplink.submit(outgoing, prediction, request_id=request_id, reason=prediction.reason)
+        message = escalation.build_request(
+            outgoing,
+            prediction,
+            device_id=self.device_id,
+            request_id=request_id,
+            reason=prediction.reason,
+            bundle=(self.model.name, self.model.version),
+        )
         self.outbox.add([(request_id, escalation.encode(message))])
         return replace(prediction, decision=DEFERRED), None
 
@@ -64,13 +79,14 @@ class Pipeline:
         """The upstream answer (re-identified) if the Future resolves within `timeout`, else `deferred`."""
         try:
             message = future.result(timeout=timeout)
-        except Exception:                      # deadline passed or the request was dead-lettered
+        except Exception:  # deadline passed or the request was dead-lettered
             return replace(prediction, decision=DEFERRED)
         answer = self.egress.reidentify(prediction.request_id, message.get("answer") or {})
         if not answer.get("label"):
             return replace(prediction, decision=DEFERRED)
-        return replace(prediction, label=answer["label"], score=float(answer.get("score", prediction.score)),
-                       decision=ESCALATE)
+        return replace(
+            prediction, label=answer["label"], score=float(answer.get("score", prediction.score)), decision=ESCALATE
+        )
 
     def answer(self, request_id: str):
         """A deferred request's upstream answer, re-identified, or None while it is pending."""

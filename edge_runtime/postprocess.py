@@ -1,25 +1,27 @@
 """Model outputs -> answers: predictions, embeddings, entity spans. The arithmetic is in the kernels."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 from . import kernels
 from .results import Entity, Prediction
 
+
 @dataclass
 class ClassificationSettings:
     labels: list[str]
     temperature: float = 1.0
     top_k: int = 5
-    reject_threshold: float | None = None   # below this max probability the answer is reject_label
+    reject_threshold: float | None = None  # below this max probability the answer is reject_label
     reject_label: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, postprocess: dict, labels: list[str]) -> "ClassificationSettings":
+    def from_manifest(cls, postprocess: dict, labels: list[str]) -> ClassificationSettings:
         reject_label = postprocess.get("reject_label")
         threshold = postprocess.get("reject_threshold")
         return cls(
@@ -30,10 +32,12 @@ class ClassificationSettings:
             reject_label=reject_label if reject_label in labels else None,
         )
 
+
 def classify(logits: np.ndarray, settings: ClassificationSettings, top_k: int | None = None) -> list[Prediction]:
     k = min(top_k or settings.top_k, 5, len(settings.labels))
     result = kernels.classify.classify_logits(
-        np.ascontiguousarray(logits, dtype=np.float32), settings.temperature, k, False)
+        np.ascontiguousarray(logits, dtype=np.float32), settings.temperature, k, False
+    )
     labels = settings.labels
     predictions = []
     for row in range(result.argmax.shape[0]):
@@ -41,24 +45,34 @@ def classify(logits: np.ndarray, settings: ClassificationSettings, top_k: int | 
         label = labels[int(result.argmax[row])]
         if settings.reject_threshold is not None and score < settings.reject_threshold:
             label = settings.reject_label
-        predictions.append(Prediction(
-            label=label,
-            score=score,
-            top_k=[(labels[int(i)], float(p)) for i, p in zip(result.top_indices[row], result.top_probs[row])],
-            margin=float(result.margin[row]),
-            entropy=float(result.entropy[row]),
-        ))
+        predictions.append(
+            Prediction(
+                label=label,
+                score=score,
+                top_k=[(labels[int(i)], float(p)) for i, p in zip(result.top_indices[row], result.top_probs[row])],
+                margin=float(result.margin[row]),
+                entropy=float(result.entropy[row]),
+            )
+        )
     return predictions
 
-def embed(hidden: np.ndarray, attention_mask: np.ndarray, pooling: str = "mean",
-          normalize: bool = True) -> np.ndarray:
+
+def embed(hidden: np.ndarray, attention_mask: np.ndarray, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
     hidden = np.ascontiguousarray(hidden, dtype=np.float32)
     if pooling == "cls":
         return kernels.pooling.cls_pool(hidden, normalize)
     return kernels.pooling.mean_pool(hidden, attention_mask, normalize)
 
-def entities(logits: np.ndarray, offsets: np.ndarray, word_ids: np.ndarray, labels: Sequence[str],
-             strategy: str = "simple", scheme: str = "IOB2", outside_bias: float = 0.0) -> list[list[Entity]]:
+
+def entities(
+    logits: np.ndarray,
+    offsets: np.ndarray,
+    word_ids: np.ndarray,
+    labels: Sequence[str],
+    strategy: str = "simple",
+    scheme: str = "IOB2",
+    outside_bias: float = 0.0,
+) -> list[list[Entity]]:
     """Entity spans; `outside_bias` > 0 is taken off the "O" logit first, so borderline tokens count as
     entities (a PII tagger would rather redact one word too many than leak a name)."""
     logits = np.array(logits, dtype=np.float32) if outside_bias else np.ascontiguousarray(logits, dtype=np.float32)

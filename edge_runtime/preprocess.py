@@ -3,11 +3,12 @@
 Tokenisation is the Rust `tokenizers` library reading the bundle's tokenizer.json; padding and
 bucketing are kernels (edge_runtime.kernels.batching).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -15,21 +16,29 @@ from tokenizers import Tokenizer
 from . import kernels
 from .errors import InputError
 
+
 @dataclass
 class Batch:
     tensors: dict[str, np.ndarray]
-    lengths: np.ndarray                 # tokens per text, after truncation
+    lengths: np.ndarray  # tokens per text, after truncation
+
 
 class Preprocessor:
-    def __init__(self, tokenizer_file: Path, max_length: int, pad_id: int = 0,
-                 token_type_ids: bool = True, case_feature: bool = False):
+    def __init__(
+        self,
+        tokenizer_file: Path,
+        max_length: int,
+        pad_id: int = 0,
+        token_type_ids: bool = True,
+        case_feature: bool = False,
+    ):
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         self.max_length = max_length
         self.pad_id = pad_id
         self.token_type_ids = token_type_ids
-        self.case_feature = case_feature   # token_type_ids carry case_flags() (see there)
+        self.case_feature = case_feature  # token_type_ids carry case_flags() (see there)
 
     def encode(self, texts: Sequence[str]):
         for number, text in enumerate(texts, 1):
@@ -37,7 +46,7 @@ class Preprocessor:
                 raise InputError(f"text {number}: expected a string, got {type(text).__name__}")
             if not text.strip():
                 raise InputError(f"text {number}: empty")
-        if len(texts) == 1:      # batch 1: skip the tokenizer's thread pool hand-off
+        if len(texts) == 1:  # batch 1: skip the tokenizer's thread pool hand-off
             return [self.tokenizer.encode(texts[0], add_special_tokens=True)]
         return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
 
@@ -50,7 +59,8 @@ class Preprocessor:
                 raise ValueError("this bundle's token_type_ids carry case: pass the texts")
             type_ids = [case_flags(text, encoding) for text, encoding in zip(texts, encodings)]
         input_ids, attention_mask, token_type_ids = kernels.batching.pad_batch(
-            ids, self.max_length, self.pad_id, type_ids)
+            ids, self.max_length, self.pad_id, type_ids
+        )
         tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             tensors["token_type_ids"] = token_type_ids
@@ -58,9 +68,9 @@ class Preprocessor:
 
     def buckets(self, encodings, max_batch: int, max_tokens: int):
         """(order, boundaries, inverse) grouping texts of similar length to bound padding."""
-        lengths = np.fromiter((len(encoding.ids) for encoding in encodings), dtype=np.int64,
-                              count=len(encodings))
+        lengths = np.fromiter((len(encoding.ids) for encoding in encodings), dtype=np.int64, count=len(encodings))
         return kernels.batching.length_buckets(lengths, max_batch, max_tokens)
+
 
 def token_positions(encodings, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(offsets (B, width, 2), word_ids (B, width)) of padded encodings, for entity decoding: character

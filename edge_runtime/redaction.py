@@ -9,6 +9,7 @@ A policy maps a kind to what happens to its values:
   "refuse"  raise PrivacyRefused: such text must not leave the device at all
 `kinds` counts values per kind so an audit log can say what was removed without holding it.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,18 @@ from dataclasses import dataclass, field
 
 from .errors import EdgeRuntimeError
 
-KINDS = ("EMAIL", "PHONE", "CARD", "IBAN", "IPV4", "IPV6", "MAC", "SECRET",
-         "PERSON", "ADDRESS")   # the last two come from a PII tagger bundle (pii_tagger.py), not the scanner
+KINDS = (
+    "EMAIL",
+    "PHONE",
+    "CARD",
+    "IBAN",
+    "IPV4",
+    "IPV6",
+    "MAC",
+    "SECRET",
+    "PERSON",
+    "ADDRESS",
+)  # the last two come from a PII tagger bundle (pii_tagger.py), not the scanner
 ACTIONS = ("redact", "drop", "refuse")
 _PLACEHOLDER = re.compile(r"<([A-Z0-9]+_[0-9]+)>")
 

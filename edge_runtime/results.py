@@ -1,4 +1,5 @@
 """What the runtime returns: plain dataclasses that serialise to the JSON the CLI and daemon print."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -7,15 +8,16 @@ LOCAL = "local"
 ESCALATE = "escalate"
 DEFERRED = "deferred"
 
+
 @dataclass
 class Prediction:
     label: str
-    score: float                                   # probability of `label` after temperature scaling
+    score: float  # probability of `label` after temperature scaling
     top_k: list[tuple[str, float]] = field(default_factory=list)
-    margin: float = 0.0                            # top-1 minus top-2 probability
-    entropy: float = 0.0                           # normalised to 0..1
-    decision: str = LOCAL                          # local | escalate | deferred
-    reason: str = ""                               # the routing rule that decided
+    margin: float = 0.0  # top-1 minus top-2 probability
+    entropy: float = 0.0  # normalised to 0..1
+    decision: str = LOCAL  # local | escalate | deferred
+    reason: str = ""  # the routing rule that decided
     latency_ms: float = 0.0
     request_id: str | None = None
 
@@ -23,6 +25,7 @@ class Prediction:
         data = asdict(self)
         data["top_k"] = [{"label": label, "score": score} for label, score in self.top_k]
         return data
+
 
 @dataclass
 class Entity:

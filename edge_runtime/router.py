@@ -10,6 +10,7 @@ Rules, first match wins:
 An escalation budget caps the share of escalations over a sliding window; past it the answer stays
 local and its reason says which rule wanted to escalate ("budget_exhausted:<rule>").
 """
+
 from __future__ import annotations
 
 import threading
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
 from .results import ESCALATE, LOCAL, Prediction
+
 
 @dataclass(frozen=True)
 class RoutingPolicy:
@@ -28,18 +30,18 @@ class RoutingPolicy:
     always_escalate: frozenset[str] = frozenset()
     never_escalate: frozenset[str] = frozenset()
     private_labels: frozenset[str] = frozenset()
-    budget: float | None = None            # max share of escalations over the window, 0..1
+    budget: float | None = None  # max share of escalations over the window, 0..1
     budget_window: int = 1000
 
     @classmethod
-    def from_dict(cls, routing: dict | None, overrides: dict | None = None) -> "RoutingPolicy":
+    def from_dict(cls, routing: dict | None, overrides: dict | None = None) -> RoutingPolicy:
         merged = dict(routing or {})
         merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
         known = {f for f in cls.__dataclass_fields__}
         values = {}
         for key, value in merged.items():
             if key not in known:
-                continue   # manifests may carry fields for other components (oos_label, ...)
+                continue  # manifests may carry fields for other components (oos_label, ...)
             if key in ("always_escalate", "never_escalate", "private_labels"):
                 value = frozenset(value or ())
             elif key == "per_class":
@@ -63,6 +65,7 @@ class RoutingPolicy:
                 raise ConfigError(f"routing.per_class.{label} must be between 0 and 1, got {value}")
         if self.budget_window < 1:
             raise ConfigError("routing.budget_window must be at least 1")
+
 
 class Router:
     def __init__(self, policy: RoutingPolicy):

@@ -4,6 +4,7 @@ Telemetry is switched off before onnxruntime is imported (ORT_DISABLE_TELEMETRY=
 offline cache under ~/.cache/Microsoft). The graph optimised for this machine is cached on disk so a
 cold start skips the optimisation passes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,20 +19,22 @@ import onnxruntime as ort  # noqa: E402
 
 ort.disable_telemetry_events()
 
+
 @dataclass
 class SessionSettings:
-    threads: int = 0                     # intra-op threads; 0 = one per physical core
-    cache_dir: Path | None = None        # where optimised graphs are kept; None = no cache
-    spinning: bool = True                # spinning threads cost CPU but save ~1 ms at batch 1
+    threads: int = 0  # intra-op threads; 0 = one per physical core
+    cache_dir: Path | None = None  # where optimised graphs are kept; None = no cache
+    spinning: bool = True  # spinning threads cost CPU but save ~1 ms at batch 1
+
 
 def _cached_graph(model_path: Path, cache_dir: Path, digest: str | None) -> Path:
     if digest is None:
         digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     return cache_dir / f"{digest[:32]}-ort{ort.__version__}.onnx"
 
+
 class Session:
-    def __init__(self, model_path: Path, settings: SessionSettings | None = None,
-                 model_sha256: str | None = None):
+    def __init__(self, model_path: Path, settings: SessionSettings | None = None, model_sha256: str | None = None):
         settings = settings or SessionSettings()
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.threads
@@ -62,8 +65,10 @@ class Session:
         feeds = {name: tensors[name] for name in self.input_names}
         return self._session.run(outputs, feeds)
 
+
 def version() -> str:
     return ort.__version__
+
 
 def providers() -> list[str]:
     return ort.get_available_providers()

@@ -1,4 +1,5 @@
 """ed25519 keys, detached signatures and the device's trusted keys (keys/trusted/<key_id>.pub)."""
+
 from __future__ import annotations
 
 import base64
@@ -17,19 +18,24 @@ from .fsutil import atomic_write_bytes
 ALGORITHM = "ed25519"
 PUBLIC_SUFFIX = ".pub"
 
+
 def generate_keypair() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
     private_key = Ed25519PrivateKey.generate()
     return private_key, private_key.public_key()
 
+
 def public_key_bytes(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """First 16 hex characters of sha256 over the raw 32-byte public key."""
     return hashlib.sha256(public_key_bytes(public_key)).hexdigest()[:16]
 
+
 def public_key_to_text(public_key: Ed25519PublicKey) -> str:
     return base64.b64encode(public_key_bytes(public_key)).decode("ascii")
+
 
 def public_key_from_text(text: str) -> Ed25519PublicKey:
     try:
@@ -40,12 +46,12 @@ def public_key_from_text(text: str) -> Ed25519PublicKey:
         raise BundleError(f"not an ed25519 public key: expected 32 bytes, got {len(raw)}")
     return Ed25519PublicKey.from_public_bytes(raw)
 
+
 def save_private_key(path: Path, key: Ed25519PrivateKey) -> None:
     """PKCS#8 PEM, unencrypted, mode 0600 from the first byte on (mkstemp), then renamed into place."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     atomic_write_bytes(Path(path), pem, mode=0o600)
+
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
@@ -61,13 +67,16 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         raise BundleError(f"{path}: not an ed25519 private key")
     return key
 
+
 def _trusted_dir(root: Path | None) -> Path:
     return paths.keys_dir(root) / "trusted"
+
 
 def trust_key(root: Path | None, public_key: Ed25519PublicKey) -> str:
     kid = key_id(public_key)
     atomic_write_bytes(_trusted_dir(root) / f"{kid}{PUBLIC_SUFFIX}", (public_key_to_text(public_key) + "\n").encode())
     return kid
+
 
 def trusted_keys(root: Path | None = None) -> dict[str, Ed25519PublicKey]:
     """Key ids are recomputed from the key material, so a renamed file cannot impersonate another id."""
@@ -83,12 +92,14 @@ def trusted_keys(root: Path | None = None) -> dict[str, Ed25519PublicKey]:
         keys[key_id(public_key)] = public_key
     return keys
 
+
 def sign(private_key: Ed25519PrivateKey, data: bytes) -> dict:
     return {
         "key_id": key_id(private_key.public_key()),
         "algorithm": ALGORITHM,
         "signature": base64.b64encode(private_key.sign(data)).decode("ascii"),
     }
+
 
 def _check_one(data: bytes, entry, trusted: dict[str, Ed25519PublicKey]) -> tuple[str | None, str]:
     """(key_id if the entry verifies, else None; why not)."""
@@ -106,9 +117,8 @@ def _check_one(data: bytes, entry, trusted: dict[str, Ed25519PublicKey]) -> tupl
         return None, f"bad signature from key {kid}"
     return kid, ""
 
-def verify_signatures(
-    data: bytes, signatures, trusted: dict[str, Ed25519PublicKey], threshold: int = 1
-) -> list[str]:
+
+def verify_signatures(data: bytes, signatures, trusted: dict[str, Ed25519PublicKey], threshold: int = 1) -> list[str]:
     """Key ids of the trusted keys whose signature over `data` verifies; BundleError below `threshold`."""
     if threshold < 1:
         raise ValueError("threshold must be at least 1")

@@ -4,6 +4,7 @@ Every change happens under an exclusive flock on models/.lock. New bundles are b
 and renamed into place; active.json is replaced with fsutil's temp-file + fsync + rename. A process killed
 at any point leaves either the old state or the new one, plus at most a dot-named temp dir that is never
 listed as a version and is swept by the next install."""
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ ACTIVE = "active.json"
 PAUSE_ENV = "EDGE_RUNTIME_TEST_PAUSE_BEFORE_COMMIT"
 _TEMP_PREFIXES = (".install-", ".remove-", ".unpack-")
 
+
 def _pause_before_commit(step: str) -> None:
     marker = os.environ.get(PAUSE_ENV)
     if not marker:
@@ -32,6 +34,7 @@ def _pause_before_commit(step: str) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.1)
+
 
 def _fsync_tree(root: Path) -> None:
     for current, _dirs, names in os.walk(root):
@@ -43,6 +46,7 @@ def _fsync_tree(root: Path) -> None:
                 os.close(fd)
         fsync_dir(Path(current))
 
+
 def _copy_bundle(source: Path, dest: Path) -> None:
     """Copy a bundle directory's regular files (links and special files are refused)."""
     for rel in bundle._walk_files(source):
@@ -50,11 +54,13 @@ def _copy_bundle(source: Path, dest: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / rel, target, follow_symlinks=False)
 
+
 def _split_ref(ref: str) -> tuple[str, str | None]:
     name, _, version = ref.partition("@")
     if not bundle.NAME_RE.match(name) or (version and not bundle.SEMVER_RE.match(version)):
         raise StoreError(f"{ref!r}: not a model reference (NAME or NAME@VERSION)")
     return name, version or None
+
 
 class Store:
     def __init__(self, root: Path | None = None):
@@ -278,8 +284,11 @@ class Store:
         return Manifest(manifest.raw, target, manifest.signers)
 
     def _write_state(self, name: str, version: str, previous: tuple[str, str] | None) -> None:
-        state = {"name": name, "version": version,
-                 "previous": {"name": previous[0], "version": previous[1]} if previous else None}
+        state = {
+            "name": name,
+            "version": version,
+            "previous": {"name": previous[0], "version": previous[1]} if previous else None,
+        }
         _pause_before_commit("activate")
         atomic_write_json(self.models / ACTIVE, state)
 

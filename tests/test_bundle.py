@@ -1,4 +1,5 @@
 """Bundle format v1: manifest, hashes, signatures, keys, archives (real files, real ONNX model)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,27 +11,33 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from bundle_factory import make_bundle, predict, trusted_signer
+
 from edge_runtime import bundle, signing
 from edge_runtime.errors import BundleError
+
 
 @pytest.fixture
 def home(tmp_path):
     return tmp_path / "home"
 
+
 @pytest.fixture
 def key(home):
     return trusted_signer(home)
+
 
 @pytest.fixture
 def signed(tmp_path, key):
     return make_bundle(tmp_path / "bundle", key).path
 
+
 def verify(path, home, **kw):
     return bundle.verify(path, signing.trusted_keys(home), **kw)
 
+
 # --- format --------------------------------------------------------------------------------------
+
 
 def test_signed_bundle_verifies_and_lists_every_file(signed, home, key):
     manifest = verify(signed, home)
@@ -43,15 +50,18 @@ def test_signed_bundle_verifies_and_lists_every_file(signed, home, key):
     assert manifest.labels() == ["negative", "neutral", "positive"]
     assert manifest.raw["format"] == bundle.FORMAT and manifest.created.endswith("Z")
 
+
 def test_manifest_is_canonical_json(signed):
     data = (signed / "manifest.json").read_bytes()
     assert bundle.canonical_json(json.loads(data)) == data
     keys = list(json.loads(data))
     assert keys == sorted(keys)
 
+
 def test_bundle_model_runs_and_matches_golden(signed):
     golden = [json.loads(line) for line in (signed / "golden.jsonl").read_text().splitlines()]
     assert predict(signed, [row["text"] for row in golden]) == [row["label"] for row in golden]
+
 
 def test_signature_json_shape(signed, key):
     doc = json.loads((signed / "signature.json").read_text())
@@ -59,39 +69,51 @@ def test_signature_json_shape(signed, key):
     assert entry["algorithm"] == "ed25519" and entry["key_id"] == signing.key_id(key.public_key())
     key.public_key().verify(__import__("base64").b64decode(entry["signature"]), (signed / "manifest.json").read_bytes())
 
+
 # --- tampering -----------------------------------------------------------------------------------
+
 
 def flip_byte(path, offset=100):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
     path.write_bytes(bytes(data))
 
+
 def edit_manifest(path):
     raw = json.loads((path / "manifest.json").read_text())
     raw["routing"]["min_confidence"] = 0.0  # an attacker silencing escalation
     (path / "manifest.json").write_bytes(bundle.canonical_json(raw))
+
 
 def resign_with_stranger(path):
     stranger, _ = signing.generate_keypair()
     raw = json.loads((path / "manifest.json").read_text())
     bundle.finalize(path, raw, private_key=stranger)
 
+
 TAMPERING = {
     "flipped byte in model.onnx": (lambda p: flip_byte(p / "model.onnx"), "model.onnx: sha256 mismatch"),
     "appended bytes": (lambda p: open(p / "labels.json", "ab").write(b" "), "labels.json: size mismatch"),
     "edited manifest": (edit_manifest, "manifest.json: signature does not verify with any trusted key"),
-    "reformatted manifest": (lambda p: (p / "manifest.json").write_text(
-        json.dumps(json.loads((p / "manifest.json").read_text()))), "manifest.json: signature does not verify"),
+    "reformatted manifest": (
+        lambda p: (p / "manifest.json").write_text(json.dumps(json.loads((p / "manifest.json").read_text()))),
+        "manifest.json: signature does not verify",
+    ),
     "wrong key": (resign_with_stranger, "signature does not verify with any trusted key (signed by untrusted key"),
     "missing file": (lambda p: (p / "tokenizer.json").unlink(), "tokenizer.json: missing"),
     "extra file": (lambda p: (p / "extra.txt").write_text("x"), "extra.txt: not listed in manifest.json"),
-    "extra file in subdir": (lambda p: ((p / "sub").mkdir(), (p / "sub" / "x.bin").write_bytes(b"1")),
-                             "sub/x.bin: not listed in manifest.json"),
+    "extra file in subdir": (
+        lambda p: ((p / "sub").mkdir(), (p / "sub" / "x.bin").write_bytes(b"1")),
+        "sub/x.bin: not listed in manifest.json",
+    ),
     "unsigned": (lambda p: (p / "signature.json").unlink(), "not signed (pass --allow-unsigned for development)"),
-    "garbage signature": (lambda p: (p / "signature.json").write_text('{"signatures": [{"key_id": "x"'),
-                          "signature.json: malformed"),
+    "garbage signature": (
+        lambda p: (p / "signature.json").write_text('{"signatures": [{"key_id": "x"'),
+        "signature.json: malformed",
+    ),
     "symlink": (lambda p: os.symlink("/etc/passwd", p / "passwd"), "passwd: symbolic links are not allowed"),
 }
+
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
 def test_tampering_is_refused_with_a_reason(signed, home, case):
@@ -102,6 +124,7 @@ def test_tampering_is_refused_with_a_reason(signed, home, case):
     assert reason in str(caught.value)
     assert "\n" not in str(caught.value)
 
+
 def test_bad_signature_from_a_trusted_key(signed, home, key):
     doc = json.loads((signed / "signature.json").read_text())
     other = signing.sign(key, b"something else")["signature"]
@@ -109,6 +132,7 @@ def test_bad_signature_from_a_trusted_key(signed, home, key):
     (signed / "signature.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="bad signature from key"):
         verify(signed, home)
+
 
 def test_unsigned_passes_only_with_the_flag(tmp_path, home):
     path = make_bundle(tmp_path / "dev").path
@@ -120,38 +144,48 @@ def test_unsigned_passes_only_with_the_flag(tmp_path, home):
     with pytest.raises(BundleError, match="model.onnx: sha256 mismatch"):
         verify(path, home, allow_unsigned=True)
 
+
 def test_no_trusted_keys_at_all(signed, tmp_path):
     with pytest.raises(BundleError, match="no keys are trusted"):
         bundle.verify(signed, {})
+
 
 def test_refinalize_without_key_drops_stale_signature(signed, home):
     raw = json.loads((signed / "manifest.json").read_text())
     bundle.finalize(signed, raw)
     assert not (signed / "signature.json").exists()
 
-@pytest.mark.parametrize("field,value,reason", [
-    ("name", "../escape", "invalid name"),
-    ("name", "a@b", "invalid name"),
-    ("version", "1.0", "is not semver"),
-    ("release", -1, "non-negative integer"),
-    ("release", True, "non-negative integer"),
-    ("task", "image-classification", "task 'image-classification' is not one of"),
-    ("format", "edge-runtime-bundle/2", "unsupported format"),
-])
+
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [
+        ("name", "../escape", "invalid name"),
+        ("name", "a@b", "invalid name"),
+        ("version", "1.0", "is not semver"),
+        ("release", -1, "non-negative integer"),
+        ("release", True, "non-negative integer"),
+        ("task", "image-classification", "task 'image-classification' is not one of"),
+        ("format", "edge-runtime-bundle/2", "unsupported format"),
+    ],
+)
 def test_invalid_manifest_fields(tmp_path, field, value, reason):
     with pytest.raises(BundleError, match=reason):
         make_bundle(tmp_path / "b", manifest_updates={field: value})
+
 
 def test_bundle_for_a_newer_runtime_is_refused(tmp_path, home, key):
     path = make_bundle(tmp_path / "b", key, manifest_updates={"min_runtime": "99.0.0"}).path
     with pytest.raises(BundleError, match=r"needs edge-runtime >= 99.0.0 \(this is "):
         verify(path, home)
 
+
 def test_classifier_needs_a_labels_file(tmp_path):
     with pytest.raises(BundleError, match="postprocess.labels must name a listed file"):
         make_bundle(tmp_path / "b", manifest_updates={"postprocess": {"labels": "nope.json"}})
 
+
 # --- keys ----------------------------------------------------------------------------------------
+
 
 def test_private_key_file_round_trip(tmp_path):
     private_key, public_key = signing.generate_keypair()
@@ -162,6 +196,7 @@ def test_private_key_file_round_trip(tmp_path):
     assert signing.key_id(loaded.public_key()) == signing.key_id(public_key)
     assert [p.name for p in path.parent.iterdir()] == ["fleet.key"]  # no temp file left
 
+
 def test_key_id_and_text_form():
     _, public_key = signing.generate_keypair()
     text = signing.public_key_to_text(public_key)
@@ -170,10 +205,12 @@ def test_key_id_and_text_form():
     assert signing.key_id(public_key) == hashlib.sha256(raw).hexdigest()[:16]
     assert signing.key_id(signing.public_key_from_text(text + "\n")) == signing.key_id(public_key)
 
+
 @pytest.mark.parametrize("text", ["", "not base64!", "AAAA"])
 def test_bad_public_key_text(text):
     with pytest.raises(BundleError, match="public key"):
         signing.public_key_from_text(text)
+
 
 def test_load_private_key_rejects_other_files(tmp_path):
     path = tmp_path / "x.key"
@@ -181,11 +218,13 @@ def test_load_private_key_rejects_other_files(tmp_path):
     with pytest.raises(BundleError, match="not an unencrypted PEM private key"):
         signing.load_private_key(path)
 
+
 def test_trusted_keys_recompute_ids(home):
     _, public_key = signing.generate_keypair()
     kid = signing.trust_key(home, public_key)
     (home / "keys" / "trusted" / f"{kid}.pub").rename(home / "keys" / "trusted" / "renamed.pub")
     assert list(signing.trusted_keys(home)) == [kid]
+
 
 def test_k_of_n_threshold():
     data = b"manifest bytes"
@@ -196,7 +235,9 @@ def test_k_of_n_threshold():
     with pytest.raises(BundleError, match="only 1 of the 2"):
         signing.verify_signatures(data, [both[0], both[0]], trusted, threshold=2)  # one key counts once
 
+
 # --- archives ------------------------------------------------------------------------------------
+
 
 def test_archive_round_trip(signed, tmp_path, home):
     archive = bundle.pack(signed, tmp_path / "tiny.erb")
@@ -209,16 +250,19 @@ def test_archive_round_trip(signed, tmp_path, home):
     for rel in ("model.onnx", "manifest.json", "signature.json"):
         assert (out / rel).read_bytes() == (signed / rel).read_bytes()
 
+
 def test_pack_is_deterministic(signed, tmp_path):
     first = bundle.pack(signed, tmp_path / "a.erb").read_bytes()
     os.utime(signed / "model.onnx", (1, 1))
     assert bundle.pack(signed, tmp_path / "b.erb").read_bytes() == first
+
 
 def test_pack_refuses_a_damaged_bundle(signed, tmp_path):
     flip_byte(signed / "model.onnx")
     with pytest.raises(BundleError, match="sha256 mismatch"):
         bundle.pack(signed, tmp_path / "x.erb")
     assert not (tmp_path / "x.erb").exists()
+
 
 def evil_archive(path, *members):
     """members: (TarInfo, bytes | None)."""
@@ -229,22 +273,27 @@ def evil_archive(path, *members):
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return path
 
+
 def member(name, kind=tarfile.REGTYPE, linkname=""):
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, linkname
     return info
 
-@pytest.mark.parametrize("members,reason", [
-    ([(member("../evil.txt"), b"x")], "unsafe path"),
-    ([(member("a/../../evil.txt"), b"x")], "unsafe path"),
-    ([(member("/tmp/evil.txt"), b"x")], "unsafe path"),
-    ([(member("link", tarfile.SYMTYPE, "/etc/passwd"), None)], "links are not allowed"),
-    ([(member("hard", tarfile.LNKTYPE, "manifest.json"), None)], "links are not allowed"),
-    ([(member("dev", tarfile.CHRTYPE), None)], "devices, fifos"),
-    ([(member("fifo", tarfile.FIFOTYPE), None)], "devices, fifos"),
-    ([(member("a.txt"), b"1"), (member("a.txt"), b"2")], "duplicate entry"),
-    ([(member("big.bin"), b"x" * 2048)], "exceeds the 1024 limit"),
-])
+
+@pytest.mark.parametrize(
+    "members,reason",
+    [
+        ([(member("../evil.txt"), b"x")], "unsafe path"),
+        ([(member("a/../../evil.txt"), b"x")], "unsafe path"),
+        ([(member("/tmp/evil.txt"), b"x")], "unsafe path"),
+        ([(member("link", tarfile.SYMTYPE, "/etc/passwd"), None)], "links are not allowed"),
+        ([(member("hard", tarfile.LNKTYPE, "manifest.json"), None)], "links are not allowed"),
+        ([(member("dev", tarfile.CHRTYPE), None)], "devices, fifos"),
+        ([(member("fifo", tarfile.FIFOTYPE), None)], "devices, fifos"),
+        ([(member("a.txt"), b"1"), (member("a.txt"), b"2")], "duplicate entry"),
+        ([(member("big.bin"), b"x" * 2048)], "exceeds the 1024 limit"),
+    ],
+)
 def test_malicious_archives_are_refused(tmp_path, members, reason):
     archive = evil_archive(tmp_path / "evil.erb", *members)
     dest = tmp_path / "deep" / "dest"
@@ -253,18 +302,22 @@ def test_malicious_archives_are_refused(tmp_path, members, reason):
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "deep" / "evil.txt").exists()
     assert not any(dest.rglob("link")) and not any(dest.rglob("dev"))
 
+
 def test_symlink_then_write_through_it_is_refused(tmp_path):
     # The classic two-step escape: a link member, then a file "through" the link.
-    archive = evil_archive(tmp_path / "evil.erb", (member("d", tarfile.SYMTYPE, str(tmp_path)), None),
-                           (member("d/evil.txt"), b"x"))
+    archive = evil_archive(
+        tmp_path / "evil.erb", (member("d", tarfile.SYMTYPE, str(tmp_path)), None), (member("d/evil.txt"), b"x")
+    )
     with pytest.raises(BundleError, match="links are not allowed"):
         bundle.unpack(archive, tmp_path / "dest")
     assert not (tmp_path / "evil.txt").exists()
+
 
 def test_total_size_limit(tmp_path):
     archive = evil_archive(tmp_path / "a.erb", (member("a"), b"x" * 600), (member("b"), b"y" * 600))
     with pytest.raises(BundleError, match="contents exceed the 1000 byte limit"):
         bundle.unpack(archive, tmp_path / "dest", max_total_bytes=1000)
+
 
 def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, home):
     archive = tmp_path / "dot.erb"
@@ -272,11 +325,13 @@ def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, home):
         tar.add(signed, arcname=".")
     assert verify(bundle.unpack(archive, tmp_path / "out"), home).ref == "tiny@1.0.0"
 
+
 def test_not_an_archive(tmp_path):
     junk = tmp_path / "junk.erb"
     junk.write_bytes(np.random.default_rng(0).bytes(512))
     with pytest.raises(BundleError, match="not a bundle archive"):
         bundle.unpack(junk, tmp_path / "out")
+
 
 def test_unpack_into_non_empty_dir_is_refused(signed, tmp_path):
     archive = bundle.pack(signed, tmp_path / "t.erb")

@@ -1,5 +1,6 @@
 """Calibration: temperature scaling on a real small bundle's val logits, thresholds that hit their targets,
 and the new signed bundle version that the router and postprocess read back."""
+
 from __future__ import annotations
 
 import json
@@ -24,17 +25,21 @@ def val_file(small_val_rows, tmp_path_factory) -> Path:
     path.write_text("\n".join(small_val_rows) + "\n")
     return path
 
+
 @pytest.fixture(scope="module")
 def model(small_bundle, bundle_home):
     return edge_runtime.load(small_bundle, root=bundle_home)
+
 
 @pytest.fixture(scope="module")
 def val(val_file):
     return read_jsonl(val_file)
 
+
 def run(*args, home: Path):
     result = CliRunner().invoke(calibrate_command, [str(a) for a in args], env={"EDGE_RUNTIME_HOME": str(home)})
     return result
+
 
 def test_temperature_scaling_lowers_nll_and_ece_on_real_logits(model, val):
     texts, gold = val
@@ -43,6 +48,7 @@ def test_temperature_scaling_lowers_nll_and_ece_on_real_logits(model, val):
     assert result.nll_after < result.nll_before
     assert result.ece_after < result.ece_before
 
+
 def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
     rng = np.random.default_rng(0)
     logits = rng.normal(scale=4.0, size=(4000, 8))
@@ -50,11 +56,13 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
     targets = np.array([rng.choice(8, p=row) for row in probs])
     assert calibration.fit_temperature(logits, targets) == pytest.approx(2.5, rel=0.1)
 
+
 def test_ece_is_zero_for_perfect_calibration_and_large_for_overconfidence():
     scores = np.repeat([0.25, 0.75], 400)
     correct = np.concatenate([np.arange(400) < 100, np.arange(400) < 300])
     assert calibration.ece(scores, correct) == pytest.approx(0.0, abs=1e-12)
     assert calibration.ece(np.full(100, 0.99), np.arange(100) < 50) == pytest.approx(0.49)
+
 
 @pytest.mark.parametrize("rate", [0.05, 0.1, 0.3])
 def test_escalation_threshold_hits_the_target_within_one_example(model, val, rate):
@@ -63,22 +71,25 @@ def test_escalation_threshold_hits_the_target_within_one_example(model, val, rat
     threshold = calibration.escalation_threshold(scores, rate)
     assert abs(int((scores < threshold).sum()) - rate * len(scores)) <= 1
 
+
 def test_accuracy_threshold_keeps_answers_at_the_target():
     rng = np.random.default_rng(1)
     scores = rng.uniform(size=500)
-    correct = rng.uniform(size=500) < scores            # higher score, more often right
+    correct = rng.uniform(size=500) < scores  # higher score, more often right
     threshold = calibration.accuracy_threshold(scores, correct, 0.9)
     kept = scores >= threshold
     assert correct[kept].mean() >= 0.9
-    lower = np.sort(scores[~kept])[-1]                   # one more kept answer would miss the target
+    lower = np.sort(scores[~kept])[-1]  # one more kept answer would miss the target
     assert correct[scores >= lower].mean() < 0.9 or lower == threshold
     assert calibration.accuracy_threshold(scores, np.zeros(500, bool), 0.5) == 1.0
 
+
 def test_risk_coverage_is_monotone_for_a_ranked_score():
     scores = np.linspace(1, 0, 100)
-    correct = np.arange(100) < 80                        # the 80 most confident are right
+    correct = np.arange(100) < 80  # the 80 most confident are right
     rows = {round(r["coverage"], 2): r for r in calibration.risk_coverage(scores, correct)}
     assert rows[0.8]["kept_accuracy"] == 1.0 and rows[1.0]["kept_accuracy"] == pytest.approx(0.8)
+
 
 def test_reject_threshold_raises_oos_recall_within_the_in_scope_budget():
     rng = np.random.default_rng(2)
@@ -86,13 +97,15 @@ def test_reject_threshold_raises_oos_recall_within_the_in_scope_budget():
     probs = np.full((n_in + n_oos, classes), 0.02)
     targets = np.concatenate([rng.integers(1, classes, n_in), np.zeros(n_oos, int)])
     top = np.where(targets == 0, rng.integers(1, classes, n_in + n_oos), targets)
-    probs[np.arange(len(top)), top] = np.where(targets == 0, rng.uniform(0.3, 0.6, len(top)),
-                                               rng.uniform(0.5, 0.99, len(top)))
+    probs[np.arange(len(top)), top] = np.where(
+        targets == 0, rng.uniform(0.3, 0.6, len(top)), rng.uniform(0.5, 0.99, len(top))
+    )
     threshold = calibration.reject_threshold(probs, targets, 0, max_in_scope_drop=0.01)
     assert threshold is not None
     predicted = np.where(probs.max(axis=1) < threshold, 0, probs.argmax(axis=1))
     assert (predicted[targets == 0] == 0).mean() > 0.5
     assert (predicted[targets != 0] == targets[targets != 0]).mean() >= 0.99
+
 
 def test_calibrate_refuses_unknown_labels_and_two_targets(model, val):
     texts, gold = val
@@ -102,22 +115,39 @@ def test_calibrate_refuses_unknown_labels_and_two_targets(model, val):
     with pytest.raises(InputError, match="exactly one target"):
         calibration.calibrate(logits, gold[:5], model.labels, target_escalation=0.1, target_accuracy=0.9)
 
+
 def test_bump_patch():
     assert calibration.bump_patch("1.2.3") == "1.2.4"
     assert calibration.bump_patch("0.1.9-rc.1+build5") == "0.1.10"
 
-def test_cli_writes_a_signed_version_the_router_and_postprocess_read_back(small_bundle, bundle_home, build_key,
-                                                                           val, val_file, tmp_path):
+
+def test_cli_writes_a_signed_version_the_router_and_postprocess_read_back(
+    small_bundle, bundle_home, build_key, val, val_file, tmp_path
+):
     out = tmp_path / "calibrated"
     plot = tmp_path / "rc.png"
-    result = run("--bundle", small_bundle, "--data", val_file, "--target-escalation", "0.1", "--key", build_key,
-                 "--out", out, "--plot", plot, "--json", home=bundle_home)
+    result = run(
+        "--bundle",
+        small_bundle,
+        "--data",
+        val_file,
+        "--target-escalation",
+        "0.1",
+        "--key",
+        build_key,
+        "--out",
+        out,
+        "--plot",
+        plot,
+        "--json",
+        home=bundle_home,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["new_version"] == "clinc-small@0.1.1" and report["nll_after"] < report["nll_before"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    manifest = Store(bundle_home).verify(out)                   # signed by a trusted key, hashes match
+    manifest = Store(bundle_home).verify(out)  # signed by a trusted key, hashes match
     assert (manifest.version, manifest.release) == ("0.1.1", 2)
     new = edge_runtime.load(out, root=bundle_home)
     assert new.classification.temperature == pytest.approx(report["temperature"]) != 1.0
@@ -137,18 +167,35 @@ def test_cli_writes_a_signed_version_the_router_and_postprocess_read_back(small_
     assert abs(escalated - 0.1 * len(texts)) <= 1
     assert report["expected_escalation_rate"] == pytest.approx(escalated / len(texts))
 
-def test_cli_accuracy_target_keeps_that_accuracy_on_its_data(small_bundle, bundle_home, build_key, val, val_file,
-                                                             tmp_path):
+
+def test_cli_accuracy_target_keeps_that_accuracy_on_its_data(
+    small_bundle, bundle_home, build_key, val, val_file, tmp_path
+):
     out = tmp_path / "calibrated"
-    result = run("--bundle", small_bundle, "--data", val_file, "--target-accuracy", "0.995", "--key", build_key,
-                 "--out", out, "--per-class-min", "20", "--json", home=bundle_home)
+    result = run(
+        "--bundle",
+        small_bundle,
+        "--data",
+        val_file,
+        "--target-accuracy",
+        "0.995",
+        "--key",
+        build_key,
+        "--out",
+        out,
+        "--per-class-min",
+        "20",
+        "--json",
+        home=bundle_home,
+    )
     assert result.exit_code == 0, result.output
     new = edge_runtime.load(out, root=bundle_home)
     texts, gold = val
     routed = Router(RoutingPolicy.from_dict(new.manifest.raw["routing"])).route_all(new.predict(texts))
     kept = [(p.label, g) for p, g in zip(routed, gold) if p.decision == "local"]
     assert kept and sum(label == g for label, g in kept) / len(kept) >= 0.995
-    assert new.manifest.raw["routing"]["per_class"]                 # 20+ predictions per intent here
+    assert new.manifest.raw["routing"]["per_class"]  # 20+ predictions per intent here
+
 
 def test_cli_install_puts_the_new_version_in_the_store(home, val_file):
     from edge_runtime import signing
@@ -159,11 +206,22 @@ def test_cli_install_puts_the_new_version_in_the_store(home, val_file):
     result = run("--data", val_file, "--target-escalation", "0.2", "--install", home=home)
     assert result.exit_code == 0, result.output
     assert [m.version for m in Store(home).versions("clinc-small")] == ["0.1.0", "0.1.1"]
-    assert Store(home).active() == ("clinc-small", "0.1.0")          # installed, not activated
+    assert Store(home).active() == ("clinc-small", "0.1.0")  # installed, not activated
+
 
 def test_cli_usage_errors(small_bundle, bundle_home, val_file):
-    both = run("--bundle", small_bundle, "--data", val_file, "--target-escalation", "0.1", "--target-accuracy",
-               "0.9", home=bundle_home)
+    both = run(
+        "--bundle",
+        small_bundle,
+        "--data",
+        val_file,
+        "--target-escalation",
+        "0.1",
+        "--target-accuracy",
+        "0.9",
+        home=bundle_home,
+    )
     assert both.exit_code == 2 and "exactly one" in both.output
-    assert run("--bundle", small_bundle, "--data", val_file, "--target-escalation", "1.5",
-               home=bundle_home).exit_code == 2
+    assert (
+        run("--bundle", small_bundle, "--data", val_file, "--target-escalation", "1.5", home=bundle_home).exit_code == 2
+    )

@@ -1,4 +1,5 @@
 """`edge-runtime models ...` and `edge-runtime keys ...` as a user runs them: real subprocesses, exit codes, JSON."""
+
 from __future__ import annotations
 
 import json
@@ -9,30 +10,36 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bundle_factory import make_bundle
+
 from edge_runtime import bundle, signing
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 def run(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EDGE_RUNTIME_HOME": str(home), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     env.pop("EDGE_RUNTIME_TEST_PAUSE_BEFORE_COMMIT", None)
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
 
 def ok_json(result: subprocess.CompletedProcess):
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
 
 def one_line_failure(result: subprocess.CompletedProcess, reason: str) -> None:
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and reason in lines[0], result.stderr
 
+
 @pytest.fixture
 def home(tmp_path):
     return tmp_path / "home"
+
 
 @pytest.fixture
 def signer(home, tmp_path):
@@ -41,6 +48,7 @@ def signer(home, tmp_path):
     data = ok_json(run(home, "keys", "generate", "--out", str(out), "--trust", "--json"))
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     return out, data["key_id"]
+
 
 def test_keys_generate_trust_list(home, tmp_path, signer):
     key_path, kid = signer
@@ -57,6 +65,7 @@ def test_keys_generate_trust_list(home, tmp_path, signer):
     one_line_failure(text, "already exists (pass --force to overwrite)")
     one_line_failure(run(home, "keys", "trust", "not-a-key"), "not a base64 ed25519 public key")
 
+
 def test_install_inspect_verify_list(home, tmp_path, signer):
     key_path, kid = signer
     source = make_bundle(tmp_path / "b1", signing.load_private_key(key_path)).path
@@ -67,7 +76,8 @@ def test_install_inspect_verify_list(home, tmp_path, signer):
     listed = ok_json(run(home, "models", "list", "--json"))
     assert listed["active"] == {"name": "tiny", "version": "1.0.0"}
     assert [(m["name"], m["version"], m["active"], m["path"]) for m in listed["models"]] == [
-        ("tiny", "1.0.0", True, store_path)]
+        ("tiny", "1.0.0", True, store_path)
+    ]
 
     inspected = ok_json(run(home, "models", "inspect", "tiny", "--json"))
     assert inspected["path"] == store_path and inspected["active"] is True
@@ -80,6 +90,7 @@ def test_install_inspect_verify_list(home, tmp_path, signer):
     assert human.returncode == 0 and human.stdout.startswith(f"ok: tiny@1.0.0 (release 1), signed by {kid}")
     text = run(home, "models", "inspect")
     assert text.returncode == 0 and "metrics.note" in text.stdout and store_path in text.stdout
+
 
 def test_verify_failures_exit_1_with_the_reason(home, tmp_path, signer):
     key_path, kid = signer
@@ -98,6 +109,7 @@ def test_verify_failures_exit_1_with_the_reason(home, tmp_path, signer):
     one_line_failure(run(home, "models", "verify", "ghost"), "ghost: no installed model or bundle path")
     assert ok_json(run(home, "models", "list", "--json"))["models"] == []
 
+
 def test_unsigned_install_needs_the_flag(home, tmp_path):
     source = make_bundle(tmp_path / "dev").path
     one_line_failure(run(home, "models", "install", str(source)), "not signed (pass --allow-unsigned for development)")
@@ -105,11 +117,19 @@ def test_unsigned_install_needs_the_flag(home, tmp_path):
     assert result["active"] == {"name": "tiny", "version": "1.0.0"}
     one_line_failure(run(home, "models", "verify"), "not signed")
 
+
 def test_activate_rollback_remove(home, tmp_path, signer):
     key = signing.load_private_key(signer[0])
     for version, release in (("1.0.0", 1), ("2.0.0", 2)):
-        ok_json(run(home, "models", "install", str(make_bundle(tmp_path / version, key, version=version,
-                                                               release=release).path), "--json"))
+        ok_json(
+            run(
+                home,
+                "models",
+                "install",
+                str(make_bundle(tmp_path / version, key, version=version, release=release).path),
+                "--json",
+            )
+        )
     assert ok_json(run(home, "models", "activate", "tiny@1.0.0", "--json"))["active"]["version"] == "1.0.0"
     switched = ok_json(run(home, "models", "activate", "tiny", "--json"))
     assert switched["active"]["version"] == "2.0.0" and switched["previous"]["version"] == "1.0.0"
@@ -121,6 +141,7 @@ def test_activate_rollback_remove(home, tmp_path, signer):
     assert run(home, "models", "install").returncode == 2
     assert run(home, "models", "list", "--bogus").returncode == 2
     one_line_failure(run(home, "models", "activate", "ghost"), "ghost: not installed")
+
 
 def test_rollback_with_nothing_to_roll_back(home):
     one_line_failure(run(home, "models", "rollback"), "nothing to roll back to")

@@ -1,5 +1,6 @@
 """The daemon's TOML configuration: defaults, file, environment and command-line layers, and
 `edge-runtime config check|show` with messages that name the bad key."""
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,25 @@ from edge_runtime.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "deploy" / "config.example.toml"
 
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
 
+
 def cli(*args, env=None):
     environment = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_RUNTIME_")}
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True,
-                          env=environment, cwd=REPO, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO,
+        timeout=60,
+    )
+
 
 def test_defaults_apply_without_a_file():
     values = config.load(None, environ={})
@@ -33,50 +43,61 @@ def test_defaults_apply_without_a_file():
     assert values["batching"]["max_batch"] == 32 and values["uplink"]["broker"] == ""
     assert values.source == "defaults"
 
+
 def test_the_example_config_is_valid_and_spells_out_the_defaults():
     values = config.load(EXAMPLE, environ={})
     assert dict(values) == config.defaults()
 
+
 def test_file_then_environment_then_command_line(tmp_path):
-    path = write(tmp_path, "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[batching]\nmax_delay_ms = 1\n")
+    path = write(tmp_path, '[server]\nport = 9000\nhost = "0.0.0.0"\n[batching]\nmax_delay_ms = 1\n')
     values = config.load(path, environ={})
     assert values["server"]["port"] == 9000 and values["batching"]["max_delay_ms"] == 1.0
     assert isinstance(values["batching"]["max_delay_ms"], float)
-    env = {"EDGE_RUNTIME_SERVER_PORT": "9100", "EDGE_RUNTIME_SERVER_ACCESS_LOG": "yes",
-           "EDGE_RUNTIME_HOME": "/not/a/config/key"}
+    env = {
+        "EDGE_RUNTIME_SERVER_PORT": "9100",
+        "EDGE_RUNTIME_SERVER_ACCESS_LOG": "yes",
+        "EDGE_RUNTIME_HOME": "/not/a/config/key",
+    }
     values = config.load(path, environ=env)
     assert values["server"]["port"] == 9100 and values["server"]["access_log"] is True
     assert values["server"]["host"] == "0.0.0.0"
     values = config.load(path, cli={"server": {"port": 9200, "host": None}}, environ=env)
     assert values["server"]["port"] == 9200 and values["server"]["host"] == "0.0.0.0"
 
-@pytest.mark.parametrize("text, message", [
-    ("[server]\nport = 70000\n", "config.toml: server.port: must be an integer 1-65535"),
-    ("[server]\nport = \"80\"\n", "config.toml: server.port: must be an integer 1-65535"),
-    ("[server]\nport = 80.5\n", "config.toml: server.port: must be an integer 1-65535"),
-    ("[server]\nprot = 80\n", "config.toml: server.prot: unknown key"),
-    ("[sever]\nport = 80\n", "config.toml: [sever]: unknown section"),
-    ("[server]\naccess_log = 1\n", "config.toml: server.access_log: must be true or false"),
-    ("[batching]\nmax_delay_ms = -1\n", "config.toml: batching.max_delay_ms: must be a number 0-1000"),
-    ("[batching]\nmax_delay_ms = nan\n", "config.toml: batching.max_delay_ms: must be a number"),
-    ("[batching]\nmax_queue = 10\n", "config.toml: batching.max_queue: must be at least server.max_texts"),
-    ("[logging]\nlevel = \"loud\"\n", "config.toml: logging.level: must be one of debug, info"),
-    ("[uplink]\nbroker = \"http://x\"\n", "config.toml: uplink.broker: broker URL"),
-    ("[uplink]\nbroker = \"mqtts://x\"\nca_file = \"/no/such/ca.pem\"\n", "config.toml: uplink.ca_file"),
-    ("[uplink]\ndevice_id = \"a/b\"\n", "config.toml: uplink.device_id"),
-    ("server = 3\n", "config.toml: server: must be a table"),
-    ("[server\nport = 1\n", "config.toml: not valid TOML"),
-])
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[server]\nport = 70000\n", "config.toml: server.port: must be an integer 1-65535"),
+        ('[server]\nport = "80"\n', "config.toml: server.port: must be an integer 1-65535"),
+        ("[server]\nport = 80.5\n", "config.toml: server.port: must be an integer 1-65535"),
+        ("[server]\nprot = 80\n", "config.toml: server.prot: unknown key"),
+        ("[sever]\nport = 80\n", "config.toml: [sever]: unknown section"),
+        ("[server]\naccess_log = 1\n", "config.toml: server.access_log: must be true or false"),
+        ("[batching]\nmax_delay_ms = -1\n", "config.toml: batching.max_delay_ms: must be a number 0-1000"),
+        ("[batching]\nmax_delay_ms = nan\n", "config.toml: batching.max_delay_ms: must be a number"),
+        ("[batching]\nmax_queue = 10\n", "config.toml: batching.max_queue: must be at least server.max_texts"),
+        ('[logging]\nlevel = "loud"\n', "config.toml: logging.level: must be one of debug, info"),
+        ('[uplink]\nbroker = "http://x"\n', "config.toml: uplink.broker: broker URL"),
+        ('[uplink]\nbroker = "mqtts://x"\nca_file = "/no/such/ca.pem"\n', "config.toml: uplink.ca_file"),
+        ('[uplink]\ndevice_id = "a/b"\n', "config.toml: uplink.device_id"),
+        ("server = 3\n", "config.toml: server: must be a table"),
+        ("[server\nport = 1\n", "config.toml: not valid TOML"),
+    ],
+)
 def test_bad_files_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         config.load(write(tmp_path, text), environ={})
     assert str(error.value).startswith(message)
+
 
 def test_bad_environment_values_are_refused_naming_the_key():
     with pytest.raises(ConfigError, match="environment: server.port: must be an integer 1-65535"):
         config.load(None, environ={"EDGE_RUNTIME_SERVER_PORT": "eighty"})
     with pytest.raises(ConfigError, match="environment: server.access_log: must be true or false"):
         config.load(None, environ={"EDGE_RUNTIME_SERVER_ACCESS_LOG": "maybe"})
+
 
 def test_the_default_file_comes_from_the_environment_when_set(tmp_path):
     path = write(tmp_path, "[server]\nport = 9300\n")
@@ -90,6 +111,7 @@ def test_the_default_file_comes_from_the_environment_when_set(tmp_path):
         else:
             os.environ["EDGE_RUNTIME_CONFIG"] = old
 
+
 def test_config_check_cli(tmp_path):
     good = cli("config", "check", str(EXAMPLE))
     assert good.returncode == 0 and good.stdout.strip() == f"ok: {EXAMPLE}"
@@ -98,6 +120,7 @@ def test_config_check_cli(tmp_path):
     assert done.stderr.strip() == "edge-runtime: config.toml: server.port: must be an integer 1-65535"
     missing = cli("config", "check", str(tmp_path / "missing.toml"))
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
 
 def test_config_show_merges_the_layers(tmp_path):
     path = write(tmp_path, "[server]\nport = 9400\n")

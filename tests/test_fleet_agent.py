@@ -1,5 +1,6 @@
 """The device update agent as a real process against a real mosquitto: happy path, refusals, bad chunks,
 kill -9 at every state, disk full, failing self-test and probation."""
+
 from __future__ import annotations
 
 import json
@@ -8,35 +9,51 @@ import time
 import uuid
 from pathlib import Path
 
+import mqtt_broker
 import paho.mqtt.client as paho
 import pytest
-
-import mqtt_broker
 from fleet_sim import Device, Reports, ServedManager, make_release, refinalize, tiny
+
 from edge_runtime import bundle, signing
-from edge_runtime.fleet import protocol, release as releases
+from edge_runtime.fleet import protocol
+from edge_runtime.fleet import release as releases
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
-from edge_runtime.store import PAUSE_ENV as STORE_PAUSE_ENV, Store
+from edge_runtime.store import PAUSE_ENV as STORE_PAUSE_ENV
+from edge_runtime.store import Store
 
 pytestmark = pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
 
-TRAFFIC = ["what is my account balance", "play some jazz music", "book a table for two tonight",
-           "how do I reset my password", "turn off the lights", "what's the weather tomorrow"] * 4
+TRAFFIC = [
+    "what is my account balance",
+    "play some jazz music",
+    "book a table for two tonight",
+    "how do I reset my password",
+    "turn off the lights",
+    "what's the weather tomorrow",
+] * 4
+
 
 @pytest.fixture(scope="module")
 def broker():
     with mqtt_broker.Broker() as running:
         yield running
 
+
 @pytest.fixture(scope="module")
 def fleet_key():
     return signing.generate_keypair()[0]
+
 
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory, fleet_key):
     src = tmp_path_factory.mktemp("bundles")
     v1 = tiny(src / "tiny-1.0.0", fleet_key, "1.0.0", 1)
-    v2 = tiny(src / "tiny-1.1.0", fleet_key, "1.1.0", 2, )
+    v2 = tiny(
+        src / "tiny-1.1.0",
+        fleet_key,
+        "1.1.0",
+        2,
+    )
     strict = dict(routing={"min_confidence": 0.99, "min_margin": 0.0, "max_entropy": 1.0})
     escalating = tiny(src / "tiny-1.2.0", fleet_key, "1.2.0", 3, **strict)
 
@@ -50,9 +67,11 @@ def archives(tmp_path_factory, fleet_key):
     failing = refinalize(Path(str(v2)[:-4]), src / "tiny-1.3.0", fleet_key, wrong_golden)
     return {"v1": v1, "v2": v2, "escalating": escalating, "failing": failing}
 
+
 @pytest.fixture
 def group():
     return f"g{uuid.uuid4().hex[:8]}"  # retained desired states must not leak between tests
+
 
 @pytest.fixture
 def traffic(tmp_path):
@@ -60,18 +79,30 @@ def traffic(tmp_path):
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TRAFFIC))
     return path
 
+
 @pytest.fixture
 def device(tmp_path, broker, fleet_key, archives, group, traffic):
     made = []
 
     def factory(*args, initial="v1"):
-        dev = Device(tmp_path / "devices", f"dev-{uuid.uuid4().hex[:6]}", group, broker.url,
-                     fleet_key.public_key(), archives[initial], "--probation-traffic", str(traffic), *args)
+        dev = Device(
+            tmp_path / "devices",
+            f"dev-{uuid.uuid4().hex[:6]}",
+            group,
+            broker.url,
+            fleet_key.public_key(),
+            archives[initial],
+            "--probation-traffic",
+            str(traffic),
+            *args,
+        )
         made.append(dev)
         return dev
+
     yield factory
     for dev in made:
         dev.stop()
+
 
 @pytest.fixture
 def served(broker, tmp_path, fleet_key):
@@ -79,11 +110,13 @@ def served(broker, tmp_path, fleet_key):
     yield manager
     manager.close()
 
+
 @pytest.fixture
 def reports(broker):
     watcher = Reports(broker.url)
     yield watcher
     watcher.close()
+
 
 def release_for(archives, name, key, group, tmp_path, **options) -> Path:
     """A release record for archives[name] in its own dir (tests sign the same archive differently)."""
@@ -94,6 +127,7 @@ def release_for(archives, name, key, group, tmp_path, **options) -> Path:
     copy.write_bytes(archive.read_bytes())
     return make_release(copy, key, group, chunk_size=64 * 1024, **options)
 
+
 def publish_raw(broker_url: str, topic: str, payload: bytes) -> None:
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.connect(*broker_url.removeprefix("mqtt://").split(":")[0:1], int(broker_url.rsplit(":", 1)[1]))
@@ -102,14 +136,21 @@ def publish_raw(broker_url: str, topic: str, payload: bytes) -> None:
     client.loop_stop()
     client.disconnect()
 
+
 def desired_bytes(keys, group, seq, envelope, action="install") -> bytes:
-    return protocol.encode(protocol.build_desired(keys, scope="group", target=group, seq=seq, action=action,
-                                                  release=envelope))
+    return protocol.encode(
+        protocol.build_desired(keys, scope="group", target=group, seq=seq, action=action, release=envelope)
+    )
+
 
 def snapshot(root: Path) -> dict:
     models = root / "models"
-    return {p.relative_to(models).as_posix(): p.read_bytes() for p in sorted(models.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return {
+        p.relative_to(models).as_posix(): p.read_bytes()
+        for p in sorted(models.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
 
 def assert_serving(dev: Device, expected: tuple[str, str]) -> None:
     """A verified model serves: load() works, every installed version verifies, nothing half-installed."""
@@ -123,10 +164,13 @@ def assert_serving(dev: Device, expected: tuple[str, str]) -> None:
     downloads = dev.home / "state" / "fleet" / "downloads"
     assert not (downloads.exists() and list(downloads.iterdir()))
 
+
 # --- happy path ------------------------------------------------------------------------------------
 
-def test_update_goes_through_every_phase_and_reports_them(device, served, reports, archives, fleet_key,
-                                                          group, tmp_path):
+
+def test_update_goes_through_every_phase_and_reports_them(
+    device, served, reports, archives, fleet_key, group, tmp_path
+):
     dev = device().start()
     reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
     record = release_for(archives, "v2", fleet_key, group, tmp_path)
@@ -142,7 +186,9 @@ def test_update_goes_through_every_phase_and_reports_them(device, served, report
         assert phase in seen, seen
     assert final["probation"]["escalation_rate"] == 0.0 and final["selftest"]["examples"] == 3
 
+
 # --- refusals --------------------------------------------------------------------------------------
+
 
 def test_refusals_are_reported_and_change_nothing(device, reports, archives, fleet_key, group, tmp_path, broker):
     dev = device().start()
@@ -153,7 +199,7 @@ def test_refusals_are_reported_and_change_nothing(device, reports, archives, fle
     unsigned = {"signed": good["signed"], "signatures": []}
     wrong_key = releases.read(release_for(archives, "v2", stranger, group, tmp_path))
     tampered = json.loads(json.dumps(good))
-    tampered["signed"]["expires_at"] += 10 ** 8
+    tampered["signed"]["expires_at"] += 10**8
     expired = releases.read(release_for(archives, "v2", fleet_key, group, tmp_path, now=time.time() - 7200))
     other_group = releases.read(release_for(archives, "v2", fleet_key, "elsewhere", tmp_path))
     topic = protocol.group_desired_topic(group)
@@ -168,13 +214,17 @@ def test_refusals_are_reported_and_change_nothing(device, reports, archives, fle
     ]
     for payload, reason in cases:
         publish_raw(broker.url, topic, payload)
-        report = reports.wait(lambda s: s["device"] == dev.id and reason in (s.get("last_error") or ""), 20, reason)
+        report = reports.wait(
+            lambda s, reason=reason: s["device"] == dev.id and reason in (s.get("last_error") or ""), 20, reason
+        )
         assert report["phase"] == "idle"
         assert snapshot(dev.home) == before, reason
     assert Store(dev.home).active() == ("tiny", "1.0.0")
 
-def test_rollback_attack_and_replayed_desired_state_are_refused(device, served, reports, archives, fleet_key,
-                                                                group, tmp_path, broker):
+
+def test_rollback_attack_and_replayed_desired_state_are_refused(
+    device, served, reports, archives, fleet_key, group, tmp_path, broker
+):
     dev = device().start()
     reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
     old = releases.read(release_for(archives, "v1", fleet_key, group, tmp_path))  # release 1
@@ -186,13 +236,22 @@ def test_rollback_attack_and_replayed_desired_state_are_refused(device, served, 
     assert dev.wait_phase("committed", "failed", "rolled_back")["phase"] == "committed"
     after_update = snapshot(dev.home)
     publish_raw(broker.url, topic, desired_bytes([fleet_key], group, 11, old))
-    reports.wait(lambda s: s["device"] == dev.id and "not newer than installed release 2" in (s.get("last_error") or ""),
-                 20, "rollback refusal")
+    reports.wait(
+        lambda s: s["device"] == dev.id and "not newer than installed release 2" in (s.get("last_error") or ""),
+        20,
+        "rollback refusal",
+    )
     publish_raw(broker.url, topic, first)  # seq 10 again: a replay
-    reports.wait(lambda s: s["device"] == dev.id and "replayed desired state (seq 10, already saw 11)"
-                 in (s.get("last_error") or ""), 20, "replay refusal")
+    reports.wait(
+        lambda s: (
+            s["device"] == dev.id and "replayed desired state (seq 10, already saw 11)" in (s.get("last_error") or "")
+        ),
+        20,
+        "replay refusal",
+    )
     assert snapshot(dev.home) == after_update
     assert_serving(dev, ("tiny", "1.1.0"))
+
 
 def test_tampered_bundle_bytes_are_refused_at_verification(device, served, archives, fleet_key, group, tmp_path):
     """The fleet key signs a record over an archive whose model file was altered: the bundle's own
@@ -218,6 +277,7 @@ def test_tampered_bundle_bytes_are_refused_at_verification(device, served, archi
     assert snapshot(dev.home) == before
     assert_serving(dev, ("tiny", "1.0.0"))
 
+
 def test_a_chunk_with_a_bad_hash_is_refetched_not_written(device, archives, fleet_key, group, tmp_path, broker):
     """An adversarial chunk server: the first answer for chunk 1 is corrupted."""
     dev = device().start()
@@ -231,15 +291,21 @@ def test_a_chunk_with_a_bad_hash_is_refetched_not_written(device, archives, flee
     def answer(message):
         request = protocol.decode_request(message.payload)
         for index in request["indices"]:
-            data = archive.read_bytes()[index * target.chunk_size:(index + 1) * target.chunk_size]
+            data = archive.read_bytes()[index * target.chunk_size : (index + 1) * target.chunk_size]
             if index == 1 and corrupted["left"]:
                 corrupted["left"] -= 1
                 data = b"\x00" + data[1:]
-            holder["link"].client.publish(protocol.chunk_topic(dev.id), protocol.encode_chunk(target.sha256, index, data), qos=1)
+            holder["link"].client.publish(
+                protocol.chunk_topic(dev.id), protocol.encode_chunk(target.sha256, index, data), qos=1
+            )
 
-    holder["link"] = link = Link(BrokerConfig.from_url(broker.url), "evil-server",
-                                 subscriptions=[Subscription(protocol.chunk_request_topic(dev.id))],
-                                 handlers=LinkHandlers(on_message=answer), clean_start=True)
+    holder["link"] = link = Link(
+        BrokerConfig.from_url(broker.url),
+        "evil-server",
+        subscriptions=[Subscription(protocol.chunk_request_topic(dev.id))],
+        handlers=LinkHandlers(on_message=answer),
+        clean_start=True,
+    )
     link.start()
     link.wait_ready(10)
     try:
@@ -252,10 +318,22 @@ def test_a_chunk_with_a_bad_hash_is_refetched_not_written(device, archives, flee
     assert final["download"]["received"] == target.signed["archive"]["size"] // target.chunk_size + 1
     assert_serving(dev, ("tiny", "1.1.0"))
 
+
 # --- crashes ---------------------------------------------------------------------------------------
 
-KILL_POINTS = ["downloading", "chunk", "verifying", "store-install", "staged", "selftest", "activating",
-               "probation", "committed", "rolling_back"]
+KILL_POINTS = [
+    "downloading",
+    "chunk",
+    "verifying",
+    "store-install",
+    "staged",
+    "selftest",
+    "activating",
+    "probation",
+    "committed",
+    "rolling_back",
+]
+
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_9_at_every_state_then_resume(point, device, served, archives, fleet_key, group, tmp_path):
@@ -289,14 +367,18 @@ def test_kill_9_at_every_state_then_resume(point, device, served, archives, flee
         total = len(releases.read(record)["signed"]["archive"]["chunks"])
         assert final["download"]["received"] < total
 
+
 # --- failures that must leave the old model serving ------------------------------------------------
 
-def test_disk_full_during_download_aborts_and_the_old_model_keeps_serving(device, served, archives, fleet_key,
-                                                                          group, tmp_path):
+
+def test_disk_full_during_download_aborts_and_the_old_model_keeps_serving(
+    device, served, archives, fleet_key, group, tmp_path
+):
     downloads = tmp_path / "small-disk"
     downloads.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(downloads)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(downloads)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'not permitted'})")
     try:
@@ -312,8 +394,10 @@ def test_disk_full_during_download_aborts_and_the_old_model_keeps_serving(device
         dev.stop()
         subprocess.run(["umount", str(downloads)], check=False)
 
-def test_failing_self_test_is_not_activated_and_is_removed(device, served, reports, archives, fleet_key, group,
-                                                           tmp_path):
+
+def test_failing_self_test_is_not_activated_and_is_removed(
+    device, served, reports, archives, fleet_key, group, tmp_path
+):
     dev = device().start()
     record = release_for(archives, "failing", fleet_key, group, tmp_path)
     served.manager.publish(record, archives["failing"], group)
@@ -321,11 +405,12 @@ def test_failing_self_test_is_not_activated_and_is_removed(device, served, repor
     assert final["phase"] == "failed" and "golden example 1" in final["last_error"], final
     assert [m.ref for m in Store(dev.home).versions()] == ["tiny@1.0.0"]
     assert_serving(dev, ("tiny", "1.0.0"))
-    reports.wait(lambda s: s["device"] == dev.id and s["phase"] == "failed" and "golden" in s["last_error"], 10,
-                 "failed report")
+    reports.wait(
+        lambda s: s["device"] == dev.id and s["phase"] == "failed" and "golden" in s["last_error"], 10, "failed report"
+    )
 
-def test_higher_escalation_rate_in_probation_rolls_back(device, served, reports, archives, fleet_key, group,
-                                                        tmp_path):
+
+def test_higher_escalation_rate_in_probation_rolls_back(device, served, reports, archives, fleet_key, group, tmp_path):
     dev = device().start()
     record = release_for(archives, "escalating", fleet_key, group, tmp_path)
     served.manager.publish(record, archives["escalating"], group)

@@ -1,28 +1,34 @@
 """Release records, desired-state messages, resumable chunk storage and canary choice (no broker needed)."""
+
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
-
 from fleet_sim import tiny
+
 from edge_runtime import signing
 from edge_runtime.cli import main
-from edge_runtime.fleet import protocol, release as releases, rollout
+from edge_runtime.fleet import protocol, rollout
+from edge_runtime.fleet import release as releases
 from edge_runtime.fleet.chunks import BadChunk, Download
 from edge_runtime.fleet.errors import ChunkError, ReleaseError
+
 
 @pytest.fixture(scope="module")
 def keys():
     return [signing.generate_keypair()[0] for _ in range(3)]
 
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, keys):
     return tiny(tmp_path_factory.mktemp("b") / "tiny-1.1.0", keys[0], "1.1.0", 2)
 
+
 def trusted(*private):
     return {signing.key_id(k.public_key()): k.public_key() for k in private}
+
 
 def test_release_record_pins_the_archive_and_verifies(archive, keys):
     envelope = releases.create(archive, ["lab"], [keys[0]], 3600, chunk_size=64 * 1024)
@@ -33,12 +39,20 @@ def test_release_record_pins_the_archive_and_verifies(archive, keys):
     release = releases.verify(envelope, trusted(keys[0]), group="lab", installed_release=1)
     assert release.ref == "tiny@1.1.0" and release.number == 2
 
-@pytest.mark.parametrize("case, reason", [
-    ("unsigned", "not signed"), ("wrong key", "untrusted key"), ("tampered", "bad signature"),
-    ("expired", "expired at"), ("older", "not newer than installed release 5"),
-    ("same", "not newer than installed release 2"), ("group", "is for group(s) lab, this device is in shop"),
-    ("runtime", "needs edge-runtime >= 99.0.0"),
-])
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("unsigned", "not signed"),
+        ("wrong key", "untrusted key"),
+        ("tampered", "bad signature"),
+        ("expired", "expired at"),
+        ("older", "not newer than installed release 5"),
+        ("same", "not newer than installed release 2"),
+        ("group", "is for group(s) lab, this device is in shop"),
+        ("runtime", "needs edge-runtime >= 99.0.0"),
+    ],
+)
 def test_release_refusals(archive, keys, case, reason):
     now = time.time()
     envelope = releases.create(archive, ["lab"], [keys[0]], 3600, now=now - 7200 if case == "expired" else now)
@@ -57,6 +71,7 @@ def test_release_refusals(archive, keys, case, reason):
     with pytest.raises(ReleaseError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         releases.verify(envelope, trust, group=group, installed_release=installed, runtime="0.1.0")
 
+
 def test_threshold_needs_k_distinct_trusted_keys(archive, keys):
     two = releases.create(archive, ["lab"], keys[:2], 3600)
     doubled = {**two, "signatures": [two["signatures"][0]] * 2}
@@ -65,10 +80,21 @@ def test_threshold_needs_k_distinct_trusted_keys(archive, keys):
     with pytest.raises(ReleaseError, match="only 1 of the 2"):
         releases.verify(doubled, all_trusted, group="lab", installed_release=0, threshold=2)
 
+
 def test_desired_state_is_signed_and_addressed(archive, keys):
     envelope = releases.create(archive, ["lab"], [keys[0]], 3600)
-    data = protocol.encode(protocol.build_desired([keys[0]], scope="group", target="lab", seq=7, action="install",
-                                                  release=envelope, stage="canary", canaries=["b", "a"]))
+    data = protocol.encode(
+        protocol.build_desired(
+            [keys[0]],
+            scope="group",
+            target="lab",
+            seq=7,
+            action="install",
+            release=envelope,
+            stage="canary",
+            canaries=["b", "a"],
+        )
+    )
     signed = protocol.verify_desired(data, trusted(keys[0]), 1, "group", "lab")
     assert signed["seq"] == 7 and signed["canaries"] == ["a", "b"]
     with pytest.raises(ReleaseError, match="addressed to group lab"):
@@ -78,17 +104,19 @@ def test_desired_state_is_signed_and_addressed(archive, keys):
     with pytest.raises(ReleaseError, match="bad signature"):
         protocol.verify_desired(json.dumps(forged).encode(), trusted(keys[0]), 1, "group", "lab")
 
+
 def test_chunk_round_trip():
     payload = protocol.encode_chunk("ab" * 32, 3, b"\x00\x01data")
     header, data = protocol.decode_chunk(payload)
     assert header["index"] == 3 and data == b"\x00\x01data"
     assert protocol.decode_chunk(b"junk") is None
 
+
 def test_download_rejects_bad_chunks_and_resumes_from_its_bitmap(archive, keys, tmp_path):
     envelope = releases.create(archive, ["lab"], [keys[0]], 3600, chunk_size=64 * 1024)
     release = releases.check_shape(envelope["signed"])
     blob = archive.read_bytes()
-    chunk = lambda i: blob[i * 65536:(i + 1) * 65536]  # noqa: E731
+    chunk = lambda i: blob[i * 65536 : (i + 1) * 65536]  # noqa: E731
     download = Download(tmp_path, release).open()
     with pytest.raises(BadChunk, match="chunk 1: sha256"):
         download.write(1, b"\x00" + chunk(1)[1:])
@@ -109,31 +137,64 @@ def test_download_rejects_bad_chunks_and_resumes_from_its_bitmap(archive, keys, 
     resumed.discard()
     assert list(tmp_path.iterdir()) == []
 
+
 def test_canaries_are_deterministic_and_at_least_one():
     devices = [f"dev-{i:02d}" for i in range(20)]
     first = rollout.choose_canaries(devices, 10, "sha-a")
     assert len(first) == 2 and first == rollout.choose_canaries(list(reversed(devices)), 10, "sha-a")
     assert rollout.choose_canaries(devices[:3], 10, "sha-a") and len(rollout.choose_canaries(devices[:3], 10, "x")) == 1
 
+
 def test_assess_halts_on_a_failed_canary_and_promotes_when_all_committed():
-    plan = {"group": "lab", "stage": "canary", "canaries": ["a", "b"],
-            "release": {"number": 3, "sha256": "x", "ref": "tiny@1.2.0"}}
+    plan = {
+        "group": "lab",
+        "stage": "canary",
+        "canaries": ["a", "b"],
+        "release": {"number": 3, "sha256": "x", "ref": "tiny@1.2.0"},
+    }
     ok = {"group": "lab", "phase": "committed", "release": 3, "active": "tiny@1.2.0"}
     assert rollout.assess(plan, {"a": ok, "b": {**ok, "phase": "probation"}})[0] is None
     assert rollout.assess(plan, {"a": ok, "b": ok}) == ("promote", "all 2 canaries committed")
     bad = {**ok, "phase": "rolled_back", "last_error": "probation: escalation rate 100%"}
-    assert rollout.assess(plan, {"a": ok, "b": bad}) == ("halt", "canary b rolled_back: probation: escalation rate 100%")
+    assert rollout.assess(plan, {"a": ok, "b": bad}) == (
+        "halt",
+        "canary b rolled_back: probation: escalation rate 100%",
+    )
+
 
 def test_cli_release_create(archive, keys, tmp_path, capsys):
     key_file = tmp_path / "fleet.key"
     signing.save_private_key(key_file, keys[0])
     out = tmp_path / "r.json"
-    assert main(["fleet", "release", "create", str(archive), "--group", "lab", "--expires", "2h",
-                 "--key", str(key_file), "--out", str(out), "--chunk-size", "65536"]) == 0
+    assert (
+        main(
+            [
+                "fleet",
+                "release",
+                "create",
+                str(archive),
+                "--group",
+                "lab",
+                "--expires",
+                "2h",
+                "--key",
+                str(key_file),
+                "--out",
+                str(out),
+                "--chunk-size",
+                "65536",
+            ]
+        )
+        == 0
+    )
     signed = json.loads(out.read_text())["signed"]
     assert signed["expires_at"] - signed["created_at"] == 7200 and signed["groups"] == ["lab"]
-    assert main(["fleet", "release", "create", str(archive), "--group", "lab", "--expires", "soon",
-                 "--key", str(key_file)]) == 1
+    assert (
+        main(
+            ["fleet", "release", "create", str(archive), "--group", "lab", "--expires", "soon", "--key", str(key_file)]
+        )
+        == 1
+    )
     assert "duration 'soon'" in capsys.readouterr().err
     assert main(["fleet", "release", "create", str(archive), "--group", "lab"]) == 2
     assert main(["fleet", "release", "create", str(archive), "--group", "bad/group", "--key", str(key_file)]) == 1

@@ -1,5 +1,6 @@
 """Staged rollout through the real CLI: `fleet serve` as its own process, devices as agent processes.
 Canaries first, promote, fleet rollback, and a bad release that halts itself at the canaries."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import sys
 import time
 import uuid
 
-import pytest
-
 import mqtt_broker
+import pytest
 from fleet_sim import REPO, Device, make_release, tiny
+
 from edge_runtime import signing
 from edge_runtime.cli import main
 from edge_runtime.store import Store
@@ -21,10 +22,12 @@ pytestmark = pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto i
 
 STRICT = {"min_confidence": 0.99, "min_margin": 0.0, "max_entropy": 1.0}
 
+
 def fleet_json(capsys, *args) -> dict:
     capsys.readouterr()
     assert main(["fleet", *args, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
 
 def wait_until(check, timeout=90, what=""):
     deadline = time.monotonic() + timeout
@@ -33,6 +36,7 @@ def wait_until(check, timeout=90, what=""):
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out: {what}")
+
 
 def test_canary_promote_rollback_and_automatic_halt(tmp_path, capsys, monkeypatch):
     key = signing.generate_keypair()[0]
@@ -48,18 +52,36 @@ def test_canary_promote_rollback_and_automatic_halt(tmp_path, capsys, monkeypatc
     with mqtt_broker.Broker() as broker:
         monkeypatch.setenv("EDGE_RUNTIME_BROKER", broker.url)
         common = ["--fleet-dir", str(tmp_path / "fleet")]
-        devices = [Device(tmp_path / "devices", f"shop-{i}", group, broker.url, key.public_key(), v1,
-                          "--probation-traffic", str(traffic)).start() for i in range(5)]
-        serve = subprocess.Popen([sys.executable, "-m", "edge_runtime", "fleet", "serve", "--key", str(key_file),
-                                  *common], env={**os.environ, "PYTHONPATH": str(REPO)},
-                                 stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+        devices = [
+            Device(
+                tmp_path / "devices",
+                f"shop-{i}",
+                group,
+                broker.url,
+                key.public_key(),
+                v1,
+                "--probation-traffic",
+                str(traffic),
+            ).start()
+            for i in range(5)
+        ]
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime", "fleet", "serve", "--key", str(key_file), *common],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=open(tmp_path / "serve.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         try:
-            wait_until(lambda: len(fleet_json(capsys, "status", "--wait", "0.5", *common)["devices"]) == 5, 60,
-                       "five devices report")
+            wait_until(
+                lambda: len(fleet_json(capsys, "status", "--wait", "0.5", *common)["devices"]) == 5,
+                60,
+                "five devices report",
+            )
             # 1. canaries first (20 % of 5 = 1 device), the others wait for promotion
             rel2 = make_release(v2, key, group)
-            rollout = fleet_json(capsys, "publish", str(rel2), "--group", group, "--canary", "20",
-                                 "--key", str(key_file), *common)
+            rollout = fleet_json(
+                capsys, "publish", str(rel2), "--group", group, "--canary", "20", "--key", str(key_file), *common
+            )
             assert rollout["stage"] == "canary" and len(rollout["canaries"]) == 1
             canary = next(d for d in devices if d.id == rollout["canaries"][0])
             others = [d for d in devices if d is not canary]
@@ -82,12 +104,19 @@ def test_canary_promote_rollback_and_automatic_halt(tmp_path, capsys, monkeypatc
                 assert Store(device.home).active() == ("tiny", "1.0.0")
             # 4. a release that raises the escalation rate halts itself at the canary
             rel3 = make_release(bad, key, group)
-            rollout = fleet_json(capsys, "publish", str(rel3), "--group", group, "--canary", "20",
-                                 "--key", str(key_file), *common)
+            rollout = fleet_json(
+                capsys, "publish", str(rel3), "--group", group, "--canary", "20", "--key", str(key_file), *common
+            )
             canary = next(d for d in devices if d.id == rollout["canaries"][0])
             canary.wait(lambda s: s["phase"] == "rolled_back" and s["installed_release"] == 3, 60, "canary rollback")
-            wait_until(lambda: fleet_json(capsys, "status", "--group", group, "--wait", "0.3",
-                                          *common)["rollouts"][0]["stage"] == "halted", 30, "automatic halt")
+            wait_until(
+                lambda: (
+                    fleet_json(capsys, "status", "--group", group, "--wait", "0.3", *common)["rollouts"][0]["stage"]
+                    == "halted"
+                ),
+                30,
+                "automatic halt",
+            )
             halted = fleet_json(capsys, "status", "--group", group, *common)["rollouts"][0]
             assert halted["reason"].startswith(f"canary {canary.id} rolled_back: probation: escalation rate")
             assert main(["fleet", "promote", "--group", group, "--key", str(key_file), *common]) == 1
@@ -105,6 +134,7 @@ def test_canary_promote_rollback_and_automatic_halt(tmp_path, capsys, monkeypatc
             for device in devices:
                 device.stop()
     assert b"served" in (tmp_path / "serve.log").read_bytes()
+
 
 @pytest.mark.slow
 def test_fleet_simulation_twenty_devices(tmp_path):

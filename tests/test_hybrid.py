@@ -1,25 +1,39 @@
 """`edge-runtime eval --upstream`: the device + upstream hybrid through the real CLI, on the small real bundle
 (as both device and upstream: the mechanics and the arithmetic, not the accuracy)."""
+
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import edge_runtime
+from edge_runtime import escalation
+from edge_runtime.combine import Combination, combine, combine_many
 from edge_runtime.evaluation import read_jsonl
 from edge_runtime.router import Router, RoutingPolicy
+from edge_runtime.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 def cli(*args, home):
     environment = {**os.environ, "EDGE_RUNTIME_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *map(str, args)], capture_output=True, text=True,
-                          env=environment, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO,
+        timeout=300,
+    )
+
 
 @pytest.fixture(scope="module")
 def val_file(small_val_rows, tmp_path_factory) -> Path:
@@ -27,19 +41,44 @@ def val_file(small_val_rows, tmp_path_factory) -> Path:
     path.write_text("\n".join(small_val_rows[::2]) + "\n")
     return path
 
+
 @pytest.fixture(scope="module")
 def report(bundle_home, val_file):
-    done = cli("eval", "--data", val_file, "--upstream", "clinc-small", "--device-cost", "0.00001",
-               "--upstream-cost", "0.002", "--json", home=bundle_home)
+    done = cli(
+        "eval",
+        "--data",
+        val_file,
+        "--upstream",
+        "clinc-small",
+        "--device-cost",
+        "0.00001",
+        "--upstream-cost",
+        "0.002",
+        "--json",
+        home=bundle_home,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
+
 def test_json_has_the_hybrid_keys(report):
-    for key in ("in_scope_accuracy", "oos_recall", "accuracy", "escalation_rate", "kept_accuracy", "local_share",
-                "escalated_accuracy", "upstream_bytes", "cost_per_1000", "device_only", "all_upstream"):
+    for key in (
+        "in_scope_accuracy",
+        "oos_recall",
+        "accuracy",
+        "escalation_rate",
+        "kept_accuracy",
+        "local_share",
+        "escalated_accuracy",
+        "upstream_bytes",
+        "cost_per_1000",
+        "device_only",
+        "all_upstream",
+    ):
         assert key in report, key
     for key in ("in_scope_accuracy", "oos_recall", "accuracy", "upstream_bytes", "cost_per_1000"):
         assert key in report["all_upstream"], key
+
 
 def test_figures_match_an_independent_computation(report, bundle_home, val_file):
     texts, gold = read_jsonl(val_file)
@@ -47,7 +86,7 @@ def test_figures_match_an_independent_computation(report, bundle_home, val_file)
     routed = Router(RoutingPolicy.from_dict(model.manifest.raw["routing"])).route_all(model.predict(texts))
     escalated = [p.decision == "escalate" for p in routed]
     n, sent = len(gold), sum(escalated)
-    assert 0 < sent < n                                     # the bundle's routing escalates some
+    assert 0 < sent < n  # the bundle's routing escalates some
     assert report["n"] == n and report["escalated"] == sent
     assert report["escalation_rate"] == pytest.approx(sent / n)
     assert report["local_share"] + report["escalation_rate"] == pytest.approx(1.0)
@@ -61,6 +100,7 @@ def test_figures_match_an_independent_computation(report, bundle_home, val_file)
     mixed = (report["kept_accuracy"] * (n - sent) + report["escalated_accuracy"] * sent) / n
     assert report["accuracy"] == pytest.approx(mixed)
 
+
 def test_costs_and_bytes_add_up(report, val_file):
     texts, _ = read_jsonl(val_file)
     n, sent = report["n"], report["escalated"]
@@ -72,13 +112,22 @@ def test_costs_and_bytes_add_up(report, val_file):
     assert sent * 300 < report["upstream_bytes"] < report["all_upstream"]["upstream_bytes"]
     assert report["upstream_bytes_per_1000"] == pytest.approx(1000 * report["upstream_bytes"] / n)
 
+
 def test_text_report_compares_the_three_setups(bundle_home, val_file):
-    done = cli("eval", "--data", val_file, "--upstream", "clinc-small", "--upstream-mode", "candidates",
-               home=bundle_home)
+    done = cli(
+        "eval", "--data", val_file, "--upstream", "clinc-small", "--upstream-mode", "candidates", home=bundle_home
+    )
     assert done.returncode == 0, done.stderr
-    for words in ("device only", "hybrid", "all upstream", "cost /1000 requests", "bytes upstream /1000",
-                  "mode candidates"):
+    for words in (
+        "device only",
+        "hybrid",
+        "all upstream",
+        "cost /1000 requests",
+        "bytes upstream /1000",
+        "mode candidates",
+    ):
         assert words in done.stdout
+
 
 def test_bad_prices_and_unknown_upstream_fail_clearly(bundle_home, val_file):
     negative = cli("eval", "--data", val_file, "--upstream", "clinc-small", "--device-cost", "-1", home=bundle_home)
@@ -88,53 +137,64 @@ def test_bad_prices_and_unknown_upstream_fail_clearly(bundle_home, val_file):
 
 
 # --- the combined upstream mode (edge_runtime/combine.py) -----------------------------------------------------
-import math
-
-import numpy as np
-
-from edge_runtime import escalation
-from edge_runtime.combine import Combination, combine, combine_many
-from edge_runtime.store import Store
 
 
 @pytest.fixture(scope="module")
 def fitted(bundle_home, val_file, build_key, tmp_path_factory):
     """`calibrate --bundle clinc-small --device clinc-small`: the small bundle, combined with itself."""
     out = tmp_path_factory.mktemp("combined") / "upstream"
-    done = cli("calibrate", "--bundle", "clinc-small", "--device", "clinc-small", "--data", val_file,
-               "--key", build_key, "--out", out, "--threads", "1", "--json", home=bundle_home)
+    done = cli(
+        "calibrate",
+        "--bundle",
+        "clinc-small",
+        "--device",
+        "clinc-small",
+        "--data",
+        val_file,
+        "--key",
+        build_key,
+        "--out",
+        out,
+        "--threads",
+        "1",
+        "--json",
+        home=bundle_home,
+    )
     assert done.returncode == 0, done.stderr
     return out, json.loads(done.stdout)
 
 
 def test_combine_follows_the_formula_on_a_hand_built_case():
     labels = ["a", "b", "c", "oos"]
-    top_k = [("a", 0.7), ("b", 0.2)]                     # c and oos share the rest: 0.05 each
-    logits = [0.0, math.log(4.0), 0.0, 0.0]              # upstream (T=1): 1/7, 4/7, 1/7, 1/7
+    top_k = [("a", 0.7), ("b", 0.2)]  # c and oos share the rest: 0.05 each
+    logits = [0.0, math.log(4.0), 0.0, 0.0]  # upstream (T=1): 1/7, 4/7, 1/7, 1/7
     device, upstream = [0.7, 0.2, 0.05, 0.05], [1 / 7, 4 / 7, 1 / 7, 1 / 7]
 
     def expected(w, b):
-        s = [w * math.log(d) + (1 - w) * math.log(u) + (b if i == 3 else 0.0)
-             for i, (d, u) in enumerate(zip(device, upstream))]
+        s = [
+            w * math.log(d) + (1 - w) * math.log(u) + (b if i == 3 else 0.0)
+            for i, (d, u) in enumerate(zip(device, upstream))
+        ]
         e = [math.exp(v) for v in s]
         return [v / sum(e) for v in e]
 
-    assert combine(Combination(0.0, 0.0, 0.0), top_k, logits, labels) == ("b", pytest.approx(4 / 7))   # upstream
-    assert combine(Combination(1.0, 0.0, 0.0), top_k, logits, labels) == ("a", pytest.approx(0.7))     # device
-    q = expected(0.5, 0.0)                                # sqrt(.7/7)=.316 vs sqrt(.2*4/7)=.338: b wins
+    assert combine(Combination(0.0, 0.0, 0.0), top_k, logits, labels) == ("b", pytest.approx(4 / 7))  # upstream
+    assert combine(Combination(1.0, 0.0, 0.0), top_k, logits, labels) == ("a", pytest.approx(0.7))  # device
+    q = expected(0.5, 0.0)  # sqrt(.7/7)=.316 vs sqrt(.2*4/7)=.338: b wins
     assert combine(Combination(0.5, 0.0, 0.0), top_k, logits, labels) == ("b", pytest.approx(q[1]))
-    q = expected(0.7, 0.0)                                # more device weight: a wins
+    q = expected(0.7, 0.0)  # more device weight: a wins
     assert combine(Combination(0.7, 0.0, 0.0), top_k, logits, labels) == ("a", pytest.approx(q[0]))
-    q = expected(0.5, 3.0)                                # the oos bias makes oos the argmax
+    q = expected(0.5, 3.0)  # the oos bias makes oos the argmax
     assert combine(Combination(0.5, 3.0, 0.0), top_k, logits, labels) == ("oos", pytest.approx(q[3]))
-    q = expected(0.5, 0.0)                                # below the reject threshold: oos, score max q
+    q = expected(0.5, 0.0)  # below the reject threshold: oos, score max q
     assert combine(Combination(0.5, 0.0, q[1] + 0.01), top_k, logits, labels) == ("oos", pytest.approx(q[1]))
     # the temperature divides the upstream logits: T=2 flattens 4/7 to 2/5
     assert combine(Combination(0.0, 0.0, 0.0, temperature=2.0), top_k, logits, labels)[1] == pytest.approx(2 / 5)
     # wire-format top-k (dicts) give the same answer
     wire = [{"label": label, "score": score} for label, score in top_k]
-    assert combine(Combination(0.5, 1.0, 0.3), wire, logits, labels) == \
-        combine(Combination(0.5, 1.0, 0.3), top_k, logits, labels)
+    assert combine(Combination(0.5, 1.0, 0.3), wire, logits, labels) == combine(
+        Combination(0.5, 1.0, 0.3), top_k, logits, labels
+    )
 
 
 def test_combine_matches_the_vectorised_version(bundle_home, val_file):
@@ -146,12 +206,12 @@ def test_combine_matches_the_vectorised_version(bundle_home, val_file):
     one = [combine(combination, p.top_k, row, model.labels) for p, row in zip(predictions, logits)]
     assert labels == [label for label, _ in one]
     assert np.allclose(scores, [score for _, score in one], atol=1e-9)
-    assert "oos" in labels and len(set(labels)) > 3            # the reject and several labels are exercised
+    assert "oos" in labels and len(set(labels)) > 3  # the reject and several labels are exercised
 
 
 def test_fitting_writes_a_signed_upstream_version_with_the_section(fitted, bundle_home):
     out, report = fitted
-    manifest = Store(bundle_home).verify(out)                  # hashes and signature against the trusted key
+    manifest = Store(bundle_home).verify(out)  # hashes and signature against the trusted key
     assert manifest.raw["version"] == "0.1.1" and report["new_version"] == "clinc-small@0.1.1"
     section = manifest.raw["postprocess"]["combine"]
     assert section == report["combination"]
@@ -164,8 +224,19 @@ def test_fitting_writes_a_signed_upstream_version_with_the_section(fitted, bundl
 
 def test_eval_combined_mode_end_to_end(fitted, bundle_home, val_file):
     out, _ = fitted
-    done = cli("eval", "--data", val_file, "--upstream", out, "--upstream-mode", "combined", "--threads", "1",
-               "--json", home=bundle_home)
+    done = cli(
+        "eval",
+        "--data",
+        val_file,
+        "--upstream",
+        out,
+        "--upstream-mode",
+        "combined",
+        "--threads",
+        "1",
+        "--json",
+        home=bundle_home,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["upstream_mode"] == "combined" and report["upstream"] == "clinc-small@0.1.1"
@@ -175,8 +246,10 @@ def test_eval_combined_mode_end_to_end(fitted, bundle_home, val_file):
     upstream = edge_runtime.load(out, root=bundle_home, threads=1)
     routed = Router(RoutingPolicy.from_dict(device.manifest.raw["routing"])).route_all(device.predict(texts))
     combination = Combination.from_manifest(upstream.manifest.raw)
-    final = [combine(combination, p.top_k, row, upstream.labels)[0] if p.decision == "escalate" else p.label
-             for p, row in zip(routed, upstream.logits(texts))]
+    final = [
+        combine(combination, p.top_k, row, upstream.labels)[0] if p.decision == "escalate" else p.label
+        for p, row in zip(routed, upstream.logits(texts))
+    ]
     in_scope = [f == g for f, g in zip(final, gold) if g != "oos"]
     oos = [f == "oos" for f, g in zip(final, gold) if g == "oos"]
     assert report["in_scope_accuracy"] == pytest.approx(sum(in_scope) / len(in_scope))
@@ -185,8 +258,7 @@ def test_eval_combined_mode_end_to_end(fitted, bundle_home, val_file):
 
 
 def test_eval_combined_needs_the_section(bundle_home, val_file):
-    done = cli("eval", "--data", val_file, "--upstream", "clinc-small", "--upstream-mode", "combined",
-               home=bundle_home)
+    done = cli("eval", "--data", val_file, "--upstream", "clinc-small", "--upstream-mode", "combined", home=bundle_home)
     assert done.returncode == 1 and "no postprocess.combine section" in done.stderr
 
 
@@ -206,29 +278,50 @@ def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, 
     answer = respond(request)
     assert answer["combined"] is True
     assert (answer["label"], answer["score"]) == pytest.approx(
-        combine(combination, prediction.top_k, upstream.logits([text])[0], upstream.labels))
+        combine(combination, prediction.top_k, upstream.logits([text])[0], upstream.labels)
+    )
     # a signed version weighting the device at 0.9: a device top-k certain of another label wins
     from edge_runtime import signing
     from edge_runtime.cli.calibrate import write_version
 
     manifest = {k: v for k, v in upstream.manifest.raw.items() if k not in ("files", "created")}
-    manifest["postprocess"] = {**manifest["postprocess"],
-                               "combine": {**manifest["postprocess"]["combine"], "device_weight": 0.9}}
+    manifest["postprocess"] = {
+        **manifest["postprocess"],
+        "combine": {**manifest["postprocess"]["combine"], "device_weight": 0.9},
+    }
     strong = write_version(upstream, manifest, signing.load_private_key(build_key), tmp_path / "strong", False)
     other = next(label for label in upstream.labels if label not in (answer["label"], "oos"))
     forced = {**request, "prediction": {**request["prediction"], "top_k": [{"label": other, "score": 0.999}]}}
     assert bundle_responder(str(strong), threads=1)(forced)["label"] == other
     # without a device prediction, or from a bundle without the section: the plain prediction
     bare = respond({**request, "prediction": None})
-    assert "combined" not in bare and bare == plain({**request, "prediction": None}) | {"latency_ms": bare["latency_ms"]}
+    assert "combined" not in bare and bare == plain({**request, "prediction": None}) | {
+        "latency_ms": bare["latency_ms"]
+    }
     assert "combined" not in plain(request)
 
 
 def test_calibrate_can_route_on_entropy(bundle_home, val_file, build_key, tmp_path):
     out = tmp_path / "entropy"
-    done = cli("calibrate", "--bundle", "clinc-small", "--data", val_file, "--target-escalation", "0.2",
-               "--signal", "entropy", "--key", build_key, "--out", out, "--threads", "1", "--json",
-               home=bundle_home)
+    done = cli(
+        "calibrate",
+        "--bundle",
+        "clinc-small",
+        "--data",
+        val_file,
+        "--target-escalation",
+        "0.2",
+        "--signal",
+        "entropy",
+        "--key",
+        build_key,
+        "--out",
+        out,
+        "--threads",
+        "1",
+        "--json",
+        home=bundle_home,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     routing = report["routing"]
@@ -237,5 +330,5 @@ def test_calibrate_can_route_on_entropy(bundle_home, val_file, build_key, tmp_pa
     model = edge_runtime.load(out, root=bundle_home, threads=1)
     routed = Router(RoutingPolicy.from_dict(model.manifest.raw["routing"])).route_all(model.predict(texts))
     escalated = [p.decision == "escalate" for p in routed]
-    assert sum(escalated) == round(0.2 * len(texts))          # the cut escalates exactly the target share
+    assert sum(escalated) == round(0.2 * len(texts))  # the cut escalates exactly the target share
     assert all(p.reason.startswith("max_entropy>") for p in routed if p.decision == "escalate")

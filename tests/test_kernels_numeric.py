@@ -3,6 +3,7 @@
 Behaviour tests run once per implementation ("pure", "compiled"); agreement tests compare the two twins
 directly. Compiled cases skip, saying why, when the Cython extension is not built.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,6 +21,7 @@ NAMES = ("batching", "classify", "pooling", "tokencls")
 NOT_BUILT = "Cython extension edge_runtime.kernels._{} is not built (pip install -e . --no-build-isolation)"
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+
 def _twin(kind: str, name: str):
     if kind == "pure":
         return pure_module(name)
@@ -28,21 +30,26 @@ def _twin(kind: str, name: str):
         pytest.skip(NOT_BUILT.format(name))
     return module
 
+
 def _both(name: str):
     module = compiled_module(name)
     if module is None:
         pytest.skip(NOT_BUILT.format(name))
     return pure_module(name), module
 
+
 @pytest.fixture(params=["pure", "compiled"])
 def kind(request):
     return request.param
+
 
 def assert_close(actual, expected, scale=1.0):
     """<= 1e-6 relative, with an absolute floor of 1e-6 * scale for values near zero."""
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6 * scale)
 
+
 # ---------------------------------------------------------------- batching
+
 
 def test_pad_batch_pads_truncates_and_masks(kind):
     batching = _twin(kind, "batching")
@@ -54,12 +61,14 @@ def test_pad_batch_pads_truncates_and_masks(kind):
     assert ids.tolist() == [[1, 2, 3], [9, 8, 0]]
     assert types.tolist() == [[0, 0, 1], [1, 1, 0]]
 
+
 def test_pad_batch_accepts_numpy_rows_and_tuples(kind):
     batching = _twin(kind, "batching")
     rows = [np.array([3, 4], dtype=np.int32), (7,), np.arange(10, 15, dtype=np.int64)[::2], [True, 2]]
     ids, mask, _ = batching.pad_batch(rows, max_length=16)
     assert ids.tolist() == [[3, 4, 0], [7, 0, 0], [10, 12, 14], [1, 2, 0]]
     assert mask.sum(axis=1).tolist() == [2, 1, 3, 2]
+
 
 def test_pad_batch_empty_inputs(kind):
     batching = _twin(kind, "batching")
@@ -68,10 +77,12 @@ def test_pad_batch_empty_inputs(kind):
     ids, mask, _ = batching.pad_batch([[], []], max_length=4)
     assert ids.shape == (2, 0)
 
+
 def test_pad_batch_only_reads_the_kept_prefix(kind):
     batching = _twin(kind, "batching")
     ids, _, _ = batching.pad_batch([[1, 2, "not read"]], max_length=2)
     assert ids.tolist() == [[1, 2]]
+
 
 @pytest.mark.parametrize(
     "args, error",
@@ -90,6 +101,7 @@ def test_pad_batch_rejects_bad_input(kind, args, error):
     with pytest.raises(error):
         batching.pad_batch(*args)
 
+
 def test_length_buckets_example(kind):
     batching = _twin(kind, "batching")
     order, bounds, inverse = batching.length_buckets([7, 3, 3, 10, 1, 50], max_batch=2, max_tokens=20)
@@ -97,6 +109,7 @@ def test_length_buckets_example(kind):
     # [1, 3] -> 2 * 3 = 6; [3, 7] -> 14; [10] (2 * 50 > 20 stops pairing); [50] alone, though over the cap
     assert bounds.tolist() == [0, 2, 4, 5, 6]
     assert np.array_equal(np.array([7, 3, 3, 10, 1, 50])[order][inverse], [7, 3, 3, 10, 1, 50])
+
 
 def test_length_buckets_empty_and_errors(kind):
     batching = _twin(kind, "batching")
@@ -111,11 +124,18 @@ def test_length_buckets_empty_and_errors(kind):
     with pytest.raises(ValueError):
         batching.length_buckets([[1]], 4, 100)
 
+
 token_rows = st.lists(st.lists(st.integers(-(2**40), 2**40), max_size=12), max_size=6)
 
+
 @SETTINGS
-@given(rows=token_rows, max_length=st.integers(1, 14), pad_id=st.integers(-5, 5), as_arrays=st.booleans(),
-       with_types=st.booleans())
+@given(
+    rows=token_rows,
+    max_length=st.integers(1, 14),
+    pad_id=st.integers(-5, 5),
+    as_arrays=st.booleans(),
+    with_types=st.booleans(),
+)
 def test_pad_batch_twins_agree(rows, max_length, pad_id, as_arrays, with_types):
     pure, compiled = _both("batching")
     sequences = [np.array(row, dtype=np.int64) for row in rows] if as_arrays else rows
@@ -132,9 +152,9 @@ def test_pad_batch_twins_agree(rows, max_length, pad_id, as_arrays, with_types):
         n = min(len(row), max_length)
         assert ids[i, :n].tolist() == list(row[:n]) and (ids[i, n:] == pad_id).all()
 
+
 @SETTINGS
-@given(lengths=st.lists(st.integers(0, 60), max_size=40), max_batch=st.integers(1, 8),
-       max_tokens=st.integers(1, 200))
+@given(lengths=st.lists(st.integers(0, 60), max_size=40), max_batch=st.integers(1, 8), max_tokens=st.integers(1, 200))
 def test_length_buckets_twins_agree_and_hold_the_rules(lengths, max_batch, max_tokens):
     pure, compiled = _both("batching")
     order, bounds, inverse = pure.length_buckets(np.array(lengths, dtype=np.int64), max_batch, max_tokens)
@@ -148,15 +168,18 @@ def test_length_buckets_twins_agree_and_hold_the_rules(lengths, max_batch, max_t
         size, longest = hi - lo, values[order[hi - 1]]
         assert size <= max_batch
         assert size == 1 or size * longest <= max_tokens
-        if hi < len(lengths):        # greedy: the next item would not have fit
+        if hi < len(lengths):  # greedy: the next item would not have fit
             assert size + 1 > max_batch or (size + 1) * values[order[hi]] > max_tokens
 
+
 # ---------------------------------------------------------------- classify
+
 
 def _softmax64(logits, temperature=1.0):
     z = np.asarray(logits, dtype=np.float64) / temperature
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
 
 def test_classify_matches_a_plain_softmax(kind):
     classify = _twin(kind, "classify")
@@ -174,11 +197,13 @@ def test_classify_matches_a_plain_softmax(kind):
     assert_close(result.probs, probs)
     assert type(result).__name__ == "ClassifyResult"
 
+
 def test_classify_ties_take_the_lowest_index(kind):
     classify = _twin(kind, "classify")
     result = classify.classify_logits(np.array([[1, 3, 3, 1, 3, 0, 1]], dtype=np.float32), top_k=5)
     assert result.top_indices.tolist() == [[1, 2, 4, 0, 3]]
     assert result.argmax.tolist() == [1] and result.margin.tolist() == [0.0]
+
 
 def test_classify_single_class_and_uniform(kind):
     classify = _twin(kind, "classify")
@@ -192,6 +217,7 @@ def test_classify_single_class_and_uniform(kind):
     peaked = classify.classify_logits(np.array([[1000.0, 0.0, 0.0]], dtype=np.float32))
     assert peaked.max_prob.tolist() == [1.0] and peaked.entropy.tolist() == [0.0]
 
+
 def test_classify_empty_batch(kind):
     classify = _twin(kind, "classify")
     result = classify.classify_logits(np.zeros((0, 3), dtype=np.float32), top_k=5, full_softmax=True)
@@ -199,10 +225,12 @@ def test_classify_empty_batch(kind):
     assert result.argmax.shape == result.max_prob.shape == result.margin.shape == result.entropy.shape == (0,)
     assert result.probs.shape == (0, 3)
 
+
 def test_classify_accepts_float64_lists(kind):
     classify = _twin(kind, "classify")
     result = classify.classify_logits([[0.0, 2.0]], top_k=1)
     assert result.argmax.tolist() == [1] and result.top_probs.shape == (1, 1)
+
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_classify_rejects_non_finite_rows_by_number(kind, bad):
@@ -211,6 +239,7 @@ def test_classify_rejects_non_finite_rows_by_number(kind, bad):
     logits[2, 1] = bad
     with pytest.raises(ValueError, match="row 2"):
         classify.classify_logits(logits)
+
 
 @pytest.mark.parametrize(
     "kwargs, error",
@@ -228,6 +257,7 @@ def test_classify_rejects_bad_arguments(kind, kwargs, error):
     with pytest.raises(error):
         classify.classify_logits(np.zeros((1, 3), dtype=np.float32), **kwargs)
 
+
 def test_classify_rejects_bad_shapes(kind):
     classify = _twin(kind, "classify")
     with pytest.raises(ValueError):
@@ -235,10 +265,12 @@ def test_classify_rejects_bad_shapes(kind):
     with pytest.raises(ValueError):
         classify.classify_logits(np.zeros((2, 0), dtype=np.float32))
 
+
 logit_values = st.one_of(
     st.floats(-50, 50, width=32),
-    st.sampled_from([0.0, 1.0, -1.0, 3.0e38, -3.0e38, 1e-30]),   # ties, huge and tiny values
+    st.sampled_from([0.0, 1.0, -1.0, 3.0e38, -3.0e38, 1e-30]),  # ties, huge and tiny values
 )
+
 
 @SETTINGS
 @given(
@@ -265,7 +297,9 @@ def test_classify_twins_agree(logits, temperature, top_k, full):
             assert_close(got.probs.sum(axis=1), np.ones(len(logits)), scale=10)
     assert ((got.entropy >= 0) & (got.entropy <= 1)).all()
 
+
 # ---------------------------------------------------------------- pooling
+
 
 def test_mean_pool_masks_and_normalises(kind):
     pooling = _twin(kind, "pooling")
@@ -273,10 +307,11 @@ def test_mean_pool_masks_and_normalises(kind):
     mask = np.array([[1, 1, 0], [0, 0, 0]])
     pooled = pooling.mean_pool(hidden, mask)
     assert pooled.dtype == np.float32 and pooled.shape == (2, 2)
-    assert pooled.tolist() == [[1.0, 2.0], [0.0, 0.0]]       # all-masked row -> zeros
+    assert pooled.tolist() == [[1.0, 2.0], [0.0, 0.0]]  # all-masked row -> zeros
     unit = pooling.mean_pool(hidden, mask.astype(bool), normalize=True)
     assert_close(unit[0], np.array([1.0, 2.0]) / math.sqrt(5))
     assert unit[1].tolist() == [0.0, 0.0]
+
 
 def test_cls_pool_and_l2_normalize(kind):
     pooling = _twin(kind, "pooling")
@@ -289,6 +324,7 @@ def test_cls_pool_and_l2_normalize(kind):
     big = pooling.l2_normalize(np.array([[3e38, 3e38]], dtype=np.float32))
     assert_close(big, [[math.sqrt(0.5)] * 2])
 
+
 def test_pooling_rejects_bad_shapes(kind):
     pooling = _twin(kind, "pooling")
     with pytest.raises(ValueError):
@@ -299,6 +335,7 @@ def test_pooling_rejects_bad_shapes(kind):
         pooling.mean_pool(np.zeros((2, 3, 4), dtype=np.float32), np.ones((2, 3)) * 0.5)
     with pytest.raises(ValueError):
         pooling.cls_pool(np.zeros((2, 0, 4), dtype=np.float32))
+
 
 @SETTINGS
 @given(
@@ -321,9 +358,11 @@ def test_pooling_twins_agree(shape, data, scale, normalize):
     assert (np.isclose(norms, 1.0, atol=1e-6) | (norms == 0)).all()
     assert_close(compiled.l2_normalize(hidden), pure.l2_normalize(hidden), scale=1.0)
 
+
 # ---------------------------------------------------------------- tokencls
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
 
 def _onehot(tags, strength=6.0):
     logits = np.zeros((1, len(tags), len(LABELS)), dtype=np.float32)
@@ -331,28 +370,34 @@ def _onehot(tags, strength=6.0):
         logits[0, t, LABELS.index(tag)] = strength
     return logits
 
+
 def _tokens(tags, word_ids):
     offsets = np.array([[[4 * t, 4 * t + 3] for t in range(len(tags))]], dtype=np.int64)
     return _onehot(tags), offsets, np.array([word_ids], dtype=np.int64)
 
-P6 = math.exp(6.0) / (math.exp(6.0) + len(LABELS) - 1)     # score of a one-hot token
+
+P6 = math.exp(6.0) / (math.exp(6.0) + len(LABELS) - 1)  # score of a one-hot token
+
 
 def _spans(rows):
     return [[(e.start, e.end, e.label) for e in row] for row in rows]
+
 
 def test_tokencls_simple_groups_by_iob2_and_bio(kind):
     tokencls = _twin(kind, "tokencls")
     #        [CLS]  John     Sm       ##ith    lives  Par      ##is     [SEP]
     tags = ["O", "B-PER", "I-PER", "I-PER", "O", "I-LOC", "I-LOC", "O"]
     logits, offsets, words = _tokens(tags, [-1, 0, 1, 1, 2, 3, 3, -1])
-    strict = tokencls.decode_entities(logits, offsets, words, LABELS)          # IOB2: orphan I-LOC dropped
+    strict = tokencls.decode_entities(logits, offsets, words, LABELS)  # IOB2: orphan I-LOC dropped
     assert strict == [[Entity(4, 15, "PER", pytest.approx(P6))]]
     loose = tokencls.decode_entities(logits, offsets, words, LABELS, scheme="BIO")
     assert _spans(loose) == [[(4, 15, "PER"), (20, 27, "LOC")]]
     tokens = tokencls.decode_entities(logits, offsets, words, LABELS, strategy="none")
-    assert _spans(tokens) == [[(4, 7, "B-PER"), (8, 11, "I-PER"), (12, 15, "I-PER"), (20, 23, "I-LOC"),
-                               (24, 27, "I-LOC")]]
+    assert _spans(tokens) == [
+        [(4, 7, "B-PER"), (8, 11, "I-PER"), (12, 15, "I-PER"), (20, 23, "I-LOC"), (24, 27, "I-LOC")]
+    ]
     assert all(e.score == pytest.approx(P6) for e in tokens[0])
+
 
 def test_tokencls_b_tag_and_barrier_split_entities(kind):
     tokencls = _twin(kind, "tokencls")
@@ -361,8 +406,10 @@ def test_tokencls_b_tag_and_barrier_split_entities(kind):
     strict = tokencls.decode_entities(logits, offsets, words, LABELS, strategy="simple", scheme="IOB2")
     assert _spans(strict) == [[(0, 7, "PER"), (8, 11, "PER"), (12, 15, "LOC"), (24, 27, "PER")]]
     loose = tokencls.decode_entities(logits, offsets, words, LABELS, strategy="simple", scheme="BIO")
-    assert _spans(loose) == [[(0, 7, "PER"), (8, 11, "PER"), (12, 15, "LOC"), (16, 19, "PER"),
-                              (24, 27, "PER"), (32, 35, "PER")]]
+    assert _spans(loose) == [
+        [(0, 7, "PER"), (8, 11, "PER"), (12, 15, "LOC"), (16, 19, "PER"), (24, 27, "PER"), (32, 35, "PER")]
+    ]
+
 
 def test_tokencls_word_strategies(kind):
     tokencls = _twin(kind, "tokencls")
@@ -373,24 +420,29 @@ def test_tokencls_word_strategies(kind):
     logits[0, 2, 4] = 6.0
     offsets = np.array([[[0, 3], [3, 6], [7, 10]]], dtype=np.int64)
     words = np.array([[0, 0, 1]], dtype=np.int64)
-    decode = lambda strategy, scheme="IOB2": tokencls.decode_entities(logits, offsets, words, LABELS, strategy, scheme)
-    assert decode("first") == [[]]                                   # word 0 is O, word 1 an orphan I-LOC
+
+    def decode(strategy, scheme="IOB2"):
+        return tokencls.decode_entities(logits, offsets, words, LABELS, strategy, scheme)
+
+    assert decode("first") == [[]]  # word 0 is O, word 1 an orphan I-LOC
     assert _spans(decode("first", "BIO")) == [[(7, 10, "LOC")]]
     p_weak = math.exp(2) / (math.exp(2) + 4)
     p_strong = math.exp(9) / (math.exp(9) + 4)
     assert decode("max") == [[Entity(0, 10, "LOC", pytest.approx((p_strong + P6) / 2))]]
-    average = ((1 - p_weak) / 4 + p_strong) / 2                      # mean B-LOC probability over word 0
+    average = ((1 - p_weak) / 4 + p_strong) / 2  # mean B-LOC probability over word 0
     assert decode("average") == [[Entity(0, 10, "LOC", pytest.approx((average + P6) / 2))]]
     assert _spans(decode("simple")) == [[(3, 10, "LOC")]]
+
 
 def test_tokencls_skips_non_finite_padding_but_rejects_real_tokens(kind):
     tokencls = _twin(kind, "tokencls")
     logits, offsets, words = _tokens(["B-PER", "O", "O"], [0, 1, -1])
-    logits[0, 2, :] = np.nan                                         # padding is never read
+    logits[0, 2, :] = np.nan  # padding is never read
     assert _spans(tokencls.decode_entities(logits, offsets, words, LABELS)) == [[(0, 3, "PER")]]
     logits[0, 1, 2] = np.inf
     with pytest.raises(ValueError, match="row 0 token 1"):
         tokencls.decode_entities(logits, offsets, words, LABELS)
+
 
 @pytest.mark.parametrize(
     "change, error",
@@ -410,18 +462,26 @@ def test_tokencls_rejects_bad_input(kind, change, error):
     with pytest.raises(error):
         tokencls.decode_entities(**args)
 
+
 def test_tokencls_empty_shapes(kind):
     tokencls = _twin(kind, "tokencls")
-    assert tokencls.decode_entities(np.zeros((0, 4, 5), np.float32), np.zeros((0, 4, 2), np.int64),
-                                    np.zeros((0, 4), np.int64), LABELS) == []
-    assert tokencls.decode_entities(np.zeros((2, 0, 5), np.float32), np.zeros((2, 0, 2), np.int64),
-                                    np.zeros((2, 0), np.int64), LABELS) == [[], []]
+    assert (
+        tokencls.decode_entities(
+            np.zeros((0, 4, 5), np.float32), np.zeros((0, 4, 2), np.int64), np.zeros((0, 4), np.int64), LABELS
+        )
+        == []
+    )
+    assert tokencls.decode_entities(
+        np.zeros((2, 0, 5), np.float32), np.zeros((2, 0, 2), np.int64), np.zeros((2, 0), np.int64), LABELS
+    ) == [[], []]
+
 
 @st.composite
 def token_batches(draw):
     batch, tokens = draw(st.integers(1, 3)), draw(st.integers(1, 12))
-    labels = draw(st.sampled_from([["O"], ["O", "B-X"], ["O", "PER"], LABELS,
-                                   ["B-A", "I-A", "O", "B-B", "I-B", "I-C", "B-C"]]))
+    labels = draw(
+        st.sampled_from([["O"], ["O", "B-X"], ["O", "PER"], LABELS, ["B-A", "I-A", "O", "B-B", "I-B", "I-C", "B-C"]])
+    )
     values = st.one_of(st.sampled_from([-1.0, 0.0, 1.0, 2.0]), st.floats(-30, 30, width=32))
     logits = draw(hnp.arrays(np.float32, (batch, tokens, len(labels)), elements=values))
     words = np.full((batch, tokens), -1, dtype=np.int64)
@@ -436,9 +496,13 @@ def token_batches(draw):
             offsets[b, t] = (3 * t, 3 * t + draw(st.integers(0, 3)))
     return logits, offsets, words, labels
 
+
 @SETTINGS
-@given(inputs=token_batches(), strategy=st.sampled_from(["none", "simple", "first", "max", "average"]),
-       scheme=st.sampled_from(["IOB2", "BIO"]))
+@given(
+    inputs=token_batches(),
+    strategy=st.sampled_from(["none", "simple", "first", "max", "average"]),
+    scheme=st.sampled_from(["IOB2", "BIO"]),
+)
 def test_tokencls_twins_agree(inputs, strategy, scheme):
     pure, compiled = _both("tokencls")
     want = pure.decode_entities(*inputs, strategy=strategy, scheme=scheme)

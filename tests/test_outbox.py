@@ -1,4 +1,5 @@
 """The outbox on a real SQLite file: durability, duplicates, dead letters, budgets, the technician CLI."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from edge_runtime import escalation
 from edge_runtime.cli.outbox import outbox as outbox_cli
 from edge_runtime.outbox import Budgets, Outbox
 
+
 class Clock:
     def __init__(self, now: float = 1_000_000.0):
         self.now = now
@@ -19,21 +21,26 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+
 def answer_bytes(request_id: str, label: str = "ok") -> bytes:
     return escalation.encode(escalation.build_answer(request_id, {"label": label}, worker="w"))
 
+
 def test_request_survives_a_killed_writer_process(tmp_path):
     db = tmp_path / "outbox.sqlite"
-    code = ("import os, sys; from edge_runtime.outbox import Outbox; "
-            f"box = Outbox({str(db)!r}); box.add([('r1', b'{{}}'), ('r2', b'{{}}')]); os._exit(0)")
+    code = (
+        "import os, sys; from edge_runtime.outbox import Outbox; "
+        f"box = Outbox({str(db)!r}); box.add([('r1', b'{{}}'), ('r2', b'{{}}')]); os._exit(0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     with Outbox(db) as box:
         assert box.pending_ids() == ["r1", "r2"]
 
+
 def test_answer_is_stored_once_and_duplicates_ignored(tmp_path):
     with Outbox(tmp_path / "o.sqlite") as box:
         assert box.add([("a", b"x"), ("b", b"y")]).new == ["a", "b"]
-        assert box.add([("a", b"x")]).new == []                 # same id twice is harmless
+        assert box.add([("a", b"x")]).new == []  # same id twice is harmless
         assert box.record_answers([("a", answer_bytes("a", "first"))]) == ["a"]
         assert box.record_answers([("a", answer_bytes("a", "second")), ("zz", answer_bytes("zz"))]) == []
         assert box.answer("a")["answer"] == {"label": "first"}
@@ -41,6 +48,7 @@ def test_answer_is_stored_once_and_duplicates_ignored(tmp_path):
         assert box.pending_ids() == ["b"]
         stored = box.add([("a", b"x")]).already_answered["a"]
         assert json.loads(stored)["answer"] == {"label": "first"}
+
 
 def test_dead_letter_retry_and_purge(tmp_path):
     with Outbox(tmp_path / "o.sqlite") as box:
@@ -55,6 +63,7 @@ def test_dead_letter_retry_and_purge(tmp_path):
         assert box.purge() == {"dead": 1, "answered": 1}
         assert box.summary() == {"pending": 0, "answered": 0, "dead": 0, "counters": {}}
 
+
 def test_count_budget_evicts_oldest_first(tmp_path):
     with Outbox(tmp_path / "o.sqlite", Budgets(max_count=3)) as box:
         result = box.add([(f"r{i}", b"x") for i in range(5)])
@@ -63,12 +72,14 @@ def test_count_budget_evicts_oldest_first(tmp_path):
         assert box.counters() == {"evicted_count": 2}
         assert {row["id"] for row in box.requests("dead")} == {"r0", "r1"}
 
+
 def test_bytes_budget_evicts_oldest_first(tmp_path):
     with Outbox(tmp_path / "o.sqlite", Budgets(max_bytes=250)) as box:
         box.add([("r0", b"x" * 100), ("r1", b"x" * 100)])
         evicted = box.add([("r2", b"x" * 100)]).evicted
         assert [request_id for request_id, _ in evicted] == ["r0"]
         assert box.counters() == {"evicted_bytes": 1}
+
 
 def test_age_budget_evicts_old_requests(tmp_path):
     clock = Clock()
@@ -82,16 +93,24 @@ def test_age_budget_evicts_old_requests(tmp_path):
         assert box.pending_ids() == ["young"]
         assert box.counters() == {"evicted_age": 1}
 
+
 def test_request_larger_than_128k_is_refused_with_a_clear_error():
     message = escalation.build_request("x" * (130 * 1024), device_id="d1")
     with pytest.raises(escalation.EscalationError, match="limit is 131,072 bytes"):
         escalation.encode(message)
 
+
 def test_request_schema_round_trip_and_bad_input():
-    prediction = {"label": "billing", "score": 0.41, "top_k": [("billing", 0.41), ("refund", 0.39)],
-                  "margin": 0.02, "entropy": 0.8}
-    message = escalation.build_request("my card [CARD] was charged twice", prediction, device_id="d1",
-                                       bundle=("intent", "1.2.0"), reason="low margin")
+    prediction = {
+        "label": "billing",
+        "score": 0.41,
+        "top_k": [("billing", 0.41), ("refund", 0.39)],
+        "margin": 0.02,
+        "entropy": 0.8,
+    }
+    message = escalation.build_request(
+        "my card [CARD] was charged twice", prediction, device_id="d1", bundle=("intent", "1.2.0"), reason="low margin"
+    )
     decoded = escalation.decode_request(escalation.encode(message))
     assert decoded["prediction"]["top_k"][1] == {"label": "refund", "score": 0.39}
     assert decoded["bundle"] == {"name": "intent", "version": "1.2.0"}
@@ -99,6 +118,7 @@ def test_request_schema_round_trip_and_bad_input():
         escalation.decode_request(json.dumps({**message, "schema": 2}).encode())
     with pytest.raises(escalation.EscalationError, match="not valid JSON"):
         escalation.decode_request(b"{nope")
+
 
 def test_cli_list_retry_purge(tmp_path):
     db = tmp_path / "o.sqlite"

@@ -4,6 +4,7 @@ merging with the regex scanner, its false alarms on real CLINC150 queries, the C
 The bundle is built once per session exactly as models/pii-tagger-minilm/recipe.toml ships it
 (conftest.pii_tagger_bundle). CLINC150: Larson et al. 2019, CC BY 3.0.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 from small_bundle import datasets_dir  # noqa: E402
 
-FILLER = ("the app keeps logging me out after the update and support has not replied to my ticket "
-          "so I would like to know whether the refund for the second order is still being processed ")
+FILLER = (
+    "the app keeps logging me out after the update and support has not replied to my ticket "
+    "so I would like to know whether the refund for the second order is still being processed "
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +68,14 @@ def test_names_and_addresses_become_whole_word_spans(tagger):
 
 def test_long_text_is_tagged_in_overlapping_windows(tagger):
     names = ["Ingrid Vasquez-Holm", "Tobias Kleinschmidt", "Aurelie Fontaine"]
-    text = (f"Dear team, this is {names[0]}. " + FILLER * 6 + f"My colleague {names[1]} has the details. "
-            + FILLER * 6 + f"Regards, {names[2]}")
-    assert len(tagger._windows(text)) > 2                       # longer than one window of max_length tokens
+    text = (
+        f"Dear team, this is {names[0]}. "
+        + FILLER * 6
+        + f"My colleague {names[1]} has the details. "
+        + FILLER * 6
+        + f"Regards, {names[2]}"
+    )
+    assert len(tagger._windows(text)) > 2  # longer than one window of max_length tokens
     found = [text[s:e] for s, e, kind in tagger.spans(text) if kind == "PERSON"]
     assert all(name in found for name in names), found
 
@@ -76,7 +84,7 @@ def test_merge_keeps_spans_disjoint_and_labels_by_the_longest_part():
     assert merge([(0, 5, "PERSON"), (3, 20, "EMAIL"), (30, 35, "ADDRESS")]) == [(0, 20, "EMAIL"), (30, 35, "ADDRESS")]
     assert merge([(5, 9, "PERSON"), (9, 12, "ADDRESS")]) == [(5, 9, "PERSON"), (9, 12, "ADDRESS")]  # touching
     assert merge([(0, 10, "ADDRESS"), (2, 4, "PERSON")]) == [(0, 10, "ADDRESS")]
-    assert merge([(0, 30, "ADDRESS"), (20, 28, "PHONE")]) == [(0, 30, "PHONE")]     # the scanner's kind wins
+    assert merge([(0, 30, "ADDRESS"), (20, 28, "PHONE")]) == [(0, 30, "PHONE")]  # the scanner's kind wins
     assert merge([(0, 8, "EMAIL"), (0, 8, "PERSON")]) == [(0, 8, "EMAIL")]
     assert merge([]) == []
 
@@ -87,7 +95,7 @@ def test_scanner_and_tagger_spans_are_merged_for_redaction(tagger):
     assert [kind for *_, kind in scanned] == ["EMAIL", "PHONE"]
     spans = find_spans(text, tagger)
     assert (text.index("Jonas"), text.index(" ("), "PERSON") in spans
-    assert all(span in spans for span in scanned), spans      # the tagger neither splits nor relabels them
+    assert all(span in spans for span in scanned), spans  # the tagger neither splits nor relabels them
 
 
 def test_few_false_alarms_on_real_queries(tagger):
@@ -121,9 +129,15 @@ def test_privacy_config_is_checked():
 
 
 def _redact(home: Path, *args: str, text: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_runtime", "redact", *args], input=text, text=True,
-                          capture_output=True, cwd=REPO, timeout=120,
-                          env={**os.environ, "EDGE_RUNTIME_HOME": str(home)})
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "redact", *args],
+        input=text,
+        text=True,
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "EDGE_RUNTIME_HOME": str(home)},
+    )
 
 
 def test_redact_cli_uses_the_installed_tagger(tagger_home, tmp_path):
@@ -137,7 +151,7 @@ def test_redact_cli_uses_the_installed_tagger(tagger_home, tmp_path):
     bare = _redact(tagger_home, "--no-tagger", text=text)
     assert bare.returncode == 0 and "Bartholomew Whitcombe" in bare.stdout
 
-    empty = tmp_path / "empty-home"                   # no tagger installed: a note on stderr, still redacts
+    empty = tmp_path / "empty-home"  # no tagger installed: a note on stderr, still redacts
     missing = _redact(empty, text=text)
     assert missing.returncode == 0 and "<EMAIL_1>" in missing.stdout and "no PII tagger" in missing.stderr
     explicit = _redact(empty, "--tagger", "pii-tagger-minilm", text=text)
@@ -147,8 +161,19 @@ def test_redact_cli_uses_the_installed_tagger(tagger_home, tmp_path):
 def test_the_training_corpus_is_the_same_in_every_process():
     """The build caches fine-tuning by its data: the corpus must not depend on hash randomisation
     (Faker's it_IT city list comes from a set)."""
-    code = ("import hashlib; from edge_runtime.build import pii_corpus as c; "
-            "print(hashlib.sha256(repr(c.generate(300, 7, c.TRAIN, real=['one real query'])).encode()).hexdigest())")
-    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    code = (
+        "import hashlib; from edge_runtime.build import pii_corpus as c; "
+        "print(hashlib.sha256(repr(c.generate(300, 7, c.TRAIN, real=['one real query'])).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
     assert len(digests) == 1

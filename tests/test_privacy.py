@@ -10,6 +10,7 @@ once per session exactly as its recipe ships: conftest.pii_tagger_bundle), which
 regex scanner; the corpus's sentences are not among the tagger's training clauses.
 The TTL test drives the Egress with a fake clock (the only stand-in: a real hour cannot pass in a test).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,6 +52,7 @@ SENTENCES = [
     "I told {name} that the parcel for {ADDRESS} never came.",
 ]
 
+
 def pii_corpus(seed: int = 4, per_locale: int = 12) -> list[tuple[str, dict[str, list[str]], str]]:
     """(sentence, {kind: [raw values]}, person name) per example; PERSON values are the name without
     honorifics or degrees ("Dr.", "MBA" identify nobody)."""
@@ -67,20 +69,29 @@ def pii_corpus(seed: int = 4, per_locale: int = 12) -> list[tuple[str, dict[str,
             template = rng.choice(SENTENCES)
             card = fake.credit_card_number(card_type=rng.choice(CARD_TYPES))
             if rng.random() < 0.3:
-                card = " ".join(card[k:k + 4] for k in range(0, len(card), 4))
+                card = " ".join(card[k : k + 4] for k in range(0, len(card), 4))
             name = fake.name()
-            values = {"EMAIL": fake.email(), "PHONE": fake.phone_number(), "CARD": card, "IBAN": fake.iban(),
-                      "IPV4": fake.ipv4(), "IPV6": fake.ipv6(), "ADDRESS": re.sub(r"\s*\n\s*", ", ", fake.address())}
+            values = {
+                "EMAIL": fake.email(),
+                "PHONE": fake.phone_number(),
+                "CARD": card,
+                "IBAN": fake.iban(),
+                "IPV4": fake.ipv4(),
+                "IPV6": fake.ipv6(),
+                "ADDRESS": re.sub(r"\s*\n\s*", ", ", fake.address()),
+            }
             used = {kind: [value] for kind, value in values.items() if "{" + kind + "}" in template}
             if "{name}" in template:
                 used["PERSON"] = [name[slice(*name_core(name))]]
             examples.append((template.format(name=name, **values), used, name))
     return examples
 
+
 def _words(value: str) -> list[str]:
     """The identifying words of a name or address: the capitalised ones ("van", "rue" and a bare house
     number are not; a number alone would also match timestamps in the audit log)."""
     return [w for w in re.findall(r"[\w'’-]+", value) if len(w) >= 2 and w[0].isupper()]
+
 
 def leaks(payload: str, values: dict[str, list[str]]) -> list[tuple[str, str]]:
     """Raw values found in a payload, also in compact form (spaces, dashes and dots removed); for names
@@ -93,14 +104,17 @@ def leaks(payload: str, values: dict[str, list[str]]) -> list[tuple[str, str]]:
             if value in payload or (len(squeezed) >= 8 and squeezed in compact):
                 found.append((kind, value))
             elif kind in ("PERSON", "ADDRESS"):
-                found += [(kind, word) for word in _words(value)
-                          if re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", payload)]
+                found += [
+                    (kind, word) for word in _words(value) if re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", payload)
+                ]
     return found
+
 
 @pytest.fixture(scope="module")
 def corpus():
     pytest.importorskip("faker")
     return pii_corpus()
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -110,26 +124,31 @@ def tiny(tmp_path_factory):
     bundle_factory.make_bundle(root / "tiny", key)
     return edge_runtime.load(root / "tiny", root=root)
 
+
 def escalate_everything(model) -> Router:
     return Router(RoutingPolicy.from_dict({"always_escalate": model.labels}))
+
 
 def outbox_payloads(path: Path) -> list[dict]:
     with sqlite3.connect(path) as db:
         return [json.loads(row[0]) for row in db.execute("SELECT payload FROM requests ORDER BY seq")]
 
+
 def test_corpus_is_varied(corpus):
     kinds = {kind for _, values, _ in corpus for kind in values}
     assert kinds == set(COVERED) and len(corpus) == len(LOCALES) * 12
     assert leaks("Dr. Ann Lee wrote", {"PERSON": ["Ann Lee"]}) == [("PERSON", "Ann Lee")]
-    assert leaks("Lee wrote", {"PERSON": ["Ann Lee"]}) == [("PERSON", "Lee")]        # a surname alone leaks
+    assert leaks("Lee wrote", {"PERSON": ["Ann Lee"]}) == [("PERSON", "Lee")]  # a surname alone leaks
     assert leaks("<PERSON_1> wrote from Leeds", {"PERSON": ["Ann Lee"]}) == []
-    assert len({values.get("PHONE", [""])[0][:3] for _, values, _ in corpus}) > 5   # several phone formats
+    assert len({values.get("PHONE", [""])[0][:3] for _, values, _ in corpus}) > 5  # several phone formats
+
 
 def test_outbox_payloads_hold_no_raw_values(corpus, tiny, pii_tagger, tmp_path):
     audit_path = tmp_path / "audit.jsonl"
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    pipeline = Pipeline(tiny, escalate_everything(tiny), egress=Egress(audit=AuditLog(audit_path), tagger=pii_tagger),
-                        outbox=outbox)
+    pipeline = Pipeline(
+        tiny, escalate_everything(tiny), egress=Egress(audit=AuditLog(audit_path), tagger=pii_tagger), outbox=outbox
+    )
     answers = pipeline.predict([text for text, _, _ in corpus])
     outbox.close()
     assert {a.decision for a in answers} == {"deferred"}
@@ -149,12 +168,13 @@ def test_outbox_payloads_hold_no_raw_values(corpus, tiny, pii_tagger, tmp_path):
     # the audit log says which kinds were removed and why, never a value or the text
     entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
     assert len(entries) == len(corpus)
-    for entry, (text, values, _) in zip(entries, corpus):
+    for entry, (_text, values, _) in zip(entries, corpus):
         assert entry["event"] == "escalated" and entry["reason"].startswith("always_escalate:")
         assert set(values) - {"PHONE"} <= set(entry["redacted"]) <= set(values) | {"PERSON", "ADDRESS"}
     audit_text = audit_path.read_text()
     assert all(leaks(audit_text, values) == [] for _, values, _ in corpus)
     assert all(text[:30] not in audit_text for text, _, _ in corpus)
+
 
 def test_without_the_tagger_names_leave_the_device(corpus, tiny, tmp_path):
     """Why egress runs the tagger: the regex scanner alone finds structured identifiers, not names."""
@@ -164,6 +184,7 @@ def test_without_the_tagger_names_leave_the_device(corpus, tiny, tmp_path):
     outbox.close()
     sent = " ".join(p["text"] for p in outbox_payloads(tmp_path / "outbox.sqlite"))
     assert with_names and all(name in sent for _, name in with_names)
+
 
 def test_refuse_policy_keeps_the_text_on_the_device(corpus, tiny, tmp_path):
     audit_path = tmp_path / "audit.jsonl"
@@ -182,11 +203,13 @@ def test_refuse_policy_keeps_the_text_on_the_device(corpus, tiny, tmp_path):
             assert answer.decision == "deferred"
     sent = outbox_payloads(tmp_path / "outbox.sqlite")
     assert len(sent) == len(with_email) - sum(with_email)
-    refused = [json.loads(line) for line in audit_path.read_text().splitlines()
-               if json.loads(line)["event"] == "refused"]
+    refused = [
+        json.loads(line) for line in audit_path.read_text().splitlines() if json.loads(line)["event"] == "refused"
+    ]
     assert len(refused) == sum(with_email)
     assert all("EMAIL" in entry["refused"] for entry in refused)
     assert all(leaks(audit_path.read_text(), values) == [] for _, values, _ in corpus)
+
 
 def test_twelve_digit_maestro_cards_are_redacted(tiny, tmp_path):
     from faker import Faker
@@ -200,12 +223,14 @@ def test_twelve_digit_maestro_cards_are_redacted(tiny, tmp_path):
     sent = json.dumps(outbox_payloads(tmp_path / "outbox.sqlite"))
     assert leaks(sent, {"CARD": cards}) == []
 
+
 class FakeClock:
     def __init__(self):
         self.now = 1000.0
 
     def __call__(self) -> float:
         return self.now
+
 
 def test_placeholders_restore_the_answer_locally_until_the_ttl(tiny, tmp_path):
     clock = FakeClock()
@@ -216,15 +241,17 @@ def test_placeholders_restore_the_answer_locally_until_the_ttl(tiny, tmp_path):
     request = json.loads(outbox.payload(answer.request_id))
     assert "ana.lopez@example.org" not in request["text"] and "<EMAIL_1>" in request["text"]
     # the upstream answers in terms of the placeholders it saw
-    reply = escalation.build_answer(answer.request_id, {"label": "receipt", "reply": f"done: {request['text']}"},
-                                    worker="w1")
+    reply = escalation.build_answer(
+        answer.request_id, {"label": "receipt", "reply": f"done: {request['text']}"}, worker="w1"
+    )
     assert outbox.record_answers([(answer.request_id, escalation.encode(reply))]) == [answer.request_id]
     restored = pipeline.answer(answer.request_id)
     assert restored["reply"] == f"done: {text}"
-    clock.now += 61                    # past the TTL the mapping is gone: placeholders stay placeholders
+    clock.now += 61  # past the TTL the mapping is gone: placeholders stay placeholders
     expired = pipeline.answer(answer.request_id)
     assert "ana.lopez@example.org" not in json.dumps(expired) and "<EMAIL_1>" in expired["reply"]
     outbox.close()
+
 
 @pytest.mark.mqtt
 @pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
@@ -235,10 +262,10 @@ def test_mqtt_escalations_hold_no_raw_values(corpus, tiny, pii_tagger, tmp_path)
     from edge_runtime.uplink import Uplink
     from edge_runtime.worker import Worker
 
-    def echo(request: dict) -> dict:       # an upstream that quotes the (redacted) text back
+    def echo(request: dict) -> dict:  # an upstream that quotes the (redacted) text back
         return {"label": request["text"], "score": 0.99}
 
-    seen: list[bytes] = []          # list.append is atomic: paho's thread appends, the test reads
+    seen: list[bytes] = []  # list.append is atomic: paho's thread appends, the test reads
     with mqtt_broker.Broker() as broker:
         config = BrokerConfig.from_url(broker.url, backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
         probe = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -250,13 +277,17 @@ def test_mqtt_escalations_hold_no_raw_values(corpus, tiny, pii_tagger, tmp_path)
         probe.loop_start()
         try:
             assert subscribed.wait(10)
-            with Worker(config, echo) as worker, \
-                    Uplink("privacy-dev", config, Outbox(tmp_path / "o.sqlite"), bundle=(tiny.name, tiny.version)) \
-                    as uplink:
+            with (
+                Worker(config, echo) as worker,
+                Uplink(
+                    "privacy-dev", config, Outbox(tmp_path / "o.sqlite"), bundle=(tiny.name, tiny.version)
+                ) as uplink,
+            ):
                 worker.wait_ready(5)
                 uplink.wait_ready(5)
-                pipeline = Pipeline(tiny, escalate_everything(tiny), egress=Egress(tagger=pii_tagger), uplink=uplink,
-                                    deadline_s=20)
+                pipeline = Pipeline(
+                    tiny, escalate_everything(tiny), egress=Egress(tagger=pii_tagger), uplink=uplink, deadline_s=20
+                )
                 sample = corpus[::4]
                 answers = pipeline.predict([text for text, _, _ in sample])
                 deadline = time.monotonic() + 20

@@ -1,4 +1,5 @@
 """Redaction: placeholders out, originals back, policies, and the `redact` command."""
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,21 @@ from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.kernels import pii
 from edge_runtime.redaction import PrivacyRefused, Redaction, redact, restore
 
-TEXT = ("Mail jane@example.com or call +44 20 7946 0958; jane@example.com again, "
-        "bob@example.org, card 4111 1111 1111 1111.")
+TEXT = (
+    "Mail jane@example.com or call +44 20 7946 0958; jane@example.com again, bob@example.org, card 4111 1111 1111 1111."
+)
 
 
 def test_placeholders_numbered_per_kind_in_order():
     result = redact(TEXT)
     assert isinstance(result, Redaction)
-    assert result.text == ("Mail <EMAIL_1> or call <PHONE_1>; <EMAIL_1> again, "
-                           "<EMAIL_2>, card <CARD_1>.")
-    assert result.mapping == {"<EMAIL_1>": "jane@example.com", "<PHONE_1>": "+44 20 7946 0958",
-                              "<EMAIL_2>": "bob@example.org", "<CARD_1>": "4111 1111 1111 1111"}
+    assert result.text == ("Mail <EMAIL_1> or call <PHONE_1>; <EMAIL_1> again, <EMAIL_2>, card <CARD_1>.")
+    assert result.mapping == {
+        "<EMAIL_1>": "jane@example.com",
+        "<PHONE_1>": "+44 20 7946 0958",
+        "<EMAIL_2>": "bob@example.org",
+        "<CARD_1>": "4111 1111 1111 1111",
+    }
     assert result.kinds == {"EMAIL": 3, "PHONE": 1, "CARD": 1}
 
 
@@ -33,7 +38,8 @@ def test_round_trip_and_upstream_answer():
     assert restore(result.text, result.mapping) == TEXT
     answer = "Sure, I wrote to <EMAIL_2> and <EMAIL_1>; <EMAIL_9> and <CARD> are not mine."
     assert restore(answer, result.mapping) == (
-        "Sure, I wrote to bob@example.org and jane@example.com; <EMAIL_9> and <CARD> are not mine.")
+        "Sure, I wrote to bob@example.org and jane@example.com; <EMAIL_9> and <CARD> are not mine."
+    )
 
 
 def test_audit_counts_hold_no_values():
@@ -68,8 +74,18 @@ def test_policy_drop_and_refuse():
         redact(TEXT, policy={"CARD": "shred"})
 
 
-SAMPLES = ["a@example.com", "b@example.org", "+14155552671", "192.168.1.20", "fe80::1",
-           "aa:bb:cc:dd:ee:ff", "GB82WEST12345698765432", "plain", " ", "é"]
+SAMPLES = [
+    "a@example.com",
+    "b@example.org",
+    "+14155552671",
+    "192.168.1.20",
+    "fe80::1",
+    "aa:bb:cc:dd:ee:ff",
+    "GB82WEST12345698765432",
+    "plain",
+    " ",
+    "é",
+]
 
 
 @settings(max_examples=150, deadline=None)
@@ -83,10 +99,12 @@ def test_round_trip_property(text):
 
 # --- the command ---------------------------------------------------------------------------
 
+
 def run_cli(args, stdin: bytes):
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    return subprocess.run([sys.executable, "-m", "edge_runtime", "redact", *args], input=stdin,
-                          capture_output=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "redact", *args], input=stdin, capture_output=True, timeout=120, env=env
+    )
 
 
 def test_cli_json_lines():
@@ -94,8 +112,7 @@ def test_cli_json_lines():
     done = run_cli(["--json"], "\n".join(lines).encode() + b"\n")
     assert done.returncode == 0, done.stderr
     records = [json.loads(row) for row in done.stdout.decode().splitlines()]
-    assert [r["text"] for r in records] == ["mail <EMAIL_1> and <EMAIL_1>", "nothing",
-                                             "café <PHONE_1>"]
+    assert [r["text"] for r in records] == ["mail <EMAIL_1> and <EMAIL_1>", "nothing", "café <PHONE_1>"]
     for line, record in zip(lines, records):
         assert [(s["start"], s["end"], s["kind"]) for s in record["spans"]] == pii.scan(line)
     assert lines[2][5:22] == "+33 1 83 41 77 76" and records[2]["spans"][0]["start"] == 5

@@ -1,48 +1,60 @@
 """The routing policy: each rule, its reason, the budget window, config validation."""
+
 import pytest
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.results import Prediction
 from edge_runtime.router import Router, RoutingPolicy
 
+
 def prediction(label="balance", score=0.9, margin=0.8, entropy=0.1, top=None):
-    return Prediction(label=label, score=score, top_k=[(top or label, score), ("other", 1 - score)],
-                      margin=margin, entropy=entropy)
+    return Prediction(
+        label=label, score=score, top_k=[(top or label, score), ("other", 1 - score)], margin=margin, entropy=entropy
+    )
+
 
 def route(policy: dict, **kwargs):
     return Router(RoutingPolicy.from_dict(policy)).route(prediction(**kwargs))
+
 
 def test_confident_prediction_stays_local():
     decided = route({"min_confidence": 0.5}, score=0.9)
     assert (decided.decision, decided.reason) == ("local", "confident")
 
-@pytest.mark.parametrize("policy, kwargs, reason", [
-    ({"min_confidence": 0.5}, {"score": 0.4}, "min_confidence<0.5"),
-    ({"min_margin": 0.3}, {"margin": 0.1}, "min_margin<0.3"),
-    ({"max_entropy": 0.5}, {"entropy": 0.7}, "max_entropy>0.5"),
-    ({"always_escalate": ["balance"]}, {"score": 0.99}, "always_escalate:balance"),
-    ({"min_confidence": 0.5, "per_class": {"balance": 0.95}}, {"score": 0.9},
-     "per_class_confidence:balance<0.95"),
-])
+
+@pytest.mark.parametrize(
+    "policy, kwargs, reason",
+    [
+        ({"min_confidence": 0.5}, {"score": 0.4}, "min_confidence<0.5"),
+        ({"min_margin": 0.3}, {"margin": 0.1}, "min_margin<0.3"),
+        ({"max_entropy": 0.5}, {"entropy": 0.7}, "max_entropy>0.5"),
+        ({"always_escalate": ["balance"]}, {"score": 0.99}, "always_escalate:balance"),
+        ({"min_confidence": 0.5, "per_class": {"balance": 0.95}}, {"score": 0.9}, "per_class_confidence:balance<0.95"),
+    ],
+)
 def test_each_rule_escalates_with_its_reason(policy, kwargs, reason):
     decided = route(policy, **kwargs)
     assert (decided.decision, decided.reason) == ("escalate", reason)
+
 
 def test_per_class_threshold_overrides_the_global_one():
     decided = route({"min_confidence": 0.95, "per_class": {"balance": 0.5}}, score=0.9)
     assert decided.decision == "local"
 
+
 def test_private_and_never_escalate_labels_win_over_low_confidence():
-    assert route({"min_confidence": 0.9, "private_labels": ["pin_change"]},
-                 label="pin_change", score=0.1).reason == "private_label:pin_change"
-    assert route({"min_confidence": 0.9, "never_escalate": ["balance"]},
-                 score=0.1).reason == "never_escalate:balance"
+    assert (
+        route({"min_confidence": 0.9, "private_labels": ["pin_change"]}, label="pin_change", score=0.1).reason
+        == "private_label:pin_change"
+    )
+    assert route({"min_confidence": 0.9, "never_escalate": ["balance"]}, score=0.1).reason == "never_escalate:balance"
+
 
 def test_private_label_is_checked_on_the_models_top_label_too():
     # a reject threshold may have turned the answer into `oos`; the input is still private
-    decided = route({"min_confidence": 0.9, "private_labels": ["pin_change"]},
-                    label="oos", top="pin_change", score=0.2)
+    decided = route({"min_confidence": 0.9, "private_labels": ["pin_change"]}, label="oos", top="pin_change", score=0.2)
     assert decided.decision == "local" and decided.reason == "private_label:pin_change"
+
 
 def test_budget_caps_the_share_of_escalations_over_the_window():
     router = Router(RoutingPolicy.from_dict({"min_confidence": 0.5, "budget": 0.25, "budget_window": 8}))
@@ -57,11 +69,14 @@ def test_budget_caps_the_share_of_escalations_over_the_window():
     assert router.route(prediction(score=0.1)).decision == "escalate"
     assert router.escalation_rate == pytest.approx(1 / 8)
 
-@pytest.mark.parametrize("bad", [{"min_confidence": 1.5}, {"budget": -0.1}, {"per_class": {"x": 2}},
-                                 {"budget_window": 0}])
+
+@pytest.mark.parametrize(
+    "bad", [{"min_confidence": 1.5}, {"budget": -0.1}, {"per_class": {"x": 2}}, {"budget_window": 0}]
+)
 def test_invalid_policy_is_refused_with_the_field_named(bad):
     with pytest.raises(ConfigError, match="routing"):
         RoutingPolicy.from_dict(bad)
+
 
 def test_overrides_replace_manifest_values_and_unknown_fields_are_ignored():
     policy = RoutingPolicy.from_dict({"min_confidence": 0.5, "oos_label": "oos"}, {"min_confidence": 0.7})

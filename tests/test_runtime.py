@@ -1,4 +1,5 @@
 """In-process inference and the CLI commands that run a model, on a small real INT8 bundle."""
+
 from __future__ import annotations
 
 import json
@@ -15,19 +16,30 @@ from edge_runtime.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 def cli(*args, home=None, stdin=None, env=None):
     environment = {**os.environ, **(env or {})}
     if home is not None:
         environment["EDGE_RUNTIME_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *args], input=stdin, capture_output=True,
-                          text=True, env=environment, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO,
+        timeout=300,
+    )
+
 
 def golden(bundle_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (bundle_dir / "golden.jsonl").read_text().splitlines() if line.strip()]
 
+
 @pytest.fixture(scope="module")
 def model(bundle_home):
     return edge_runtime.load(root=bundle_home)
+
 
 def test_predict_gives_the_golden_labels_with_consistent_figures(model, small_bundle):
     examples = golden(small_bundle)
@@ -41,12 +53,14 @@ def test_predict_gives_the_golden_labels_with_consistent_figures(model, small_bu
         assert p.margin == pytest.approx(probs[0] - probs[1], abs=1e-6)
         assert 0.0 <= p.entropy <= 1.0
 
+
 def test_bucketed_batches_give_the_same_answers_as_single_requests(model):
-    from edge_runtime.evaluation import read_jsonl
     from small_bundle import datasets_dir
 
+    from edge_runtime.evaluation import read_jsonl
+
     texts, _ = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl")
-    texts = texts[::37][:70]                       # > max_batch: goes through length buckets
+    texts = texts[::37][:70]  # > max_batch: goes through length buckets
     batched = model.predict(texts)
     single = [model.predict([t])[0] for t in texts]
     # Dynamic INT8 quantises activations per tensor, padding included, so a text's figures move a
@@ -54,8 +68,10 @@ def test_bucketed_batches_give_the_same_answers_as_single_requests(model):
     agree = [b.label == s.label for b, s in zip(batched, single)]
     assert sum(agree) >= 0.9 * len(texts)
     assert all(s.margin < 0.1 for s, a in zip(single, agree) if not a), "only near-ties may flip"
-    np.testing.assert_allclose([b.score for b, a in zip(batched, agree) if a],
-                               [s.score for s, a in zip(single, agree) if a], atol=0.1)
+    np.testing.assert_allclose(
+        [b.score for b, a in zip(batched, agree) if a], [s.score for s, a in zip(single, agree) if a], atol=0.1
+    )
+
 
 def test_logits_match_a_plain_onnxruntime_session(model, small_bundle):
     import onnxruntime as ort
@@ -64,18 +80,22 @@ def test_logits_match_a_plain_onnxruntime_session(model, small_bundle):
     text = "what is the balance of my checking account"
     tokenizer = Tokenizer.from_file(str(small_bundle / "tokenizer.json"))
     encoding = tokenizer.encode(text)
-    feeds = {"input_ids": np.array([encoding.ids], dtype=np.int64),
-             "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
-             "token_type_ids": np.array([encoding.type_ids], dtype=np.int64)}
+    feeds = {
+        "input_ids": np.array([encoding.ids], dtype=np.int64),
+        "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+        "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
+    }
     session = ort.InferenceSession(str(small_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
     expected = session.run(None, feeds)[0]
     np.testing.assert_allclose(model.logits([text]), expected, rtol=1e-4, atol=1e-4)
 
+
 @pytest.mark.parametrize("bad, reason", [([""], "empty"), (["ok", "   "], "text 2: empty"), ([3], "string")])
 def test_bad_input_is_refused_with_a_reason(model, bad, reason):
     with pytest.raises(InputError, match=reason):
         model.predict(bad)
+
 
 def test_cli_predict_json_from_arguments_and_stdin(bundle_home, small_bundle):
     examples = golden(small_bundle)[:3]
@@ -88,6 +108,7 @@ def test_cli_predict_json_from_arguments_and_stdin(bundle_home, small_bundle):
         assert row["decision"] in ("local", "escalate") and row["reason"]
     piped = cli("predict", "--json", home=bundle_home, stdin="\n".join(e["text"] for e in examples) + "\n\n")
     assert [json.loads(line)["label"] for line in piped.stdout.splitlines()] == [r["label"] for r in rows]
+
 
 def test_cli_eval_reports_the_figures_it_computes(bundle_home, small_bundle, tmp_path):
     examples = golden(small_bundle)
@@ -104,6 +125,7 @@ def test_cli_eval_reports_the_figures_it_computes(bundle_home, small_bundle, tmp
         assert 0.0 <= figures[key] <= 1.0
     assert "oos_recall" in figures
 
+
 def test_cli_errors_have_exit_codes_and_one_line_reasons(tmp_path, bundle_home):
     empty_home = tmp_path / "empty"
     done = cli("predict", "hello", home=empty_home)
@@ -117,6 +139,7 @@ def test_cli_errors_have_exit_codes_and_one_line_reasons(tmp_path, bundle_home):
     done = cli("eval", "--data", str(bad), home=bundle_home)
     assert done.returncode == 1 and "bad.jsonl:1" in done.stderr
 
+
 def test_doctor_reports_kernels_and_store(bundle_home):
     done = cli("doctor", "--json", home=bundle_home)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -125,22 +148,26 @@ def test_doctor_reports_kernels_and_store(bundle_home):
     assert report["store"]["ok"] and report["active_model"]
     assert report["onnxruntime"]["version"]
 
+
 def test_bench_reports_percentiles(bundle_home):
     done = cli("bench", "--requests", "20", "--json", home=bundle_home)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert 0 < result["p50_ms"] <= result["p99_ms"] and result["batch32_per_s"] > 0
 
+
 def test_runtime_never_imports_torch_and_writes_nothing_outside_the_state_dir(bundle_home, tmp_path):
     fake_home = tmp_path / "user"
     fake_home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORT_", "XDG_"))}
     env.update(HOME=str(fake_home), EDGE_RUNTIME_HOME=str(bundle_home), PYTHONPATH=str(REPO))
-    script = ("import sys, edge_runtime\n"
-              "m = edge_runtime.load()\n"
-              "m.predict(['what is my balance', 'set an alarm'])\n"
-              "heavy = [n for n in ('torch', 'transformers', 'optimum') if n in sys.modules]\n"
-              "assert not heavy, heavy\n")
+    script = (
+        "import sys, edge_runtime\n"
+        "m = edge_runtime.load()\n"
+        "m.predict(['what is my balance', 'set an alarm'])\n"
+        "heavy = [n for n in ('torch', 'transformers', 'optimum') if n in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     written = [str(p.relative_to(fake_home)) for p in fake_home.rglob("*")]

@@ -1,6 +1,7 @@
 """The device daemon, run for real: `python -m edge_runtime serve` as a subprocess on a free port, with
 a private store holding the small CLINC150 INT8 bundle; clients are http.client, raw sockets and
 tritonclient."""
+
 from __future__ import annotations
 
 import http.client
@@ -21,19 +22,27 @@ from edge_runtime import bundle, signing
 from edge_runtime.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-TEXTS = ["what is my checking account balance", "play the next song please", "thank you so much",
-         "freeze my bank account right now", "roll a six sided die"]
-MARKER = "zq-private-marker-7731"          # must never appear in the daemon's log
+TEXTS = [
+    "what is my checking account balance",
+    "play the next song please",
+    "thank you so much",
+    "freeze my bank account right now",
+    "roll a six sided die",
+]
+MARKER = "zq-private-marker-7731"  # must never appear in the daemon's log
+
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
 def private_home(root: Path, bundle_dir: Path, key_path: Path) -> Path:
     from conftest import _store_with
 
     return _store_with(root, bundle_dir, key_path)
+
 
 class Daemon:
     """`edge-runtime serve` in a subprocess; stdout+stderr go to a log file the test can read."""
@@ -46,9 +55,13 @@ class Daemon:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge_runtime", "serve", "--port", str(self.port), *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=REPO)
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=REPO,
+        )
 
-    def wait_ready(self, timeout: float = 120.0) -> "Daemon":
+    def wait_ready(self, timeout: float = 120.0) -> Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -96,9 +109,17 @@ class Daemon:
         self._log.close()
         return self.process.returncode
 
+
 def cli(*args, home: Path, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "edge_runtime", *args], capture_output=True, text=True,
-                          env={**os.environ, "EDGE_RUNTIME_HOME": str(home), **(env or {})}, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGE_RUNTIME_HOME": str(home), **(env or {})},
+        cwd=REPO,
+        timeout=120,
+    )
+
 
 def second_version(small_bundle: Path, build_key: Path, where: Path, version="0.2.0", release=2) -> Path:
     target = where / f"bundle-{version}"
@@ -108,6 +129,7 @@ def second_version(small_bundle: Path, build_key: Path, where: Path, version="0.
     (target / "signature.json").unlink(missing_ok=True)
     bundle.finalize(target, raw, signing.load_private_key(build_key))
     return target
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, small_bundle, build_key):
@@ -120,10 +142,13 @@ def daemon(tmp_path_factory, small_bundle, build_key):
     assert running.stop() == 0
     assert MARKER not in running.log(), "request text leaked into the log"
 
+
 def infer_body(texts, **extra):
     return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}], **extra}
 
+
 # -- Open Inference Protocol ------------------------------------------------------------------------
+
 
 def test_v2_health_and_metadata_follow_the_protocol(daemon):
     status, _, body = daemon.get("/v2/health/live")
@@ -146,6 +171,7 @@ def test_v2_health_and_metadata_follow_the_protocol(daemon):
         status, _, body = daemon.get(path)
         assert status == 404 and "error" in body
 
+
 def test_v2_infer_returns_named_tensors(daemon, small_bundle):
     labels = set(json.loads((small_bundle / "labels.json").read_text()))
     status, _, body = daemon.post("/v2/models/clinc-small/infer", infer_body(TEXTS[:3], id="req-7"))
@@ -158,9 +184,13 @@ def test_v2_infer_returns_named_tensors(daemon, small_bundle):
     assert tensors["score"]["datatype"] == "FP32" and all(0 < s <= 1 for s in tensors["score"]["data"])
     assert set(tensors["decision"]["data"]) <= {"local", "escalate", "deferred"}
     # outputs selection, [N, 1] shape, the /versions form
-    status, _, body = daemon.post("/v2/models/clinc-small/versions/0.1.0/infer", {
-        "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [[TEXTS[0]], [TEXTS[1]]]}],
-        "outputs": [{"name": "top_k"}, {"name": "score"}]})
+    status, _, body = daemon.post(
+        "/v2/models/clinc-small/versions/0.1.0/infer",
+        {
+            "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [[TEXTS[0]], [TEXTS[1]]]}],
+            "outputs": [{"name": "top_k"}, {"name": "score"}],
+        },
+    )
     assert status == 200, body
     assert [t["name"] for t in body["outputs"]] == ["top_k", "score"]
     top = [json.loads(item) for item in body["outputs"][0]["data"]]
@@ -168,13 +198,14 @@ def test_v2_infer_returns_named_tensors(daemon, small_bundle):
     status, _, body = daemon.post("/v2/models/clinc-small/versions/0.0.9/infer", infer_body(TEXTS[:1]))
     assert status == 404 and "0.0.9" in body["error"]
 
+
 def test_standard_v2_client_works_unchanged(daemon):
     np = pytest.importorskip("numpy")
     httpclient = pytest.importorskip("tritonclient.http")
     client = httpclient.InferenceServerClient(f"127.0.0.1:{daemon.port}")
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("clinc-small")
     assert client.get_model_metadata("clinc-small")["platform"] == "onnxruntime"
-    for binary in (False, True):                  # JSON tensors and the binary tensor extension
+    for binary in (False, True):  # JSON tensors and the binary tensor extension
         tensor = httpclient.InferInput("text", [3], "BYTES")
         tensor.set_data_from_numpy(np.array(TEXTS[:3], dtype=np.object_), binary_data=binary)
         outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in ("label", "score")]
@@ -182,14 +213,18 @@ def test_standard_v2_client_works_unchanged(daemon):
         assert result.get_response()["model_version"] == "0.1.0" and result.get_response()["id"] == "t1"
         assert result.as_numpy("label").shape == (3,) and result.as_numpy("score").dtype == np.float32
         plain = daemon.post("/v1/predict", {"texts": TEXTS[:3]})[2]["predictions"]
-        assert [label if isinstance(label, str) else label.decode() for label in result.as_numpy("label")] == [p["label"] for p in plain]
-    default = client.infer("clinc-small", [tensor])   # no outputs named: the server's defaults
+        assert [label if isinstance(label, str) else label.decode() for label in result.as_numpy("label")] == [
+            p["label"] for p in plain
+        ]
+    default = client.infer("clinc-small", [tensor])  # no outputs named: the server's defaults
     assert default.as_numpy("decision").shape == (3,)
     with pytest.raises(Exception, match="unknown model"):
         client.infer("nope", [tensor])
     client.close()
 
+
 # -- /v1 ----------------------------------------------------------------------------------------------
+
 
 def test_v1_predict_single_and_many(daemon):
     status, _, one = daemon.post("/v1/predict", {"text": TEXTS[0], "top_k": 2})
@@ -201,6 +236,7 @@ def test_v1_predict_single_and_many(daemon):
     assert status == 200 and len(many["predictions"]) == len(TEXTS)
     assert many["predictions"][0]["label"] == one["label"]
 
+
 def test_deferred_answers_are_looked_up_by_request_id(daemon):
     from edge_runtime.outbox import Outbox
 
@@ -210,7 +246,7 @@ def test_deferred_answers_are_looked_up_by_request_id(daemon):
     request_id = deferred[0]["request_id"]
     status, _, pending = daemon.get(f"/v1/requests/{request_id}")
     assert status == 202 and pending == {"request_id": request_id, "status": "pending"}
-    with Outbox(daemon.home / "state" / "outbox.sqlite") as outbox:    # an upstream answer arrives
+    with Outbox(daemon.home / "state" / "outbox.sqlite") as outbox:  # an upstream answer arrives
         assert outbox.record_answers([(request_id, json.dumps({"id": request_id, "answer": {"label": "upstream"}}))])
     status, _, answered = daemon.get(f"/v1/requests/{request_id}")
     assert status == 200 and answered["status"] == "answered" and answered["answer"]["label"] == "upstream"
@@ -218,16 +254,23 @@ def test_deferred_answers_are_looked_up_by_request_id(daemon):
         status, _, body = daemon.get(f"/v1/requests/{unknown}")
         assert status == 404 and body == {"error": "unknown request id"}
 
+
 def test_metrics_and_status(daemon):
     daemon.post("/v1/predict", {"texts": TEXTS[:2]})
     status, headers, text = daemon.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = text.decode()
-    for series in ('edge_runtime_http_requests_total{route="v1_predict",status="200"}',
-                   "edge_runtime_http_request_seconds_bucket", "edge_runtime_batch_size_bucket",
-                   "edge_runtime_queue_depth", "edge_runtime_outbox_pending", "edge_runtime_outbox_dead_letters", "edge_runtime_escalation_rate",
-                   'edge_runtime_model_info{name="clinc-small",release="1",version="0.1.0"} 1.0',
-                   "edge_runtime_predictions_total{decision="):
+    for series in (
+        'edge_runtime_http_requests_total{route="v1_predict",status="200"}',
+        "edge_runtime_http_request_seconds_bucket",
+        "edge_runtime_batch_size_bucket",
+        "edge_runtime_queue_depth",
+        "edge_runtime_outbox_pending",
+        "edge_runtime_outbox_dead_letters",
+        "edge_runtime_escalation_rate",
+        'edge_runtime_model_info{name="clinc-small",release="1",version="0.1.0"} 1.0',
+        "edge_runtime_predictions_total{decision=",
+    ):
         assert series in text, series
     done = cli("status", "--json", "--url", f"http://127.0.0.1:{daemon.port}", home=daemon.home)
     assert done.returncode == 0, done.stderr
@@ -240,6 +283,7 @@ def test_metrics_and_status(daemon):
     assert human.returncode == 0 and "clinc-small@0.1.0" in human.stdout
     nobody = cli("status", "--url", f"http://127.0.0.1:{free_port()}", home=daemon.home)
     assert nobody.returncode == 1 and "no daemon answering" in nobody.stderr
+
 
 # -- bad input ------------------------------------------------------------------------------------------
 
@@ -261,33 +305,78 @@ BAD_REQUESTS = [
     ("lone surrogate", "/v1/predict", b'{"text": "\\ud800 ' + MARKER.encode() + b'"}', JSON, 400, "surrogate"),
     ("nested too deep", "/v1/predict", b"[" * 100_000 + b"]" * 100_000, JSON, 400, "not valid JSON"),
     ("huge number", "/v1/predict", b'{"top_k": ' + b"9" * 5000 + b"}", JSON, 400, "not valid JSON"),
-    ("wrong content type", "/v1/predict", json.dumps({"text": MARKER}).encode(), {"Content-Type": "text/plain"},
-     415, "content type"),
+    (
+        "wrong content type",
+        "/v1/predict",
+        json.dumps({"text": MARKER}).encode(),
+        {"Content-Type": "text/plain"},
+        415,
+        "content type",
+    ),
     ("body too large", "/v1/predict", b'{"text": "' + b"a" * (2 << 20) + b'"}', JSON, 413, "too large"),
-    ("unknown model", "/v2/models/other/infer", json.dumps(infer_body([MARKER])).encode(), JSON, 404,
-     "unknown model"),
-    ("unknown version", "/v2/models/clinc-small/versions/7.0.0/infer", json.dumps(infer_body(["a"])).encode(),
-     JSON, 404, "no version"),
-    ("V2 wrong input name", "/v2/models/clinc-small/infer",
-     json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode(), JSON,
-     400, "input named 'text'"),
-    ("V2 wrong datatype", "/v2/models/clinc-small/infer",
-     json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}).encode(), JSON,
-     400, "BYTES"),
-    ("V2 shape mismatch", "/v2/models/clinc-small/infer",
-     json.dumps({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}).encode(), JSON,
-     400, "does not match"),
-    ("V2 unknown output", "/v2/models/clinc-small/infer",
-     json.dumps(infer_body(["a"], outputs=[{"name": "logits"}])).encode(), JSON, 400, "unknown output"),
-    ("V2 number as text", "/v2/models/clinc-small/infer",
-     json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [5]}]}).encode(), JSON,
-     400, "expected a string"),
-    ("V2 bad binary header", "/v2/models/clinc-small/infer", b"{}", {"Inference-Header-Content-Length": "99"},
-     400, "Inference-Header-Content-Length"),
+    ("unknown model", "/v2/models/other/infer", json.dumps(infer_body([MARKER])).encode(), JSON, 404, "unknown model"),
+    (
+        "unknown version",
+        "/v2/models/clinc-small/versions/7.0.0/infer",
+        json.dumps(infer_body(["a"])).encode(),
+        JSON,
+        404,
+        "no version",
+    ),
+    (
+        "V2 wrong input name",
+        "/v2/models/clinc-small/infer",
+        json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode(),
+        JSON,
+        400,
+        "input named 'text'",
+    ),
+    (
+        "V2 wrong datatype",
+        "/v2/models/clinc-small/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}).encode(),
+        JSON,
+        400,
+        "BYTES",
+    ),
+    (
+        "V2 shape mismatch",
+        "/v2/models/clinc-small/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}).encode(),
+        JSON,
+        400,
+        "does not match",
+    ),
+    (
+        "V2 unknown output",
+        "/v2/models/clinc-small/infer",
+        json.dumps(infer_body(["a"], outputs=[{"name": "logits"}])).encode(),
+        JSON,
+        400,
+        "unknown output",
+    ),
+    (
+        "V2 number as text",
+        "/v2/models/clinc-small/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [5]}]}).encode(),
+        JSON,
+        400,
+        "expected a string",
+    ),
+    (
+        "V2 bad binary header",
+        "/v2/models/clinc-small/infer",
+        b"{}",
+        {"Inference-Header-Content-Length": "99"},
+        400,
+        "Inference-Header-Content-Length",
+    ),
 ]
 
-@pytest.mark.parametrize("path, body, headers, status, reason", [case[1:] for case in BAD_REQUESTS],
-                         ids=[case[0] for case in BAD_REQUESTS])
+
+@pytest.mark.parametrize(
+    "path, body, headers, status, reason", [case[1:] for case in BAD_REQUESTS], ids=[case[0] for case in BAD_REQUESTS]
+)
 def test_bad_input_gets_a_clear_4xx_and_the_daemon_keeps_serving(daemon, path, body, headers, status, reason):
     got, _, answer = daemon.post(path, body, headers)
     assert got == status, answer
@@ -295,26 +384,30 @@ def test_bad_input_gets_a_clear_4xx_and_the_daemon_keeps_serving(daemon, path, b
     assert MARKER not in answer["error"]
     assert daemon.post("/v1/predict", {"text": TEXTS[0]})[0] == 200
 
+
 def test_unknown_paths_and_methods_answer_json(daemon):
     status, _, body = daemon.get("/nope")
     assert status == 404 and "error" in body
     status, headers, body = daemon.request("DELETE", "/v1/predict")
     assert status == 405 and "error" in body and "POST" in headers.get("Allow", "")
 
+
 def _raw(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(30)
     return sock
 
+
 def test_slow_and_vanishing_clients_do_not_block_others(daemon):
     body = json.dumps({"text": MARKER}).encode()
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     slow_headers = _raw(daemon.port)
-    slow_headers.sendall(head[:20])                          # headers trickle in, never finish
+    slow_headers.sendall(head[:20])  # headers trickle in, never finish
     slow_body = _raw(daemon.port)
-    slow_body.sendall(head + body[:5])                       # body stalls half-way
-    for _ in range(3):                                       # gone mid-body / before the answer
+    slow_body.sendall(head + body[:5])  # body stalls half-way
+    for _ in range(3):  # gone mid-body / before the answer
         gone = _raw(daemon.port)
         gone.sendall(head + body[:3])
         gone.close()
@@ -326,33 +419,38 @@ def test_slow_and_vanishing_clients_do_not_block_others(daemon):
     def client():
         for _ in range(5):
             results.append(daemon.post("/v1/predict", {"text": TEXTS[1]})[0])
+
     threads = [threading.Thread(target=client) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     assert results == [200] * 20
-    slow_headers.sendall(head[20:] + body)                   # the slow ones still get served
+    slow_headers.sendall(head[20:] + body)  # the slow ones still get served
     assert slow_headers.recv(65536).startswith(b"HTTP/1.1 200")
     slow_body.sendall(body[5:])
     assert slow_body.recv(65536).startswith(b"HTTP/1.1 200")
     slow_headers.close()
     slow_body.close()
 
+
 def test_a_client_that_never_sends_its_body_gets_408(tmp_path, small_bundle, build_key):
     home = private_home(tmp_path / "home", small_bundle, build_key)
     running = Daemon(home, env={"EDGE_RUNTIME_SERVER_BODY_TIMEOUT_S": "0.5"}).wait_ready()
     try:
         sock = _raw(running.port)
-        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"te")
+        sock.sendall(
+            b'POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"te'
+        )
         answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 408") and b"not received within" in answer
         sock.close()
     finally:
         assert running.stop() == 0
 
+
 # -- backpressure and deadlines ----------------------------------------------------------------------
+
 
 def test_full_queue_answers_503_with_retry_after(tmp_path, small_bundle, build_key):
     home = private_home(tmp_path / "home", small_bundle, build_key)
@@ -364,6 +462,7 @@ def test_full_queue_answers_503_with_retry_after(tmp_path, small_bundle, build_k
             got = running.post("/v1/predict", {"texts": [TEXTS[i % 5] for i in range(64)]})
             with lock:
                 statuses.append((got[0], got[1].get("Retry-After"), got[2]))
+
         threads = [threading.Thread(target=client) for _ in range(8)]
         for thread in threads:
             thread.start()
@@ -379,6 +478,7 @@ def test_full_queue_answers_503_with_retry_after(tmp_path, small_bundle, build_k
     finally:
         assert running.stop() == 0
 
+
 def test_deadline_answers_504(tmp_path, small_bundle, build_key):
     home = private_home(tmp_path / "home", small_bundle, build_key)
     running = Daemon(home, env={"EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "1"}).wait_ready()
@@ -389,7 +489,9 @@ def test_deadline_answers_504(tmp_path, small_bundle, build_key):
     finally:
         assert running.stop() == 0
 
+
 # -- hot swap, drain, systemd notify ---------------------------------------------------------------------
+
 
 def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp_path):
     Store(home).install(second_version(small_bundle, build_key, tmp_path))
@@ -401,6 +503,7 @@ def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp
         while not stop.is_set():
             status, _, body = running.post("/v1/predict", {"text": TEXTS[len(mine) % 5]})
             mine.append((status, body.get("version") if isinstance(body, dict) else None))
+
     threads = [threading.Thread(target=load, args=(s,)) for s in seen]
     try:
         for thread in threads:
@@ -421,7 +524,7 @@ def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp
             thread.join(60)
     answers = [answer for mine in seen for answer in mine]
     assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
-    for mine in seen:                                   # each client: old answers, then only new ones
+    for mine in seen:  # each client: old answers, then only new ones
         versions = [version for _, version in mine]
         first_new = versions.index("0.2.0")
         assert set(versions[:first_new]) == {"0.1.0"} and set(versions[first_new:]) == {"0.2.0"}
@@ -434,6 +537,7 @@ def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp
     assert result["result"] == "swapped" and result["version"] == "0.1.0"
     assert running.stop() == 0
 
+
 def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory):
     running = daemon_home_factory()
     results, lock = [], threading.Lock()
@@ -442,15 +546,17 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory):
         got = running.post("/v1/predict", {"texts": [TEXTS[i % 5] for i in range(64)]})
         with lock:
             results.append(got[0])
+
     threads = [threading.Thread(target=client) for _ in range(6)]
     for thread in threads:
         thread.start()
-    def admitted() -> int:              # texts queued or in flight, plus texts already answered
+
+    def admitted() -> int:  # texts queued or in flight, plus texts already answered
         status = running.get("/v1/status")[2]
         return status["queue"]["depth"] + sum(status["counters"]["predictions"].values())
 
     deadline = time.monotonic() + 30
-    while admitted() < 6 * 64:          # every client's request is in: a later one would be refused
+    while admitted() < 6 * 64:  # every client's request is in: a later one would be refused
         assert time.monotonic() < deadline
         time.sleep(0.002)
     running.process.send_signal(signal.SIGTERM)
@@ -461,6 +567,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory):
     log = running.log()
     assert '"msg": "stopping: draining in-flight requests"' in log and '"msg": "stopped"' in log
 
+
 @pytest.fixture
 def daemon_home_factory(tmp_path, small_bundle, build_key):
     started = []
@@ -470,9 +577,11 @@ def daemon_home_factory(tmp_path, small_bundle, build_key):
         running = Daemon(home, *args, env=env)
         started.append(running)
         return running.wait_ready()
+
     yield start
     for running in started:
         running.stop()
+
 
 def test_sd_notify_ready_watchdog_reloading_stopping(daemon_home_factory, tmp_path):
     path = str(tmp_path / "notify.sock")
@@ -485,6 +594,7 @@ def test_sd_notify_ready_watchdog_reloading_stopping(daemon_home_factory, tmp_pa
     def until(field: str) -> None:
         while field not in messages:
             messages.extend(listener.recv(4096).decode().split("\n"))
+
     until("READY=1")
     assert any(m.startswith("STATUS=serving clinc-small@0.1.0") for m in messages)
     messages.clear()
@@ -498,6 +608,7 @@ def test_sd_notify_ready_watchdog_reloading_stopping(daemon_home_factory, tmp_pa
     until("STOPPING=1")
     assert running.process.wait(60) == 0
     listener.close()
+
 
 def test_notifier_speaks_to_an_abstract_socket():
     from edge_runtime.server.notify import Notifier
@@ -513,9 +624,11 @@ def test_notifier_speaks_to_an_abstract_socket():
     assert notifier.stopping() and listener.recv(4096).startswith(b"STOPPING=1")
     notifier.close()
     listener.close()
-    assert not Notifier({}).ready("no systemd")           # not under systemd: a no-op
+    assert not Notifier({}).ready("no systemd")  # not under systemd: a no-op
+
 
 # -- uplink, configuration errors -------------------------------------------------------------------------
+
 
 def test_escalations_go_upstream_when_a_broker_is_configured(daemon_home_factory):
     mqtt_broker = pytest.importorskip("mqtt_broker")
@@ -524,12 +637,18 @@ def test_escalations_go_upstream_when_a_broker_is_configured(daemon_home_factory
     from edge_runtime.mqtt import BrokerConfig
     from edge_runtime.worker import Worker
 
-    with mqtt_broker.Broker() as broker, \
-            Worker(BrokerConfig.from_url(broker.url), lambda request: {"label": "upstream_label"}) as worker:
+    with (
+        mqtt_broker.Broker() as broker,
+        Worker(BrokerConfig.from_url(broker.url), lambda request: {"label": "upstream_label"}) as worker,
+    ):
         worker.wait_ready(10)
-        running = daemon_home_factory(env={"EDGE_RUNTIME_UPLINK_BROKER": broker.url,
-                                           "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-test",
-                                           "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "10000"})
+        running = daemon_home_factory(
+            env={
+                "EDGE_RUNTIME_UPLINK_BROKER": broker.url,
+                "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-test",
+                "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "10000",
+            }
+        )
         deadline = time.monotonic() + 30
         while not running.get("/v1/status")[2]["uplink"]["connected"]:
             assert time.monotonic() < deadline, "the uplink never connected"
@@ -539,6 +658,7 @@ def test_escalations_go_upstream_when_a_broker_is_configured(daemon_home_factory
         escalated = [p for p in body["predictions"] if p["decision"] == "escalate"]
         assert escalated and all(p["label"] == "upstream_label" and p["request_id"] for p in escalated)
         assert all(p["decision"] in ("local", "escalate") for p in body["predictions"])
+
 
 def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
     bad = tmp_path / "config.toml"
@@ -553,13 +673,14 @@ def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
     done = cli("serve", home=tmp_path / "empty-home")
     assert done.returncode == 1 and "no active model" in done.stderr
 
+
 def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, build_key, pii_tagger_bundle):
     """The shipped config loads the PII tagger by name; escalations waiting in the outbox hold no name."""
     from edge_runtime.outbox import Outbox
 
     home = private_home(tmp_path / "home", small_bundle, build_key)
     Store(home).install(pii_tagger_bundle)
-    running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()   # escalate all
+    running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
     try:
         status = running.get("/v1/status")[2]
         assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"

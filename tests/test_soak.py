@@ -1,4 +1,5 @@
 """Soak: 50,000 mixed requests against the real daemon; its peak RSS after warm-up may grow <= 10%."""
+
 from __future__ import annotations
 
 import http.client
@@ -9,17 +10,48 @@ import time
 
 import psutil
 import pytest
-
 from test_server import Daemon, private_home
 
 pytestmark = pytest.mark.slow
 
 TOTAL, WARM_UP, CLIENTS = 50_000, 5_000, 8
-WORDS = ("balance account transfer song play alarm weather paris card fee joke thank you freeze roll die "
-         "dollars savings checking tomorrow morning music next please what how is my the a").split()
+WORDS = [
+    "balance",
+    "account",
+    "transfer",
+    "song",
+    "play",
+    "alarm",
+    "weather",
+    "paris",
+    "card",
+    "fee",
+    "joke",
+    "thank",
+    "you",
+    "freeze",
+    "roll",
+    "die",
+    "dollars",
+    "savings",
+    "checking",
+    "tomorrow",
+    "morning",
+    "music",
+    "next",
+    "please",
+    "what",
+    "how",
+    "is",
+    "my",
+    "the",
+    "a",
+]
+
 
 def random_text(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 14)))
+
 
 def one_request(rng: random.Random):
     """(method, path, body, expected statuses): /v1 single and batch, V2, and some bad requests."""
@@ -30,9 +62,13 @@ def one_request(rng: random.Random):
         return "/v1/predict", {"texts": [random_text(rng) for _ in range(rng.randint(2, 6))]}, {200}
     if kind < 0.95:
         texts = [random_text(rng) for _ in range(rng.randint(1, 3))]
-        return "/v2/models/clinc-small/infer", {
-            "inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}, {200}
+        return (
+            "/v2/models/clinc-small/infer",
+            {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]},
+            {200},
+        )
     return "/v1/predict", {"text": "   "}, {400}
+
 
 def test_fifty_thousand_requests_keep_memory_flat(tmp_path, small_bundle, build_key):
     home = private_home(tmp_path / "home", small_bundle, build_key)
@@ -42,7 +78,7 @@ def test_fifty_thousand_requests_keep_memory_flat(tmp_path, small_bundle, build_
     lock = threading.Lock()
     done = [0]
     failures: list = []
-    samples: list[tuple[int, int]] = []          # (requests done, rss)
+    samples: list[tuple[int, int]] = []  # (requests done, rss)
     finished = threading.Event()
 
     def client(seed: int) -> None:
@@ -84,7 +120,9 @@ def test_fifty_thousand_requests_keep_memory_flat(tmp_path, small_bundle, build_
     warmed = [rss for count, rss in samples if count >= WARM_UP]
     baseline = warmed[0]
     peak = max(warmed)
-    print(f"\nsoak: rss after warm-up {baseline / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB "
-          f"(+{100 * (peak / baseline - 1):.1f}%), outbox {status['outbox']}")
+    print(
+        f"\nsoak: rss after warm-up {baseline / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB "
+        f"(+{100 * (peak / baseline - 1):.1f}%), outbox {status['outbox']}"
+    )
     assert peak <= baseline * 1.10, f"RSS grew from {baseline} to {peak} bytes"
     assert status["queue"]["depth"] == 0

@@ -1,4 +1,5 @@
 """The local model store: install / activate / rollback / remove, refusals, and crash safety (SIGKILL)."""
+
 from __future__ import annotations
 
 import json
@@ -11,25 +12,29 @@ import time
 from pathlib import Path
 
 import pytest
-
 from bundle_factory import make_bundle, predict, trusted_signer
+
 from edge_runtime import bundle
 from edge_runtime.errors import BundleError, StoreError
 from edge_runtime.store import PAUSE_ENV, Store
 
 REPO = Path(__file__).resolve().parent.parent
 
+
 @pytest.fixture
 def home(tmp_path):
     return tmp_path / "home"
+
 
 @pytest.fixture
 def key(home):
     return trusted_signer(home)
 
+
 @pytest.fixture
 def store(home):
     return Store(home)
+
 
 @pytest.fixture
 def make(tmp_path, key):
@@ -37,18 +42,24 @@ def make(tmp_path, key):
 
     def factory(version="1.0.0", release=1, signed=True, **kw):
         made.append(version)
-        return make_bundle(tmp_path / "src" / f"{len(made)}-{version}", key if signed else None,
-                           version=version, release=release, **kw).path
+        return make_bundle(
+            tmp_path / "src" / f"{len(made)}-{version}", key if signed else None, version=version, release=release, **kw
+        ).path
+
     return factory
+
 
 def snapshot(root: Path) -> dict:
     """Every file under the store with its bytes: 'nothing changed' means this is equal."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
+
 def stray_dirs(store: Store) -> list[str]:
     return sorted(p.name for p in store.models.iterdir() if p.name.startswith("."))
 
+
 # --- install ------------------------------------------------------------------------------------
+
 
 def test_install_copies_verifies_and_freezes(store, make):
     manifest = store.install(make())
@@ -59,10 +70,12 @@ def test_install_copies_verifies_and_freezes(store, make):
     assert store.active() is None  # installing does not activate
     assert [d for d in stray_dirs(store) if d != ".lock"] == []
 
+
 def test_install_from_archive(store, make, tmp_path):
     archive = bundle.pack(make(), tmp_path / "tiny.erb")
     assert store.install(archive).path == store.models / "tiny" / "1.0.0"
     assert store.verify("tiny@1.0.0").ref == "tiny@1.0.0"
+
 
 def test_identical_reinstall_is_a_noop_and_different_contents_are_refused(store, make):
     source = make()
@@ -75,6 +88,7 @@ def test_identical_reinstall_is_a_noop_and_different_contents_are_refused(store,
         store.install(other)
     assert snapshot(store.root) == before
 
+
 def test_reinstall_repairs_a_damaged_copy(store, make):
     source = make()
     target = store.install(source).path
@@ -84,20 +98,25 @@ def test_reinstall_repairs_a_damaged_copy(store, make):
     store.install(source)
     assert store.verify_all() == [("tiny", "1.0.0", True, "")]
 
+
 def test_release_numbers_are_unique_per_name(store, make):
     store.install(make("1.0.0", 1))
     with pytest.raises(StoreError, match="release 1 is already used by tiny@1.0.0"):
         store.install(make("1.0.1", 1))
 
+
 TAMPER = {
     "model.onnx: sha256 mismatch": lambda p: (p / "model.onnx").write_bytes(
-        bytes([(p / "model.onnx").read_bytes()[0] ^ 1]) + (p / "model.onnx").read_bytes()[1:]),
+        bytes([(p / "model.onnx").read_bytes()[0] ^ 1]) + (p / "model.onnx").read_bytes()[1:]
+    ),
     "not signed (pass --allow-unsigned": lambda p: (p / "signature.json").unlink(),
     "extra.bin: not listed": lambda p: (p / "extra.bin").write_bytes(b"\0"),
     "tokenizer.json: missing": lambda p: (p / "tokenizer.json").unlink(),
     "signature does not verify": lambda p: (p / "manifest.json").write_text(
-        (p / "manifest.json").read_text().replace('"release": 2', '"release": 9')),
+        (p / "manifest.json").read_text().replace('"release": 2', '"release": 9')
+    ),
 }
+
 
 @pytest.mark.parametrize("reason", sorted(TAMPER))
 def test_tampered_install_changes_nothing(store, make, reason):
@@ -110,6 +129,7 @@ def test_tampered_install_changes_nothing(store, make, reason):
     assert snapshot(store.root) == before
     assert [m.ref for m in store.versions()] == ["tiny@1.0.0"]
 
+
 def test_unsigned_needs_the_flag_at_every_step(store, make):
     source = make(signed=False)
     with pytest.raises(BundleError, match="not signed"):
@@ -121,7 +141,9 @@ def test_unsigned_needs_the_flag_at_every_step(store, make):
     assert store.active() == ("tiny", "1.0.0")
     assert store.verify_all()[0][2] is False and store.verify_all(allow_unsigned=True)[0][2] is True
 
+
 # --- activate / rollback / remove ---------------------------------------------------------------
+
 
 def test_activate_latest_and_roll_back(store, make):
     for version, release in (("1.0.0", 1), ("1.1.0", 2), ("1.0.1", 3)):
@@ -139,12 +161,14 @@ def test_activate_latest_and_roll_back(store, make):
     assert store.previous() == ("tiny", "1.0.1")
     assert store.active_path() == store.models / "tiny" / "1.0.0"
 
+
 def test_nothing_to_roll_back(store, make):
     with pytest.raises(StoreError, match="nothing to roll back to"):
         store.rollback()
     store.activate(store.install(make()).name)
     with pytest.raises(StoreError, match="nothing to roll back to"):
         store.rollback()
+
 
 def test_activation_reverifies(store, make):
     store.install(make("1.0.0", 1))
@@ -158,6 +182,7 @@ def test_activation_reverifies(store, make):
         store.activate("tiny", "2.0.0")
     assert store.active() == ("tiny", "1.0.0")
 
+
 def test_activate_unknown(store):
     with pytest.raises(StoreError, match="ghost: not installed"):
         store.activate("ghost")
@@ -165,6 +190,7 @@ def test_activate_unknown(store):
         store.activate("ghost", "1.0.0")
     with pytest.raises(StoreError, match="not a model reference"):
         store.activate("tiny", "../../etc")
+
 
 def test_remove_keeps_active_and_previous(store, make):
     for version, release in (("1.0.0", 1), ("2.0.0", 2), ("3.0.0", 3)):
@@ -181,12 +207,15 @@ def test_remove_keeps_active_and_previous(store, make):
     with pytest.raises(StoreError, match="not installed"):
         store.remove("tiny", "3.0.0")
 
+
 def test_remove_last_version_removes_the_name_dir(store, make):
     store.install(make())
     store.remove("tiny", "1.0.0")
     assert not (store.models / "tiny").exists() and store.versions() == []
 
+
 # --- resolve / verify_all -----------------------------------------------------------------------
+
 
 def test_resolve(store, make, tmp_path):
     source = make("1.0.0", 1)
@@ -209,6 +238,7 @@ def test_resolve(store, make, tmp_path):
     with pytest.raises(StoreError, match="no such bundle"):
         store.resolve(str(tmp_path / "missing.erb"))
 
+
 def test_verify_all_reports_damage_and_a_missing_active_model(store, make):
     store.install(make("1.0.0", 1))
     target = store.install(make("2.0.0", 2)).path
@@ -219,12 +249,15 @@ def test_verify_all_reports_damage_and_a_missing_active_model(store, make):
     (store.models / "active.json").write_text(json.dumps({"name": "gone", "version": "1.0.0", "previous": None}))
     assert store.verify_all()[-1] == ("gone", "1.0.0", False, "the active model is not installed")
 
+
 def test_no_active_model(store):
     assert store.active() is None and store.versions() == [] and store.verify_all() == []
     with pytest.raises(StoreError, match="no active model"):
         store.active_path()
 
+
 # --- crash safety -------------------------------------------------------------------------------
+
 
 def run_paused(home: Path, code: str, marker: Path) -> None:
     """Run `code` in a child that pauses right before its commit; SIGKILL it there."""
@@ -238,6 +271,7 @@ def run_paused(home: Path, code: str, marker: Path) -> None:
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL
+
 
 def test_kill_during_activation_keeps_the_previous_model(store, make, tmp_path):
     store.install(make("1.0.0", 1))
@@ -254,6 +288,7 @@ def test_kill_during_activation_keeps_the_previous_model(store, make, tmp_path):
     assert [m.ref for m in store.versions()] == ["tiny@1.0.0", "tiny@2.0.0"]
     store.activate("tiny", "2.0.0")  # the lock died with the child
     assert store.active() == ("tiny", "2.0.0")
+
 
 def test_kill_during_install_leaves_no_half_version(store, make, tmp_path):
     store.activate(store.install(make("1.0.0", 1)).name)

@@ -1,4 +1,5 @@
 """Device -> real mosquitto -> worker -> device: correlation, deadlines, ACLs and TLS."""
+
 from __future__ import annotations
 
 import subprocess
@@ -20,13 +21,14 @@ from edge_runtime.outbox import Outbox  # noqa: E402
 from edge_runtime.uplink import EscalationRejected, Uplink, UplinkOptions  # noqa: E402
 from edge_runtime.worker import Worker  # noqa: E402
 
-pytestmark = [pytest.mark.mqtt,
-              pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")]
+pytestmark = [pytest.mark.mqtt, pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")]
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
 
+
 def echo(request: dict) -> dict:
     return {"label": request["text"].upper(), "seen_prediction": request["prediction"]}
+
 
 def wait_for(condition, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
@@ -35,17 +37,22 @@ def wait_for(condition, timeout: float = 20.0) -> None:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
 
+
 @pytest.fixture
 def broker():
     with mqtt_broker.Broker() as running:
         yield running
 
+
 def plain(broker) -> BrokerConfig:
     return BrokerConfig.from_url(broker.url, **FAST)
 
+
 def test_round_trip_matches_the_answer_by_correlation_id(broker, tmp_path):
-    with Worker(plain(broker), echo) as worker, \
-            Uplink("dev-1", plain(broker), Outbox(tmp_path / "o.sqlite"), bundle=("intent", "1.0")) as uplink:
+    with (
+        Worker(plain(broker), echo) as worker,
+        Uplink("dev-1", plain(broker), Outbox(tmp_path / "o.sqlite"), bundle=("intent", "1.0")) as uplink,
+    ):
         worker.wait_ready(5)
         uplink.wait_ready(5)
         prediction = {"label": "refund", "score": 0.4, "top_k": [("refund", 0.4)], "margin": 0.01, "entropy": 0.9}
@@ -58,6 +65,7 @@ def test_round_trip_matches_the_answer_by_correlation_id(broker, tmp_path):
             assert uplink.answer(future.request_id)["answer"]["label"] == text.upper()
         assert uplink.outbox.summary()["pending"] == 0
 
+
 def test_request_carries_mqtt5_properties(broker, tmp_path):
     seen = []
     probe = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -67,8 +75,13 @@ def test_request_carries_mqtt5_properties(broker, tmp_path):
     probe.loop_start()
     try:
         time.sleep(0.2)
-        with Uplink("dev-2", plain(broker), Outbox(tmp_path / "o.sqlite"), bundle=("intent", "1.0"),
-                    options=UplinkOptions(message_expiry_s=120)) as uplink:
+        with Uplink(
+            "dev-2",
+            plain(broker),
+            Outbox(tmp_path / "o.sqlite"),
+            bundle=("intent", "1.0"),
+            options=UplinkOptions(message_expiry_s=120),
+        ) as uplink:
             uplink.wait_ready(5)
             future = uplink.submit("hello")
             wait_for(lambda: seen)
@@ -82,6 +95,7 @@ def test_request_carries_mqtt5_properties(broker, tmp_path):
     assert 0 < props.MessageExpiryInterval <= 120
     assert ("bundle", "intent") in props.UserProperty and ("schema", "1") in props.UserProperty
     assert escalation.decode_request(seen[0].payload)["id"] == future.request_id
+
 
 def test_deadline_defers_then_a_late_worker_fills_the_store(broker, tmp_path):
     options = UplinkOptions(resend_after_s=0.5)
@@ -97,7 +111,8 @@ def test_deadline_defers_then_a_late_worker_fills_the_store(broker, tmp_path):
             wait_for(lambda: uplink.answer(request_id) is not None)
         assert uplink.answer(request_id)["answer"]["label"] == "IS ANYONE THERE"
         assert uplink.outbox.counters()["answers_after_deadline"] == 1
-    assert waited < 5    # generous: deferral happened at the deadline, not at some later resend
+    assert waited < 5  # generous: deferral happened at the deadline, not at some later resend
+
 
 def test_worker_is_idempotent_and_device_ignores_a_second_answer(broker, tmp_path):
     calls = []
@@ -107,9 +122,12 @@ def test_worker_is_idempotent_and_device_ignores_a_second_answer(broker, tmp_pat
         return echo(request)
 
     delivered = []
-    with Worker(plain(broker), counting) as worker, \
-            Uplink("dev-4", plain(broker), Outbox(tmp_path / "o.sqlite"),
-                   on_answer=lambda rid, m: delivered.append(rid)) as uplink:
+    with (
+        Worker(plain(broker), counting) as worker,
+        Uplink(
+            "dev-4", plain(broker), Outbox(tmp_path / "o.sqlite"), on_answer=lambda rid, m: delivered.append(rid)
+        ) as uplink,
+    ):
         worker.wait_ready(5)
         uplink.wait_ready(5)
         future = uplink.submit("twice")
@@ -123,9 +141,13 @@ def test_worker_is_idempotent_and_device_ignores_a_second_answer(broker, tmp_pat
         assert worker.stats["cache_hits"] == 1
         assert delivered == [future.request_id]
 
+
 def test_two_workers_share_the_load(broker, tmp_path):
-    with Worker(plain(broker), echo, client_id="w1") as w1, Worker(plain(broker), echo, client_id="w2") as w2, \
-            Uplink("dev-5", plain(broker), Outbox(tmp_path / "o.sqlite")) as uplink:
+    with (
+        Worker(plain(broker), echo, client_id="w1") as w1,
+        Worker(plain(broker), echo, client_id="w2") as w2,
+        Uplink("dev-5", plain(broker), Outbox(tmp_path / "o.sqlite")) as uplink,
+    ):
         w1.wait_ready(5)
         w2.wait_ready(5)
         uplink.wait_ready(5)
@@ -133,6 +155,7 @@ def test_two_workers_share_the_load(broker, tmp_path):
         answers = [f.result(20) for f in futures]
     assert {a["worker"] for a in answers} == {"w1", "w2"}
     assert w1.stats["answered"] + w2.stats["answered"] == 200
+
 
 def test_malformed_request_gets_an_error_answer(broker, tmp_path):
     got = []
@@ -153,13 +176,16 @@ def test_malformed_request_gets_an_error_answer(broker, tmp_path):
     answer = escalation.decode_answer(got[0].payload)
     assert answer["id"] == "bad-1" and "not valid JSON" in answer["error"]
 
+
 def test_oversized_escalation_is_refused_before_the_outbox(broker, tmp_path):
     with Uplink("dev-7", plain(broker), Outbox(tmp_path / "o.sqlite")) as uplink:
         with pytest.raises(escalation.EscalationError, match="limit is 131,072 bytes"):
             uplink.submit("x" * 140_000)
         assert uplink.outbox.summary()["pending"] == 0
 
+
 # -- TLS + the deployed ACL ----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
@@ -169,23 +195,38 @@ def pki(tmp_path_factory):
     subprocess.run([str(script), str(root / "other"), "devA"], check=True, capture_output=True)
     return root
 
+
 @pytest.fixture
 def tls_broker(pki):
     ours = pki / "ours"
-    with mqtt_broker.Broker(tls={"ca": ours / "ca.crt", "cert": ours / "broker.crt", "key": ours / "broker.key"},
-                            acl_file=REPO / "deploy" / "mosquitto" / "acl", allow_anonymous=False) as running:
+    with mqtt_broker.Broker(
+        tls={"ca": ours / "ca.crt", "cert": ours / "broker.crt", "key": ours / "broker.key"},
+        acl_file=REPO / "deploy" / "mosquitto" / "acl",
+        allow_anonymous=False,
+    ) as running:
         yield running
 
+
 def tls(broker, pki, name, issuer="ours") -> BrokerConfig:
-    return BrokerConfig(host="localhost", port=broker.port, tls=True, ca_file=str(pki / "ours" / "ca.crt"),
-                        cert_file=str(pki / issuer / f"{name}.crt"), key_file=str(pki / issuer / f"{name}.key"),
-                        **FAST)
+    return BrokerConfig(
+        host="localhost",
+        port=broker.port,
+        tls=True,
+        ca_file=str(pki / "ours" / "ca.crt"),
+        cert_file=str(pki / issuer / f"{name}.crt"),
+        key_file=str(pki / issuer / f"{name}.key"),
+        **FAST,
+    )
+
 
 def test_acl_device_cannot_publish_as_another_device(tls_broker, pki, tmp_path):
-    with Worker(tls(tls_broker, pki, "worker"), echo) as worker, \
-            Uplink("devA", tls(tls_broker, pki, "devA"), Outbox(tmp_path / "a.sqlite")) as own, \
-            Uplink("devB", tls(tls_broker, pki, "devA"), Outbox(tmp_path / "b.sqlite"),
-                   client_id="devA-posing-as-devB") as posing:
+    with (
+        Worker(tls(tls_broker, pki, "worker"), echo) as worker,
+        Uplink("devA", tls(tls_broker, pki, "devA"), Outbox(tmp_path / "a.sqlite")) as own,
+        Uplink(
+            "devB", tls(tls_broker, pki, "devA"), Outbox(tmp_path / "b.sqlite"), client_id="devA-posing-as-devB"
+        ) as posing,
+    ):
         worker.wait_ready(5)
         own.wait_ready(5)
         assert own.escalate("mine", deadline_s=10)["answer"]["label"] == "MINE"
@@ -196,18 +237,24 @@ def test_acl_device_cannot_publish_as_another_device(tls_broker, pki, tmp_path):
         assert len(dead) == 1 and "135" in dead[0]["reason"]
         assert worker.stats["answered"] == 1
 
+
 def test_acl_device_cannot_read_another_devices_answers(tls_broker, pki, tmp_path):
     received = []
     spy = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="devA-spy", protocol=paho.MQTTv5)
-    spy.tls_set(ca_certs=str(pki / "ours" / "ca.crt"), certfile=str(pki / "ours" / "devA.crt"),
-                keyfile=str(pki / "ours" / "devA.key"))
+    spy.tls_set(
+        ca_certs=str(pki / "ours" / "ca.crt"),
+        certfile=str(pki / "ours" / "devA.crt"),
+        keyfile=str(pki / "ours" / "devA.key"),
+    )
     spy.on_message = lambda c, u, m: received.append(m.topic)
     spy.connect("localhost", tls_broker.port)
     spy.subscribe("edge/devB/answers", qos=1)
     spy.loop_start()
     try:
-        with Worker(tls(tls_broker, pki, "worker"), echo) as worker, \
-                Uplink("devB", tls(tls_broker, pki, "devB"), Outbox(tmp_path / "b.sqlite")) as device_b:
+        with (
+            Worker(tls(tls_broker, pki, "worker"), echo) as worker,
+            Uplink("devB", tls(tls_broker, pki, "devB"), Outbox(tmp_path / "b.sqlite")) as device_b,
+        ):
             worker.wait_ready(5)
             device_b.wait_ready(5)
             assert device_b.escalate("private", deadline_s=10)["answer"]["label"] == "PRIVATE"
@@ -217,9 +264,10 @@ def test_acl_device_cannot_read_another_devices_answers(tls_broker, pki, tmp_pat
         spy.disconnect()
     assert received == []
 
+
 def test_certificate_from_another_ca_is_refused(tls_broker, pki, tmp_path):
     with Uplink("devA", tls(tls_broker, pki, "devA", issuer="other"), Outbox(tmp_path / "a.sqlite")) as uplink:
         with pytest.raises(LinkError, match="certificate or credentials refused|cannot connect"):
             uplink.wait_ready(3)
         assert uplink.escalate("hello", deadline_s=0.2) is None
-        assert uplink.outbox.summary()["pending"] == 1     # kept for when a valid certificate is in place
+        assert uplink.outbox.summary()["pending"] == 1  # kept for when a valid certificate is in place

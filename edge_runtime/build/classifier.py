@@ -1,4 +1,5 @@
 """Build a text classifier: encoder + linear head (logreg or fine-tuned) folded into one INT8 logits graph."""
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from .errors import BuildError
 from .gate import classifier_gate
 from .progress import Progress
 from .staging import base_manifest, emit, make_staging_dir, quantize_and_gate
+
 
 def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Progress | None = None) -> BuildResult:
     progress = progress or Progress()
@@ -41,43 +43,80 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             state["scores"] = evaluate.scores(evaluate.predict(state["logits"], labels), y_val, labels, oos)
             return classifier_gate(fp32_scores, state["scores"], config.max_drop, force=config.force)
 
-        quant_section, gate_report = quantize_and_gate(work / "fp32.onnx", stage / "model.onnx", config,
-                                                        progress, evaluate_pair)
+        quant_section, gate_report = quantize_and_gate(
+            work / "fp32.onnx", stage / "model.onnx", config, progress, evaluate_pair
+        )
         int8_logits, int8_scores = state["logits"], state["scores"]
-        threshold = (evaluate.fit_reject_threshold(int8_logits, y_val, labels, oos, config.reject_max_in_scope_drop)
-                     if oos else None)
-        with_reject = {
-            "fp32": evaluate.scores(evaluate.predict(fp32_logits, labels, oos, threshold), y_val, labels, oos),
-            "int8": evaluate.scores(evaluate.predict(int8_logits, labels, oos, threshold), y_val, labels, oos),
-        } if threshold is not None else None
+        threshold = (
+            evaluate.fit_reject_threshold(int8_logits, y_val, labels, oos, config.reject_max_in_scope_drop)
+            if oos
+            else None
+        )
+        with_reject = (
+            {
+                "fp32": evaluate.scores(evaluate.predict(fp32_logits, labels, oos, threshold), y_val, labels, oos),
+                "int8": evaluate.scores(evaluate.predict(int8_logits, labels, oos, threshold), y_val, labels, oos),
+            }
+            if threshold is not None
+            else None
+        )
         (stage / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-        golden.write_golden(stage / "golden.jsonl", golden.classifier_rows(
-            val.texts, ids_val, y_val, labels, lambda ids: ortrun.run(stage / "model.onnx", ids, batch_size=1),
-            oos, threshold, batch_logits=int8_logits))
+        golden.write_golden(
+            stage / "golden.jsonl",
+            golden.classifier_rows(
+                val.texts,
+                ids_val,
+                y_val,
+                labels,
+                lambda ids: ortrun.run(stage / "model.onnx", ids, batch_size=1),
+                oos,
+                threshold,
+                batch_logits=int8_logits,
+            ),
+        )
         with progress.step("measure size and batch-1 latency"):
             sample = ids_val[0]
-            perf = {"fp32_size_mb": metrics.size_mb(work / "fp32.onnx"),
-                    "int8_size_mb": metrics.size_mb(stage / "model.onnx"),
-                    "fp32_latency_ms_batch1": metrics.batch1_latency_ms(work / "fp32.onnx", sample),
-                    "int8_latency_ms_batch1": metrics.batch1_latency_ms(stage / "model.onnx", sample),
-                    "latency_tokens": len(sample)}
+            perf = {
+                "fp32_size_mb": metrics.size_mb(work / "fp32.onnx"),
+                "int8_size_mb": metrics.size_mb(stage / "model.onnx"),
+                "fp32_latency_ms_batch1": metrics.batch1_latency_ms(work / "fp32.onnx", sample),
+                "int8_latency_ms_batch1": metrics.batch1_latency_ms(stage / "model.onnx", sample),
+                "latency_tokens": len(sample),
+            }
         manifest = base_manifest(config, "text-classification", "tokenizer.json")
-        manifest["model"] = {"file": "model.onnx", "inputs": ["input_ids", "attention_mask", "token_type_ids"],
-                             "outputs": ["logits"], "quantization": quant_section}
-        manifest["postprocess"] = {"labels": "labels.json", "temperature": 1.0, "top_k": 5, "pooling": "mean",
-                                   "normalize": head.normalize, "reject_threshold": threshold,
-                                   "reject_label": oos if threshold is not None else None}
+        manifest["model"] = {
+            "file": "model.onnx",
+            "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+            "outputs": ["logits"],
+            "quantization": quant_section,
+        }
+        manifest["postprocess"] = {
+            "labels": "labels.json",
+            "temperature": 1.0,
+            "top_k": 5,
+            "pooling": "mean",
+            "normalize": head.normalize,
+            "reject_threshold": threshold,
+            "reject_label": oos if threshold is not None else None,
+        }
         manifest["routing"] = {**DEFAULT_ROUTING, "oos_label": oos, **config.routing}
         manifest["metrics"] = {
-            "split": "val", "head": config.head, "fp32": fp32_scores, "int8": int8_scores,
-            "with_reject_threshold": with_reject, "gate": gate_report, **perf,
-            "build_seconds": round(time.perf_counter() - began, 1), "steps_seconds": progress.timings,
+            "split": "val",
+            "head": config.head,
+            "fp32": fp32_scores,
+            "int8": int8_scores,
+            "with_reject_threshold": with_reject,
+            "gate": gate_report,
+            **perf,
+            "build_seconds": round(time.perf_counter() - began, 1),
+            "steps_seconds": progress.timings,
             "source": config.source,
         }
         path = emit(stage, manifest, config)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BuildResult(path, manifest, round(time.perf_counter() - began, 1))
+
 
 def _train_head(config: BuildConfig, work: Path, ids_train, y_train, n_classes: int, progress: Progress):
     """(LinearHead, path of the fp32 encoder ONNX it sits on)."""
@@ -98,8 +137,9 @@ def _train_head(config: BuildConfig, work: Path, ids_train, y_train, n_classes: 
 
         cache_root = config.cache_dir or work
         key = cache_key(fingerprint(config.model_dir), ids_train, y_train.tolist(), config.finetune)
-        tuned_dir, head = cached_finetune(config.model_dir, ids_train, y_train.tolist(), n_classes,
-                                          config.finetune, cache_root, key, progress)
+        tuned_dir, head = cached_finetune(
+            config.model_dir, ids_train, y_train.tolist(), n_classes, config.finetune, cache_root, key, progress
+        )
         with progress.step("export fine-tuned encoder to ONNX"):
             export.cached_export(tuned_dir, config.cache_dir, encoder_onnx)
         return head, encoder_onnx

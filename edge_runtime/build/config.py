@@ -1,4 +1,5 @@
 """What a build is asked to make (BuildConfig) and what it made (BuildResult)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,9 +9,16 @@ from .finetune import FinetuneConfig
 
 MIN_RUNTIME = "0.1.0"
 DEFAULT_ROUTING = {
-    "min_confidence": 0.5, "min_margin": 0.1, "max_entropy": 0.6, "per_class": {},
-    "always_escalate": [], "never_escalate": [], "private_labels": [], "oos_label": None,
+    "min_confidence": 0.5,
+    "min_margin": 0.1,
+    "max_entropy": 0.6,
+    "per_class": {},
+    "always_escalate": [],
+    "never_escalate": [],
+    "private_labels": [],
+    "oos_label": None,
 }
+
 
 @dataclass
 class BuildConfig:
@@ -18,25 +26,26 @@ class BuildConfig:
     name: str
     version: str
     release: int
-    out: Path                                  # a directory, or a path ending in .erb
+    out: Path  # a directory, or a path ending in .erb
     max_length: int = 64
-    max_drop: float = 1.0                      # classifier: points of accuracy fp32 -> int8
-    min_cosine: float = 0.98                   # embedder: mean cosine int8 vs fp32
+    max_drop: float = 1.0  # classifier: points of accuracy fp32 -> int8
+    min_cosine: float = 0.98  # embedder: mean cosine int8 vs fp32
     force: bool = False
     exclude_nodes: list[str] = field(default_factory=list)
-    fallback_exclude: list[str] = field(default_factory=list)   # retried when the gate fails
-    private_key: object = None                 # None: unsigned output
+    fallback_exclude: list[str] = field(default_factory=list)  # retried when the gate fails
+    private_key: object = None  # None: unsigned output
     cache_dir: Path | None = None
     source: dict = field(default_factory=dict)  # provenance written to metrics.source
     # classifier only
-    head: str = "logreg"                       # logreg | finetune
+    head: str = "logreg"  # logreg | finetune
     logreg_c: float = 10.0
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     oos_label: str = "oos"
     reject_max_in_scope_drop: float = 0.3
     routing: dict = field(default_factory=dict)
     # tagger only
-    max_false_share: float = 0.015            # outside_bias: most held-out texts without PII given a false span
+    max_false_share: float = 0.015  # outside_bias: most held-out texts without PII given a false span
+
 
 @dataclass
 class BuildResult:

@@ -1,4 +1,5 @@
 """Labelled JSONL ({"text", "label"} per line) and the label list."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,10 @@ from .. import datasets
 from ..datasets import Split
 from .errors import BuildError
 
+
 def read_jsonl(path: Path, need_labels: bool = True) -> Split:
     return datasets.read_jsonl(path, need_labels, error=BuildError)
+
 
 def label_list(train: Split) -> list[str]:
     """Sorted, so the class order does not depend on the order of the file."""
@@ -17,12 +20,14 @@ def label_list(train: Split) -> list[str]:
         raise BuildError(f"need at least 2 labels in the training data, found {len(labels)}")
     return labels
 
+
 def encode_labels(split: Split, labels: list[str], where: str) -> list[int]:
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted(set(split.labels) - index.keys())
     if unknown:
         raise BuildError(f"{where} has labels not in the training data: {', '.join(unknown[:5])}")
     return [index[label] for label in split.labels]
+
 
 def subsample(split: Split, labels: list[str], per_label: int, seed: int) -> Split:
     """Up to `per_label` examples of each of `labels`, picked reproducibly."""

@@ -3,27 +3,30 @@
 The classifier recipe's bundle is activated (it is what the daemon serves); the PII tagger's is only
 installed (egress loads it by name).
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from .. import paths
+from .classifier import build_classifier
+from .config import BuildConfig
 from .data import read_jsonl
 from .errors import BuildError
 from .finetune import FinetuneConfig
 from .local_key import local_signing_key
-from .classifier import build_classifier
-from .config import BuildConfig
 from .progress import Progress
 from .recipe import REPO, Recipe
 from .source import check_model_dir, package_model_dir
+
 
 def installed_release(store, name: str, release: int):
     for manifest in store.versions(name):
         if manifest.release == release:
             return manifest
     return None
+
 
 def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | None = None) -> BuildConfig:
     source = recipe.section("source")
@@ -37,24 +40,41 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
     tune = FinetuneConfig(**{key: head[key] for key in FinetuneConfig.__dataclass_fields__ if key in head})
     gate = recipe.section("gate")
     return BuildConfig(
-        model_dir=model_dir, name=recipe.get("bundle", "name"), version=str(recipe.get("bundle", "version")),
-        release=int(recipe.get("bundle", "release")), out=out, max_length=int(head.get("max_length", 64)),
-        max_drop=float(gate.get("max_drop", 1.0)), exclude_nodes=list(gate.get("exclude_nodes", [])),
-        fallback_exclude=list(gate.get("fallback_exclude", [])), head=head.get("mode", "finetune"),
-        logreg_c=float(head.get("logreg_c", 10.0)), finetune=tune,
+        model_dir=model_dir,
+        name=recipe.get("bundle", "name"),
+        version=str(recipe.get("bundle", "version")),
+        release=int(recipe.get("bundle", "release")),
+        out=out,
+        max_length=int(head.get("max_length", 64)),
+        max_drop=float(gate.get("max_drop", 1.0)),
+        exclude_nodes=list(gate.get("exclude_nodes", [])),
+        fallback_exclude=list(gate.get("fallback_exclude", [])),
+        head=head.get("mode", "finetune"),
+        logreg_c=float(head.get("logreg_c", 10.0)),
+        finetune=tune,
         oos_label=recipe.get("oos", "label", "oos"),
         reject_max_in_scope_drop=float(recipe.get("oos", "reject_max_in_scope_drop", 0.3)),
-        routing=recipe.section("routing"), private_key=local_signing_key(root),
+        routing=recipe.section("routing"),
+        private_key=local_signing_key(root),
         max_false_share=float(gate.get("max_false_share", 0.015)),
         cache_dir=Path(cache_dir) if cache_dir else paths.cache_dir(root) / "build",
-        source={"model": source.get("package") or source.get("model_dir"),
-                "dataset": recipe.get("dataset", "attribution", recipe.get("dataset", "name")),
-                "recipe": str(recipe.path)},
+        source={
+            "model": source.get("package") or source.get("model_dir"),
+            "dataset": recipe.get("dataset", "attribution", recipe.get("dataset", "name")),
+            "recipe": str(recipe.path),
+        },
     )
 
-def build_default(recipe: Recipe, force: bool = False, datasets: Path | None = None,
-                  progress: Progress | None = None, cache_dir: Path | None = None) -> dict:
+
+def build_default(
+    recipe: Recipe,
+    force: bool = False,
+    datasets: Path | None = None,
+    progress: Progress | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
     """The classifier recipe: build, install, activate (a no-op when its release is installed)."""
+
     def make(config: BuildConfig, progress: Progress):
         dataset = recipe.dataset_dir(datasets)
         train = read_jsonl(dataset / recipe.get("dataset", "train", "train.jsonl"))
@@ -63,8 +83,14 @@ def build_default(recipe: Recipe, force: bool = False, datasets: Path | None = N
 
     return _build_and_install(recipe, make, force, progress, cache_dir, activate=True)
 
-def build_pii_tagger(recipe: Recipe, force: bool = False, progress: Progress | None = None,
-                     cache_dir: Path | None = None, datasets: Path | None = None) -> dict:
+
+def build_pii_tagger(
+    recipe: Recipe,
+    force: bool = False,
+    progress: Progress | None = None,
+    cache_dir: Path | None = None,
+    datasets: Path | None = None,
+) -> dict:
     """The PII tagger recipe: a synthetic corpus (plus real queries as negatives), build, install (not
     activated)."""
     from . import pii_corpus
@@ -73,10 +99,12 @@ def build_pii_tagger(recipe: Recipe, force: bool = False, progress: Progress | N
     def make(config: BuildConfig, progress: Progress):
         train, val = tagger_corpus(recipe, datasets)
         config.source["dataset"] = "synthetic (Faker, edge_runtime/build/pii_corpus.py)" + (
-            f" + negatives from {config.source['dataset']}" if config.source.get("dataset") else "")
+            f" + negatives from {config.source['dataset']}" if config.source.get("dataset") else ""
+        )
         return build_tagger(config, train, val, pii_corpus.TAGS, progress)
 
     return _build_and_install(recipe, make, force, progress, cache_dir, activate=False)
+
 
 def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, list]:
     """(train, held-out) examples as the recipe's [corpus] and optional [dataset] (real negatives) say."""
@@ -89,15 +117,19 @@ def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, l
         texts = read_jsonl(recipe.dataset_dir(datasets) / recipe.get("dataset", "train", "train.jsonl")).texts
         wanted = int(corpus.get("real_negatives", 0)), int(corpus.get("real_negatives_val", 0))
         chosen = pii_corpus.real_negatives(texts, sum(wanted), seed)
-        real_train, real_val = chosen[:wanted[0]], chosen[wanted[0]:]
-    train = pii_corpus.generate(int(corpus.get("train_examples", 4000)), seed, pii_corpus.TRAIN, negatives,
-                                real=real_train)
-    val = pii_corpus.generate(int(corpus.get("val_examples", 800)), seed + 1, pii_corpus.HELD_OUT, negatives,
-                              real=real_val)
+        real_train, real_val = chosen[: wanted[0]], chosen[wanted[0] :]
+    train = pii_corpus.generate(
+        int(corpus.get("train_examples", 4000)), seed, pii_corpus.TRAIN, negatives, real=real_train
+    )
+    val = pii_corpus.generate(
+        int(corpus.get("val_examples", 800)), seed + 1, pii_corpus.HELD_OUT, negatives, real=real_val
+    )
     return train, val
 
-def _build_and_install(recipe: Recipe, make, force: bool, progress: Progress | None, cache_dir: Path | None,
-                       activate: bool) -> dict:
+
+def _build_and_install(
+    recipe: Recipe, make, force: bool, progress: Progress | None, cache_dir: Path | None, activate: bool
+) -> dict:
     from ..store import Store
 
     progress = progress or Progress()
@@ -106,8 +138,14 @@ def _build_and_install(recipe: Recipe, make, force: bool, progress: Progress | N
     name, release = recipe.get("bundle", "name"), int(recipe.get("bundle", "release"))
     existing = installed_release(store, name, release)
     if existing is not None and not force:
-        return {"status": "already-installed", "name": name, "version": existing.version, "release": release,
-                "path": str(existing.path), "metrics": existing.metrics}
+        return {
+            "status": "already-installed",
+            "name": name,
+            "version": existing.version,
+            "release": release,
+            "path": str(existing.path),
+            "metrics": existing.metrics,
+        }
     began = time.perf_counter()
     version = str(recipe.get("bundle", "version"))
     out = paths.cache_dir(root) / "build" / "bundles" / f"{name}-{version}.erb"
@@ -115,12 +153,21 @@ def _build_and_install(recipe: Recipe, make, force: bool, progress: Progress | N
         out.unlink()  # a leftover of an interrupted build
     result = make(config_from_recipe(recipe, root, out, cache_dir), progress)
     if existing is not None and existing.version == version:
-        raise BuildError(f"rebuilt {out}, but {name}@{version} is already installed: "
-                         "bump version and release in the recipe to install the rebuild")
+        raise BuildError(
+            f"rebuilt {out}, but {name}@{version} is already installed: "
+            "bump version and release in the recipe to install the rebuild"
+        )
     with progress.step("install and activate" if activate else "install"):
         manifest = store.install(result.path)
         if activate:
             store.activate(manifest.name, manifest.version)
-    return {"status": "built", "name": manifest.name, "version": manifest.version, "release": manifest.release,
-            "archive": str(result.path), "path": str(manifest.path),
-            "build_seconds": round(time.perf_counter() - began, 1), "metrics": result.manifest["metrics"]}
+    return {
+        "status": "built",
+        "name": manifest.name,
+        "version": manifest.version,
+        "release": manifest.release,
+        "archive": str(result.path),
+        "path": str(manifest.path),
+        "build_seconds": round(time.perf_counter() - began, 1),
+        "metrics": result.manifest["metrics"],
+    }

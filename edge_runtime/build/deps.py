@@ -1,4 +1,5 @@
 """Check that the [build] extra is installed, without importing it (torch takes seconds to import)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,14 +15,17 @@ REQUIRED = {
     "sklearn": "scikit-learn",
 }
 
+
 def _present(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package is missing, or the module is blocked
         return False
 
+
 def missing_build_deps(needed=REQUIRED) -> list[str]:
     return [name for module, name in needed.items() if not _present(module)]
+
 
 def require_build_deps(needed=REQUIRED) -> None:
     missing = missing_build_deps(needed)

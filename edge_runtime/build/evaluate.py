@@ -1,20 +1,25 @@
 """Classification metrics from logits: in-scope accuracy, out-of-scope recall, overall accuracy."""
+
 from __future__ import annotations
 
 import numpy as np
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
 
-def predict(logits: np.ndarray, labels: list[str], oos_label: str | None = None,
-            threshold: float | None = None) -> np.ndarray:
+
+def predict(
+    logits: np.ndarray, labels: list[str], oos_label: str | None = None, threshold: float | None = None
+) -> np.ndarray:
     """Predicted class indices; with a threshold, low-confidence answers become `oos_label`."""
     predicted = logits.argmax(axis=1)
     if threshold is not None and oos_label in labels:
         predicted = np.where(softmax(logits).max(axis=1) < threshold, labels.index(oos_label), predicted)
     return predicted
+
 
 def scores(predicted: np.ndarray, targets: np.ndarray, labels: list[str], oos_label: str | None) -> dict:
     """Percentages, rounded to 2 decimals. Without an OOS class, in-scope accuracy = accuracy."""
@@ -30,11 +35,14 @@ def scores(predicted: np.ndarray, targets: np.ndarray, labels: list[str], oos_la
         result["in_scope_accuracy"] = result["accuracy"]
     return result
 
+
 def _pct(mask: np.ndarray) -> float:
     return round(100.0 * float(mask.mean()), 2) if mask.size else 0.0
 
-def fit_reject_threshold(logits: np.ndarray, targets: np.ndarray, labels: list[str], oos_label: str,
-                         max_in_scope_drop: float = 0.3) -> float | None:
+
+def fit_reject_threshold(
+    logits: np.ndarray, targets: np.ndarray, labels: list[str], oos_label: str, max_in_scope_drop: float = 0.3
+) -> float | None:
     """The max-probability threshold with the best OOS recall costing at most `max_in_scope_drop`
     points of in-scope accuracy (on the data given: fit on val, so the val figures are optimistic)."""
     if oos_label not in labels:

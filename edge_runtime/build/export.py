@@ -1,4 +1,5 @@
 """Export a Hugging Face encoder to ONNX (feature-extraction: outputs last_hidden_state), with a cache."""
+
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from .errors import BuildError
 from .source import fingerprint
+
 
 def export_encoder(model_dir: Path, out_path: Path) -> Path:
     """optimum's main_export into a temp dir, then move model.onnx to `out_path`."""
@@ -21,8 +23,14 @@ def export_encoder(model_dir: Path, out_path: Path) -> Path:
         try:
             with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer chatter
                 warnings.simplefilter("ignore")
-                main_export(str(model_dir), output=work, task="feature-extraction",
-                            library_name="transformers", local_files_only=True, do_validation=False)
+                main_export(
+                    str(model_dir),
+                    output=work,
+                    task="feature-extraction",
+                    library_name="transformers",
+                    local_files_only=True,
+                    do_validation=False,
+                )
         except Exception as error:  # optimum raises many types; the reason is what matters
             raise BuildError(f"ONNX export of {model_dir} failed: {error}") from error
         exported = Path(work) / "model.onnx"
@@ -30,6 +38,7 @@ def export_encoder(model_dir: Path, out_path: Path) -> Path:
             raise BuildError(f"ONNX export of {model_dir} produced no single-file model.onnx")
         shutil.move(str(exported), out_path)
     return out_path
+
 
 def cached_export(model_dir: Path, cache_dir: Path | None, out_path: Path) -> Path:
     """Reuse an earlier export of the same (unchanged) model folder when a cache dir is given."""

@@ -4,6 +4,7 @@ classifier) or on every token (`per_token`: a tagger; targets are one tag per to
 The result is an HF model folder (the tuned encoder) plus a LinearHead, cached by a key of
 (source model, data, hyper-parameters) so a rerun after a later failure does not retrain.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ import numpy as np
 from .. import kernels
 from .head import LinearHead
 
+
 @dataclass
 class FinetuneConfig:
     epochs: int = 3
@@ -29,12 +31,20 @@ class FinetuneConfig:
     seed: int = 0
     threads: int = 2
 
-def cache_key(model_fingerprint: str, ids: list[list[int]], targets: list, config: FinetuneConfig,
-              per_token: bool = False, type_ids: list[list[int]] | None = None) -> str:
+
+def cache_key(
+    model_fingerprint: str,
+    ids: list[list[int]],
+    targets: list,
+    config: FinetuneConfig,
+    per_token: bool = False,
+    type_ids: list[list[int]] | None = None,
+) -> str:
     digest = hashlib.sha256(model_fingerprint.encode())
     extra = (["per_token"] if per_token else []) + ([type_ids] if type_ids is not None else [])
     digest.update(json.dumps([ids, targets, asdict(config)] + extra).encode())
     return digest.hexdigest()[:16]
+
 
 def _schedule(total_steps: int, warmup: float):
     warm = max(1, int(total_steps * warmup))
@@ -46,12 +56,13 @@ def _schedule(total_steps: int, warmup: float):
 
     return factor
 
+
 def _batches(ids, targets, batch_size, generator, per_token: bool, type_ids=None):
     import torch
 
     order = torch.randperm(len(ids), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
+        chosen = order[start : start + batch_size]
         rows = [ids[i] for i in chosen]
         width = max(len(row) for row in rows)
         types = [type_ids[i] for i in chosen] if type_ids is not None else None
@@ -61,14 +72,23 @@ def _batches(ids, targets, batch_size, generator, per_token: bool, type_ids=None
         if per_token:
             labels = torch.full((len(chosen), width), -100, dtype=torch.long)
             for row, i in enumerate(chosen):
-                labels[row, :len(targets[i])] = torch.tensor(targets[i])
+                labels[row, : len(targets[i])] = torch.tensor(targets[i])
         else:
             labels = torch.tensor([targets[i] for i in chosen])
         yield torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(token_types), labels
 
-def finetune(model_dir: Path, ids: list[list[int]], targets: list, n_classes: int,
-             config: FinetuneConfig, out_dir: Path, progress, per_token: bool = False,
-             type_ids: list[list[int]] | None = None) -> LinearHead:
+
+def finetune(
+    model_dir: Path,
+    ids: list[list[int]],
+    targets: list,
+    n_classes: int,
+    config: FinetuneConfig,
+    out_dir: Path,
+    progress,
+    per_token: bool = False,
+    type_ids: list[list[int]] | None = None,
+) -> LinearHead:
     """Train; save the tuned encoder to `out_dir/encoder` and the head to `out_dir/head.npz`."""
     import torch
     from transformers import AutoModel
@@ -81,10 +101,16 @@ def finetune(model_dir: Path, ids: list[list[int]], targets: list, n_classes: in
     dropout = torch.nn.Dropout(config.dropout)
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
-        {"params": [p for n, p in encoder.named_parameters() if not n.endswith(no_decay)],
-         "lr": config.encoder_lr, "weight_decay": config.weight_decay},
-        {"params": [p for n, p in encoder.named_parameters() if n.endswith(no_decay)],
-         "lr": config.encoder_lr, "weight_decay": 0.0},
+        {
+            "params": [p for n, p in encoder.named_parameters() if not n.endswith(no_decay)],
+            "lr": config.encoder_lr,
+            "weight_decay": config.weight_decay,
+        },
+        {
+            "params": [p for n, p in encoder.named_parameters() if n.endswith(no_decay)],
+            "lr": config.encoder_lr,
+            "weight_decay": 0.0,
+        },
         {"params": [head.weight], "lr": config.head_lr, "weight_decay": config.weight_decay},
         {"params": [head.bias], "lr": config.head_lr, "weight_decay": 0.0},
     ]
@@ -99,12 +125,12 @@ def finetune(model_dir: Path, ids: list[list[int]], targets: list, n_classes: in
             running = 0.0
             batches = _batches(ids, targets, config.batch_size, generator, per_token, type_ids)
             for step, (input_ids, mask, token_types, labels) in enumerate(batches, 1):
-                states = encoder(input_ids=input_ids, attention_mask=mask,
-                                 token_type_ids=token_types).last_hidden_state
+                states = encoder(input_ids=input_ids, attention_mask=mask, token_type_ids=token_types).last_hidden_state
                 if per_token:
                     logits = head(dropout(states))
-                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), labels.reshape(-1),
-                                                             ignore_index=-100)
+                    loss = torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, n_classes), labels.reshape(-1), ignore_index=-100
+                    )
                 else:
                     weights = mask.unsqueeze(-1).float()
                     pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
@@ -122,10 +148,12 @@ def finetune(model_dir: Path, ids: list[list[int]], targets: list, n_classes: in
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         if (Path(model_dir) / name).is_file():
             shutil.copyfile(Path(model_dir) / name, out_dir / "encoder" / name)
-    trained = LinearHead(head.weight.detach().numpy().astype(np.float32),
-                         head.bias.detach().numpy().astype(np.float32), normalize=False)
+    trained = LinearHead(
+        head.weight.detach().numpy().astype(np.float32), head.bias.detach().numpy().astype(np.float32), normalize=False
+    )
     np.savez(out_dir / "head.npz", weight=trained.weight, bias=trained.bias)
     return trained
+
 
 def load_cached(out_dir: Path) -> LinearHead | None:
     out_dir = Path(out_dir)
@@ -134,8 +162,19 @@ def load_cached(out_dir: Path) -> LinearHead | None:
     saved = np.load(out_dir / "head.npz")
     return LinearHead(saved["weight"], saved["bias"], normalize=False)
 
-def cached_finetune(model_dir, ids, targets, n_classes, config, cache_root: Path, key: str,
-                    progress, per_token: bool = False, type_ids=None) -> tuple[Path, LinearHead]:
+
+def cached_finetune(
+    model_dir,
+    ids,
+    targets,
+    n_classes,
+    config,
+    cache_root: Path,
+    key: str,
+    progress,
+    per_token: bool = False,
+    type_ids=None,
+) -> tuple[Path, LinearHead]:
     """(tuned encoder folder, head), trained now or taken from `cache_root/finetune/key`."""
     out_dir = Path(cache_root) / "finetune" / key
     head = load_cached(out_dir)

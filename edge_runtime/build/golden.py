@@ -3,6 +3,7 @@
 Expected outputs are computed at batch size 1: dynamic INT8 quantizes activations with a per-batch
 scale, so the same text can score slightly differently inside a different batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,16 @@ import numpy as np
 
 from .evaluate import predict, softmax
 
-def pick_indices(targets: np.ndarray, logits: np.ndarray, labels: list[str], oos_label: str | None = None,
-                 threshold: float | None = None, count: int = 12, per_label: int = 1) -> list[int]:
+
+def pick_indices(
+    targets: np.ndarray,
+    logits: np.ndarray,
+    labels: list[str],
+    oos_label: str | None = None,
+    threshold: float | None = None,
+    count: int = 12,
+    per_label: int = 1,
+) -> list[int]:
     """Right and confident examples of `count` labels spread over the set (+ the OOS label), in file order."""
     predicted = predict(logits, labels, oos_label, threshold)
     confident = softmax(logits).max(axis=1) >= 0.5
@@ -29,21 +38,40 @@ def pick_indices(targets: np.ndarray, logits: np.ndarray, labels: list[str], oos
             chosen.append(i)
     return chosen
 
-def classifier_rows(texts: list[str], ids: list[list[int]], targets: np.ndarray, labels: list[str], run_single,
-                    oos_label: str | None = None, threshold: float | None = None, batch_logits=None) -> list[dict]:
+
+def classifier_rows(
+    texts: list[str],
+    ids: list[list[int]],
+    targets: np.ndarray,
+    labels: list[str],
+    run_single,
+    oos_label: str | None = None,
+    threshold: float | None = None,
+    batch_logits=None,
+) -> list[dict]:
     """Candidates from the batched evaluation, kept only if still right when run alone (`run_single`)."""
     candidates = pick_indices(targets, batch_logits, labels, oos_label, threshold, per_label=3)
     single = run_single([ids[i] for i in candidates])
     subset_targets = np.asarray([targets[i] for i in candidates])
     kept = pick_indices(subset_targets, single, labels, oos_label, threshold, per_label=1)
     probs = softmax(single)
-    return [{"text": texts[candidates[k]], "label": labels[int(subset_targets[k])],
-             "score": round(float(probs[k].max()), 4)} for k in kept]
+    return [
+        {
+            "text": texts[candidates[k]],
+            "label": labels[int(subset_targets[k])],
+            "score": round(float(probs[k].max()), 4),
+        }
+        for k in kept
+    ]
+
 
 def embedding_rows(texts: list[str], embeddings: np.ndarray, count: int = 8) -> list[dict]:
     """For an embedder: texts with their expected embedding (batch 1), compared by cosine on device."""
-    return [{"text": texts[i], "embedding": [round(float(x), 6) for x in embeddings[i]]}
-            for i in range(min(count, len(texts)))]
+    return [
+        {"text": texts[i], "embedding": [round(float(x), 6) for x in embeddings[i]]}
+        for i in range(min(count, len(texts)))
+    ]
+
 
 def write_golden(path: Path, rows: list[dict]) -> None:
     with Path(path).open("w", encoding="utf-8") as handle:

@@ -1,5 +1,6 @@
 """Fold the linear head (after pooling, or on every token) into the encoder graph, so the bundle maps
 token ids to logits."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +13,12 @@ from .head import LinearHead
 HIDDEN = "last_hidden_state"
 LOGITS = "logits"
 
+
 def _const(name: str, values, dtype):
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
+
 
 def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
     """encoder (-> last_hidden_state) + masked mean pooling [+ L2 norm] + linear head -> `logits` (B, C)."""
@@ -24,14 +27,16 @@ def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
     model = _load_encoder(encoder_path)
     graph = model.graph
     p = "head/"
-    graph.initializer.extend([
-        _const(p + "axis_seq", [1], np.int64),
-        _const(p + "axis_last", [-1], np.int64),
-        _const(p + "eps", 1e-9, np.float32),
-        _const(p + "norm_eps", 1e-12, np.float32),
-        _const(p + "weight_t", head.weight.T, np.float32),
-        _const(p + "bias", head.bias, np.float32),
-    ])
+    graph.initializer.extend(
+        [
+            _const(p + "axis_seq", [1], np.int64),
+            _const(p + "axis_last", [-1], np.int64),
+            _const(p + "eps", 1e-9, np.float32),
+            _const(p + "norm_eps", 1e-12, np.float32),
+            _const(p + "weight_t", head.weight.T, np.float32),
+            _const(p + "bias", head.bias, np.float32),
+        ]
+    )
     nodes = [
         helper.make_node("Cast", ["attention_mask"], [p + "mask_f"], to=TensorProto.FLOAT, name=p + "cast"),
         helper.make_node("Unsqueeze", [p + "mask_f", p + "axis_last"], [p + "mask3"], name=p + "unsqueeze"),
@@ -55,13 +60,16 @@ def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
     graph.node.extend(nodes)
     return _save(model, ["batch_size", head.weight.shape[0]], out_path)
 
+
 def fold_token_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
     """encoder (-> last_hidden_state) + the linear head on every token -> `logits` (B, T, C)."""
     model = _load_encoder(encoder_path)
-    model.graph.initializer.extend([_const("head/weight_t", head.weight.T, np.float32),
-                                    _const("head/bias", head.bias, np.float32)])
+    model.graph.initializer.extend(
+        [_const("head/weight_t", head.weight.T, np.float32), _const("head/bias", head.bias, np.float32)]
+    )
     model.graph.node.extend(_linear(HIDDEN, head, "head/"))
     return _save(model, ["batch_size", "sequence_length", head.weight.shape[0]], out_path)
+
 
 def _load_encoder(encoder_path: Path):
     import onnx
@@ -73,12 +81,16 @@ def _load_encoder(encoder_path: Path):
         raise BuildError(f"{encoder_path} has no 'attention_mask' input")
     return model
 
+
 def _linear(features: str, head: LinearHead, p: str) -> list:
     # MatMul + Add rather than Gemm: the quantizer would rewrite a Gemm; this way the head stays fp32 by name
     from onnx import helper
 
-    return [helper.make_node("MatMul", [features, p + "weight_t"], [p + "scores"], name=p + "matmul"),
-            helper.make_node("Add", [p + "scores", p + "bias"], [LOGITS], name=p + "add")]
+    return [
+        helper.make_node("MatMul", [features, p + "weight_t"], [p + "scores"], name=p + "matmul"),
+        helper.make_node("Add", [p + "scores", p + "bias"], [LOGITS], name=p + "add"),
+    ]
+
 
 def _save(model, logits_shape: list, out_path: Path) -> Path:
     """Make `logits` the only output, check, save."""

@@ -1,9 +1,11 @@
 """The local build key ($EDGE_RUNTIME_HOME/keys/signing/local.key): created and trusted on first use."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import paths, signing
+
 
 def local_signing_key(root: Path | None = None):
     root = Path(root) if root else paths.home()

@@ -1,4 +1,5 @@
 """Size and batch-1 latency of a model file (one thread: the figure an edge device cares about)."""
+
 from __future__ import annotations
 
 import statistics
@@ -7,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+
 def size_mb(path: Path) -> float:
     return round(Path(path).stat().st_size / 1e6, 2)
+
 
 def batch1_latency_ms(path: Path, ids: list[int], runs: int = 30, threads: int = 1) -> float:
     """Median `session.run` time for one sequence, after warm-up."""

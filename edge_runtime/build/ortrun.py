@@ -1,4 +1,5 @@
 """Run an ONNX model over texts with onnxruntime: mean-pooled features, logits, embeddings."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import textenc
+
 
 def session(path: Path, threads: int = 2):
     import onnxruntime as ort
@@ -16,9 +18,11 @@ def session(path: Path, threads: int = 2):
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
+
 def _feeds(sess, input_ids, mask, type_ids) -> dict:
     available = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
     return {i.name: available[i.name] for i in sess.get_inputs()}
+
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
     weights = mask[..., None].astype(np.float32)
@@ -27,8 +31,10 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarr
         pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     return pooled.astype(np.float32)
 
-def run(path: Path, ids: list[list[int]], batch_size: int = 64, pool: bool = False,
-        normalize: bool = False, advance=None) -> np.ndarray:
+
+def run(
+    path: Path, ids: list[list[int]], batch_size: int = 64, pool: bool = False, normalize: bool = False, advance=None
+) -> np.ndarray:
     """First output of the model for every sequence, in the caller's order.
 
     With `pool`, the first output is a hidden-state tensor, mean-pooled over the attention mask."""

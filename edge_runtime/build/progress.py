@@ -1,9 +1,11 @@
 """Progress for long build steps: rich bars on a terminal, plain timestamped lines otherwise."""
+
 from __future__ import annotations
 
 import contextlib
 import sys
 import time
+
 
 class Progress:
     """`step(name)` times a step; `bar(name, total)` yields an `advance(n)` callable."""
@@ -37,11 +39,16 @@ class Progress:
     def bar(self, name: str, total: int):
         began = time.perf_counter()
         if self.rich:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn())
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
             with RichProgress(*columns, console=_console(self.stream), transient=False) as bar:
                 task = bar.add_task(name, total=total)
                 yield lambda n=1, note=None: bar.update(task, advance=n, description=_describe(name, note))
@@ -61,13 +68,16 @@ class Progress:
         self.timings[name] = round(time.perf_counter() - began, 2)
         self.log(f"{name}: done in {self.timings[name]:.1f}s")
 
+
 def _describe(name: str, note: str | None) -> str:
     return f"{name} ({note})" if note else name
+
 
 def _console(stream):
     from rich.console import Console
 
     return Console(file=stream)
+
 
 class Silent(Progress):
     def __init__(self):

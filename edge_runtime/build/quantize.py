@@ -2,6 +2,7 @@
 
 Some nodes can stay fp32: `ffn_down` names the FFN down-projections, the layers most sensitive to INT8.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,6 +17,7 @@ ALIASES = {
 }
 
 ALWAYS_FP32 = "head/"  # the folded classification head: tiny, and the last word on the answer
+
 
 def resolve_exclusions(model_path: Path, names: list[str]) -> list[str]:
     """Node names to keep fp32: the folded head, exact names, or aliases from ALIASES."""
@@ -35,6 +37,7 @@ def resolve_exclusions(model_path: Path, names: list[str]) -> list[str]:
             raise BuildError(f"--exclude-nodes: no node named {name!r} (aliases: {', '.join(ALIASES)})")
     return sorted(set(resolved))
 
+
 def quantize(src: Path, dst: Path, exclude: list[str] | None = None, per_channel: bool = True) -> dict:
     """Write the INT8 model; return the manifest's `quantization` section."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -42,9 +45,15 @@ def quantize(src: Path, dst: Path, exclude: list[str] | None = None, per_channel
     excluded = resolve_exclusions(Path(src), list(exclude or []))
     logging.disable(logging.WARNING)  # it advises "pre-processing" on the root logger; not needed for MatMuls
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         nodes_to_exclude=excluded or None)
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=excluded or None
+        )
     finally:
         logging.disable(logging.NOTSET)
-    return {"method": "dynamic", "weight_type": "int8", "per_channel": per_channel,
-            "activations": "uint8 (dynamic)", "fp32_nodes": excluded}
+    return {
+        "method": "dynamic",
+        "weight_type": "int8",
+        "per_channel": per_channel,
+        "activations": "uint8 (dynamic)",
+        "fp32_nodes": excluded,
+    }

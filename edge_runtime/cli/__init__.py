@@ -4,6 +4,7 @@ Each command group lives in its own module under edge_runtime/cli/ and is import
 it is invoked, so `edge-runtime --help` and `predict` stay fast and never import the build stack.
 Exit codes: 0 ok, 1 failure (one-line reason on stderr), 2 usage error.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,7 +23,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("models", "models", "List, inspect, verify, install, activate and roll back bundles."),
     "keys": ("keys", "keys", "Generate and trust ed25519 signing keys."),
     "build": ("build", "build", "Build a signed INT8 bundle from a Hugging Face model (needs [build])."),
-    "calibrate": ("calibrate", "calibrate", "Fit temperature and routing thresholds; write a new signed bundle version."),
+    "calibrate": (
+        "calibrate",
+        "calibrate",
+        "Fit temperature and routing thresholds; write a new signed bundle version.",
+    ),
     "redact": ("redact", "redact", "Redact personal data from stdin lines."),
     "outbox": ("outbox", "outbox", "Inspect the escalation outbox: list, retry dead letters, purge."),
     "upstream": ("upstream", "upstream", "Run an upstream worker that answers escalations with a larger bundle."),
@@ -30,8 +35,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("status", "status", "Show the running daemon's model, queue, counters and outbox."),
     "config": ("config", "config", "Check or show the daemon's TOML configuration."),
     "fleet": ("fleet", "fleet", "Fleet manager: sign releases, roll them out to groups (canaries first), watch."),
-    "update": ("update", "update", "Device update agent: follow the fleet's desired state, verify, commit or roll back."),
+    "update": (
+        "update",
+        "update",
+        "Device update agent: follow the fleet's desired state, verify, commit or roll back.",
+    ),
 }
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
@@ -49,10 +59,12 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edge-runtime")
 def cli():
     """edge-runtime: small INT8 models on edge devices, hard cases upstream, personal data redacted."""
+
 
 def main(argv=None) -> int:
     try:
@@ -72,6 +84,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     return code if isinstance(code, int) else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
 """edge-runtime bench: batch-1 latency percentiles and batch-32 throughput of a bundle on this device."""
+
 from __future__ import annotations
 
 import time
@@ -6,8 +7,8 @@ import time
 import click
 import numpy as np
 
-from .output import print_json_line
 from .common import load_model, model_options
+from .output import print_json_line
 
 SAMPLE_TEXTS = [
     "what is my checking account balance",
@@ -20,19 +21,22 @@ SAMPLE_TEXTS = [
     "how many calories are in a large banana",
 ]
 
+
 def _run(model, texts):
     return model.predict(texts) if model.task == "text-classification" else model.embed(texts)
 
+
 @click.command()
 @model_options
-@click.option("--requests", "n", type=click.IntRange(10, 100000), default=300, show_default=True,
-              help="Batch-1 requests to time.")
+@click.option(
+    "--requests", "n", type=click.IntRange(10, 100000), default=300, show_default=True, help="Batch-1 requests to time."
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench(bundle, threads, allow_unsigned, n, as_json):
     """Latency percentiles at batch 1 and throughput at batch 32 on this CPU."""
     model = load_model(bundle, threads, allow_unsigned)
     for text in SAMPLE_TEXTS:
-        _run(model, [text])                       # warm-up: first runs allocate the arena
+        _run(model, [text])  # warm-up: first runs allocate the arena
     latencies = []
     for i in range(n):
         started = time.perf_counter()
@@ -45,9 +49,15 @@ def bench(bundle, threads, allow_unsigned, n, as_json):
         rounds += 1
     throughput = rounds * 32 / (time.perf_counter() - started)
     p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-    result = {"model": f"{model.name}@{model.version}", "threads": threads, "requests": n,
-              "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-              "batch32_per_s": float(throughput)}
+    result = {
+        "model": f"{model.name}@{model.version}",
+        "threads": threads,
+        "requests": n,
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "batch32_per_s": float(throughput),
+    }
     if as_json:
         print_json_line(result)
         return

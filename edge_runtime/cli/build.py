@@ -3,6 +3,7 @@ the PII tagger.
 
 Everything heavy is imported inside the commands, after the [build] extra has been checked.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,35 +12,47 @@ import click
 
 from .output import json_option, print_json
 
+
 def _progress(as_json: bool):
     from ..build.progress import Progress
 
     return Progress(enabled=True)  # progress goes to stderr, so --json stdout stays clean
 
+
 def _summary(result: dict) -> None:
     metrics = result.get("metrics") or {}
-    click.echo(f"{result.get('status', 'built')}: {result.get('name')}@{result.get('version')} "
-               f"-> {result.get('path') or result.get('archive')}")
+    click.echo(
+        f"{result.get('status', 'built')}: {result.get('name')}@{result.get('version')} "
+        f"-> {result.get('path') or result.get('archive')}"
+    )
     for split in ("fp32", "int8", "int8_with_outside_bias"):
         scores = metrics.get(split)
-        if scores and "all" in scores:   # a tagger: span figures per kind
-            kinds = ", ".join(f"{kind} {scores[kind]['value_recall']:.2f}" for kind in scores
-                              if kind not in ("all", "negatives"))
-            click.echo(f"  {split}: values fully redacted {scores['all']['value_recall']:.2f} ({kinds}), "
-                       f"span precision {scores['all']['span_precision']:.2f}")
+        if scores and "all" in scores:  # a tagger: span figures per kind
+            kinds = ", ".join(
+                f"{kind} {scores[kind]['value_recall']:.2f}" for kind in scores if kind not in ("all", "negatives")
+            )
+            click.echo(
+                f"  {split}: values fully redacted {scores['all']['value_recall']:.2f} ({kinds}), "
+                f"span precision {scores['all']['span_precision']:.2f}"
+            )
         elif scores:
             oos = "" if scores.get("oos_recall") is None else f", OOS recall {scores['oos_recall']:.2f}"
             click.echo(f"  {split}: in-scope {scores['in_scope_accuracy']:.2f}{oos}, accuracy {scores['accuracy']:.2f}")
     for split, scores in (metrics.get("with_reject_threshold") or {}).items():
-        click.echo(f"  {split} + reject threshold: in-scope {scores['in_scope_accuracy']:.2f}, "
-                   f"OOS recall {scores.get('oos_recall')}")
+        click.echo(
+            f"  {split} + reject threshold: in-scope {scores['in_scope_accuracy']:.2f}, "
+            f"OOS recall {scores.get('oos_recall')}"
+        )
     gate = metrics.get("gate", {})
     if "mean_cosine" in gate:
         click.echo(f"  int8 vs fp32: mean cosine {gate['mean_cosine']:.4f}, min {gate['min_cosine']:.4f}")
     if "int8_size_mb" in metrics:
-        click.echo(f"  int8 size {metrics['int8_size_mb']} MB, batch-1 latency {metrics.get('int8_latency_ms_batch1')} ms")
+        click.echo(
+            f"  int8 size {metrics['int8_size_mb']} MB, batch-1 latency {metrics.get('int8_latency_ms_batch1')} ms"
+        )
     if "build_seconds" in result or "build_seconds" in metrics:
         click.echo(f"  build time {result.get('build_seconds', metrics.get('build_seconds'))} s")
+
 
 def _signing_key(key: str | None, allow_unsigned: bool):
     from .. import signing
@@ -50,14 +63,20 @@ def _signing_key(key: str | None, allow_unsigned: bool):
         raise click.UsageError("pass --key KEYFILE to sign the bundle, or --allow-unsigned-output")
     return None
 
+
 def _common(func):
     options = [
         click.option("--model", "model_dir", required=True, metavar="DIR", help="Hugging Face model folder."),
-        click.option("--name", required=True), click.option("--version", required=True, help="semver"),
+        click.option("--name", required=True),
+        click.option("--version", required=True, help="semver"),
         click.option("--release", required=True, type=click.IntRange(0), help="monotonic integer"),
         click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True),
-        click.option("--exclude-nodes", default="", metavar="LIST",
-                     help="Comma-separated node names (or `ffn_down`) to keep fp32."),
+        click.option(
+            "--exclude-nodes",
+            default="",
+            metavar="LIST",
+            help="Comma-separated node names (or `ffn_down`) to keep fp32.",
+        ),
         click.option("--force", is_flag=True, help="Emit even when the INT8 gate fails."),
         click.option("--key", type=click.Path(dir_okay=False), help="ed25519 private key (PEM) to sign with."),
         click.option("--allow-unsigned-output", is_flag=True, help="Emit an unsigned bundle (developers only)."),
@@ -69,16 +88,39 @@ def _common(func):
         func = option(func)
     return func
 
-def _config(model_dir, name, version, release, max_length, exclude_nodes, force, key, allow_unsigned_output,
-            cache_dir, out, **extra):
+
+def _config(
+    model_dir,
+    name,
+    version,
+    release,
+    max_length,
+    exclude_nodes,
+    force,
+    key,
+    allow_unsigned_output,
+    cache_dir,
+    out,
+    **extra,
+):
     from ..build.config import BuildConfig
     from ..build.source import check_model_dir
 
-    return BuildConfig(model_dir=check_model_dir(Path(model_dir)), name=name, version=version, release=release,
-                       out=Path(out), max_length=max_length, force=force,
-                       exclude_nodes=[n.strip() for n in exclude_nodes.split(",") if n.strip()],
-                       private_key=_signing_key(key, allow_unsigned_output),
-                       cache_dir=Path(cache_dir) if cache_dir else None, source={"model": str(model_dir)}, **extra)
+    return BuildConfig(
+        model_dir=check_model_dir(Path(model_dir)),
+        name=name,
+        version=version,
+        release=release,
+        out=Path(out),
+        max_length=max_length,
+        force=force,
+        exclude_nodes=[n.strip() for n in exclude_nodes.split(",") if n.strip()],
+        private_key=_signing_key(key, allow_unsigned_output),
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        source={"model": str(model_dir)},
+        **extra,
+    )
+
 
 @click.group(invoke_without_command=True)
 @click.pass_context
@@ -89,6 +131,7 @@ def build(ctx):
     require_build_deps()
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
+
 
 @build.command()
 @_common
@@ -103,21 +146,37 @@ def build(ctx):
 @click.option("--oos-label", default="oos", show_default=True, help="The out-of-scope class, if present.")
 def classifier(train, val, head, epochs, encoder_lr, head_lr, seed, max_drop, oos_label, as_json, **common):
     """Text classifier: encoder + linear head folded into one INT8 graph that outputs logits."""
+    from ..build.classifier import build_classifier
     from ..build.data import read_jsonl
     from ..build.finetune import FinetuneConfig
-    from ..build.classifier import build_classifier
 
-    config = _config(**common, head=head, max_drop=max_drop, oos_label=oos_label,
-                     finetune=FinetuneConfig(epochs=epochs, encoder_lr=encoder_lr, head_lr=head_lr, seed=seed))
+    config = _config(
+        **common,
+        head=head,
+        max_drop=max_drop,
+        oos_label=oos_label,
+        finetune=FinetuneConfig(epochs=epochs, encoder_lr=encoder_lr, head_lr=head_lr, seed=seed),
+    )
     result = build_classifier(config, read_jsonl(Path(train)), read_jsonl(Path(val)), _progress(as_json))
-    report = {"status": "built", "name": config.name, "version": config.version, "path": str(result.path),
-              "build_seconds": result.seconds, "metrics": result.manifest["metrics"]}
+    report = {
+        "status": "built",
+        "name": config.name,
+        "version": config.version,
+        "path": str(result.path),
+        "build_seconds": result.seconds,
+        "metrics": result.manifest["metrics"],
+    }
     print_json(report) if as_json else _summary(report)
+
 
 @build.command()
 @_common
-@click.option("--texts", required=True, type=click.Path(dir_okay=False),
-              help="JSONL with a text field: the sentences the INT8 gate compares on.")
+@click.option(
+    "--texts",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSONL with a text field: the sentences the INT8 gate compares on.",
+)
 @click.option("--min-cosine", type=float, default=0.98, show_default=True, help="Mean cosine INT8 vs fp32.")
 def embedder(texts, min_cosine, as_json, **common):
     """Sentence embedder: the encoder in INT8; the runtime mean-pools and normalises."""
@@ -126,17 +185,27 @@ def embedder(texts, min_cosine, as_json, **common):
 
     config = _config(**common, min_cosine=min_cosine)
     result = build_embedder(config, read_jsonl(Path(texts), need_labels=False).texts, _progress(as_json))
-    report = {"status": "built", "name": config.name, "version": config.version, "path": str(result.path),
-              "build_seconds": result.seconds, "metrics": result.manifest["metrics"]}
+    report = {
+        "status": "built",
+        "name": config.name,
+        "version": config.version,
+        "path": str(result.path),
+        "build_seconds": result.seconds,
+        "metrics": result.manifest["metrics"],
+    }
     print_json(report) if as_json else _summary(report)
+
 
 @build.command()
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Default: models/clinc150-minilm-int8/recipe.toml.")
 @click.option("--datasets", type=click.Path(file_okay=False), help="Folder holding the dataset (overrides the recipe).")
 @click.option("--force", is_flag=True, help="Rebuild even when this release is installed.")
 @click.option("--no-tagger", is_flag=True, help="Skip the PII tagger (names and addresses will not be redacted).")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Exports and fine-tuning runs to reuse (default: $EDGE_RUNTIME_HOME/cache/build).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Exports and fine-tuning runs to reuse (default: $EDGE_RUNTIME_HOME/cache/build).",
+)
 @json_option
 def default(recipe, datasets, force, no_tagger, cache_dir, as_json):
     """Build, sign (local build key) and install the default bundle (activated) and the PII tagger."""
@@ -145,10 +214,24 @@ def default(recipe, datasets, force, no_tagger, cache_dir, as_json):
 
     progress = _progress(as_json)
     cache = Path(cache_dir) if cache_dir else None
-    result = build_default(load_recipe(Path(recipe) if recipe else None), force=force,
-                           datasets=Path(datasets) if datasets else None, progress=progress, cache_dir=cache)
-    tagger = None if no_tagger else build_pii_tagger(load_recipe(TAGGER_RECIPE), force=force, progress=progress,
-                                                     cache_dir=cache, datasets=Path(datasets) if datasets else None)
+    result = build_default(
+        load_recipe(Path(recipe) if recipe else None),
+        force=force,
+        datasets=Path(datasets) if datasets else None,
+        progress=progress,
+        cache_dir=cache,
+    )
+    tagger = (
+        None
+        if no_tagger
+        else build_pii_tagger(
+            load_recipe(TAGGER_RECIPE),
+            force=force,
+            progress=progress,
+            cache_dir=cache,
+            datasets=Path(datasets) if datasets else None,
+        )
+    )
     if as_json:
         print_json({**result, "pii_tagger": tagger})
         return
@@ -156,19 +239,27 @@ def default(recipe, datasets, force, no_tagger, cache_dir, as_json):
     if tagger:
         _summary(tagger)
 
+
 @build.command("pii-tagger")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Default: models/pii-tagger-minilm/recipe.toml.")
 @click.option("--datasets", type=click.Path(file_okay=False), help="Folder holding the real-negatives dataset.")
 @click.option("--force", is_flag=True, help="Rebuild even when this release is installed.")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Exports and fine-tuning runs to reuse (default: $EDGE_RUNTIME_HOME/cache/build).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Exports and fine-tuning runs to reuse (default: $EDGE_RUNTIME_HOME/cache/build).",
+)
 @json_option
 def pii_tagger(recipe, datasets, force, cache_dir, as_json):
     """Build, sign and install the PII tagger (person names, postal addresses) that egress runs."""
     from ..build.default import build_pii_tagger
     from ..build.recipe import TAGGER_RECIPE, load_recipe
 
-    result = build_pii_tagger(load_recipe(Path(recipe) if recipe else TAGGER_RECIPE), force=force,
-                              progress=_progress(as_json), cache_dir=Path(cache_dir) if cache_dir else None,
-                              datasets=Path(datasets) if datasets else None)
+    result = build_pii_tagger(
+        load_recipe(Path(recipe) if recipe else TAGGER_RECIPE),
+        force=force,
+        progress=_progress(as_json),
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        datasets=Path(datasets) if datasets else None,
+    )
     print_json(result) if as_json else _summary(result)

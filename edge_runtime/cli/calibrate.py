@@ -5,6 +5,7 @@ set, the patch version and release bumped, re-finalized and signed (default: the
 With --device DEVICE, the bundle is an upstream and calibrate fits its postprocess.combine section instead:
 how it pools its probabilities with DEVICE's top-k for the cases DEVICE escalates (edge_runtime/combine.py).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import click
 
-from .output import print_json_line
 from .common import percent
+from .output import print_json_line
+
 
 def _signing_key(key: str | None):
     from .. import paths, signing
@@ -24,11 +26,16 @@ def _signing_key(key: str | None):
         raise click.UsageError(f"no signing key at {path}: pass --key KEYFILE")
     return signing.load_private_key(path)
 
+
 def _copy_bundle(source: Path, dest: Path) -> None:
     from ..bundle import MANIFEST, SIGNATURE
 
-    shutil.copytree(source, dest, ignore=lambda d, names: [n for n in names if n in (MANIFEST, SIGNATURE)]
-                    if Path(d) == source else [])
+    shutil.copytree(
+        source,
+        dest,
+        ignore=lambda d, names: [n for n in names if n in (MANIFEST, SIGNATURE)] if Path(d) == source else [],
+    )
+
 
 def write_version(model, manifest: dict, private_key, out: Path | None, install: bool):
     """Copy the bundle, finalize the new manifest and sign it; install it into the store or move it to `out`."""
@@ -51,6 +58,7 @@ def write_version(model, manifest: dict, private_key, out: Path | None, install:
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
 
+
 def plot(result, scores, correct, path: Path) -> None:
     try:
         import matplotlib
@@ -64,8 +72,12 @@ def plot(result, scores, correct, path: Path) -> None:
     coverage, risk = curve(scores, correct)
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(coverage, risk, label="device (calibrated)")
-    axis.axvline(1 - result.expected_escalation_rate, color="grey", linestyle="--",
-                 label=f"fitted cut ({percent(result.expected_escalation_rate)} escalated)")
+    axis.axvline(
+        1 - result.expected_escalation_rate,
+        color="grey",
+        linestyle="--",
+        label=f"fitted cut ({percent(result.expected_escalation_rate)} escalated)",
+    )
     axis.set_xlabel("coverage (share answered on the device)")
     axis.set_ylabel("risk (error rate of kept answers)")
     axis.set_title(f"risk-coverage, T={result.temperature:g}")
@@ -74,6 +86,7 @@ def plot(result, scores, correct, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
 
 def _report(result, ref: str, new_ref: str | None) -> None:
     click.echo(f"calibrated {ref} on {result.n} examples" + (f" -> {new_ref}" if new_ref else ""))
@@ -93,41 +106,82 @@ def _report(result, ref: str, new_ref: str | None) -> None:
     for row in result.risk_coverage:
         click.echo(f"{percent(row['coverage']):>8}  {row['threshold']:>9.4f}  {percent(row['kept_accuracy']):>13}")
 
+
 @click.command()
 @click.option("--bundle", "-b", metavar="PATH|NAME[@VERSION]", help="Bundle to calibrate (default: the active one).")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help='Labelled JSONL, one {"text", "label"} per line (validation data, not training data).')
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help='Labelled JSONL, one {"text", "label"} per line (validation data, not training data).',
+)
 @click.option("--target-escalation", type=click.FloatRange(0, 1), help="Share of requests to escalate, e.g. 0.10.")
-@click.option("--signal", type=click.Choice(["confidence", "entropy"]), default="confidence", show_default=True,
-              help="Route on the top probability (routing.min_confidence) or on the normalised entropy "
-                   "(routing.max_entropy; no per-class thresholds).")
-@click.option("--device", metavar="PATH|NAME[@VERSION]",
-              help="Fit the combined upstream mode instead: BUNDLE is the upstream, DEVICE the (calibrated) device "
-                   "whose routing decides what is escalated; writes BUNDLE's postprocess.combine section "
-                   "(device weight, OOS bias, reject threshold, upstream temperature). No targets with it.")
-@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True),
-              help="Accuracy the kept answers must reach, e.g. 0.99.")
+@click.option(
+    "--signal",
+    type=click.Choice(["confidence", "entropy"]),
+    default="confidence",
+    show_default=True,
+    help="Route on the top probability (routing.min_confidence) or on the normalised entropy "
+    "(routing.max_entropy; no per-class thresholds).",
+)
+@click.option(
+    "--device",
+    metavar="PATH|NAME[@VERSION]",
+    help="Fit the combined upstream mode instead: BUNDLE is the upstream, DEVICE the (calibrated) device "
+    "whose routing decides what is escalated; writes BUNDLE's postprocess.combine section "
+    "(device weight, OOS bias, reject threshold, upstream temperature). No targets with it.",
+)
+@click.option(
+    "--target-accuracy",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Accuracy the kept answers must reach, e.g. 0.99.",
+)
 @click.option("--oos-label", default="oos", show_default=True, help="Out-of-scope label ('' for none).")
 @click.option("--no-reject", is_flag=True, help="Do not fit a reject-to-OOS threshold.")
-@click.option("--per-class-min", type=click.IntRange(0), default=20, show_default=True,
-              help="With --target-accuracy: per-class thresholds for classes predicted at least this often (0: off).")
-@click.option("--key", type=click.Path(exists=True, dir_okay=False),
-              help="Signing key (default: $EDGE_RUNTIME_HOME/keys/signing/local.key).")
+@click.option(
+    "--per-class-min",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
+    help="With --target-accuracy: per-class thresholds for classes predicted at least this often (0: off).",
+)
+@click.option(
+    "--key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Signing key (default: $EDGE_RUNTIME_HOME/keys/signing/local.key).",
+)
 @click.option("--out", type=click.Path(), help="Write the new bundle version to this directory.")
 @click.option("--install", is_flag=True, help="Install the new version into the store (not activated).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Risk-coverage curve as a PNG.")
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True)
 @click.option("--allow-unsigned", is_flag=True, help="Developers only: accept an unsigned source bundle.")
 @click.option("--json", "as_json", is_flag=True)
-def calibrate(bundle, data, target_escalation, signal, device, target_accuracy, oos_label, no_reject, per_class_min,
-              key, out, install, plot_path, threads, allow_unsigned, as_json):
+def calibrate(
+    bundle,
+    data,
+    target_escalation,
+    signal,
+    device,
+    target_accuracy,
+    oos_label,
+    no_reject,
+    per_class_min,
+    key,
+    out,
+    install,
+    plot_path,
+    threads,
+    allow_unsigned,
+    as_json,
+):
     """Fit temperature scaling and routing thresholds; write them into a new, signed bundle version.
 
     With --device: fit how the upstream BUNDLE combines its probabilities with DEVICE's top-k on the examples
     DEVICE escalates (`edge-runtime eval --upstream-mode combined`, and the upstream worker, use it)."""
     import numpy as np
 
-    from ..calibration import calibrate as fit, calibrated_manifest
+    from ..calibration import calibrate as fit
+    from ..calibration import calibrated_manifest
     from ..evaluation import read_jsonl
     from .common import load_model
 
@@ -145,9 +199,18 @@ def calibrate(bundle, data, target_escalation, signal, device, target_accuracy, 
     if model.task != "text-classification":
         raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are calibrated")
     logits = model.logits(texts)
-    result = fit(logits, gold, model.labels, target_escalation=target_escalation, target_accuracy=target_accuracy,
-                 current_temperature=model.classification.temperature, oos_label=oos_label or None,
-                 fit_reject=not no_reject, per_class_min=per_class_min, signal=signal)
+    result = fit(
+        logits,
+        gold,
+        model.labels,
+        target_escalation=target_escalation,
+        target_accuracy=target_accuracy,
+        current_temperature=model.classification.temperature,
+        oos_label=oos_label or None,
+        fit_reject=not no_reject,
+        per_class_min=per_class_min,
+        signal=signal,
+    )
     new_manifest = calibrated_manifest(model.manifest.raw, result)
     written = None
     if out or install:
@@ -163,15 +226,23 @@ def calibrate(bundle, data, target_escalation, signal, device, target_accuracy, 
         plot(result, probs.max(axis=1), predicted == np.array([index[g] for g in gold]), Path(plot_path))
     new_ref = f"{new_manifest['name']}@{new_manifest['version']}"
     if as_json:
-        print_json_line({**result.to_dict(), "model": f"{model.name}@{model.version}", "new_version": new_ref,
-                   "routing": new_manifest["routing"], "written": str(written) if written else None,
-                   "plot": plot_path})
+        print_json_line(
+            {
+                **result.to_dict(),
+                "model": f"{model.name}@{model.version}",
+                "new_version": new_ref,
+                "routing": new_manifest["routing"],
+                "written": str(written) if written else None,
+                "plot": plot_path,
+            }
+        )
         return
     _report(result, f"{model.name}@{model.version}", new_ref if written else None)
     if written:
         click.echo(f"\nwrote {new_ref} to {written}")
     else:
         click.echo("\n(dry run: pass --out DIR or --install to write the new version)")
+
 
 def _combination(bundle, device, data, oos_label, key, out, install, threads, allow_unsigned, as_json):
     """calibrate --device: fit BUNDLE's postprocess.combine for DEVICE's escalations, write a new version."""
@@ -190,26 +261,45 @@ def _combination(bundle, device, data, oos_label, key, out, install, threads, al
             raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are combined")
     predictions = router_for(small).route_all(small.predict(texts))
     escalated = [p.decision == "escalate" for p in predictions]
-    result = fit_combination([p.top_k for p in predictions], escalated, [p.label for p in predictions],
-                             big.logits(texts), big.labels, gold, oos_label=oos_label or None,
-                             device=f"{small.name}@{small.version}")
+    result = fit_combination(
+        [p.top_k for p in predictions],
+        escalated,
+        [p.label for p in predictions],
+        big.logits(texts),
+        big.labels,
+        gold,
+        oos_label=oos_label or None,
+        device=f"{small.name}@{small.version}",
+    )
     new_manifest = combined_manifest(big.manifest.raw, result)
-    written = write_version(big, new_manifest, private_key, Path(out) if out else None, install) \
-        if out or install else None
+    written = (
+        write_version(big, new_manifest, private_key, Path(out) if out else None, install) if out or install else None
+    )
     new_ref = f"{new_manifest['name']}@{new_manifest['version']}"
     if as_json:
-        print_json_line({**result.to_dict(), "model": f"{big.name}@{big.version}", "device": result.combination.device,
-                         "new_version": new_ref, "written": str(written) if written else None})
+        print_json_line(
+            {
+                **result.to_dict(),
+                "model": f"{big.name}@{big.version}",
+                "device": result.combination.device,
+                "new_version": new_ref,
+                "written": str(written) if written else None,
+            }
+        )
         return
     c = result.combination
-    click.echo(f"combined {big.name}@{big.version} with {c.device}'s top-k on {result.n} examples "
-               f"({result.escalated} escalated)" + (f" -> {new_ref}" if written else ""))
+    click.echo(
+        f"combined {big.name}@{big.version} with {c.device}'s top-k on {result.n} examples "
+        f"({result.escalated} escalated)" + (f" -> {new_ref}" if written else "")
+    )
     click.echo(f"upstream temperature  {c.temperature:g}")
     click.echo(f"device weight         {c.device_weight:g}   (NLL on the escalated {result.nll_escalated:.4f})")
     click.echo(f"oos bias              {c.oos_bias:g}")
     click.echo(f"reject threshold      {c.reject_threshold:g} -> {c.oos_label}")
-    click.echo(f"on this data          in-scope {percent(result.in_scope_accuracy)}, OOS recall "
-               f"{percent(result.oos_recall)}, escalated answered right {percent(result.escalated_accuracy)}")
+    click.echo(
+        f"on this data          in-scope {percent(result.in_scope_accuracy)}, OOS recall "
+        f"{percent(result.oos_recall)}, escalated answered right {percent(result.escalated_accuracy)}"
+    )
     if written:
         click.echo(f"\nwrote {new_ref} to {written}")
     else:

@@ -1,13 +1,16 @@
 """`edge-runtime config`: check a daemon config file, or show the effective configuration."""
+
 from __future__ import annotations
 
 import click
 
 from .output import json_option, print_json
 
+
 @click.group()
 def config():
     """Check or show the daemon's TOML configuration (file < EDGE_RUNTIME_* environment < options)."""
+
 
 @config.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
@@ -21,6 +24,7 @@ def check(file):
         raise ConfigError(f"no config file given and {settings.DEFAULT_PATH} does not exist")
     settings.load(path)
     click.echo(f"ok: {path}")
+
 
 @config.command()
 @click.option("--config", "file", type=click.Path(dir_okay=False), metavar="FILE", help="The config file.")

@@ -1,4 +1,5 @@
 """edge-runtime doctor: what this device can do, and whether the model store is healthy."""
+
 from __future__ import annotations
 
 import platform
@@ -7,7 +8,6 @@ import shutil
 import click
 
 from .output import print_json_line
-
 
 # /proc/cpuinfo flags that decide how fast INT8 inference runs
 CPU_FEATURES = {
@@ -18,6 +18,7 @@ CPU_FEATURES = {
     "dotprod": ("asimddp",),
     "i8mm": ("i8mm",),
 }
+
 
 def cpu_features() -> dict[str, bool]:
     flags: set[str] = set()
@@ -30,6 +31,7 @@ def cpu_features() -> dict[str, bool]:
     except OSError:
         pass
     return {name: any(flag in flags for flag in names) for name, names in CPU_FEATURES.items()}
+
 
 def collect() -> dict:
     from .. import kernels, paths, session
@@ -49,8 +51,9 @@ def collect() -> dict:
     report["disk_free_mb"] = usage.free // (1 << 20)
     active = store.active()
     report["active_model"] = f"{active[0]}@{active[1]}" if active else None
-    checks = [{"model": f"{name}@{version}", "ok": ok, "reason": reason}
-              for name, version, ok, reason in store.verify_all()]
+    checks = [
+        {"model": f"{name}@{version}", "ok": ok, "reason": reason} for name, version, ok, reason in store.verify_all()
+    ]
     report["store"] = {"ok": all(c["ok"] for c in checks), "models": checks}
     tagger = [c["model"] for c in checks if c["model"].startswith(DEFAULT_BUNDLE + "@") and c["ok"]]
     report["pii_tagger"] = tagger[-1] if tagger else None
@@ -61,6 +64,7 @@ def collect() -> dict:
         problems.append(f"low disk space: {report['disk_free_mb']} MB free")
     report["problems"] = problems
     return report
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -81,7 +85,8 @@ def doctor(as_json):
         click.echo(f"kernels        {report['kernels']}")
         click.echo(f"home           {report['home']} ({report['disk_free_mb']} MB free)")
         click.echo(f"active model   {report['active_model'] or '-'}")
-        click.echo(f"pii tagger     {report['pii_tagger'] or '- (names and addresses are not redacted: edge-runtime build pii-tagger)'}")
+        no_tagger = "- (names and addresses are not redacted: edge-runtime build pii-tagger)"
+        click.echo(f"pii tagger     {report['pii_tagger'] or no_tagger}")
         for check in report["store"]["models"]:
             click.echo(f"  {'ok ' if check['ok'] else 'BAD'} {check['model']}  {check['reason'] or ''}")
         for problem in report["problems"]:

@@ -1,14 +1,16 @@
 """edge-runtime eval: accuracy, in-scope accuracy, OOS recall and routing figures on a labelled JSONL file;
 with --upstream, the device + upstream hybrid against the device alone and against everything upstream."""
+
 from __future__ import annotations
 
 import click
 
 from ..evaluation import DEFAULT_DEVICE_COST, DEFAULT_UPSTREAM_COST, per_class, read_jsonl, routed_figures
-from .output import print_json_line
 from .common import load_model, model_options, percent, router_for
+from .output import print_json_line
 
 ROWS = ("accuracy", "in_scope_accuracy", "oos_recall", "escalation_rate", "kept_accuracy")
+
 
 def _upstream_labels(big, texts, predictions, mode: str) -> list[str]:
     if mode == "plain":
@@ -16,12 +18,14 @@ def _upstream_labels(big, texts, predictions, mode: str) -> list[str]:
     if mode == "combined":
         from ..combine import Combination, combine_many
 
-        answers, _ = combine_many(Combination.from_manifest(big.manifest.raw), [p.top_k for p in predictions],
-                                  big.logits(texts), big.labels)
+        answers, _ = combine_many(
+            Combination.from_manifest(big.manifest.raw), [p.top_k for p in predictions], big.logits(texts), big.labels
+        )
         return answers
     from ..evaluation import candidate_labels
 
     return candidate_labels(big, texts, predictions)
+
 
 def _hybrid(model, big, texts, gold, predictions, oos_label, device_cost, upstream_cost, mode):
     from ..evaluation import hybrid_figures, payload_sizes
@@ -32,13 +36,22 @@ def _hybrid(model, big, texts, gold, predictions, oos_label, device_cost, upstre
     sent = [i for i, e in enumerate(escalated) if e]
     escalated_bytes = sum(payload_sizes([texts[i] for i in sent], [predictions[i] for i in sent], bundle=bundle))
     all_bytes = sum(payload_sizes(texts, None, bundle=bundle))
-    figures = hybrid_figures(gold, [p.label for p in predictions], escalated, upstream,
-                             escalated_bytes=escalated_bytes, all_bytes=all_bytes, device_cost=device_cost,
-                             upstream_cost=upstream_cost, oos_label=oos_label)
+    figures = hybrid_figures(
+        gold,
+        [p.label for p in predictions],
+        escalated,
+        upstream,
+        escalated_bytes=escalated_bytes,
+        all_bytes=all_bytes,
+        device_cost=device_cost,
+        upstream_cost=upstream_cost,
+        oos_label=oos_label,
+    )
     figures["upstream"] = f"{big.name}@{big.version}"
     figures["upstream_mode"] = mode
     final = [u if e else p.label for p, u, e in zip(predictions, upstream, escalated)]
     return figures, final
+
 
 def _print_hybrid(figures) -> None:
     device, everything = figures["device_only"], figures["all_upstream"]
@@ -47,35 +60,71 @@ def _print_hybrid(figures) -> None:
     for key in ("accuracy", "in_scope_accuracy", "oos_recall"):
         click.echo(f"{key:<22}{percent(device[key]):>12}{percent(figures[key]):>10}{percent(everything[key]):>14}")
     click.echo(f"{'answered on device':<22}{'100.0%':>12}{percent(figures['local_share']):>10}{'0.0%':>14}")
-    click.echo(f"{'bytes upstream /1000':<22}{0:>12,}{figures['upstream_bytes_per_1000']:>10,.0f}"
-               f"{everything['upstream_bytes_per_1000']:>14,.0f}")
+    click.echo(
+        f"{'bytes upstream /1000':<22}{0:>12,}{figures['upstream_bytes_per_1000']:>10,.0f}"
+        f"{everything['upstream_bytes_per_1000']:>14,.0f}"
+    )
     device_cost = 1000 * figures["prices"]["device"]
-    click.echo(f"{'cost /1000 requests':<22}{device_cost:>12.4f}{figures['cost_per_1000']:>10.4f}"
-               f"{everything['cost_per_1000']:>14.4f}")
-    click.echo(f"\nkept accuracy      {percent(figures['kept_accuracy'])}   "
-               f"escalated: device {percent(figures['escalated_local_accuracy'])}, "
-               f"upstream {percent(figures.get('escalated_accuracy'))}")
+    click.echo(
+        f"{'cost /1000 requests':<22}{device_cost:>12.4f}{figures['cost_per_1000']:>10.4f}"
+        f"{everything['cost_per_1000']:>14.4f}"
+    )
+    click.echo(
+        f"\nkept accuracy      {percent(figures['kept_accuracy'])}   "
+        f"escalated: device {percent(figures['escalated_local_accuracy'])}, "
+        f"upstream {percent(figures.get('escalated_accuracy'))}"
+    )
+
 
 @click.command()
 @model_options
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help='JSONL file, one {"text", "label"} per line.')
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help='JSONL file, one {"text", "label"} per line.',
+)
 @click.option("--upstream", metavar="PATH|NAME", help="A larger bundle that answers the escalated cases.")
-@click.option("--upstream-mode", type=click.Choice(["plain", "candidates", "combined"]), default="plain",
-              show_default=True,
-              help="candidates: the upstream picks among the device's top-k labels and the OOS label; combined: "
-                   "the upstream pools its probabilities with the device's top-k as its postprocess.combine "
-                   "section says (fit it with `calibrate --bundle UPSTREAM --device DEVICE`). In both, the "
-                   "'all upstream' column applies the mode to every request.")
-@click.option("--device-cost", type=click.FloatRange(0), default=DEFAULT_DEVICE_COST, show_default=True,
-              help="Price of one request on the device (USD).")
-@click.option("--upstream-cost", type=click.FloatRange(0), default=DEFAULT_UPSTREAM_COST, show_default=True,
-              help="Price of one request upstream (USD).")
+@click.option(
+    "--upstream-mode",
+    type=click.Choice(["plain", "candidates", "combined"]),
+    default="plain",
+    show_default=True,
+    help="candidates: the upstream picks among the device's top-k labels and the OOS label; combined: "
+    "the upstream pools its probabilities with the device's top-k as its postprocess.combine "
+    "section says (fit it with `calibrate --bundle UPSTREAM --device DEVICE`). In both, the "
+    "'all upstream' column applies the mode to every request.",
+)
+@click.option(
+    "--device-cost",
+    type=click.FloatRange(0),
+    default=DEFAULT_DEVICE_COST,
+    show_default=True,
+    help="Price of one request on the device (USD).",
+)
+@click.option(
+    "--upstream-cost",
+    type=click.FloatRange(0),
+    default=DEFAULT_UPSTREAM_COST,
+    show_default=True,
+    help="Price of one request upstream (USD).",
+)
 @click.option("--oos-label", default="oos", show_default=True)
 @click.option("--per-class", "show_per_class", is_flag=True, help="Include the per-class report.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(bundle, threads, allow_unsigned, data, upstream, upstream_mode, device_cost, upstream_cost, oos_label,
-             show_per_class, as_json):
+def evaluate(
+    bundle,
+    threads,
+    allow_unsigned,
+    data,
+    upstream,
+    upstream_mode,
+    device_cost,
+    upstream_cost,
+    oos_label,
+    show_per_class,
+    as_json,
+):
     """Evaluate a bundle (and, with --upstream, the device + upstream hybrid) on labelled data."""
     texts, gold = read_jsonl(data)
     model = load_model(bundle, threads, allow_unsigned)
@@ -89,9 +138,11 @@ def evaluate(bundle, threads, allow_unsigned, data, upstream, upstream_mode, dev
             if Combination.from_manifest(big.manifest.raw) is None:
                 raise click.ClickException(
                     f"{big.name}@{big.version} has no postprocess.combine section: fit one with "
-                    f"`edge-runtime calibrate --bundle {upstream} --device DEVICE --data VAL.jsonl --out DIR`")
-        figures, final = _hybrid(model, big, texts, gold, predictions, oos_label, device_cost, upstream_cost,
-                             upstream_mode)
+                    f"`edge-runtime calibrate --bundle {upstream} --device DEVICE --data VAL.jsonl --out DIR`"
+                )
+        figures, final = _hybrid(
+            model, big, texts, gold, predictions, oos_label, device_cost, upstream_cost, upstream_mode
+        )
     else:
         figures = routed_figures(gold, local, [p.decision == "escalate" for p in predictions], None, oos_label)
     figures["model"] = f"{model.name}@{model.version}"

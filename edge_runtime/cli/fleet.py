@@ -1,5 +1,6 @@
 """`edge-runtime fleet`: sign releases, publish them to a device group (canaries first), promote, halt,
 roll back, serve chunks and watch the fleet's reports (docs/fleet.md)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,14 +14,23 @@ import click
 
 from .output import json_option, print_json, print_table
 
+
 def broker_options(func):
-    @click.option("--broker", envvar="EDGE_RUNTIME_BROKER", default="mqtt://127.0.0.1:1883", show_default=True,
-                  help="mqtt://host:port or mqtts://host:port (env EDGE_RUNTIME_BROKER).")
+    @click.option(
+        "--broker",
+        envvar="EDGE_RUNTIME_BROKER",
+        default="mqtt://127.0.0.1:1883",
+        show_default=True,
+        help="mqtt://host:port or mqtts://host:port (env EDGE_RUNTIME_BROKER).",
+    )
     @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA of the broker's certificate.")
     @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (CN fleet).")
     @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key.")
-    @click.option("--fleet-dir", type=click.Path(file_okay=False, path_type=Path),
-                  help="Releases and rollouts (default: $EDGE_RUNTIME_HOME/fleet).")
+    @click.option(
+        "--fleet-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Releases and rollouts (default: $EDGE_RUNTIME_HOME/fleet).",
+    )
     @functools.wraps(func)
     def wrapper(*args, broker, tls_ca, tls_cert, tls_key, fleet_dir, **kwargs):
         from ..fleet.fleetdir import FleetDir
@@ -28,24 +38,35 @@ def broker_options(func):
 
         config = BrokerConfig.from_url(broker, ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key)
         return func(*args, broker=config, fleet=FleetDir(fleet_dir), **kwargs)
+
     return wrapper
 
-key_option = click.option("--key", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-                          envvar="EDGE_RUNTIME_FLEET_KEY",
-                          help="Fleet signing key (repeat for k-of-n; env EDGE_RUNTIME_FLEET_KEY).")
+
+key_option = click.option(
+    "--key",
+    "key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="EDGE_RUNTIME_FLEET_KEY",
+    help="Fleet signing key (repeat for k-of-n; env EDGE_RUNTIME_FLEET_KEY).",
+)
+
 
 def _keys(key_files) -> list:
     from .. import signing
 
     return [signing.load_private_key(Path(path)) for path in key_files]
 
+
 def _manager(broker, fleet, key_files=()):
     from ..fleet.manager import Manager
 
     return Manager(broker, fleet, _keys(key_files))
 
+
 def _when(stamp) -> str:
     return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if stamp else ""
+
 
 def _show_rollout(rollout: dict, as_json: bool) -> None:
     if as_json:
@@ -53,16 +74,21 @@ def _show_rollout(rollout: dict, as_json: bool) -> None:
         return
     canaries = f" canaries: {', '.join(rollout['canaries'])}" if rollout["canaries"] else ""
     reason = f" ({rollout['reason']})" if rollout.get("reason") else ""
-    click.echo(f"group {rollout['group']}: {rollout['release']['ref']} (release {rollout['release']['number']}) "
-               f"{rollout['stage']}{reason}{canaries}")
+    click.echo(
+        f"group {rollout['group']}: {rollout['release']['ref']} (release {rollout['release']['number']}) "
+        f"{rollout['stage']}{reason}{canaries}"
+    )
+
 
 @click.group()
 def fleet():
     """Roll signed releases out to device groups over MQTT: canaries first, halt on failure."""
 
+
 @fleet.group()
 def release():
     """Signed release records for bundle archives."""
+
 
 @release.command("create")
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
@@ -82,27 +108,48 @@ def create(archive, groups, expires, key_files, number, chunk_size, out, as_json
         raise click.UsageError("give at least one --key")
     if archive.is_dir():
         archive = bundle.pack(archive, archive.with_name(archive.name + bundle.ARCHIVE_SUFFIX))
-    envelope = releases.create(archive, list(groups), _keys(key_files), releases.parse_duration(expires),
-                               release=number, chunk_size=chunk_size)
+    envelope = releases.create(
+        archive, list(groups), _keys(key_files), releases.parse_duration(expires), release=number, chunk_size=chunk_size
+    )
     out = releases.write(envelope, out or archive.with_name(archive.name + releases.SUFFIX))
     signed = envelope["signed"]
     if as_json:
-        print_json({"file": str(out), **signed, "archive": {**signed["archive"], "chunks": len(signed["archive"]["chunks"])}})
+        print_json(
+            {"file": str(out), **signed, "archive": {**signed["archive"], "chunks": len(signed["archive"]["chunks"])}}
+        )
         return
-    click.echo(f"release {signed['release']}: {signed['bundle']['name']}@{signed['bundle']['version']} for "
-               f"{', '.join(signed['groups'])}, {signed['archive']['size']:,} bytes in "
-               f"{len(signed['archive']['chunks'])} chunks, expires {_when(signed['expires_at'])}")
+    click.echo(
+        f"release {signed['release']}: {signed['bundle']['name']}@{signed['bundle']['version']} for "
+        f"{', '.join(signed['groups'])}, {signed['archive']['size']:,} bytes in "
+        f"{len(signed['archive']['chunks'])} chunks, expires {_when(signed['expires_at'])}"
+    )
     click.echo(f"wrote {out}")
+
 
 @fleet.command()
 @click.argument("release_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--group", required=True)
-@click.option("--canary", "canary_pct", type=click.FloatRange(0, 100), default=0.0, show_default=True,
-              help="Percent of the group's reporting devices that get it first (0: everyone at once).")
-@click.option("--archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The bundle archive (default: RELEASE_FILE without .release.json).")
-@click.option("--discover", "discover_s", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
-              help="Seconds to collect device reports before choosing canaries.")
+@click.option(
+    "--canary",
+    "canary_pct",
+    type=click.FloatRange(0, 100),
+    default=0.0,
+    show_default=True,
+    help="Percent of the group's reporting devices that get it first (0: everyone at once).",
+)
+@click.option(
+    "--archive",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The bundle archive (default: RELEASE_FILE without .release.json).",
+)
+@click.option(
+    "--discover",
+    "discover_s",
+    type=click.FloatRange(0.1, 60),
+    default=1.5,
+    show_default=True,
+    help="Seconds to collect device reports before choosing canaries.",
+)
 @key_option
 @broker_options
 @json_option
@@ -114,11 +161,12 @@ def publish(release_file, group, canary_pct, archive, discover_s, key_files, bro
         name = release_file.name
         if not name.endswith(releases.SUFFIX):
             raise click.UsageError("give --archive (RELEASE_FILE does not end in .release.json)")
-        archive = release_file.with_name(name[:-len(releases.SUFFIX)])
+        archive = release_file.with_name(name[: -len(releases.SUFFIX)])
         if not archive.is_file():
             raise click.UsageError(f"{archive}: not found; give --archive")
     rollout = _manager(broker, fleet, key_files).publish(release_file, archive, group, canary_pct, discover_s)
     _show_rollout(rollout, as_json)
+
 
 @fleet.command()
 @click.option("--group", required=True)
@@ -130,6 +178,7 @@ def promote(group, force, key_files, broker, fleet, as_json):
     """Send the canaries' release to the whole group (only once every canary committed)."""
     _show_rollout(_manager(broker, fleet, key_files).promote(group, force), as_json)
 
+
 @fleet.command()
 @click.option("--group", required=True)
 @click.option("--reason", default="halted by operator", show_default=True)
@@ -139,6 +188,7 @@ def promote(group, force, key_files, broker, fleet, as_json):
 def halt(group, reason, key_files, broker, fleet, as_json):
     """Stop the group's rollout: devices that have not started do not start."""
     _show_rollout(_manager(broker, fleet, key_files).halt(group, reason), as_json)
+
 
 @fleet.command()
 @click.option("--group", required=True)
@@ -150,16 +200,24 @@ def rollback(group, reason, key_files, broker, fleet, as_json):
     """Devices running the group's release roll back to their previous model."""
     _show_rollout(_manager(broker, fleet, key_files).rollback(group, reason), as_json)
 
+
 def _age(now: float, stamp) -> str:
     if not stamp:
         return ""
     seconds = max(0, now - stamp)
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago" if seconds < 7200 else _when(stamp)
 
+
 @fleet.command()
 @click.option("--group", help="Only this group.")
-@click.option("--wait", "wait_s", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
-              help="Seconds to collect the devices' retained reports.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0.1, 60),
+    default=1.5,
+    show_default=True,
+    help="Seconds to collect the devices' retained reports.",
+)
 @broker_options
 @json_option
 def status(group, wait_s, broker, fleet, as_json):
@@ -174,15 +232,39 @@ def status(group, wait_s, broker, fleet, as_json):
         print_json(report)
         return
     now = report["now"]
-    rows = [[d["device"], d["group"], d.get("active") or "-", d.get("previous") or "-", d.get("phase"),
-             d.get("release") or "", _age(now, d.get("reported_at")), percent(d.get("escalation_rate")),
-             (d.get("last_error") or d.get("note") or "")[:70]] for d in report["devices"]]
-    print_table(["device", "group", "active", "previous", "phase", "release", "last seen", "escalation", "note"],
-                rows, title="devices")
-    rows = [[r["group"], r["release"]["ref"], r["release"]["number"], r["stage"], len(r["canaries"]),
-             r.get("reason") or r["assessment"]] for r in report["rollouts"]]
+    rows = [
+        [
+            d["device"],
+            d["group"],
+            d.get("active") or "-",
+            d.get("previous") or "-",
+            d.get("phase"),
+            d.get("release") or "",
+            _age(now, d.get("reported_at")),
+            percent(d.get("escalation_rate")),
+            (d.get("last_error") or d.get("note") or "")[:70],
+        ]
+        for d in report["devices"]
+    ]
+    print_table(
+        ["device", "group", "active", "previous", "phase", "release", "last seen", "escalation", "note"],
+        rows,
+        title="devices",
+    )
+    rows = [
+        [
+            r["group"],
+            r["release"]["ref"],
+            r["release"]["number"],
+            r["stage"],
+            len(r["canaries"]),
+            r.get("reason") or r["assessment"],
+        ]
+        for r in report["rollouts"]
+    ]
     if rows:
         print_table(["group", "release", "number", "stage", "canaries", "why"], rows, title="rollouts")
+
 
 @fleet.command()
 @click.option("--auto-promote", is_flag=True, help="Promote a canary rollout as soon as every canary committed.")
@@ -201,9 +283,14 @@ def serve(auto_promote, no_auto_halt, key_files, broker, fleet):
         click.echo("no --key: serving chunks only (no automatic halt/promote)", err=True)
     started = time.monotonic()
     try:
-        manager.serve(stop, auto_promote=auto_promote, auto_halt=not no_auto_halt,
-                      on_event=lambda g, d, why: click.echo(f"group {g}: {d} ({why})"))
+        manager.serve(
+            stop,
+            auto_promote=auto_promote,
+            auto_halt=not no_auto_halt,
+            on_event=lambda g, d, why: click.echo(f"group {g}: {d} ({why})"),
+        )
     except KeyboardInterrupt:
         pass
-    click.echo(f"served {manager.chunks_served} chunks, {manager.bytes_served:,} bytes in "
-               f"{time.monotonic() - started:.0f} s")
+    click.echo(
+        f"served {manager.chunks_served} chunks, {manager.bytes_served:,} bytes in {time.monotonic() - started:.0f} s"
+    )

@@ -1,4 +1,5 @@
 """`edge-runtime keys`: generate ed25519 signing keys and manage the keys this device trusts."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +11,19 @@ from ..errors import BundleError
 from ..fsutil import atomic_write_bytes
 from .output import json_option, print_json, print_table
 
+
 @click.group()
 def keys():
     """Generate signing keys and manage trusted keys ($EDGE_RUNTIME_HOME/keys/trusted)."""
 
+
 @keys.command()
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the private key (PEM, mode 0600); the public key goes to OUT.pub.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the private key (PEM, mode 0600); the public key goes to OUT.pub.",
+)
 @click.option("--trust", is_flag=True, help="Also trust the new key on this device.")
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 @json_option
@@ -33,12 +40,20 @@ def generate(out, trust, force, as_json):
         signing.trust_key(None, public_key)
     kid = signing.key_id(public_key)
     if as_json:
-        print_json({"key_id": kid, "public_key": public_text, "private_key_file": str(out),
-                    "public_key_file": str(public_file), "trusted": trust})
+        print_json(
+            {
+                "key_id": kid,
+                "public_key": public_text,
+                "private_key_file": str(out),
+                "public_key_file": str(public_file),
+                "trusted": trust,
+            }
+        )
         return
     click.echo(f"key id:     {kid}")
     click.echo(f"public key: {public_text}")
     click.echo(f"wrote {out} (private, 0600) and {public_file}" + ("; trusted on this device" if trust else ""))
+
 
 @keys.command()
 @click.argument("public_key")
@@ -58,6 +73,7 @@ def trust(public_key, as_json):
         print_json({"key_id": kid, "public_key": signing.public_key_to_text(key)})
     else:
         click.echo(f"trusted {kid}")
+
 
 @keys.command("list")
 @json_option

@@ -1,4 +1,5 @@
 """`edge-runtime models`: list, inspect, verify, install, activate, roll back and remove bundles."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,23 +11,34 @@ from ..errors import EdgeRuntimeError
 from ..store import Store
 from .output import fail, json_option, print_fields, print_json, print_table
 
-unsigned_option = click.option("--allow-unsigned", is_flag=True,
-                               help="Accept a bundle without signature.json (development only).")
+unsigned_option = click.option(
+    "--allow-unsigned", is_flag=True, help="Accept a bundle without signature.json (development only)."
+)
+
 
 def _ref_dict(ref) -> dict | None:
     return {"name": ref[0], "version": ref[1]} if ref else None
 
+
 def _summary(manifest: Manifest) -> dict:
-    return {"name": manifest.name, "version": manifest.version, "release": manifest.release,
-            "task": manifest.task, "path": str(manifest.path) if manifest.path else None,
-            "signed_by": list(manifest.signers)}
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "release": manifest.release,
+        "task": manifest.task,
+        "path": str(manifest.path) if manifest.path else None,
+        "signed_by": list(manifest.signers),
+    }
+
 
 def _is_path(ref: str) -> bool:
     return "/" in ref or ref.endswith(ARCHIVE_SUFFIX)
 
+
 @click.group()
 def models():
     """List, inspect, verify, install, activate and roll back bundles in $EDGE_RUNTIME_HOME."""
+
 
 @models.command("list")
 @json_option
@@ -34,17 +46,30 @@ def list_(as_json):
     """Installed bundles; * marks the active one, ^ the rollback target."""
     store = Store()
     active, previous = store.active(), store.previous()
-    rows = [{**_summary(m), "created": m.created, "active": (m.name, m.version) == active,
-             "previous": (m.name, m.version) == previous} for m in store.versions()]
+    rows = [
+        {
+            **_summary(m),
+            "created": m.created,
+            "active": (m.name, m.version) == active,
+            "previous": (m.name, m.version) == previous,
+        }
+        for m in store.versions()
+    ]
     if as_json:
         print_json({"active": _ref_dict(active), "previous": _ref_dict(previous), "models": rows})
         return
     if not rows:
         click.echo(f"no models installed in {store.models}")
         return
-    marks = lambda row: "*" if row["active"] else ("^" if row["previous"] else "")
-    print_table(["", "name", "version", "release", "task", "created"],
-                [[marks(r), r["name"], r["version"], r["release"], r["task"], r["created"]] for r in rows])
+
+    def marks(row):
+        return "*" if row["active"] else ("^" if row["previous"] else "")
+
+    print_table(
+        ["", "name", "version", "release", "task", "created"],
+        [[marks(r), r["name"], r["version"], r["release"], r["task"], r["created"]] for r in rows],
+    )
+
 
 @models.command()
 @click.argument("ref", required=False)
@@ -57,9 +82,12 @@ def inspect(ref, as_json):
     else:
         path = store.resolve(ref)
         manifest = read_manifest(path)
-    data = {**manifest.raw, "path": str(path), "active": store.active() == (manifest.name, manifest.version)
-            and path.parent.parent == store.models,
-            "signature_key_ids": signature_key_ids(path)}
+    data = {
+        **manifest.raw,
+        "path": str(path),
+        "active": store.active() == (manifest.name, manifest.version) and path.parent.parent == store.models,
+        "signature_key_ids": signature_key_ids(path),
+    }
     if as_json:
         print_json(data)
         return
@@ -68,6 +96,7 @@ def inspect(ref, as_json):
     click.echo(f"{manifest.ref} (release {manifest.release}, {manifest.task}){active}")
     print_fields(data)
     click.echo(f"files  {len(files)} ({sum(entry['size'] for entry in files.values())} bytes)")
+
 
 @models.command()
 @click.argument("ref", required=False)
@@ -84,6 +113,7 @@ def verify(ref, allow_unsigned, as_json):
     else:
         signed = f"signed by {', '.join(manifest.signers)}" if manifest.signers else "UNSIGNED"
         click.echo(f"ok: {manifest.ref} (release {manifest.release}), {signed}")
+
 
 @models.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
@@ -103,6 +133,7 @@ def install(source, then_activate, allow_unsigned, as_json):
     if then_activate:
         click.echo(f"active: {manifest.ref}")
 
+
 @models.command()
 @click.argument("ref")
 @unsigned_option
@@ -114,6 +145,7 @@ def activate(ref, allow_unsigned, as_json):
     manifest = store.activate(name, version or None, allow_unsigned=allow_unsigned)
     _report_switch(store, manifest, as_json)
 
+
 @models.command()
 @unsigned_option
 @json_option
@@ -122,13 +154,21 @@ def rollback(allow_unsigned, as_json):
     store = Store()
     _report_switch(store, store.rollback(allow_unsigned=allow_unsigned), as_json)
 
+
 def _report_switch(store: Store, manifest: Manifest, as_json: bool) -> None:
     if as_json:
-        print_json({"ok": True, "active": _ref_dict(store.active()), "previous": _ref_dict(store.previous()),
-                    "path": str(manifest.path)})
+        print_json(
+            {
+                "ok": True,
+                "active": _ref_dict(store.active()),
+                "previous": _ref_dict(store.previous()),
+                "path": str(manifest.path),
+            }
+        )
     else:
         previous = store.previous()
         click.echo(f"active: {manifest.ref}" + (f" (previous: {previous[0]}@{previous[1]})" if previous else ""))
+
 
 @models.command()
 @click.argument("ref")

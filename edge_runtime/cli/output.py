@@ -1,4 +1,5 @@
 """Shared CLI output: JSON for scripts, rich tables for people, one-line failures (exit 1)."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,15 @@ from ..errors import EdgeRuntimeError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
+
 def print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+
 
 def print_json_line(data) -> None:
     """One compact JSON object per line (JSON Lines), for streams of results."""
     click.echo(json.dumps(data, ensure_ascii=False, default=str))
+
 
 def print_table(columns: list[str], rows: list[list], title: str | None = None) -> None:
     from rich.console import Console
@@ -24,6 +28,7 @@ def print_table(columns: list[str], rows: list[list], title: str | None = None) 
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
     Console().print(table)
+
 
 def print_fields(fields: dict) -> None:
     """Aligned `key: value` lines; nested dicts are flattened with dots."""
@@ -42,6 +47,7 @@ def print_fields(fields: dict) -> None:
         plain = isinstance(value, (str, int, float)) and not isinstance(value, bool)
         shown = value if plain else json.dumps(value, ensure_ascii=False)
         click.echo(f"{key.ljust(width)}  {shown}")
+
 
 def fail(reason: str, as_json: bool = False, **details) -> None:
     """Print {"ok": false, "error": ...} when --json is on, then exit 1 with the reason on stderr."""

@@ -1,12 +1,14 @@
 """edge-runtime predict: classify texts on the device and show the routing decision."""
+
 from __future__ import annotations
 
 import click
 
-from .output import print_json_line
 from .common import load_model, model_options, read_texts, router_for
+from .output import print_json_line
 
 CHUNK = 32
+
 
 @click.command()
 @model_options
@@ -19,7 +21,7 @@ def predict(bundle, threads, allow_unsigned, as_json, top_k, texts):
     model = load_model(bundle, threads, allow_unsigned)
     router = router_for(model)
     for start in range(0, len(texts), CHUNK):
-        chunk = texts[start:start + CHUNK]
+        chunk = texts[start : start + CHUNK]
         for text, prediction in zip(chunk, router.route_all(model.predict(chunk, top_k=top_k))):
             if as_json:
                 print_json_line({"text": text, **prediction.to_dict()})

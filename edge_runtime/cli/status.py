@@ -1,4 +1,5 @@
 """`edge-runtime status`: what the running daemon reports at GET /v1/status."""
+
 from __future__ import annotations
 
 import http.client
@@ -10,6 +11,7 @@ import click
 
 from .output import fail, json_option, print_fields, print_json
 
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
@@ -19,6 +21,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
         self.sock.connect(self.unix_path)
+
 
 def fetch_status(url: str | None, unix_socket: str | None, timeout: float = 5.0) -> dict:
     if unix_socket:
@@ -41,11 +44,17 @@ def fetch_status(url: str | None, unix_socket: str | None, timeout: float = 5.0)
         raise ConnectionError(f"{where}: /v1/status answered HTTP {response.status}")
     return json.loads(body)
 
+
 @click.command()
 @click.option("--url", help="The daemon's base URL (default: from the config, http://127.0.0.1:8080).")
 @click.option("--unix-socket", metavar="PATH", help="Talk to the daemon over this Unix socket.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Read host/port from this config (default: /etc/edge-runtime/config.toml if present).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Read host/port from this config (default: /etc/edge-runtime/config.toml if present).",
+)
 @json_option
 def status(url, unix_socket, config_file, as_json):
     """Model, version, uptime, queue, counters, kernels and outbox of the running daemon."""
@@ -63,8 +72,18 @@ def status(url, unix_socket, config_file, as_json):
         print_json(data)
         return
     model = data["model"]
-    print_fields({"model": f"{model['name']}@{model['version']} (release {model['release']})",
-                  "pid": data["pid"], "uptime_s": data["uptime_s"], "kernels": data["kernels"],
-                  "queue": data["queue"], "predictions": data["counters"]["predictions"], "rejected": data["counters"]["rejected"],
-                  "reloads": data["counters"]["reloads"], "escalation_rate": round(data["escalation_rate"], 4),
-                  "outbox": data["outbox"], "uplink": data["uplink"] or "offline (outbox only)"})
+    print_fields(
+        {
+            "model": f"{model['name']}@{model['version']} (release {model['release']})",
+            "pid": data["pid"],
+            "uptime_s": data["uptime_s"],
+            "kernels": data["kernels"],
+            "queue": data["queue"],
+            "predictions": data["counters"]["predictions"],
+            "rejected": data["counters"]["rejected"],
+            "reloads": data["counters"]["reloads"],
+            "escalation_rate": round(data["escalation_rate"], 4),
+            "outbox": data["outbox"],
+            "uplink": data["uplink"] or "offline (outbox only)",
+        }
+    )

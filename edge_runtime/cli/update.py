@@ -1,4 +1,5 @@
 """`edge-runtime update`: the device update agent (follows the fleet's desired state) and its state."""
+
 from __future__ import annotations
 
 import signal
@@ -9,9 +10,11 @@ import click
 
 from .output import json_option, print_fields, print_json
 
+
 @click.group()
 def update():
     """The device update agent: download, verify, self-test, activate, probation, commit or roll back."""
+
 
 @update.command()
 @click.option("--broker", envvar="EDGE_RUNTIME_BROKER", default="mqtt://127.0.0.1:1883", show_default=True)
@@ -20,24 +23,60 @@ def update():
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
 @click.option("--device-id", envvar="EDGE_RUNTIME_DEVICE_ID", required=True, help="Env EDGE_RUNTIME_DEVICE_ID.")
 @click.option("--group", envvar="EDGE_RUNTIME_DEVICE_GROUP", required=True, help="Env EDGE_RUNTIME_DEVICE_GROUP.")
-@click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True,
-              help="Trusted fleet signatures a release needs (k of n).")
+@click.option(
+    "--threshold",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Trusted fleet signatures a release needs (k of n).",
+)
 @click.option("--daemon-url", help="Ask this daemon to reload after activation, e.g. http://127.0.0.1:8080.")
-@click.option("--download-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Partial downloads (default: $EDGE_RUNTIME_HOME/state/fleet/downloads).")
-@click.option("--latency-budget-ms", type=click.FloatRange(1), default=1000.0, show_default=True,
-              help="Self-test: slowest golden example allowed.")
-@click.option("--probation-traffic", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Texts (JSONL with text, or lines) to compare the new and previous model on.")
+@click.option(
+    "--download-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Partial downloads (default: $EDGE_RUNTIME_HOME/state/fleet/downloads).",
+)
+@click.option(
+    "--latency-budget-ms",
+    type=click.FloatRange(1),
+    default=1000.0,
+    show_default=True,
+    help="Self-test: slowest golden example allowed.",
+)
+@click.option(
+    "--probation-traffic",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Texts (JSONL with text, or lines) to compare the new and previous model on.",
+)
 @click.option("--probation-requests", type=click.IntRange(1), default=200, show_default=True)
-@click.option("--probation-max-increase", type=click.FloatRange(0, 1), default=0.10, show_default=True,
-              help="Allowed rise of the escalation rate (absolute).")
+@click.option(
+    "--probation-max-increase",
+    type=click.FloatRange(0, 1),
+    default=0.10,
+    show_default=True,
+    help="Allowed rise of the escalation rate (absolute).",
+)
 @click.option("--probation-seconds", type=click.FloatRange(0), default=0.0, show_default=True)
 @click.option("--chunk-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True)
 @click.option("--heartbeat", type=click.FloatRange(1), default=30.0, show_default=True)
-def run(broker, tls_ca, tls_cert, tls_key, device_id, group, threshold, daemon_url, download_dir,
-        latency_budget_ms, probation_traffic, probation_requests, probation_max_increase, probation_seconds,
-        chunk_timeout, heartbeat):
+def run(
+    broker,
+    tls_ca,
+    tls_cert,
+    tls_key,
+    device_id,
+    group,
+    threshold,
+    daemon_url,
+    download_dir,
+    latency_budget_ms,
+    probation_traffic,
+    probation_requests,
+    probation_max_increase,
+    probation_seconds,
+    chunk_timeout,
+    heartbeat,
+):
     """Run the agent until SIGTERM; resumes an update a crash interrupted."""
     import logging
 
@@ -51,18 +90,30 @@ def run(broker, tls_ca, tls_cert, tls_key, device_id, group, threshold, daemon_u
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     check_device_id(device_id)
     config = AgentConfig(
-        device_id=device_id, group=group, root=paths.home(), download_dir=download_dir, daemon_url=daemon_url,
+        device_id=device_id,
+        group=group,
+        root=paths.home(),
+        download_dir=download_dir,
+        daemon_url=daemon_url,
         broker=BrokerConfig.from_url(broker, ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key),
-        threshold=threshold, latency_budget_ms=latency_budget_ms, heartbeat_s=heartbeat,
-        probation=ProbationConfig(traffic=probation_traffic, requests=probation_requests,
-                                  max_escalation_increase=probation_max_increase, duration_s=probation_seconds),
-        fetch=FetchConfig(timeout_s=chunk_timeout))
+        threshold=threshold,
+        latency_budget_ms=latency_budget_ms,
+        heartbeat_s=heartbeat,
+        probation=ProbationConfig(
+            traffic=probation_traffic,
+            requests=probation_requests,
+            max_escalation_increase=probation_max_increase,
+            duration_s=probation_seconds,
+        ),
+        fetch=FetchConfig(timeout_s=chunk_timeout),
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         Agent(config).run(stop)
     except KeyboardInterrupt:
         pass
+
 
 @update.command()
 @json_option
@@ -72,9 +123,15 @@ def status(as_json):
 
     data = UpdateState(state_path()).data
     signed = (data.get("release") or {}).get("signed") or {}
-    summary = {"phase": data["phase"], "installed_release": data["installed_release"],
-               "release": signed.get("release"), "target": signed.get("bundle"),
-               "last_error": data["last_error"], "note": data.get("note"), "probation": data.get("probation")}
+    summary = {
+        "phase": data["phase"],
+        "installed_release": data["installed_release"],
+        "release": signed.get("release"),
+        "target": signed.get("bundle"),
+        "last_error": data["last_error"],
+        "note": data.get("note"),
+        "probation": data.get("probation"),
+    }
     if as_json:
         print_json({**data, "release": signed or None})
     else:

@@ -1,4 +1,5 @@
 """`edge-runtime upstream`: answer escalations from devices with a big bundle (a shared-subscription worker)."""
+
 from __future__ import annotations
 
 import os
@@ -7,22 +8,31 @@ import threading
 
 import click
 
+
 def _broker(url, cafile, cert, key, username):
     from ..errors import ConfigError
     from ..mqtt import BrokerConfig
 
     try:
-        return BrokerConfig.from_url(url, ca_file=cafile, cert_file=cert, key_file=key, username=username,
-                                     password=os.environ.get("EDGE_RUNTIME_MQTT_PASSWORD"),
-                                     tls=True if (cert or cafile) else None)
+        return BrokerConfig.from_url(
+            url,
+            ca_file=cafile,
+            cert_file=cert,
+            key_file=key,
+            username=username,
+            password=os.environ.get("EDGE_RUNTIME_MQTT_PASSWORD"),
+            tls=True if (cert or cafile) else None,
+        )
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--broker") from None
+
 
 def bundle_responder(bundle: str, threads: int = 0, allow_unsigned: bool = False):
     """Responder answering with the bundle's prediction for the request's text. When the bundle has a
     postprocess.combine section and the request's prediction carries the device's top-k, the label and score
     are the combined ones (edge_runtime/combine.py) and the answer says "combined": true."""
     import edge_runtime
+
     from ..combine import Combination, combine
 
     model = edge_runtime.load(bundle, threads=threads, allow_unsigned=allow_unsigned)
@@ -36,16 +46,20 @@ def bundle_responder(bundle: str, threads: int = 0, allow_unsigned: bool = False
         from ..postprocess import classify
 
         logits = model.logits([request["text"]])
-        answer = classify(logits, model.classification)[0].to_dict()   # the upstream's own top-k, margin, entropy
+        answer = classify(logits, model.classification)[0].to_dict()  # the upstream's own top-k, margin, entropy
         answer["label"], answer["score"] = combine(combination, top_k, logits[0], model.labels)
         answer["combined"] = True
         return answer
+
     return respond
+
 
 @click.command()
 @click.option("--bundle", "-b", required=True, metavar="PATH|NAME[@VERSION]", help="The (big) bundle that answers.")
 @click.option("--broker", "broker_url", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port")
-@click.option("--group", default="workers", show_default=True, help="Shared-subscription group: workers split the load.")
+@click.option(
+    "--group", default="workers", show_default=True, help="Shared-subscription group: workers split the load."
+)
 @click.option("--device-pattern", default="+", show_default=True, help="Which device ids to serve (MQTT topic level).")
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="CA that signed the broker's certificate.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (CN = ACL username).")
@@ -54,8 +68,9 @@ def bundle_responder(bundle: str, threads: int = 0, allow_unsigned: bool = False
 @click.option("--client-id", help="MQTT client id (default: worker-<host>-<pid>).")
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True)
 @click.option("--allow-unsigned", is_flag=True, help="Developers only: accept an unsigned bundle.")
-def upstream(bundle, broker_url, group, device_pattern, cafile, cert, key, username, client_id, threads,
-             allow_unsigned):
+def upstream(
+    bundle, broker_url, group, device_pattern, cafile, cert, key, username, client_id, threads, allow_unsigned
+):
     """Answer escalations with BUNDLE until interrupted (start more to scale out)."""
     from ..worker import Worker
 

@@ -6,6 +6,7 @@ persisted step again: a download continues from its bitmap, verification and ins
 (the store's install is idempotent), activation is skipped if active.json already points at the
 target, probation restarts, a rollback finishes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,8 @@ from .. import __version__, paths
 from ..errors import EdgeRuntimeError, StoreError
 from ..mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 from ..store import Store
-from . import probation, protocol, release as releases, selftest
+from . import probation, protocol, selftest
+from . import release as releases
 from .chunks import Download
 from .errors import FleetError, Halted, ReleaseError
 from .fetch import FetchConfig, fetch
@@ -29,6 +31,7 @@ from .probation import ProbationConfig
 from .state import BEFORE_ACTIVATION, TERMINAL, UpdateState, state_path
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class AgentConfig:
@@ -44,8 +47,10 @@ class AgentConfig:
     probation: ProbationConfig = field(default_factory=ProbationConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
 
+
 def _ref(pair) -> str | None:
     return f"{pair[0]}@{pair[1]}" if pair else None
+
 
 class Agent:
     def __init__(self, config: AgentConfig):
@@ -58,11 +63,16 @@ class Agent:
         self.pending: list = []
         device = config.device_id
         self.chunk_topic = protocol.chunk_topic(device)
-        self.link = Link(config.broker, f"edge-update-{device}",
-                         subscriptions=[Subscription(protocol.group_desired_topic(config.group)),
-                                        Subscription(protocol.device_desired_topic(device)),
-                                        Subscription(self.chunk_topic)],
-                         handlers=LinkHandlers(on_message=self.inbox.put))
+        self.link = Link(
+            config.broker,
+            f"edge-update-{device}",
+            subscriptions=[
+                Subscription(protocol.group_desired_topic(config.group)),
+                Subscription(protocol.device_desired_topic(device)),
+                Subscription(self.chunk_topic),
+            ],
+            handlers=LinkHandlers(on_message=self.inbox.put),
+        )
 
     # --- main loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -105,14 +115,24 @@ class Agent:
         signed = (data.get("release") or {}).get("signed") or {}
         rates = data.get("probation") or {}
         message = protocol.build_state(
-            self.config.device_id, self.config.group, phase=data["phase"], active=active, previous=previous,
-            release=signed.get("release"), target=_ref((signed["bundle"]["name"], signed["bundle"]["version"]))
-            if signed.get("bundle") else None, installed_release=data["installed_release"],
-            last_error=data["last_error"], refused=data["refused"], note=data.get("note"),
-            escalation_rate=rates.get("escalation_rate"), download=data.get("download"),
-            runtime=__version__)
-        self.link.client.publish(protocol.state_topic(self.config.device_id), protocol.encode(message),
-                                 qos=1, retain=True)
+            self.config.device_id,
+            self.config.group,
+            phase=data["phase"],
+            active=active,
+            previous=previous,
+            release=signed.get("release"),
+            target=_ref((signed["bundle"]["name"], signed["bundle"]["version"])) if signed.get("bundle") else None,
+            installed_release=data["installed_release"],
+            last_error=data["last_error"],
+            refused=data["refused"],
+            note=data.get("note"),
+            escalation_rate=rates.get("escalation_rate"),
+            download=data.get("download"),
+            runtime=__version__,
+        )
+        self.link.client.publish(
+            protocol.state_topic(self.config.device_id), protocol.encode(message), qos=1, retain=True
+        )
 
     def refuse(self, number, reason: str) -> None:
         log.warning("refused: %s", reason)
@@ -125,8 +145,7 @@ class Agent:
         if scope is None:
             return None
         try:
-            desired = protocol.verify_desired(message.payload, self.store.trusted_keys(), self.config.threshold,
-                                              *scope)
+            desired = protocol.verify_desired(message.payload, self.store.trusted_keys(), self.config.threshold, *scope)
         except ReleaseError as error:
             self.refuse(None, str(error))
             return None
@@ -163,21 +182,41 @@ class Agent:
         try:
             signed = releases.verify_envelope(envelope, trusted, self.config.threshold, "release record")
             current = releases.check_shape(signed)
-            if current.number == self.state.installed_release and self.store.active() == (current.name, current.version):
+            if current.number == self.state.installed_release and self.store.active() == (
+                current.name,
+                current.version,
+            ):
                 return  # already running it (e.g. the promotion of a release this canary committed)
-            releases.verify(envelope, trusted, group=self.config.group, installed_release=self.state.installed_release,
-                            threshold=self.config.threshold, runtime=__version__)
+            releases.verify(
+                envelope,
+                trusted,
+                group=self.config.group,
+                installed_release=self.state.installed_release,
+                threshold=self.config.threshold,
+                runtime=__version__,
+            )
         except ReleaseError as error:
             self.refuse(((envelope or {}).get("signed") or {}).get("release"), str(error))
             return
-        self.state.transition("downloading", release=envelope, last_error=None, refused=None, note=None,
-                              selftest=None, probation=None, previous=None, download=None, staged=None)
+        self.state.transition(
+            "downloading",
+            release=envelope,
+            last_error=None,
+            refused=None,
+            note=None,
+            selftest=None,
+            probation=None,
+            previous=None,
+            download=None,
+            staged=None,
+        )
         self.drive()
 
     def _fleet_rollback(self, desired: dict) -> None:
         try:
-            signed = releases.verify_envelope(desired["release"], self.store.trusted_keys(), self.config.threshold,
-                                              "release record")
+            signed = releases.verify_envelope(
+                desired["release"], self.store.trusted_keys(), self.config.threshold, "release record"
+            )
             target = releases.check_shape(signed)
         except ReleaseError as error:
             self.refuse(None, str(error))
@@ -186,8 +225,12 @@ class Agent:
             self.state.save(note=f"fleet rollback of {target.ref}: not active here, nothing to do")
             self.report()
             return
-        self.state.transition("rolling_back", release=desired["release"], previous=list(self.store.previous() or []),
-                              last_error=f"rolled back by the fleet manager: {desired.get('reason') or target.ref}")
+        self.state.transition(
+            "rolling_back",
+            release=desired["release"],
+            previous=list(self.store.previous() or []),
+            last_error=f"rolled back by the fleet manager: {desired.get('reason') or target.ref}",
+        )
         self.drive()
 
     def _during_download(self, message) -> None:
@@ -196,19 +239,27 @@ class Agent:
         if checked is None:
             return
         key, desired = checked
-        same = (desired["action"] == "install" and (desired.get("release") or {}) == self.state.release)
+        same = desired["action"] == "install" and (desired.get("release") or {}) == self.state.release
         if same:
             self.state.save(seen_seq={**self.state.data["seen_seq"], key: desired["seq"]})
             return
         self.pending.append(message)
-        raise Halted(f"download stopped: {desired['action']} from the fleet manager "
-                     f"({desired.get('reason') or 'newer desired state'})")
+        raise Halted(
+            f"download stopped: {desired['action']} from the fleet manager "
+            f"({desired.get('reason') or 'newer desired state'})"
+        )
 
     # --- the state machine ------------------------------------------------------------------------
     def drive(self) -> None:
-        steps = {"downloading": self._download, "verifying": self._verify, "staged": self._staged,
-                 "selftest": self._selftest, "activating": self._activate, "probation": self._probation,
-                 "rolling_back": self._roll_back}
+        steps = {
+            "downloading": self._download,
+            "verifying": self._verify,
+            "staged": self._staged,
+            "selftest": self._selftest,
+            "activating": self._activate,
+            "probation": self._probation,
+            "rolling_back": self._roll_back,
+        }
         while self.state.phase not in TERMINAL:
             phase = self.state.phase
             self.report()
@@ -244,20 +295,33 @@ class Agent:
         def request(indices):
             self.link.client.publish(request_topic, protocol.build_request(device, target.sha256, indices), qos=1)
 
-        counters = fetch(download, self.inbox, chunk_topic=self.chunk_topic, request=request,
-                         on_other=self._during_download, config=self.config.fetch)
+        counters = fetch(
+            download,
+            self.inbox,
+            chunk_topic=self.chunk_topic,
+            request=request,
+            on_other=self._during_download,
+            config=self.config.fetch,
+        )
         return "verifying", {"download": {**counters, "chunks": download.total, "bytes": target.size}}
 
     def _verify(self):
-        target = releases.verify(self.state.release, self.store.trusted_keys(), group=self.config.group,
-                                 installed_release=self.state.installed_release, threshold=self.config.threshold,
-                                 runtime=__version__)
+        target = releases.verify(
+            self.state.release,
+            self.store.trusted_keys(),
+            group=self.config.group,
+            installed_release=self.state.installed_release,
+            threshold=self.config.threshold,
+            runtime=__version__,
+        )
         archive = Download(self.download_dir, target).open().finish()
         manifest = self.store.install(archive)  # verifies the bundle's own signature and every file's hash
         if (manifest.name, manifest.version) != (target.name, target.version):
             raise ReleaseError(f"the archive holds {manifest.ref}, the release record says {target.ref}")
-        return "staged", {"installed_release": max(self.state.installed_release, target.number),
-                          "staged": [target.name, target.version]}
+        return "staged", {
+            "installed_release": max(self.state.installed_release, target.number),
+            "staged": [target.name, target.version],
+        }
 
     def _staged(self):
         Download(self.download_dir, self._release()).discard()
@@ -265,8 +329,9 @@ class Agent:
 
     def _selftest(self):
         target = self._release()
-        result = selftest.run(self.store.path(target.name, target.version), self.store.root,
-                              self.config.latency_budget_ms)
+        result = selftest.run(
+            self.store.path(target.name, target.version), self.store.root, self.config.latency_budget_ms
+        )
         current = self.store.active()
         previous = self.store.previous() if current == (target.name, target.version) else current
         return "activating", {"selftest": result, "previous": list(previous) if previous else None}
@@ -317,9 +382,10 @@ class Agent:
             return
         url = self.config.daemon_url.rstrip("/") + "/v1/admin/reload"
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST",
-                                                               headers={"Content-Type": "application/json"}),
-                                        timeout=60) as response:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}),
+                timeout=60,
+            ) as response:
                 body = response.read()
         except (urllib.error.URLError, OSError) as error:
             raise FleetError(f"daemon reload at {url} failed: {getattr(error, 'reason', error)}") from None

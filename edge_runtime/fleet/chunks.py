@@ -4,6 +4,7 @@ The device writes a chunk at its offset in <sha>.part, fsyncs it, and only then 
 <sha>.json (the bitmap, replaced atomically). A chunk whose sha256 is not the one in the signed release
 record is never written. On resume the recorded chunks are re-hashed, so a torn write is re-fetched.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,18 +18,22 @@ from ..fsutil import atomic_write_json
 from .errors import ChunkError
 from .release import Release
 
+
 class BadChunk(ChunkError):
     """A chunk's bytes do not match the release record."""
+
 
 def read_chunk(archive: Path, chunk_size: int, index: int) -> bytes:
     with open(archive, "rb") as handle:
         handle.seek(index * chunk_size)
         return handle.read(chunk_size)
 
+
 def _disk_error(error: OSError, what: str) -> ChunkError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return ChunkError(f"disk full while {what}")
     return ChunkError(f"cannot write the download ({what}): {error.strerror}")
+
 
 class Download:
     def __init__(self, directory: Path, release: Release):
@@ -43,7 +48,7 @@ class Download:
     def total(self) -> int:
         return len(self.release.chunks)
 
-    def open(self) -> "Download":
+    def open(self) -> Download:
         """Create or resume; recorded chunks that no longer hash right are dropped."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

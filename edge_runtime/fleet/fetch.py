@@ -1,27 +1,37 @@
 """The device's chunk loop: keep a window of requests in flight, store each good chunk, re-request bad
 or lost ones. Other messages that arrive meanwhile go to `on_other` (which may raise Halted)."""
+
 from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import protocol
 from .chunks import BadChunk, Download
 from .errors import ChunkError
 from .state import pause_point
 
+
 @dataclass
 class FetchConfig:
-    window: int = 8               # chunks requested at once
-    timeout_s: float = 10.0       # re-request a chunk not answered in this time
-    deadline_s: float = 3600.0    # give up on the whole download after this
-    max_bad: int = 5              # bad hashes tolerated per chunk before giving up
+    window: int = 8  # chunks requested at once
+    timeout_s: float = 10.0  # re-request a chunk not answered in this time
+    deadline_s: float = 3600.0  # give up on the whole download after this
+    max_bad: int = 5  # bad hashes tolerated per chunk before giving up
 
-def fetch(download: Download, inbox: queue.Queue, *, chunk_topic: str, request: Callable[[list[int]], None],
-          on_other: Callable[[object], None], config: FetchConfig,
-          on_progress: Callable[[int, int], None] | None = None) -> dict:
+
+def fetch(
+    download: Download,
+    inbox: queue.Queue,
+    *,
+    chunk_topic: str,
+    request: Callable[[list[int]], None],
+    on_other: Callable[[object], None],
+    config: FetchConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Fill `download`; returns counters {"requested", "received", "bad", "duplicates"}."""
     counters = {"requested": 0, "received": 0, "bad": 0, "duplicates": 0}
     bad: dict[int, int] = {}
@@ -32,12 +42,13 @@ def fetch(download: Download, inbox: queue.Queue, *, chunk_topic: str, request: 
     while download.missing():
         now = time.monotonic()
         if now > deadline:
-            raise ChunkError(f"download not complete after {config.deadline_s:.0f} s "
-                             f"({len(download.missing())} chunks missing)")
+            raise ChunkError(
+                f"download not complete after {config.deadline_s:.0f} s ({len(download.missing())} chunks missing)"
+            )
         for index, sent in list(inflight.items()):
             if now - sent > config.timeout_s:
                 del inflight[index]
-        wanted = [i for i in download.missing() if i not in inflight][:max(0, config.window - len(inflight))]
+        wanted = [i for i in download.missing() if i not in inflight][: max(0, config.window - len(inflight))]
         if wanted:
             request(wanted)
             counters["requested"] += len(wanted)

@@ -3,6 +3,7 @@
 Several CLI processes (publish, promote, serve) change rollouts, so read-modify-write happens under
 an flock on .lock and every write is atomic.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,13 @@ from pathlib import Path
 from .. import bundle, paths
 from ..fsutil import atomic_write_json, exclusive_lock, fsync_dir
 from .errors import ReleaseError
-from .release import Release, check_group, write as write_release
+from .release import Release, check_group
+from .release import write as write_release
+
 
 def default_dir() -> Path:
     return paths.home() / "fleet"
+
 
 class FleetDir:
     def __init__(self, root: Path | None = None):
@@ -65,6 +69,7 @@ class FleetDir:
         rollout.setdefault("history", []).append({"at": time.time(), "event": event, "stage": rollout["stage"]})
         atomic_write_json(self.groups / f"{check_group(rollout['group'])}.json", rollout)
         return rollout
+
 
 def next_seq(rollout: dict | None) -> int:
     """Monotonic even if the fleet dir is lost: never below the wall clock in milliseconds."""

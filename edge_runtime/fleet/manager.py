@@ -1,5 +1,6 @@
 """The fleet manager: publish signed desired states, answer chunk requests, watch device reports,
 promote canary rollouts that committed and halt the ones that failed."""
+
 from __future__ import annotations
 
 import logging
@@ -10,12 +11,15 @@ import uuid
 from pathlib import Path
 
 from ..mqtt import BrokerConfig, Link, LinkHandlers, Subscription
-from . import protocol, release as releases, rollout as rollouts
+from . import protocol
+from . import release as releases
+from . import rollout as rollouts
 from .chunks import read_chunk
 from .errors import FleetError, ReleaseError
 from .fleetdir import FleetDir, next_seq
 
 log = logging.getLogger(__name__)
+
 
 class Manager:
     def __init__(self, broker: BrokerConfig, fleet_dir: FleetDir, keys=(), timeout_s: float = 15.0):
@@ -25,9 +29,14 @@ class Manager:
 
     # --- MQTT helpers -----------------------------------------------------------------------------
     def _link(self, subscriptions=(), on_message=None, client_id=None) -> Link:
-        link = Link(self.broker, client_id or f"edge-fleet-{uuid.uuid4().hex[:8]}",
-                    subscriptions=[Subscription(t) for t in subscriptions],
-                    handlers=LinkHandlers(on_message=on_message), clean_start=True, session_expiry_s=0)
+        link = Link(
+            self.broker,
+            client_id or f"edge-fleet-{uuid.uuid4().hex[:8]}",
+            subscriptions=[Subscription(t) for t in subscriptions],
+            handlers=LinkHandlers(on_message=on_message),
+            clean_start=True,
+            session_expiry_s=0,
+        )
         link.start()
         link.wait_ready(self.timeout_s)
         return link
@@ -51,13 +60,22 @@ class Manager:
         if not self.keys:
             raise FleetError("signing desired states needs the fleet key (--key)")
         envelope = releases.read(self.fleet.releases / f"{rollout['release']['sha256']}.release.json")
-        desired = protocol.build_desired(self.keys, scope="group", target=rollout["group"], seq=rollout["seq"],
-                                         action=action, release=envelope, stage=stage,
-                                         canaries=rollout["canaries"], reason=reason)
+        desired = protocol.build_desired(
+            self.keys,
+            scope="group",
+            target=rollout["group"],
+            seq=rollout["seq"],
+            action=action,
+            release=envelope,
+            stage=stage,
+            canaries=rollout["canaries"],
+            reason=reason,
+        )
         link = self._link()
         try:
-            info = link.client.publish(protocol.group_desired_topic(rollout["group"]), protocol.encode(desired),
-                                       qos=1, retain=True)
+            info = link.client.publish(
+                protocol.group_desired_topic(rollout["group"]), protocol.encode(desired), qos=1, retain=True
+            )
             info.wait_for_publish(self.timeout_s)
             if not info.is_published():
                 raise FleetError(f"broker did not acknowledge the desired state for {rollout['group']}")
@@ -65,8 +83,9 @@ class Manager:
             link.stop()
 
     # --- commands ---------------------------------------------------------------------------------
-    def publish(self, release_file: Path, archive: Path, group: str, canary_pct: float = 0.0,
-                discover_s: float = 1.0) -> dict:
+    def publish(
+        self, release_file: Path, archive: Path, group: str, canary_pct: float = 0.0, discover_s: float = 1.0
+    ) -> dict:
         envelope = releases.read(release_file)
         signed = envelope.get("signed") if isinstance(envelope, dict) else None
         target = releases.check_shape(signed)
@@ -79,15 +98,23 @@ class Manager:
         if 0 < canary_pct < 100:
             devices = rollouts.group_devices(self.device_states(discover_s), group)
             if not devices:
-                raise FleetError(f"no device of group {group} has reported yet: cannot pick canaries "
-                                 "(publish with --canary 0 to send to all)")
+                raise FleetError(
+                    f"no device of group {group} has reported yet: cannot pick canaries "
+                    "(publish with --canary 0 to send to all)"
+                )
             canaries = rollouts.choose_canaries(devices, canary_pct, target.sha256)
         with self.fleet.locked():
             previous = self.fleet.rollout(group)
-            rollout = {"group": group, "seq": next_seq(previous), "stage": "canary" if canaries else "all",
-                       "canaries": canaries, "reason": "", "started_at": time.time(),
-                       "release": {"number": target.number, "sha256": target.sha256, "ref": target.ref},
-                       "history": []}
+            rollout = {
+                "group": group,
+                "seq": next_seq(previous),
+                "stage": "canary" if canaries else "all",
+                "canaries": canaries,
+                "reason": "",
+                "started_at": time.time(),
+                "release": {"number": target.number, "sha256": target.sha256, "ref": target.ref},
+                "history": [],
+            }
             self._publish_desired(rollout, "install", rollout["stage"])
             return self.fleet.save_rollout(rollout, f"published {target.ref} (release {target.number})")
 
@@ -122,9 +149,13 @@ class Manager:
         result = []
         for rollout in self.fleet.rollouts():
             decision, why = rollouts.assess(rollout, states)
-            result.append({**{k: v for k, v in rollout.items() if k != "history"},
-                           "assessment": why if decision is None else f"{decision}: {why}",
-                           "last_event": rollout["history"][-1] if rollout.get("history") else None})
+            result.append(
+                {
+                    **{k: v for k, v in rollout.items() if k != "history"},
+                    "assessment": why if decision is None else f"{decision}: {why}",
+                    "last_event": rollout["history"][-1] if rollout.get("history") else None,
+                }
+            )
         return {"devices": [states[d] for d in sorted(states)], "rollouts": result, "now": time.time()}
 
     # --- the long-running side --------------------------------------------------------------------
@@ -147,8 +178,7 @@ class Manager:
                 self.chunks_served += 1
             link.client.publish(topic, payload, qos=1)
 
-    def serve(self, stop: threading.Event, auto_promote: bool = False, auto_halt: bool = True,
-              on_event=None) -> None:
+    def serve(self, stop: threading.Event, auto_promote: bool = False, auto_halt: bool = True, on_event=None) -> None:
         """Answer chunk requests; with keys, halt failing rollouts (and promote committed canaries)."""
         states: dict[str, dict] = {}
         changed: queue.Queue = queue.Queue()
@@ -163,8 +193,9 @@ class Manager:
                 states[state["device"]] = state
                 changed.put(state.get("group"))
 
-        holder["link"] = link = self._link([protocol.chunk_request_topic("+"), protocol.state_topic("+")],
-                                           on_message, client_id="edge-fleet-serve")
+        holder["link"] = link = self._link(
+            [protocol.chunk_request_topic("+"), protocol.state_topic("+")], on_message, client_id="edge-fleet-serve"
+        )
         try:
             while not stop.is_set():
                 try:

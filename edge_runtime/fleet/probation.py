@@ -5,6 +5,7 @@ Traffic is a file of texts (JSONL with "text", or plain lines): the device's rec
 sample shipped with the device. Without traffic the probation only waits `duration_s` and checks that
 the active model still loads.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,16 @@ from pathlib import Path
 
 from .errors import ProbationError
 
+
 @dataclass
 class ProbationConfig:
     traffic: Path | None = None
-    requests: int = 200            # the window: this many texts from the traffic file
-    max_escalation_increase: float = 0.10   # absolute, e.g. 0.10 = ten percentage points
+    requests: int = 200  # the window: this many texts from the traffic file
+    max_escalation_increase: float = 0.10  # absolute, e.g. 0.10 = ten percentage points
     max_error_rate: float = 0.0
     duration_s: float = 0.0
     batch: int = 16
+
 
 def read_traffic(path: Path, limit: int) -> list[str]:
     texts = []
@@ -40,6 +43,7 @@ def read_traffic(path: Path, limit: int) -> list[str]:
         raise ProbationError(f"no texts in {path}")
     return texts
 
+
 def rates(ref: str, root: Path, texts: list[str], batch: int) -> dict:
     """Error and escalation rates of the bundle `ref` on `texts` (routing rules alone, no budget)."""
     from ..model import load
@@ -49,7 +53,7 @@ def rates(ref: str, root: Path, texts: list[str], batch: int) -> dict:
     router = Router(RoutingPolicy.from_dict(model.manifest.raw.get("routing")))
     errors = escalated = 0
     for start in range(0, len(texts), batch):
-        part = texts[start:start + batch]
+        part = texts[start : start + batch]
         try:
             predictions = model.predict(part)
         except Exception:  # noqa: BLE001 - any failure to answer counts as an error
@@ -57,6 +61,7 @@ def rates(ref: str, root: Path, texts: list[str], batch: int) -> dict:
             continue
         escalated += sum(router.wanted(p)[0] == ESCALATE for p in predictions)
     return {"requests": len(texts), "error_rate": errors / len(texts), "escalation_rate": escalated / len(texts)}
+
 
 def run(root: Path, new_ref: str, previous_ref: str | None, config: ProbationConfig) -> dict:
     if config.duration_s:
@@ -75,5 +80,6 @@ def run(root: Path, new_ref: str, previous_ref: str | None, config: ProbationCon
     if base is not None and new["escalation_rate"] > base["escalation_rate"] + config.max_escalation_increase:
         raise ProbationError(
             f"escalation rate {new['escalation_rate']:.1%} vs {base['escalation_rate']:.1%} "
-            f"for {previous_ref} (allowed +{config.max_escalation_increase:.0%})")
+            f"for {previous_ref} (allowed +{config.max_escalation_increase:.0%})"
+        )
     return result

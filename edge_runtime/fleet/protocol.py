@@ -9,6 +9,7 @@ edge/<id>/chunks             one chunk per message: "ERC1" + header length + JSO
 Desired states are signed like release records and carry a sequence number per scope; devices refuse
 any seq lower than the highest they have seen (replay), and ignore the one they already handled.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,20 +27,26 @@ STAGES = ("canary", "all")
 CHUNK_MAGIC = b"ERC1"
 MAX_REQUEST_INDICES = 64
 
+
 def group_desired_topic(group: str) -> str:
     return f"fleet/groups/{group}/desired"
+
 
 def device_desired_topic(device_id: str) -> str:
     return f"fleet/devices/{device_id}/desired"
 
+
 def state_topic(device_id: str) -> str:
     return f"edge/{device_id}/state"
+
 
 def chunk_request_topic(device_id: str) -> str:
     return f"edge/{device_id}/chunks/request"
 
+
 def chunk_topic(device_id: str) -> str:
     return f"edge/{device_id}/chunks"
+
 
 def device_of(topic: str, suffix: str) -> str | None:
     """The device id in edge/<id>/<suffix>."""
@@ -49,6 +56,7 @@ def device_of(topic: str, suffix: str) -> str | None:
         return parts[1]
     return None
 
+
 def scope_of(topic: str) -> tuple[str, str] | None:
     """('group', g) or ('device', id) for a desired-state topic."""
     parts = topic.split("/")
@@ -56,19 +64,43 @@ def scope_of(topic: str) -> tuple[str, str] | None:
         return {"groups": ("group", parts[2]), "devices": ("device", parts[2])}.get(parts[1])
     return None
 
+
 # --- desired state ------------------------------------------------------------------------------
 
-def build_desired(keys, *, scope: str, target: str, seq: int, action: str, release: dict | None = None,
-                  stage: str = "all", canaries: list[str] | None = None, reason: str = "") -> dict:
+
+def build_desired(
+    keys,
+    *,
+    scope: str,
+    target: str,
+    seq: int,
+    action: str,
+    release: dict | None = None,
+    stage: str = "all",
+    canaries: list[str] | None = None,
+    reason: str = "",
+) -> dict:
     if action not in ACTIONS or stage not in STAGES or scope not in ("group", "device"):
         raise ValueError(f"bad desired state: {scope}/{action}/{stage}")
-    signed = {"type": DESIRED_TYPE, "schema": 1, "scope": scope, "target": target, "seq": int(seq),
-              "action": action, "release": release, "stage": stage, "canaries": sorted(canaries or []),
-              "reason": reason, "issued_at": time.time()}
+    signed = {
+        "type": DESIRED_TYPE,
+        "schema": 1,
+        "scope": scope,
+        "target": target,
+        "seq": int(seq),
+        "action": action,
+        "release": release,
+        "stage": stage,
+        "canaries": sorted(canaries or []),
+        "reason": reason,
+        "issued_at": time.time(),
+    }
     return sign_envelope(signed, keys)
+
 
 def encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
 
 def verify_desired(data: bytes, trusted: dict, threshold: int, scope: str, target: str) -> dict:
     """The signed part of a desired-state message, after checking signature, shape and addressee."""
@@ -78,26 +110,35 @@ def verify_desired(data: bytes, trusted: dict, threshold: int, scope: str, targe
         raise ReleaseError("desired state: not JSON") from None
     signed = verify_envelope(envelope, trusted, threshold, "desired state")
     try:
-        ok = (signed["type"] == DESIRED_TYPE and signed["action"] in ACTIONS and signed["stage"] in STAGES
-              and isinstance(signed["seq"], int) and isinstance(signed["canaries"], list)
-              and (signed["release"] is None or isinstance(signed["release"], dict)))
+        ok = (
+            signed["type"] == DESIRED_TYPE
+            and signed["action"] in ACTIONS
+            and signed["stage"] in STAGES
+            and isinstance(signed["seq"], int)
+            and isinstance(signed["canaries"], list)
+            and (signed["release"] is None or isinstance(signed["release"], dict))
+        )
     except (KeyError, TypeError):
         ok = False
     if not ok:
         raise ReleaseError("desired state: malformed")
     if (signed["scope"], signed["target"]) != (scope, target):
-        raise ReleaseError(f"desired state is addressed to {signed['scope']} {signed['target']}, "
-                           f"published on the topic of {scope} {target}")
+        raise ReleaseError(
+            f"desired state is addressed to {signed['scope']} {signed['target']}, "
+            f"published on the topic of {scope} {target}"
+        )
     if signed["action"] != "halt" and signed["release"] is None:
         raise ReleaseError(f"desired state: {signed['action']} without a release")
     return signed
 
+
 # --- device state report ------------------------------------------------------------------------
+
 
 def build_state(device_id: str, group: str, **fields) -> dict:
     check_group(group)
-    return {"type": STATE_TYPE, "schema": 1, "device": device_id, "group": group,
-            "reported_at": time.time(), **fields}
+    return {"type": STATE_TYPE, "schema": 1, "device": device_id, "group": group, "reported_at": time.time(), **fields}
+
 
 def decode_state(data: bytes) -> dict | None:
     try:
@@ -108,34 +149,48 @@ def decode_state(data: bytes) -> dict | None:
         return message
     return None
 
+
 # --- chunks -------------------------------------------------------------------------------------
 
+
 def build_request(device_id: str, sha256: str, indices: list[int]) -> bytes:
-    return encode({"type": REQUEST_TYPE, "device": device_id, "sha256": sha256,
-                   "indices": [int(i) for i in indices[:MAX_REQUEST_INDICES]]})
+    return encode(
+        {
+            "type": REQUEST_TYPE,
+            "device": device_id,
+            "sha256": sha256,
+            "indices": [int(i) for i in indices[:MAX_REQUEST_INDICES]],
+        }
+    )
+
 
 def decode_request(data: bytes) -> dict | None:
     try:
         message = json.loads(data)
-        ok = (message["type"] == REQUEST_TYPE and isinstance(message["sha256"], str)
-              and all(isinstance(i, int) and i >= 0 for i in message["indices"])
-              and len(message["indices"]) <= MAX_REQUEST_INDICES)
+        ok = (
+            message["type"] == REQUEST_TYPE
+            and isinstance(message["sha256"], str)
+            and all(isinstance(i, int) and i >= 0 for i in message["indices"])
+            and len(message["indices"]) <= MAX_REQUEST_INDICES
+        )
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None
     return message if ok else None
 
+
 def encode_chunk(sha256: str, index: int, data: bytes, error: str | None = None) -> bytes:
     header = encode({"sha256": sha256, "index": index, "error": error})
     return CHUNK_MAGIC + struct.pack(">I", len(header)) + header + data
+
 
 def decode_chunk(payload: bytes) -> tuple[dict, bytes] | None:
     if len(payload) < 8 or payload[:4] != CHUNK_MAGIC:
         return None
     (length,) = struct.unpack(">I", payload[4:8])
     try:
-        header = json.loads(payload[8:8 + length])
+        header = json.loads(payload[8 : 8 + length])
         if not (isinstance(header["sha256"], str) and isinstance(header["index"], int)):
             return None
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None
-    return header, payload[8 + length:]
+    return header, payload[8 + length :]

@@ -3,6 +3,7 @@
 A rollout record (fleet/groups/<g>.json on the manager): {"group", "seq", "release": {number, sha256, ref},
 "stage": "canary" | "all" | "halted" | "rolled_back", "canaries": [...], "reason", "history": [...]}.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,15 +11,18 @@ import math
 
 FAILED_PHASES = ("rolled_back", "failed")
 
+
 def choose_canaries(devices: list[str], pct: float, salt: str) -> list[str]:
     """ceil(pct% of the group), at least one; the same devices for the same release (sha256-ordered)."""
     if not devices or pct <= 0:
         return []
     ordered = sorted(set(devices), key=lambda d: hashlib.sha256(f"{salt}:{d}".encode()).hexdigest())
-    return sorted(ordered[:max(1, math.ceil(len(ordered) * pct / 100.0))])
+    return sorted(ordered[: max(1, math.ceil(len(ordered) * pct / 100.0))])
+
 
 def group_devices(states: dict[str, dict], group: str) -> list[str]:
     return sorted(d for d, s in states.items() if s.get("group") == group)
+
 
 def _failure(state: dict, number: int) -> str | None:
     if state.get("release") == number and state.get("phase") in FAILED_PHASES:
@@ -28,8 +32,10 @@ def _failure(state: dict, number: int) -> str | None:
         return f"refused: {refused.get('reason')}"
     return None
 
+
 def committed(state: dict | None, rollout: dict) -> bool:
     return bool(state) and state.get("phase") == "committed" and state.get("active") == rollout["release"]["ref"]
+
 
 def assess(rollout: dict | None, states: dict[str, dict]) -> tuple[str | None, str]:
     """('halt', why) | ('promote', why) | (None, what we wait for)."""

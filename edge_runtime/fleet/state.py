@@ -6,6 +6,7 @@ any step before activating can end in `failed` (nothing activated, partial files
 The phase on disk names the step in progress; every step is idempotent, so a restarted agent simply
 runs it again (see agent.Agent.resume).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,25 @@ from pathlib import Path
 from .. import paths
 from ..fsutil import atomic_write_json
 
-PHASES = ("idle", "downloading", "verifying", "staged", "selftest", "activating", "probation",
-          "committed", "rolling_back", "rolled_back", "failed")
+PHASES = (
+    "idle",
+    "downloading",
+    "verifying",
+    "staged",
+    "selftest",
+    "activating",
+    "probation",
+    "committed",
+    "rolling_back",
+    "rolled_back",
+    "failed",
+)
 TERMINAL = ("idle", "committed", "rolled_back", "failed")
 BEFORE_ACTIVATION = ("downloading", "verifying", "staged", "selftest")
 # Test hook: "PHASE:MARKER" pauses (writes MARKER, sleeps) right after PHASE is persisted, so a test can
 # SIGKILL the agent there. PHASE may also be "chunk": after the first chunk of a download is stored.
 PAUSE_ENV = "EDGE_RUNTIME_TEST_FLEET_PAUSE"
+
 
 def pause_point(name: str) -> None:
     wanted = os.environ.get(PAUSE_ENV, "")
@@ -34,12 +47,25 @@ def pause_point(name: str) -> None:
     while time.monotonic() < deadline:
         time.sleep(0.1)
 
+
 def state_path(root: Path | None = None) -> Path:
     return paths.state_dir(root) / "fleet" / "update.json"
 
+
 def _fresh() -> dict:
-    return {"phase": "idle", "release": None, "installed_release": 0, "seen_seq": {}, "previous": None,
-            "last_error": None, "refused": None, "selftest": None, "probation": None, "updated_at": None}
+    return {
+        "phase": "idle",
+        "release": None,
+        "installed_release": 0,
+        "seen_seq": {},
+        "previous": None,
+        "last_error": None,
+        "refused": None,
+        "selftest": None,
+        "probation": None,
+        "updated_at": None,
+    }
+
 
 class UpdateState:
     def __init__(self, path: Path):

@@ -7,6 +7,7 @@ Each kernel module exists twice with the same functions and signatures:
 The compiled modules are used when they import; EDGE_RUNTIME_PURE_PYTHON=1 forces the twins
 (as MSGPACK_PUREPYTHON does for msgpack). `IMPLEMENTATION` says which one is active.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,11 +16,14 @@ from types import ModuleType
 
 MODULES = ("batching", "classify", "pooling", "tokencls", "pii")
 
+
 def _pure_forced() -> bool:
     return os.environ.get("EDGE_RUNTIME_PURE_PYTHON", "").strip().lower() not in ("", "0", "false", "no")
 
+
 def pure_module(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.pure.{name}")
+
 
 def compiled_module(name: str) -> ModuleType | None:
     """The compiled twin, or None when the extension was not built."""
@@ -28,12 +32,14 @@ def compiled_module(name: str) -> ModuleType | None:
     except ImportError:
         return None
 
+
 def _choose() -> tuple[str, dict[str, ModuleType]]:
     if not _pure_forced():
         compiled = {name: compiled_module(name) for name in MODULES}
         if all(module is not None for module in compiled.values()):
             return "cython", compiled
     return "python", {name: pure_module(name) for name in MODULES}
+
 
 IMPLEMENTATION, _ACTIVE = _choose()
 
@@ -43,5 +49,14 @@ pooling = _ACTIVE["pooling"]
 tokencls = _ACTIVE["tokencls"]
 pii = _ACTIVE["pii"]
 
-__all__ = ["IMPLEMENTATION", "MODULES", "batching", "classify", "pooling", "tokencls", "pii",
-           "pure_module", "compiled_module"]
+__all__ = [
+    "IMPLEMENTATION",
+    "MODULES",
+    "batching",
+    "classify",
+    "pooling",
+    "tokencls",
+    "pii",
+    "pure_module",
+    "compiled_module",
+]

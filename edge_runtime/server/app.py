@@ -1,5 +1,6 @@
 """The aiohttp application: routes, JSON errors, per-route metrics. Handlers stay thin: the work is in
 Service (admission, batching, deadlines) and v2 (protocol mapping)."""
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,22 @@ LIMITS = web.AppKey("limits", Limits)
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 V1_FIELDS = {"text", "texts", "top_k"}
 
+
 def json_response(data, status: int = 200, headers=None) -> web.Response:
-    return web.Response(body=json.dumps(data, ensure_ascii=False).encode(), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
 
 def error_response(status: int, reason: str, retry_after: int | None = None, headers=None) -> web.Response:
     headers = dict(headers or {})
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return json_response({"error": reason}, status, headers)
+
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler):
@@ -38,7 +46,7 @@ async def errors_and_metrics(request: web.Request, handler):
         response = await handler(request)
     except RequestError as error:
         response = error_response(error.status, error.reason, error.retry_after)
-    except web.HTTPException as error:             # 404 unknown path, 405 wrong method, 413 ...
+    except web.HTTPException as error:  # 404 unknown path, 405 wrong method, 413 ...
         headers = {k: v for k, v in error.headers.items() if k in ("Allow",)}
         response = error_response(error.status, error.reason.lower(), headers=headers)
     except Exception:
@@ -49,7 +57,9 @@ async def errors_and_metrics(request: web.Request, handler):
     metrics.latency.labels(route).observe(time.perf_counter() - started)
     return response
 
+
 # -- shared helpers --------------------------------------------------------------------------------
+
 
 def _engine_for(request: web.Request):
     """The serving engine when the path names it (and its version, if given); 404 otherwise."""
@@ -61,25 +71,32 @@ def _engine_for(request: web.Request):
         raise RequestError(404, f"model {name!r} has no version {version!r} loaded (serving {engine.version})")
     return engine
 
+
 # -- V2 --------------------------------------------------------------------------------------------
+
 
 async def v2_server(request):
     return json_response(v2.server_metadata())
 
+
 async def v2_live(request):
     return json_response({"live": True})
+
 
 async def v2_ready(request):
     service = request.app[SERVICE]
     ready = not service.draining and service.batcher.alive
     return json_response({"ready": ready}, 200 if ready else 503)
 
+
 async def v2_model(request):
     return json_response(v2.model_metadata(_engine_for(request)))
+
 
 async def v2_model_ready(request):
     engine = _engine_for(request)
     return json_response({"name": engine.name, "ready": True})
+
 
 async def v2_infer(request):
     _engine_for(request)
@@ -93,7 +110,9 @@ async def v2_infer(request):
     payload, headers = v2.infer_response(engine, parsed, predictions)
     return web.Response(body=payload, headers=headers)
 
+
 # -- /v1 -------------------------------------------------------------------------------------------
+
 
 async def v1_predict(request):
     service, limits = request.app[SERVICE], request.app[LIMITS]
@@ -119,6 +138,7 @@ async def v1_predict(request):
     head = {"model": engine.name, "version": engine.version}
     return json_response({**head, **answers[0]} if single else {**head, "predictions": answers})
 
+
 async def v1_request(request):
     request_id = request.match_info["id"]
     if not REQUEST_ID.match(request_id):
@@ -130,16 +150,20 @@ async def v1_request(request):
         return json_response({"request_id": request_id, "status": "pending"}, 202)
     return json_response({"request_id": request_id, "status": "answered", "answer": answer})
 
+
 async def v1_status(request):
     return json_response(request.app[SERVICE].status())
+
 
 async def v1_reload(request):
     result = await request.app[SERVICE].reload()
     return json_response(result, 500 if result["result"] == "failed" else 200)
 
+
 async def metrics(request):
     service = request.app[SERVICE]
     return web.Response(body=service.metrics.render(), headers={"Content-Type": service.metrics.content_type})
+
 
 def build_app(service, limits: Limits) -> web.Application:
     app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[errors_and_metrics])

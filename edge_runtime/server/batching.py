@@ -8,6 +8,7 @@ backlog larger than `max_batch` it takes several batches' worth at once and the 
 into length buckets (Model.max_batch), so short texts are not padded to long ones.
 Requests whose deadline passed while queued are dropped before inference.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,37 +16,48 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
-BUCKET_RUNS = 4           # with a backlog, take up to this many batches per run (bucketed by length)
+BUCKET_RUNS = 4  # with a backlog, take up to this many batches per run (bucketed by length)
+
 
 class QueueFull(Exception):
     def __init__(self, retry_after_s: int):
         super().__init__("the request queue is full")
         self.retry_after_s = retry_after_s
 
+
 class Stopped(Exception):
     pass
+
 
 @dataclass
 class Job:
     texts: Sequence[str]
     future: asyncio.Future
-    deadline: float                   # time.monotonic()
+    deadline: float  # time.monotonic()
     queued_at: float = field(default_factory=time.monotonic)
 
+
 class Batcher:
-    def __init__(self, run: Callable[[list[str]], list], *, max_batch: int = 32, max_delay_s: float = 0.002,
-                 max_queue: int = 1024, on_batch: Callable[[int, float], None] | None = None):
+    def __init__(
+        self,
+        run: Callable[[list[str]], list],
+        *,
+        max_batch: int = 32,
+        max_delay_s: float = 0.002,
+        max_queue: int = 1024,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
         self.run, self.max_batch, self.max_delay_s, self.max_queue = run, max_batch, max_delay_s, max_queue
         self.on_batch = on_batch
         self._jobs: collections.deque[Job] = collections.deque()
-        self._queued_texts = 0            # waiting for the worker
-        self._admitted = 0                # waiting or being inferred
-        self._expected = 1                # texts the next batch may expect (recent load)
+        self._queued_texts = 0  # waiting for the worker
+        self._admitted = 0  # waiting or being inferred
+        self._expected = 1  # texts the next batch may expect (recent load)
         self._cond = threading.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,7 +137,7 @@ class Batcher:
                 started = time.perf_counter()
                 try:
                     outcome = self.run(texts)
-                except Exception as error:          # delivered to each request of the batch
+                except Exception as error:  # delivered to each request of the batch
                     log.exception("batch of %d texts failed", len(texts))
                     outcome = error
                 self.batches += 1
@@ -135,20 +147,22 @@ class Batcher:
             deliveries, offset = [], 0
             for job in live:
                 n = len(job.texts)
-                deliveries.append((job.future, outcome if isinstance(outcome, BaseException)
-                                   else outcome[offset:offset + n]))
+                deliveries.append(
+                    (job.future, outcome if isinstance(outcome, BaseException) else outcome[offset : offset + n])
+                )
                 offset += n
             if deliveries:
                 try:
                     self._loop.call_soon_threadsafe(_deliver, deliveries)
-                except RuntimeError:                # the loop is closed: nobody is waiting any more
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
                     pass
             with self._cond:
                 self._admitted -= sum(len(job.texts) for job in jobs)
 
+
 def _deliver(deliveries) -> None:
     for future, result in deliveries:
-        if future.done():                         # the handler gave up (deadline) meanwhile
+        if future.done():  # the handler gave up (deadline) meanwhile
             continue
         if isinstance(result, BaseException):
             future.set_exception(result)

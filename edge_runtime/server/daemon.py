@@ -4,6 +4,7 @@ Order matters for systemd: READY=1 only once the model is loaded and the sockets
 as soon as SIGTERM arrives; the listeners close first, in-flight requests finish (up to
 server.drain_timeout_s), then the batcher, the uplink and the outbox stop; the exit code is 0.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +22,7 @@ from .notify import Notifier
 
 log = logging.getLogger(__name__)
 
+
 def run(config) -> int:
     from .service import Service
 
@@ -33,6 +35,7 @@ def run(config) -> int:
         return asyncio.run(_serve(service, config, notifier))
     finally:
         notifier.close()
+
 
 async def _listen(runner: web.AppRunner, server: dict) -> list[str]:
     sites = [(web.TCPSite(runner, server["host"], server["port"], backlog=1024), f"{server['host']}:{server['port']}")]
@@ -47,31 +50,38 @@ async def _listen(runner: web.AppRunner, server: dict) -> list[str]:
             raise ConfigError(f"cannot listen on {where}: {reason}") from None
     return [where for _, where in sites]
 
+
 def _remove_stale_socket(path: str) -> None:
     import stat
 
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)                 # left by a daemon that was killed
+            os.unlink(path)  # left by a daemon that was killed
     except FileNotFoundError:
         pass
+
 
 def _status_line(service, where: list[str]) -> str:
     engine = service.swap.current
     return f"serving {engine.name}@{engine.version} on {', '.join(where)}"
 
+
 async def _watchdog(service, notifier: Notifier) -> None:
     while True:
         await asyncio.sleep(notifier.watchdog_s)
-        if service.batcher.alive:                  # a dead worker means no pings: systemd restarts us
+        if service.batcher.alive:  # a dead worker means no pings: systemd restarts us
             notifier.watchdog()
+
 
 async def _serve(service, config, notifier: Notifier) -> int:
     server = config["server"]
     loop = asyncio.get_running_loop()
-    runner = web.AppRunner(build_app(service, Limits.from_config(config)), handle_signals=False,
-                           access_log=logging.getLogger("aiohttp.access") if server["access_log"] else None,
-                           shutdown_timeout=server["drain_timeout_s"])
+    runner = web.AppRunner(
+        build_app(service, Limits.from_config(config)),
+        handle_signals=False,
+        access_log=logging.getLogger("aiohttp.access") if server["access_log"] else None,
+        shutdown_timeout=server["drain_timeout_s"],
+    )
     await runner.setup()
     service.start(loop)
     try:
@@ -105,7 +115,7 @@ async def _serve(service, config, notifier: Notifier) -> int:
     notifier.stopping()
     log.info("stopping: draining in-flight requests")
     service.draining = True
-    await runner.cleanup()                          # closes the listeners, waits for in-flight handlers
+    await runner.cleanup()  # closes the listeners, waits for in-flight handlers
     if watchdog:
         watchdog.cancel()
     for task in list(reloading):

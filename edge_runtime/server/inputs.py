@@ -1,5 +1,6 @@
 """Reading and checking request bodies: content type, size, UTF-8, JSON, texts. Every refusal is a
 RequestError with a one-line reason that never quotes the text itself."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,7 @@ from .errors import RequestError
 
 JSON_TYPES = ("application/json",)
 
+
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int
@@ -20,9 +22,10 @@ class Limits:
     body_timeout_s: float
 
     @classmethod
-    def from_config(cls, config) -> "Limits":
+    def from_config(cls, config) -> Limits:
         server = config["server"]
         return cls(server["max_body_bytes"], server["max_text_bytes"], server["max_texts"], server["body_timeout_s"])
+
 
 async def read_body(request: web.Request, limits: Limits, allowed_types=JSON_TYPES) -> bytes:
     """The raw body, refused when it has the wrong content type (415), is too big (413) or too slow (408).
@@ -39,6 +42,7 @@ async def read_body(request: web.Request, limits: Limits, allowed_types=JSON_TYP
     except web.HTTPRequestEntityTooLarge:
         raise RequestError(413, f"body too large (max {limits.max_body_bytes} bytes)") from None
 
+
 def parse_json(body: bytes):
     if not body:
         raise RequestError(400, "empty body: send a JSON object")
@@ -49,10 +53,12 @@ def parse_json(body: bytes):
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise RequestError(400, f"body is not valid JSON: {error.msg} at line {error.lineno} "
-                                f"column {error.colno}") from None
+        raise RequestError(
+            400, f"body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
     except (ValueError, RecursionError):
         raise RequestError(400, "body is not valid JSON (nested too deeply or a number too large)") from None
+
 
 def check_texts(texts, limits: Limits, field: str = "texts") -> list[str]:
     if not isinstance(texts, list):
@@ -74,6 +80,14 @@ def check_texts(texts, limits: Limits, field: str = "texts") -> list[str]:
             raise RequestError(400, f"text {number}: empty")
     return texts
 
+
 def _kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)

@@ -2,6 +2,7 @@
 
 Request texts are never passed to a logger: only counts, sizes, ids and statuses.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({})))
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -25,6 +27,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
 
 def setup(level: str = "info", stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stdout)

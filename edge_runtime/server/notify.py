@@ -3,11 +3,13 @@
 A path starting with '@' is in the abstract namespace. Without $NOTIFY_SOCKET (not under systemd)
 every call is a no-op.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import time
+
 
 class Notifier:
     def __init__(self, environ=None):
@@ -53,6 +55,7 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
 
 def _watchdog_interval(environ) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of $WATCHDOG_USEC), or None when no watchdog is asked for."""

@@ -2,6 +2,7 @@
 
 It owns the long-lived parts (outbox, uplink, egress, batcher, hot swap, metrics); engines come and go.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,13 +15,13 @@ from dataclasses import replace
 
 from .. import __version__, kernels, paths
 from ..audit import AuditLog
+from ..config import privacy_policy, routing_overrides
 from ..egress import Egress
 from ..outbox import Outbox
+from ..pii_tagger import load_tagger
 from ..pipeline import Pipeline
 from ..results import DEFERRED
 from ..router import Router, RoutingPolicy
-from ..config import privacy_policy, routing_overrides
-from ..pii_tagger import load_tagger
 from .batching import Batcher, QueueFull, Stopped
 from .errors import RequestError
 from .metrics import Metrics
@@ -28,21 +29,28 @@ from .swap import Engine, HotSwap
 
 log = logging.getLogger(__name__)
 
+
 class Service:
     def __init__(self, config):
         self.config = config
         self.started = time.time()
         self.metrics = Metrics()
-        self.counters: collections.Counter = collections.Counter()      # texts answered, by decision
-        self.rejected: collections.Counter = collections.Counter()      # requests refused, by reason
+        self.counters: collections.Counter = collections.Counter()  # texts answered, by decision
+        self.rejected: collections.Counter = collections.Counter()  # requests refused, by reason
         self.draining = False
         self.outbox = Outbox(paths.state_dir() / "outbox.sqlite")
         privacy = config["privacy"]
-        self.egress = Egress(privacy_policy(config), audit=AuditLog(paths.state_dir() / "audit.jsonl"),
-                             tagger=load_tagger(privacy["tagger"], required=privacy["require_tagger"]))
+        self.egress = Egress(
+            privacy_policy(config),
+            audit=AuditLog(paths.state_dir() / "audit.jsonl"),
+            tagger=load_tagger(privacy["tagger"], required=privacy["require_tagger"]),
+        )
         if privacy["tagger"] and self.egress.tagger is None:
-            log.warning("PII tagger %s is not installed: names and addresses in escalations are not redacted "
-                        "(edge-runtime build pii-tagger)", privacy["tagger"])
+            log.warning(
+                "PII tagger %s is not installed: names and addresses in escalations are not redacted "
+                "(edge-runtime build pii-tagger)",
+                privacy["tagger"],
+            )
         uplink_config = config["uplink"]
         self.device_id = uplink_config["device_id"] or socket.gethostname()
         self.uplink = None
@@ -52,9 +60,13 @@ class Service:
             self.swap.current.pipeline.uplink = self.uplink
         self._on_swap(self.swap.current)
         batching = config["batching"]
-        self.batcher = Batcher(self.swap.run, max_batch=batching["max_batch"],
-                               max_delay_s=batching["max_delay_ms"] / 1000.0, max_queue=batching["max_queue"],
-                               on_batch=self.metrics.on_batch)
+        self.batcher = Batcher(
+            self.swap.run,
+            max_batch=batching["max_batch"],
+            max_delay_s=batching["max_delay_ms"] / 1000.0,
+            max_queue=batching["max_queue"],
+            on_batch=self.metrics.on_batch,
+        )
         self._wire_gauges()
 
     # -- engines ---------------------------------------------------------------------------------
@@ -68,9 +80,15 @@ class Service:
 
         model = load(None, threads=self.config["server"]["threads"], max_batch=self.config["batching"]["max_batch"])
         policy = RoutingPolicy.from_dict(model.manifest.raw.get("routing"), routing_overrides(self.config))
-        pipeline = Pipeline(model, Router(policy), egress=self.egress, uplink=getattr(self, "uplink", None),
-                            outbox=self.outbox, device_id=self.device_id,
-                            deadline_s=self.config["uplink"]["deadline_ms"] / 1000.0)
+        pipeline = Pipeline(
+            model,
+            Router(policy),
+            egress=self.egress,
+            uplink=getattr(self, "uplink", None),
+            outbox=self.outbox,
+            device_id=self.device_id,
+            deadline_s=self.config["uplink"]["deadline_ms"] / 1000.0,
+        )
         return Engine(pipeline)
 
     def _on_swap(self, engine: Engine) -> None:
@@ -113,8 +131,9 @@ class Service:
         except QueueFull as full:
             self.metrics.rejected.labels("queue_full").inc()
             self.rejected["queue_full"] += 1
-            raise RequestError(503, "busy: the request queue is full, retry later",
-                               retry_after=full.retry_after_s) from None
+            raise RequestError(
+                503, "busy: the request queue is full, retry later", retry_after=full.retry_after_s
+            ) from None
         except Stopped:
             raise RequestError(503, "the daemon is shutting down", retry_after=1) from None
         try:
@@ -137,9 +156,9 @@ class Service:
         wait = min(pipeline.deadline_s, max(0.0, deadline - time.monotonic()))
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(outcome.pending)), wait)
-        except Exception:                      # deadline, eviction, broker refusal: answered later
+        except Exception:  # deadline, eviction, broker refusal: answered later
             return replace(outcome.prediction, decision=DEFERRED)
-        return pipeline.resolve(outcome.prediction, outcome.pending)   # done: returns at once
+        return pipeline.resolve(outcome.prediction, outcome.pending)  # done: returns at once
 
     def answer(self, request_id: str) -> tuple[str, dict | None]:
         """("answered", answer) | ("pending", None) | ("unknown", None) for a deferred request."""
@@ -156,31 +175,54 @@ class Service:
         return {
             "version": __version__,
             "pid": os.getpid(),
-            "model": {"name": engine.name, "version": engine.version, "release": engine.release,
-                      "task": engine.model.task, "loaded_at": engine.loaded_at},
+            "model": {
+                "name": engine.name,
+                "version": engine.version,
+                "release": engine.release,
+                "task": engine.model.task,
+                "loaded_at": engine.loaded_at,
+            },
             "uptime_s": round(time.time() - self.started, 3),
             "draining": self.draining,
-            "queue": {"depth": self.batcher.depth, "max": self.batcher.max_queue,
-                      "max_batch": self.batcher.max_batch, "batches": self.batcher.batches},
-            "counters": {"predictions": dict(self.counters), "rejected": dict(self.rejected),
-                         "reloads": self.swap.reloads},
+            "queue": {
+                "depth": self.batcher.depth,
+                "max": self.batcher.max_queue,
+                "max_batch": self.batcher.max_batch,
+                "batches": self.batcher.batches,
+            },
+            "counters": {
+                "predictions": dict(self.counters),
+                "rejected": dict(self.rejected),
+                "reloads": self.swap.reloads,
+            },
             "kernels": kernels.IMPLEMENTATION,
             "escalation_rate": engine.pipeline.router.escalation_rate,
-            "uplink": None if self.uplink is None else {
-                "device_id": self.device_id, "connected": self.uplink.link.connected.is_set(),
-                "stats": dict(self.uplink.stats)},
+            "uplink": None
+            if self.uplink is None
+            else {
+                "device_id": self.device_id,
+                "connected": self.uplink.link.connected.is_set(),
+                "stats": dict(self.uplink.stats),
+            },
             "outbox": {"pending": summary["pending"], "answered": summary["answered"], "dead": summary["dead"]},
-            "privacy": {"tagger": self.egress.tagger.name if self.egress.tagger else None,
-                        "policy": self.egress.policy},
+            "privacy": {
+                "tagger": self.egress.tagger.name if self.egress.tagger else None,
+                "policy": self.egress.policy,
+            },
         }
+
 
 def _make_uplink(uplink_config: dict, device_id: str, outbox: Outbox, engine: Engine):
     from ..mqtt import BrokerConfig
     from ..uplink import Uplink
 
     broker = BrokerConfig.from_url(
-        uplink_config["broker"], ca_file=uplink_config["ca_file"] or None,
-        cert_file=uplink_config["cert_file"] or None, key_file=uplink_config["key_file"] or None,
-        username=uplink_config["username"] or None, password=os.environ.get("EDGE_RUNTIME_MQTT_PASSWORD"),
-        tls=True if (uplink_config["ca_file"] or uplink_config["cert_file"]) else None)
+        uplink_config["broker"],
+        ca_file=uplink_config["ca_file"] or None,
+        cert_file=uplink_config["cert_file"] or None,
+        key_file=uplink_config["key_file"] or None,
+        username=uplink_config["username"] or None,
+        password=os.environ.get("EDGE_RUNTIME_MQTT_PASSWORD"),
+        tls=True if (uplink_config["ca_file"] or uplink_config["cert_file"]) else None,
+    )
     return Uplink(device_id, broker, outbox, bundle=(engine.name, engine.version))

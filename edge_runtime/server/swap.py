@@ -3,14 +3,15 @@
 A batch takes `HotSwap.current` once when it starts, so in-flight batches finish on the old engine;
 the old session is freed when its last batch drops it. A load that fails leaves the old one serving.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 from ..pipeline import Pipeline
 from ..results import ESCALATE
@@ -19,11 +20,13 @@ log = logging.getLogger(__name__)
 
 WARM_UP = ["what is my account balance", "set an alarm for seven tomorrow morning"]
 
+
 @dataclass
 class Outcome:
-    prediction: object          # results.Prediction
-    pending: object | None      # concurrent Future of the upstream answer, when one was sent
-    engine: "Engine"
+    prediction: object  # results.Prediction
+    pending: object | None  # concurrent Future of the upstream answer, when one was sent
+    engine: Engine
+
 
 class Engine:
     """One loaded bundle with its routing and escalation path: what a batch runs on."""
@@ -36,7 +39,7 @@ class Engine:
         self.loaded_at = time.time()
 
     def warm_up(self) -> None:
-        self.model.predict(WARM_UP)              # the first runs allocate onnxruntime's arena
+        self.model.predict(WARM_UP)  # the first runs allocate onnxruntime's arena
 
     def run(self, texts: list[str]) -> list[Outcome]:
         predictions = self.pipeline.router.route_all(self.model.predict(texts))
@@ -56,11 +59,16 @@ class Engine:
                 outcomes.append(Outcome(prediction, pending, self))
         return outcomes
 
+
 class HotSwap:
-    def __init__(self, load_engine: Callable[[], Engine], active: Callable[[], tuple[str, str] | None],
-                 on_swap: Callable[[Engine], None] | None = None):
+    def __init__(
+        self,
+        load_engine: Callable[[], Engine],
+        active: Callable[[], tuple[str, str] | None],
+        on_swap: Callable[[Engine], None] | None = None,
+    ):
         self.load_engine, self.active, self.on_swap = load_engine, active, on_swap
-        self._lock = threading.Lock()            # one reload at a time
+        self._lock = threading.Lock()  # one reload at a time
         self.current = load_engine()
         self.current.warm_up()
         self.reloads = 0
@@ -79,15 +87,26 @@ class HotSwap:
                 started = time.perf_counter()
                 engine = self.load_engine()
                 engine.warm_up()
-            except Exception as error:           # keep serving the old model
+            except Exception as error:  # keep serving the old model
                 log.error("reload failed; still serving %s@%s: %s", old.name, old.version, error)
                 return {"result": "failed", "model": old.name, "version": old.version, "error": str(error)}
-            self.current = engine                # atomic: the next batch runs on the new engine
+            self.current = engine  # atomic: the next batch runs on the new engine
             self.reloads += 1
             if self.on_swap:
                 self.on_swap(engine)
             seconds = time.perf_counter() - started
-            log.info("swapped %s@%s -> %s@%s", old.name, old.version, engine.name, engine.version,
-                     extra={"load_s": round(seconds, 3)})
-            return {"result": "swapped", "model": engine.name, "version": engine.version,
-                    "previous": {"model": old.name, "version": old.version}, "load_s": round(seconds, 3)}
+            log.info(
+                "swapped %s@%s -> %s@%s",
+                old.name,
+                old.version,
+                engine.name,
+                engine.version,
+                extra={"load_s": round(seconds, 3)},
+            )
+            return {
+                "result": "swapped",
+                "model": engine.name,
+                "version": engine.version,
+                "previous": {"model": old.name, "version": old.version},
+                "load_s": round(seconds, 3),
+            }

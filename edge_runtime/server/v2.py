@@ -4,6 +4,7 @@ response building, including the binary tensor data extension (what tritonclient
 One input, `text` (BYTES, shape [-1]); outputs label, decision, reason, request_id, top_k (BYTES; top_k
 holds a JSON list per text) and score (FP32).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,23 +21,37 @@ SERVER_NAME = "edge-runtime"
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT = "text"
-OUTPUTS = {"label": "BYTES", "score": "FP32", "decision": "BYTES", "reason": "BYTES",
-           "request_id": "BYTES", "top_k": "BYTES"}
+OUTPUTS = {
+    "label": "BYTES",
+    "score": "FP32",
+    "decision": "BYTES",
+    "reason": "BYTES",
+    "request_id": "BYTES",
+    "top_k": "BYTES",
+}
 DEFAULT_OUTPUTS = ("label", "score", "decision", "reason", "request_id")
+
 
 def server_metadata() -> dict:
     return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
+
 def model_metadata(engine) -> dict:
-    return {"name": engine.name, "versions": [engine.version], "platform": "onnxruntime",
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, dtype in OUTPUTS.items()]}
+    return {
+        "name": engine.name,
+        "versions": [engine.version],
+        "platform": "onnxruntime",
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, dtype in OUTPUTS.items()],
+    }
+
 
 @dataclass
 class InferRequest:
     texts: list
     id: str | None
-    outputs: list[tuple[str, bool]]          # (name, binary)
+    outputs: list[tuple[str, bool]]  # (name, binary)
+
 
 def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
@@ -49,6 +64,7 @@ def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]
         raise RequestError(400, f"{HEADER_LENGTH}: must be an integer 0-{len(body)}")
     return body[:size], body[size:]
 
+
 def _flatten(data, into: list, depth: int = 0) -> None:
     if depth > 8:
         raise RequestError(400, "input 'text': data nested too deeply")
@@ -57,6 +73,7 @@ def _flatten(data, into: list, depth: int = 0) -> None:
             _flatten(item, into, depth + 1)
         else:
             into.append(item)
+
 
 def _decode_bytes_tensor(raw: bytes) -> list:
     """BYTES elements in binary form: a 4-byte little-endian length before each element."""
@@ -69,16 +86,18 @@ def _decode_bytes_tensor(raw: bytes) -> list:
         if offset + size > len(raw):
             raise RequestError(400, "input 'text': truncated binary BYTES element")
         try:
-            items.append(raw[offset:offset + size].decode("utf-8"))
+            items.append(raw[offset : offset + size].decode("utf-8"))
         except UnicodeDecodeError:
             raise RequestError(400, f"input 'text': element {len(items) + 1} is not valid UTF-8") from None
         offset += size
     return items
 
+
 def _object(value, where: str) -> dict:
     if not isinstance(value, dict):
         raise RequestError(400, f"{where}: expected a JSON object")
     return value
+
 
 def parse_infer(body: bytes, header_length: str | None, parse_json) -> InferRequest:
     head, binary = _split_binary(body, header_length)
@@ -92,9 +111,12 @@ def parse_infer(body: bytes, header_length: str | None, parse_json) -> InferRequ
     if tensor.get("datatype") != "BYTES":
         raise RequestError(400, f"input '{INPUT}': datatype must be BYTES")
     shape = tensor.get("shape")
-    if not (isinstance(shape, list) and 1 <= len(shape) <= 2
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            and (len(shape) == 1 or shape[1] == 1)):
+    if not (
+        isinstance(shape, list)
+        and 1 <= len(shape) <= 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        and (len(shape) == 1 or shape[1] == 1)
+    ):
         raise RequestError(400, f"input '{INPUT}': shape must be [N] or [N, 1]")
     params = tensor.get("parameters") or {}
     _object(params, f"input '{INPUT}' parameters")
@@ -117,6 +139,7 @@ def parse_infer(body: bytes, header_length: str | None, parse_json) -> InferRequ
         raise RequestError(400, "id: must be a string")
     return InferRequest(texts, request_id, _outputs(request))
 
+
 def _binary_flag(params, where: str) -> bool:
     params = _object(params or {}, where)
     flag = params.get("binary_data_output", params.get("binary_data", False))
@@ -124,13 +147,14 @@ def _binary_flag(params, where: str) -> bool:
         raise RequestError(400, f"{where}: binary_data must be true or false")
     return flag
 
+
 def _outputs(request: dict) -> list[tuple[str, bool]]:
     default_binary = _binary_flag(request.get("parameters"), "parameters")
     wanted = request.get("outputs")
     if wanted is None:
         return [(name, default_binary) for name in DEFAULT_OUTPUTS]
     if not isinstance(wanted, list) or not wanted:
-        raise RequestError(400, "outputs: expected a non-empty list of {\"name\": ...}")
+        raise RequestError(400, 'outputs: expected a non-empty list of {"name": ...}')
     chosen = []
     for number, item in enumerate(wanted):
         item = _object(item, f"outputs[{number}]")
@@ -140,12 +164,14 @@ def _outputs(request: dict) -> list[tuple[str, bool]]:
         chosen.append((name, _binary_flag(item.get("parameters"), f"outputs[{number}].parameters")))
     return chosen
 
+
 def _values(name: str, predictions) -> list:
     if name == "score":
         return [float(p.score) for p in predictions]
     if name == "top_k":
         return [json.dumps([{"label": label, "score": score} for label, score in p.top_k]) for p in predictions]
     return [getattr(p, name) or "" for p in predictions]
+
 
 def _binary(datatype: str, values: list) -> bytes:
     if datatype == "FP32":
@@ -156,6 +182,7 @@ def _binary(datatype: str, values: list) -> bytes:
         parts.append(struct.pack("<I", len(data)))
         parts.append(data)
     return b"".join(parts)
+
 
 def infer_response(engine, request: InferRequest, predictions) -> tuple[bytes, dict]:
     """(body, headers); binary outputs follow the JSON header, whose length goes in a header."""

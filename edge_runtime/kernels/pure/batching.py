@@ -1,14 +1,16 @@
 """Padding and length bucketing: the NumPy twin of kernels/batching.pyx.
 
 Rules (both twins follow them exactly):
-- `pad_batch`: only the kept prefix of a row (its first `max_length` items) is read and checked; rows are truncated to `max_length`; `T = min(longest, max_length)` (0 for an empty
-  batch or all-empty rows); `input_ids` is padded with `pad_id`, `attention_mask` is 1 on real tokens,
-  `token_type_ids` (only when `type_ids` is given) is padded with 0. Rows must hold integers
-  (Python ints or a NumPy integer/bool array); each `type_ids` row must be as long as its sequence.
+- `pad_batch`: only the kept prefix of a row (its first `max_length` items) is read and checked; rows are
+  truncated to `max_length`; `T = min(longest, max_length)` (0 for an empty batch or all-empty rows);
+  `input_ids` is padded with `pad_id`, `attention_mask` is 1 on real tokens, `token_type_ids` (only when
+  `type_ids` is given) is padded with 0. Rows must hold integers (Python ints or a NumPy integer/bool
+  array); each `type_ids` row must be as long as its sequence.
 - `length_buckets`: `order` is a stable argsort of `lengths`. Walking `order`, an item joins the current
   bucket while the bucket stays within `max_batch` items and `items * longest <= max_tokens` (the items are
   sorted, so the newest is the longest); an item longer than `max_tokens` gets a bucket of its own.
 """
+
 from __future__ import annotations
 
 import operator
@@ -16,6 +18,7 @@ import operator
 import numpy as np
 
 _INT_KINDS = "iub"
+
 
 def positive_int(value, name: str) -> int:
     if isinstance(value, bool):
@@ -25,6 +28,7 @@ def positive_int(value, name: str) -> int:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
 
+
 def _int_row(seq, what: str, index: int) -> np.ndarray:
     row = np.asarray(seq)
     if row.ndim != 1:
@@ -32,6 +36,7 @@ def _int_row(seq, what: str, index: int) -> np.ndarray:
     if row.size and row.dtype.kind not in _INT_KINDS:
         raise TypeError(f"{what}[{index}] must hold integers, got {row.dtype}")
     return row
+
 
 def pad_batch(sequences, max_length, pad_id=0, type_ids=None):
     """Pad/truncate `sequences` to int64 `(input_ids, attention_mask, token_type_ids|None)` of shape (B, T)."""
@@ -61,6 +66,7 @@ def pad_batch(sequences, max_length, pad_id=0, type_ids=None):
         if batch and width:
             token_type_ids[real] = np.concatenate([typ[:n] for typ, n in zip(types, lengths)])
     return input_ids, attention_mask, token_type_ids
+
 
 def length_buckets(lengths, max_batch, max_tokens):
     """Sort by length and cut into buckets: int64 `(order, boundaries, inverse)`."""

@@ -9,6 +9,7 @@ Rules (both twins follow them exactly):
 - `margin` = p(top1) - p(top2) (= max_prob when C == 1); `entropy` = (log1p(s - 1) + sum(e * (max - z)) / s)
   / log(C), clipped to 0..1 (0 when C == 1). `probs` is the full float32 softmax when `full_softmax`, else None.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,6 +19,7 @@ import numpy as np
 
 MAX_TOP_K = 5
 FIELDS = ("argmax", "top_indices", "top_probs", "max_prob", "margin", "entropy", "probs")
+
 
 class ClassifyResult:
     """Per-row classification statistics; every field is a NumPy array (probs may be None)."""
@@ -36,6 +38,7 @@ class ClassifyResult:
     def __repr__(self) -> str:
         return f"ClassifyResult(batch={len(self.argmax)}, k={self.top_indices.shape[1]})"
 
+
 def check_arguments(temperature, top_k) -> tuple[float, int]:
     """Shared by both twins so their errors read the same."""
     if isinstance(top_k, bool):
@@ -48,6 +51,7 @@ def check_arguments(temperature, top_k) -> tuple[float, int]:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     return temperature, top_k
 
+
 def as_logits(logits) -> np.ndarray:
     array = np.asarray(logits)
     if array.dtype.kind not in "fiu":
@@ -57,6 +61,7 @@ def as_logits(logits) -> np.ndarray:
     if array.shape[1] < 1:
         raise ValueError("logits must have at least one class")
     return np.ascontiguousarray(array, dtype=np.float32)
+
 
 def classify_logits(logits, temperature=1.0, top_k=5, full_softmax=False):
     """Fused softmax statistics for float32 (B, C) logits; see the module docstring for the rules."""

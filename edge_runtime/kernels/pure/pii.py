@@ -11,8 +11,8 @@ kept before it.
 
 Decisions (both twins):
 - Character classes are ASCII: non-ASCII letters and digits are plain separators.
-- CARD: 13-19 digits (12 for Maestro: IIN 50, 56-69), first digit not 0, one separator kind (' ' or '-') between groups of
-  3-6 digits (the last 1-6), Luhn; the longest valid prefix of the groups wins.
+- CARD: 13-19 digits (12 for Maestro: IIN 50, 56-69), first digit not 0, one separator kind (' ' or '-')
+  between groups of 3-6 digits (the last 1-6), Luhn; the longest valid prefix of the groups wins.
 - PHONE: '+' or '00' then 8-15 digits; or a trunk '0' then 9-12 digits (9-11 when written
   as one plain block); or North American 3-3-4 / 1-3-3-4 groups, or 10 plain digits whose
   area code and exchange start with 2-9. A number never starts right after 'digit + space'. Separators ' ', '-', '.',
@@ -22,10 +22,11 @@ Decisions (both twins):
   glpat-), JWTs, the token after 'Bearer ', values of key=/token=/secret=/password=, or a
   token of >= 20 characters with lower, upper and digit, not hex-only, not path-like (a
   leading '/'), with < 40% of adjacent pairs being two lower-case (or two upper-case)
-  letters (words, CamelCase, paths) and with Shannon entropy >= 3.5 bits/char. A 40-hex git sha or a UUID is not a secret by itself
-  (hex-only); only a key-like prefix or context makes a hex token a secret (never a UUID).
+  letters (words, CamelCase, paths) and with Shannon entropy >= 3.5 bits/char. A 40-hex git sha or a UUID is
+  not a secret by itself (hex-only); only a key-like prefix or context makes a hex token a secret (never a UUID).
 - Dates, times, versions, UUIDs, order numbers and short numbers match no rule.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,21 +36,97 @@ EMAIL, IBAN, CARD, IPV6, MAC, IPV4, PHONE, SECRET = range(8)
 
 # country -> IBAN length (ISO 13616 registry, the common countries)
 IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
-    "BR": 29, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20,
-    "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18,
-    "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30,
-    "KW": 30, "KZ": 20, "LB": 28, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24,
-    "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28,
-    "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SE": 24, "SI": 19, "SK": 24,
-    "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BR": 29,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NL": 18,
+    "NO": 15,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "SA": 24,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VG": 24,
+    "XK": 20,
 }
 # (prefix, minimum length of the rest)
 SECRET_PREFIXES = (
-    ("sk-", 20), ("sk_live_", 16), ("sk_test_", 16), ("pk_live_", 16), ("pk_test_", 16),
-    ("rk_live_", 16), ("rk_test_", 16), ("ghp_", 20), ("gho_", 20), ("ghu_", 20), ("ghs_", 20),
-    ("ghr_", 20), ("github_pat_", 20), ("xoxb-", 10), ("xoxp-", 10), ("xoxa-", 10),
-    ("xoxs-", 10), ("AIza", 30), ("glpat-", 20),
+    ("sk-", 20),
+    ("sk_live_", 16),
+    ("sk_test_", 16),
+    ("pk_live_", 16),
+    ("pk_test_", 16),
+    ("rk_live_", 16),
+    ("rk_test_", 16),
+    ("ghp_", 20),
+    ("gho_", 20),
+    ("ghu_", 20),
+    ("ghs_", 20),
+    ("ghr_", 20),
+    ("github_pat_", 20),
+    ("xoxb-", 10),
+    ("xoxp-", 10),
+    ("xoxa-", 10),
+    ("xoxs-", 10),
+    ("AIza", 30),
+    ("glpat-", 20),
 )
 SECRET_KEY_NAMES = ("key", "token", "secret", "password", "passwd", "pwd")
 SECRET_MIN_LENGTH = 20
@@ -112,6 +189,7 @@ def _hexnet_prev_ok(b, i):
 
 # --- EMAIL ---------------------------------------------------------------------------------
 
+
 def _email(b, n, at):
     s = at
     while s > 0 and _local(b[s - 1]) and at - s < 64:
@@ -147,6 +225,7 @@ def _email(b, n, at):
 
 # --- IPV4 ----------------------------------------------------------------------------------
 
+
 def _ipv4_core(b, n, i):
     j = i
     for octet in range(4):
@@ -176,6 +255,7 @@ def _ipv4(b, n, i):
 
 
 # --- IPV6 ----------------------------------------------------------------------------------
+
 
 def _ipv6(b, n, i):
     if not _hexnet_prev_ok(b, i):
@@ -231,6 +311,7 @@ def _ipv6(b, n, i):
 
 # --- MAC -----------------------------------------------------------------------------------
 
+
 def _mac(b, n, i):
     if not _hexnet_prev_ok(b, i):
         return -1
@@ -261,6 +342,7 @@ def _mac(b, n, i):
 
 # --- CARD ----------------------------------------------------------------------------------
 
+
 def _luhn(digits, count):
     total = 0
     for k in range(count):
@@ -282,7 +364,7 @@ def _card(b, n, i):
     if b[i] == 48 or not _numeric_prev_ok(b, i):
         return -1
     digits = []
-    ends = []    # position after each group
+    ends = []  # position after each group
     counts = []  # digits up to each group
     lengths = []
     sep = 0
@@ -328,6 +410,7 @@ def _card(b, n, i):
 
 
 # --- PHONE ---------------------------------------------------------------------------------
+
 
 def _phone_valid(digits, count, lengths, parens, groups, plus):
     """Is the number made of the first `groups` groups (`count` digits) a phone number?"""
@@ -445,6 +528,7 @@ def _phone(b, n, i):
 
 # --- IBAN ----------------------------------------------------------------------------------
 
+
 def _iban(b, n, i):
     if i > 0 and _word(b[i - 1]):
         return -1
@@ -478,13 +562,11 @@ def _iban(b, n, i):
 
 # --- SECRET --------------------------------------------------------------------------------
 
+
 def _starts_with(b, s, e, word):
     if e - s < len(word):
         return False
-    for k in range(len(word)):
-        if b[s + k] != ord(word[k]):
-            return False
-    return True
+    return all(b[s + k] == ord(word[k]) for k in range(len(word)))
 
 
 def _ends_with_ci(b, s, e, word):
@@ -519,8 +601,12 @@ def _jwt(b, s, e):
             dots.append(k)
     if len(dots) != 2:
         return False
-    return (dots[0] - s >= 10 and dots[1] - dots[0] - 1 >= 10 and e - dots[1] - 1 >= 10
-            and _starts_with(b, dots[0] + 1, e, "eyJ"))
+    return (
+        dots[0] - s >= 10
+        and dots[1] - dots[0] - 1 >= 10
+        and e - dots[1] - 1 >= 10
+        and _starts_with(b, dots[0] + 1, e, "eyJ")
+    )
 
 
 def _char_class(c):
@@ -578,8 +664,11 @@ def _secret(b, n, s, e):
         s += 1
     if e - s < CONTEXT_MIN_LENGTH:
         return -1, -1
-    if run_start >= 7 and _starts_with(b, run_start - 7, run_start, "Bearer ") and (
-            run_start == 7 or not _word(b[run_start - 8])):
+    if (
+        run_start >= 7
+        and _starts_with(b, run_start - 7, run_start, "Bearer ")
+        and (run_start == 7 or not _word(b[run_start - 8]))
+    ):
         return s, e
     for q in range(s + 1, e - 1):
         if b[q] == 61 and b[q + 1] != 61:
@@ -610,6 +699,7 @@ def _secret(b, n, s, e):
 
 
 # --- the pass ------------------------------------------------------------------------------
+
 
 def _candidates(b, n):
     found = []

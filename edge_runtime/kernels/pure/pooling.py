@@ -8,9 +8,11 @@ Rules (both twins follow them exactly):
 - `l2_normalize` works along the last axis (x * (1 / norm), in float64); a zero vector stays zero.
 - `cls_pool` takes token 0 of every row (T >= 1).
 """
+
 from __future__ import annotations
 
 import numpy as np
+
 
 def as_float32(array, ndim: int, name: str) -> np.ndarray:
     values = np.asarray(array)
@@ -20,6 +22,7 @@ def as_float32(array, ndim: int, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-D, got shape {values.shape}")
     return np.ascontiguousarray(values, dtype=np.float32)
 
+
 def as_mask(mask, batch: int, tokens: int) -> np.ndarray:
     values = np.asarray(mask)
     if values.dtype.kind not in "iub":
@@ -28,10 +31,12 @@ def as_mask(mask, batch: int, tokens: int) -> np.ndarray:
         raise ValueError(f"mask must have shape {(batch, tokens)}, got {values.shape}")
     return values
 
+
 def _normalize64(values: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.square(values).sum(axis=-1, keepdims=True))
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0.0)
     return values * scale
+
 
 def mean_pool(hidden, mask, normalize=False):
     """Masked mean over tokens of float32 (B, T, H) -> float32 (B, H)."""
@@ -45,6 +50,7 @@ def mean_pool(hidden, mask, normalize=False):
         means = _normalize64(means)
     return means.astype(np.float32)
 
+
 def cls_pool(hidden, normalize=False):
     """Token 0 of every row of float32 (B, T, H) -> float32 (B, H)."""
     states = as_float32(hidden, 3, "hidden")
@@ -54,6 +60,7 @@ def cls_pool(hidden, normalize=False):
     if normalize:
         return _normalize64(first.astype(np.float64)).astype(np.float32)
     return first.copy()
+
 
 def l2_normalize(x):
     """Divide every vector along the last axis by its L2 norm; zero vectors stay zero."""

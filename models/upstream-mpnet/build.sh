@@ -6,13 +6,13 @@
 #   HEAD=finetune EPOCHS=1 models/upstream-mpnet/build.sh   # ~16 min per epoch on 2 cores
 #
 # Environment: CACHE (download/unzip cache, default ~/.cache/edge-runtime/upstream-mpnet),
-# EDGE_RUNTIME_DATASETS (folder holding clinc150/, default ../shared/datasets), EDGE_RUNTIME_HOME.
+# EDGE_RUNTIME_DATASETS (folder holding clinc150/, default datasets/ in this repository), EDGE_RUNTIME_HOME.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${CACHE:-$HOME/.cache/edge-runtime/upstream-mpnet}"
-DATASETS="${EDGE_RUNTIME_DATASETS:-$REPO/../shared/datasets}"
+DATASETS="${EDGE_RUNTIME_DATASETS:-$REPO/datasets}"
 HEAD="${HEAD:-logreg}"
 EPOCHS="${EPOCHS:-1}"
 NAME="${NAME:-clinc150-mpnet-upstream}"

@@ -13,6 +13,7 @@ REQUIRED = {
     "optimum.exporters.onnx": "optimum-onnx",
     "onnx": "onnx",
     "sklearn": "scikit-learn",
+    "faker": "faker",  # the PII tagger's corpus: checked up front so a build never dies halfway for it
 }
 
 

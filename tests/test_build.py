@@ -282,7 +282,9 @@ def _tiny_recipe(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "recipe.toml", tmp_path / "datasets"
 
 
-def test_build_default_installs_activates_then_is_a_no_op(tmp_path, encoder, cache):
+def test_build_default_serves_fast_first_then_installs_activates_then_is_a_no_op(tmp_path, encoder, cache):
+    """`make demo`'s order: the recipe's `fast` variant (release 0) first, then the real bundle (release 1)
+    replaces it; after that neither build runs again, and the fast one is never activated over it."""
     recipe, datasets = _tiny_recipe(tmp_path)
     home = tmp_path / "home"
     command = [
@@ -300,15 +302,63 @@ def test_build_default_installs_activates_then_is_a_no_op(tmp_path, encoder, cac
         "--no-tagger",
         "--json",
     ]
-    first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=800)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["status"] == "built"
-    assert json.loads((home / "models" / "active.json").read_text())["name"] == "tiny-clinc"
+
+    def build(*extra):
+        run = subprocess.run(command + list(extra), env=_env(home), capture_output=True, text=True, timeout=800)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    def active():
+        from edge_runtime.store import Store
+
+        return Store(home).active()
+
+    fast = build("--variant", "fast")
+    assert (fast["status"], fast["version"], fast["release"]) == ("built", "1.0.0-logreg", 0)
+    assert fast["metrics"]["head"] == "logreg" and fast["metrics"]["source"]["variant"] == "fast"
+    assert active() == ("tiny-clinc", "1.0.0-logreg")
     assert (home / "keys" / "signing" / "local.key").is_file()
     assert len(list((home / "keys" / "trusted").glob("*.pub"))) == 1
-    second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout)["status"] == "already-installed"
+    real = build()
+    assert (real["status"], real["version"], real["release"]) == ("built", "1.0.0", 1)
+    assert active() == ("tiny-clinc", "1.0.0")
+    assert build()["status"] == "already-installed"
+    again = build("--variant", "fast")
+    assert (again["status"], again["version"]) == ("already-installed", "1.0.0")
+    assert active() == ("tiny-clinc", "1.0.0")
+
+
+def test_recipe_variants_lay_their_tables_over_the_recipe(tmp_path):
+    from edge_runtime.build.errors import BuildError
+    from edge_runtime.build.recipe import TAGGER_RECIPE, load_recipe
+
+    quick = load_recipe(TAGGER_RECIPE).with_variant("quick")
+    assert quick.variant == "quick" and "variants" not in quick.raw
+    assert quick.get("bundle", "name") == "pii-tagger-minilm"  # kept from the recipe
+    assert quick.get("bundle", "version") == "1.0.0-quick"  # laid over it
+    assert quick.get("head", "max_steps") == 20 and quick.get("head", "encoder_lr") == 1.5e-4
+    with pytest.raises(BuildError, match=r"no \[variants.fast\] \(variants: quick\)"):
+        load_recipe(TAGGER_RECIPE).with_variant("fast")
+
+
+def test_length_batches_cover_every_example_once_and_pad_far_less_than_random_batches():
+    import torch
+
+    from edge_runtime.build.data import read_jsonl
+    from edge_runtime.build.finetune import length_batches
+
+    lengths = [len(text.split()) for text in read_jsonl(CLINC / "train.jsonl").texts]
+
+    def padded(window):
+        batches = length_batches(lengths, 32, window, torch.Generator().manual_seed(0))
+        assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+        assert len(batches) == -(-len(lengths) // 32) and max(map(len, batches)) == 32
+        return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+    assert padded(50) < 0.7 * padded(1)  # 1: random batches
+    epochs = [length_batches(lengths, 32, 50, torch.Generator().manual_seed(0)) for _ in range(2)]
+    assert epochs[0] == epochs[1]  # reproducible for a seed
+    assert length_batches(lengths, 32, 50, torch.Generator().manual_seed(1)) != epochs[0]
 
 
 def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):

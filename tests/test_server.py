@@ -674,6 +674,28 @@ def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
     assert done.returncode == 1 and "no active model" in done.stderr
 
 
+def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, build_key, pii_tagger_bundle):
+    """`make demo` starts the daemon before `build default` installs the tagger: a reload picks it up."""
+    from edge_runtime.outbox import Outbox
+
+    home = private_home(tmp_path / "home", small_bundle, build_key)
+    running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
+    try:
+        assert running.get("/v1/status")[2]["privacy"]["tagger"] is None
+        Store(home).install(pii_tagger_bundle)
+        code, _, reloaded = running.post("/v1/admin/reload", {})
+        assert code == 200 and reloaded["result"] == "unchanged", reloaded  # the same classifier
+        assert reloaded["tagger"] == "pii-tagger-minilm@1.0.0"
+        assert running.get("/v1/status")[2]["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"
+        code, _, body = running.post("/v1/predict", {"text": "this is Rosalind Featherstonehaugh, my card was stolen"})
+        assert code == 200 and body["decision"] == "deferred", body
+    finally:
+        assert running.stop() == 0
+    with Outbox(home / "state" / "outbox.sqlite") as outbox:
+        sent = outbox.payload(body["request_id"]).decode()
+    assert "<PERSON_1>" in sent and "Featherstonehaugh" not in sent
+
+
 def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, build_key, pii_tagger_bundle):
     """The shipped config loads the PII tagger by name; escalations waiting in the outbox hold no name."""
     from edge_runtime.outbox import Outbox

@@ -21,11 +21,12 @@ from .recipe import REPO, Recipe
 from .source import check_model_dir, package_model_dir
 
 
-def installed_release(store, name: str, release: int):
-    for manifest in store.versions(name):
-        if manifest.release == release:
-            return manifest
-    return None
+def installed_at_or_after(store, name: str, release: int):
+    """The newest installed version of `name` at `release` or a later one; None when there is none. A build
+    is not needed then, and must not replace it (a fleet update, or the fine-tuned bundle that followed the
+    `fast` one, has a later release)."""
+    later = [manifest for manifest in store.versions(name) if manifest.release >= release]
+    return later[-1] if later else None
 
 
 def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | None = None) -> BuildConfig:
@@ -62,6 +63,7 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
             "model": source.get("package") or source.get("model_dir"),
             "dataset": recipe.get("dataset", "attribution", recipe.get("dataset", "name")),
             "recipe": str(recipe.path),
+            **({"variant": recipe.variant} if recipe.variant else {}),
         },
     )
 
@@ -73,7 +75,7 @@ def build_default(
     progress: Progress | None = None,
     cache_dir: Path | None = None,
 ) -> dict:
-    """The classifier recipe: build, install, activate (a no-op when its release is installed)."""
+    """The classifier recipe: build, install, activate (a no-op when its release or a later one is installed)."""
 
     def make(config: BuildConfig, progress: Progress):
         dataset = recipe.dataset_dir(datasets)
@@ -136,13 +138,13 @@ def _build_and_install(
     root = paths.home()
     store = Store(root)
     name, release = recipe.get("bundle", "name"), int(recipe.get("bundle", "release"))
-    existing = installed_release(store, name, release)
+    existing = installed_at_or_after(store, name, release)
     if existing is not None and not force:
         return {
             "status": "already-installed",
             "name": name,
             "version": existing.version,
-            "release": release,
+            "release": existing.release,
             "path": str(existing.path),
             "metrics": existing.metrics,
         }

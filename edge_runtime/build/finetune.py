@@ -8,6 +8,7 @@ The result is an HF model folder (the tuned encoder) plus a LinearHead, cached b
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -30,6 +31,10 @@ class FinetuneConfig:
     dropout: float = 0.1
     seed: int = 0
     threads: int = 2
+    # Batches are cut from windows of this many batches sorted by length (1: random batches). On CLINC150,
+    # random batches of 32 pad to 1.8x the real tokens; sorted windows of 50 batches pad to ~1.05x.
+    bucket_window: int = 50
+    max_steps: int = 0  # stop after this many optimiser steps (0: all epochs); a quick smoke build
 
 
 def cache_key(
@@ -57,12 +62,25 @@ def _schedule(total_steps: int, warmup: float):
     return factor
 
 
-def _batches(ids, targets, batch_size, generator, per_token: bool, type_ids=None):
+def length_batches(lengths: list[int], batch_size: int, window: int, generator) -> list[list[int]]:
+    """One epoch's batches (lists of example indices): a random order, cut into windows of `window`
+    batches; each window is sorted by length and cut into batches; then the batches are shuffled. A batch
+    pads to a length close to its own texts', and every epoch still sees new batches in a new order."""
     import torch
 
-    order = torch.randperm(len(ids), generator=generator).tolist()
-    for start in range(0, len(order), batch_size):
-        chosen = order[start : start + batch_size]
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    span = batch_size * max(1, window)
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lengths.__getitem__)
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _batches(ids, targets, batch_size, window, generator, per_token: bool, type_ids=None):
+    import torch
+
+    for chosen in length_batches([len(row) for row in ids], batch_size, window, generator):
         rows = [ids[i] for i in chosen]
         width = max(len(row) for row in rows)
         types = [type_ids[i] for i in chosen] if type_ids is not None else None
@@ -117,14 +135,17 @@ def finetune(
     optimizer = torch.optim.AdamW(groups)
     steps_per_epoch = -(-len(ids) // config.batch_size)
     total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, config.warmup))
     generator = torch.Generator().manual_seed(config.seed)
     encoder.train()
+    done = 0
     with progress.bar("fine-tune", total) as advance:
         for epoch in range(config.epochs):
             running = 0.0
-            batches = _batches(ids, targets, config.batch_size, generator, per_token, type_ids)
-            for step, (input_ids, mask, token_types, labels) in enumerate(batches, 1):
+            batches = _batches(ids, targets, config.batch_size, config.bucket_window, generator, per_token, type_ids)
+            for step, (input_ids, mask, token_types, labels) in enumerate(itertools.islice(batches, total - done), 1):
                 states = encoder(input_ids=input_ids, attention_mask=mask, token_type_ids=token_types).last_hidden_state
                 if per_token:
                     logits = head(dropout(states))
@@ -141,6 +162,7 @@ def finetune(
                 optimizer.step()
                 scheduler.step()
                 running += loss.item()
+                done += 1
                 advance(1, f"epoch {epoch + 1}/{config.epochs}, loss {running / step:.3f}")
     encoder.eval()
     out_dir = Path(out_dir)

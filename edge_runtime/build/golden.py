@@ -51,6 +51,8 @@ def classifier_rows(
 ) -> list[dict]:
     """Candidates from the batched evaluation, kept only if still right when run alone (`run_single`)."""
     candidates = pick_indices(targets, batch_logits, labels, oos_label, threshold, per_label=3)
+    if not candidates:  # a model that gets nothing right with confidence (a few-step smoke build)
+        return []
     single = run_single([ids[i] for i in candidates])
     subset_targets = np.asarray([targets[i] for i in candidates])
     kept = pick_indices(subset_targets, single, labels, oos_label, threshold, per_label=1)

@@ -18,6 +18,7 @@ TAGGER_RECIPE = REPO / "models" / "pii-tagger-minilm" / "recipe.toml"
 class Recipe:
     path: Path
     raw: dict
+    variant: str | None = None  # the [variants.NAME] laid over this recipe, if any
 
     def section(self, name: str) -> dict:
         value = self.raw.get(name, {})
@@ -30,6 +31,22 @@ class Recipe:
         if required and key not in table:
             raise BuildError(f"{self.path}: [{section}] needs `{key}`")
         return table.get(key, default)
+
+    def with_variant(self, name: str | None) -> Recipe:
+        """This recipe with the tables of `[variants.NAME]` laid over its own, key by key (e.g. the
+        `fast` logistic-regression bundle served first, or the `quick` smoke build with a few steps)."""
+        if not name:
+            return self
+        variants = self.section("variants")
+        if name not in variants:
+            known = ", ".join(sorted(variants)) or "none"
+            raise BuildError(f"{self.path}: no [variants.{name}] (variants: {known})")
+        raw = {key: value for key, value in self.raw.items() if key != "variants"}
+        for section, table in variants[name].items():
+            if not isinstance(table, dict):
+                raise BuildError(f"{self.path}: [variants.{name}] {section} must be a table")
+            raw[section] = {**self.section(section), **table}
+        return Recipe(self.path, raw, name)
 
     def dataset_dir(self, override: Path | None = None) -> Path:
         """--datasets DIR, else $EDGE_RUNTIME_DATASETS, holding <name>/; else `path` relative to the repo."""

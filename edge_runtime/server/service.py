@@ -17,6 +17,7 @@ from .. import __version__, kernels, paths
 from ..audit import AuditLog
 from ..config import privacy_policy, routing_overrides
 from ..egress import Egress
+from ..errors import EdgeRuntimeError
 from ..outbox import Outbox
 from ..pii_tagger import load_tagger
 from ..pipeline import Pipeline
@@ -119,7 +120,28 @@ class Service:
     async def reload(self, force: bool = False) -> dict:
         result = await asyncio.to_thread(self.swap.reload, force)
         self.metrics.reloads.labels(result["result"]).inc()
-        return result
+        tagger = await asyncio.to_thread(self._refresh_tagger)
+        return {**result, "tagger": tagger.name if tagger else None}
+
+    def _refresh_tagger(self):
+        """The configured tagger, loaded anew when it was missing or another version now resolves: `build
+        default` installs the tagger after the daemon may have started (`make demo` does just that)."""
+        ref, current = self.config["privacy"]["tagger"], self.egress.tagger
+        if not ref:
+            return current
+        from ..store import Store
+
+        try:
+            wanted = Store().resolve(ref)
+        except EdgeRuntimeError:
+            return current  # still not installed: keep what there is
+        if current is not None and current.model.path == wanted:
+            return current
+        tagger = load_tagger(ref)
+        if tagger is not None:
+            self.egress.tagger = tagger  # one attribute store: the next escalation uses it
+            log.info("PII tagger %s loaded", tagger.name)
+        return self.egress.tagger
 
     # -- requests --------------------------------------------------------------------------------
     async def predict(self, texts: list[str]):

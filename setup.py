@@ -22,8 +22,12 @@ def extensions():
     compile_args = ["-O3"] if sys.platform != "win32" else ["/O2"]
     if os.environ.get("EDGE_RUNTIME_NATIVE") == "1":
         compile_args.append("-march=native")
+    sources = sorted(glob.glob("kernels/*.pyx"))
+    if not sources:
+        # Without this an sdist that lost its .pyx files would install quietly on the pure-Python twins.
+        sys.exit("setup.py: no kernels/*.pyx (EDGE_RUNTIME_NO_EXTENSIONS=1 installs without the Cython core)")
     modules = []
-    for source in sorted(glob.glob("kernels/*.pyx")):
+    for source in sources:
         name = os.path.splitext(os.path.basename(source))[0]
         modules.append(
             Extension(

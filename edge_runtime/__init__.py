@@ -9,6 +9,8 @@ Importing this package never imports torch, transformers or optimum.
 
 from __future__ import annotations
 
+# The one place the version is written: pyproject.toml reads it from here without importing the package
+# ([tool.setuptools.dynamic]), and the CLI, the daemon and the bundle builder import it.
 __version__ = "0.1.0"
 
 

@@ -34,6 +34,6 @@ fi
 EXTRAS="build"
 [[ $WITH_TESTS == 1 ]] && EXTRAS="build,test,bench"
 echo "== edge-runtime[$EXTRAS] (compiles the Cython core)"
-"$PIP" install -q "Cython>=3.0" "numpy>=1.26" "setuptools>=68" wheel
+"$PIP" install -q "Cython>=3.0" "numpy>=2.0" "setuptools>=77" wheel
 "$PIP" install -q --no-build-isolation -e ".[$EXTRAS]"
 "$VENV/bin/python" -c "import edge_runtime.kernels as k; print('== kernels:', k.IMPLEMENTATION)"

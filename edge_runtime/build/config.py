@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .finetune import FinetuneConfig
 
+# The oldest runtime that reads the bundles this toolchain writes. Not the package version: a release that
+# leaves the bundle format alone must not lock the fleet's older devices out of new models.
 MIN_RUNTIME = "0.1.0"
 DEFAULT_ROUTING = {
     "min_confidence": 0.5,

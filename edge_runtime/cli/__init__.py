@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from .. import __version__
 from ..errors import EdgeRuntimeError
 
 # command name -> (module, attribute, one-line help)
@@ -61,7 +62,8 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="edge-runtime")
+# The version from the source, not from installed metadata: a source checkout has none.
+@click.version_option(__version__, prog_name="edge-runtime")
 def cli():
     """edge-runtime: small INT8 models on edge devices, hard cases upstream, personal data redacted."""
 

@@ -193,9 +193,12 @@ class Calibration:
     n: int = 0
     signal: str = "confidence"
     max_entropy: float | None = None
+    # per example, for a risk-coverage plot: the top probability after T, and whether the answer is right
+    scores: np.ndarray | None = field(default=None, repr=False)
+    correct: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key not in ("scores", "correct")}
 
 
 def _check(logits: np.ndarray, targets: np.ndarray) -> None:
@@ -284,6 +287,8 @@ def calibrate(
         n=len(targets),
         signal=signal,
         max_entropy=round(1.0 - threshold, 6) if signal == "entropy" else None,
+        scores=scores,
+        correct=correct,
     )
 
 

@@ -242,6 +242,12 @@ class Store:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def install_new_version(self, source: Path, manifest: dict, private_key=None) -> Manifest:
+        """Write a new version of the bundle in `source` (`bundle.write_new_version`) and install it; it is
+        not activated."""
+        with tempfile.TemporaryDirectory(prefix="edge-runtime-new-version-") as scratch:
+            return self.install(bundle.write_new_version(source, manifest, Path(scratch) / "bundle", private_key))
+
     def _install_from(self, source: Path, staged: Path, allow_unsigned: bool) -> Manifest:
         if source.is_dir():
             staged.mkdir()

@@ -262,13 +262,15 @@ def test_eval_combined_needs_the_section(bundle_home, val_file):
     assert done.returncode == 1 and "no postprocess.combine section" in done.stderr
 
 
-def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, tmp_path, monkeypatch):
-    from edge_runtime.cli.upstream import bundle_responder
+def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, tmp_path):
+    from edge_runtime.worker import model_responder
+
+    def bundle_responder(ref):
+        return model_responder(edge_runtime.load(ref, root=bundle_home, threads=1))
 
     out, report = fitted
-    monkeypatch.setenv("EDGE_RUNTIME_HOME", str(bundle_home))
-    respond = bundle_responder(str(out), threads=1)
-    plain = bundle_responder("clinc-small", threads=1)
+    respond = bundle_responder(str(out))
+    plain = bundle_responder("clinc-small")
     device = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
     upstream = edge_runtime.load(out, root=bundle_home, threads=1)
     combination = Combination.from_manifest(upstream.manifest.raw)
@@ -282,17 +284,17 @@ def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, 
     )
     # a signed version weighting the device at 0.9: a device top-k certain of another label wins
     from edge_runtime import signing
-    from edge_runtime.cli.calibrate import write_version
+    from edge_runtime.bundle import write_new_version
 
     manifest = {k: v for k, v in upstream.manifest.raw.items() if k not in ("files", "created")}
     manifest["postprocess"] = {
         **manifest["postprocess"],
         "combine": {**manifest["postprocess"]["combine"], "device_weight": 0.9},
     }
-    strong = write_version(upstream, manifest, signing.load_private_key(build_key), tmp_path / "strong", False)
+    strong = write_new_version(upstream.path, manifest, tmp_path / "strong", signing.load_private_key(build_key))
     other = next(label for label in upstream.labels if label not in (answer["label"], "oos"))
     forced = {**request, "prediction": {**request["prediction"], "top_k": [{"label": other, "score": 0.999}]}}
-    assert bundle_responder(str(strong), threads=1)(forced)["label"] == other
+    assert bundle_responder(str(strong))(forced)["label"] == other
     # without a device prediction, or from a bundle without the section: the plain prediction
     bare = respond({**request, "prediction": None})
     assert "combined" not in bare and bare == plain({**request, "prediction": None}) | {

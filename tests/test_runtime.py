@@ -110,6 +110,26 @@ def test_cli_predict_json_from_arguments_and_stdin(bundle_home, small_bundle):
     assert [json.loads(line)["label"] for line in piped.stdout.splitlines()] == [r["label"] for r in rows]
 
 
+def test_cli_predict_and_eval_route_as_the_daemon_with_the_same_config(bundle_home, small_bundle, tmp_path):
+    """The daemon's [routing] overrides apply to `predict` and `eval` given its --config (one composition
+    root): a confidence floor of 1.0 escalates everything."""
+    examples = golden(small_bundle)
+    config_file = tmp_path / "config.toml"
+    config_file.write_text("[routing]\nmin_confidence = 1.0\n")
+    texts = [e["text"] for e in examples]
+    plain = [json.loads(line) for line in cli("predict", "--json", *texts, home=bundle_home).stdout.splitlines()]
+    assert any(row["decision"] == "local" for row in plain)
+    done = cli("predict", "--json", "--config", str(config_file), *texts, home=bundle_home)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["label"] for r in rows] == [r["label"] for r in plain]
+    assert all(r["decision"] == "escalate" and r["reason"].startswith("min_confidence") for r in rows)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    evaluated = cli("eval", "--data", str(data), "--json", "--config", str(config_file), home=bundle_home)
+    assert json.loads(evaluated.stdout)["escalation_rate"] == 1.0
+
+
 def test_cli_eval_reports_the_figures_it_computes(bundle_home, small_bundle, tmp_path):
     examples = golden(small_bundle)
     data = tmp_path / "data.jsonl"

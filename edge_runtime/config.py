@@ -103,10 +103,6 @@ class Config(dict):
         super().__init__(values)
         self.source = source
 
-    def get_key(self, dotted: str):
-        section, key = dotted.split(".", 1)
-        return self[section][key]
-
 
 def defaults() -> dict:
     return {section: {key: spec.default for key, spec in keys.items()} for section, keys in SCHEMA.items()}

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE = "pii-tagger-minilm"
 OVERLAP = 16
-KINDS = ("PERSON", "ADDRESS")
+KINDS = ("PERSON", "ADDRESS")  # what a tagger bundle may tag (B-/I- labels); redaction.KINDS adds the scanner's
 
 
 class PiiTagger:

@@ -17,19 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .errors import EdgeRuntimeError
+from .kernels.pure.pii import KINDS as SCANNER_KINDS
+from .pii_tagger import KINDS as TAGGER_KINDS
 
-KINDS = (
-    "EMAIL",
-    "PHONE",
-    "CARD",
-    "IBAN",
-    "IPV4",
-    "IPV6",
-    "MAC",
-    "SECRET",
-    "PERSON",
-    "ADDRESS",
-)  # the last two come from a PII tagger bundle (pii_tagger.py), not the scanner
+KINDS = SCANNER_KINDS + TAGGER_KINDS  # what a policy may name: the regex scanner's, then a PII tagger bundle's
 ACTIONS = ("redact", "drop", "refuse")
 _PLACEHOLDER = re.compile(r"<([A-Z0-9]+_[0-9]+)>")
 

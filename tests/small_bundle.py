@@ -35,9 +35,10 @@ def build_small_bundle(
     from edge_runtime import signing
     from edge_runtime.build.classifier import build_classifier
     from edge_runtime.build.config import BuildConfig
-    from edge_runtime.build.data import read_jsonl, subsample
+    from edge_runtime.build.data import subsample
     from edge_runtime.build.progress import Silent
     from edge_runtime.build.source import package_model_dir
+    from edge_runtime.datasets import read_jsonl
 
     clinc = datasets_dir() / "clinc150"
     train, val = read_jsonl(clinc / "train.jsonl"), read_jsonl(clinc / "val.jsonl")

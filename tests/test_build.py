@@ -262,7 +262,8 @@ def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache)
 
 def _tiny_recipe(tmp_path: Path) -> tuple[Path, Path]:
     """A logreg recipe on a 4-intent CLINC150 subset, so `build default` runs in seconds."""
-    from edge_runtime.build.data import read_jsonl, subsample
+    from edge_runtime.build.data import subsample
+    from edge_runtime.datasets import read_jsonl
 
     data = tmp_path / "datasets" / "clinc150"
     data.mkdir(parents=True)
@@ -344,8 +345,8 @@ def test_recipe_variants_lay_their_tables_over_the_recipe(tmp_path):
 def test_length_batches_cover_every_example_once_and_pad_far_less_than_random_batches():
     import torch
 
-    from edge_runtime.build.data import read_jsonl
     from edge_runtime.build.finetune import length_batches
+    from edge_runtime.datasets import read_jsonl
 
     lengths = [len(text.split()) for text in read_jsonl(CLINC / "train.jsonl").texts]
 
@@ -368,10 +369,11 @@ def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):
 
     from edge_runtime.build.classifier import build_classifier
     from edge_runtime.build.config import BuildConfig
-    from edge_runtime.build.data import read_jsonl, subsample
+    from edge_runtime.build.data import subsample
     from edge_runtime.build.finetune import FinetuneConfig
     from edge_runtime.build.progress import Silent
     from edge_runtime.build.source import package_model_dir
+    from edge_runtime.datasets import read_jsonl
 
     intents = ["alarm", "balance", "weather"]
     train = subsample(read_jsonl(CLINC / "train.jsonl"), intents, 8, 0)

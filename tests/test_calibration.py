@@ -13,8 +13,8 @@ from click.testing import CliRunner
 import edge_runtime
 from edge_runtime import calibration
 from edge_runtime.cli.calibrate import calibrate as calibrate_command
+from edge_runtime.datasets import read_jsonl
 from edge_runtime.errors import InputError
-from edge_runtime.evaluation import read_jsonl
 from edge_runtime.router import Router, RoutingPolicy
 from edge_runtime.store import Store
 
@@ -33,7 +33,8 @@ def model(small_bundle, bundle_home):
 
 @pytest.fixture(scope="module")
 def val(val_file):
-    return read_jsonl(val_file)
+    split = read_jsonl(val_file)
+    return split.texts, split.labels
 
 
 def run(*args, home: Path):

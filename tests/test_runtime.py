@@ -57,9 +57,9 @@ def test_predict_gives_the_golden_labels_with_consistent_figures(model, small_bu
 def test_bucketed_batches_give_the_same_answers_as_single_requests(model):
     from small_bundle import datasets_dir
 
-    from edge_runtime.evaluation import read_jsonl
+    from edge_runtime.datasets import read_jsonl
 
-    texts, _ = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl")
+    texts = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl").texts
     texts = texts[::37][:70]  # > max_batch: goes through length buckets
     batched = model.predict(texts)
     single = [model.predict([t])[0] for t in texts]

@@ -182,7 +182,7 @@ def calibrate(
 
     from ..calibration import calibrate as fit
     from ..calibration import calibrated_manifest
-    from ..evaluation import read_jsonl
+    from ..datasets import read_jsonl
     from .common import load_model
 
     if device:
@@ -194,7 +194,8 @@ def calibrate(
     if out and install:
         raise click.UsageError("--out and --install exclude each other")
     private_key = _signing_key(key) if (out or install) else None
-    texts, gold = read_jsonl(data)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
     model = load_model(bundle, threads, allow_unsigned)
     if model.task != "text-classification":
         raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are calibrated")
@@ -247,13 +248,14 @@ def calibrate(
 def _combination(bundle, device, data, oos_label, key, out, install, threads, allow_unsigned, as_json):
     """calibrate --device: fit BUNDLE's postprocess.combine for DEVICE's escalations, write a new version."""
     from ..combine import combined_manifest, fit_combination
-    from ..evaluation import read_jsonl
+    from ..datasets import read_jsonl
     from .common import load_model, router_for
 
     if out and install:
         raise click.UsageError("--out and --install exclude each other")
     private_key = _signing_key(key) if (out or install) else None
-    texts, gold = read_jsonl(data)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
     small = load_model(device, threads, allow_unsigned)
     big = load_model(bundle, threads, allow_unsigned)
     for model in (small, big):

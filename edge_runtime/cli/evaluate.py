@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from ..evaluation import DEFAULT_DEVICE_COST, DEFAULT_UPSTREAM_COST, per_class, read_jsonl, routed_figures
+from ..datasets import read_jsonl
+from ..evaluation import DEFAULT_DEVICE_COST, DEFAULT_UPSTREAM_COST, per_class, routed_figures
 from .common import load_model, model_options, percent, router_for
 from .output import print_json_line
 
@@ -126,7 +127,8 @@ def evaluate(
     as_json,
 ):
     """Evaluate a bundle (and, with --upstream, the device + upstream hybrid) on labelled data."""
-    texts, gold = read_jsonl(data)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
     model = load_model(bundle, threads, allow_unsigned)
     predictions = router_for(model).route_all(model.predict(texts))
     local = final = [p.label for p in predictions]

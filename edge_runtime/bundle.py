@@ -274,6 +274,27 @@ def finalize(bundle_dir: Path, manifest: dict, private_key=None) -> Manifest:
     return Manifest(raw, bundle_dir, signers)
 
 
+# --- versions -------------------------------------------------------------------------------------
+
+
+def bump_patch(version: str) -> str:
+    """1.2.3 -> 1.2.4 (pre-release and build tags are dropped: the new version is a release)."""
+    core = version.split("+", 1)[0].split("-", 1)[0]
+    major, minor, patch = (int(part) for part in core.split("."))
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def next_version_manifest(raw: dict) -> dict:
+    """A copy of a manifest for the bundle's next version: patch and release bumped, files and created
+    dropped (finalize() writes them again)."""
+    manifest = copy.deepcopy(raw)
+    for key in ("files", "created"):
+        manifest.pop(key, None)
+    manifest["version"] = bump_patch(raw["version"])
+    manifest["release"] = int(raw["release"]) + 1
+    return manifest
+
+
 # --- archives -------------------------------------------------------------------------------------
 
 

@@ -236,6 +236,26 @@ def test_k_of_n_threshold():
         signing.verify_signatures(data, [both[0], both[0]], trusted, threshold=2)  # one key counts once
 
 
+# --- versions ------------------------------------------------------------------------------------
+
+
+def test_bump_patch():
+    assert bundle.bump_patch("1.2.3") == "1.2.4"
+    assert bundle.bump_patch("0.1.9-rc.1+build5") == "0.1.10"
+
+
+def test_next_version_manifest_bumps_and_leaves_the_original_alone(signed):
+    raw = bundle.read_manifest(signed).raw
+    before = json.loads(json.dumps(raw))
+    nxt = bundle.next_version_manifest(raw)
+    assert raw == before
+    assert (nxt["version"], nxt["release"]) == (bundle.bump_patch(raw["version"]), raw["release"] + 1)
+    assert "files" not in nxt and "created" not in nxt  # finalize() writes them for the new files
+    assert {k: v for k, v in nxt.items() if k not in ("version", "release")} == {
+        k: v for k, v in raw.items() if k not in ("version", "release", "files", "created")
+    }
+
+
 # --- archives ------------------------------------------------------------------------------------
 
 

@@ -117,11 +117,6 @@ def test_calibrate_refuses_unknown_labels_and_two_targets(model, val):
         calibration.calibrate(logits, gold[:5], model.labels, target_escalation=0.1, target_accuracy=0.9)
 
 
-def test_bump_patch():
-    assert calibration.bump_patch("1.2.3") == "1.2.4"
-    assert calibration.bump_patch("0.1.9-rc.1+build5") == "0.1.10"
-
-
 def test_cli_writes_a_signed_version_the_router_and_postprocess_read_back(
     small_bundle, bundle_home, build_key, val, val_file, tmp_path
 ):

@@ -674,6 +674,28 @@ def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
     assert done.returncode == 1 and "no active model" in done.stderr
 
 
+def test_a_classifier_named_as_the_tagger_is_a_warning_or_with_require_tagger_a_one_line_refusal(home, tmp_path):
+    not_a_tagger = "clinc-small is a text-classification model, not a token-classification tagger"
+    settings = tmp_path / "config.toml"
+    settings.write_text('[privacy]\ntagger = "clinc-small"\n')
+    running = Daemon(home, "--config", str(settings), log_dir=tmp_path).wait_ready()
+    try:
+        assert running.get("/v1/status")[2]["privacy"]["tagger"] is None
+        assert running.post("/v1/predict", {"text": TEXTS[0]})[0] == 200
+    finally:
+        assert running.stop() == 0
+    warnings = [json.loads(line) for line in running.log().splitlines() if not_a_tagger in line]
+    assert [(entry["level"], entry["msg"]) for entry in warnings] == [
+        ("warning", f"PII tagger clinc-small not loaded: {not_a_tagger}")
+    ], running.log()
+    assert "Traceback" not in running.log()
+
+    settings.write_text('[privacy]\ntagger = "clinc-small"\nrequire_tagger = true\n')
+    done = cli("serve", "--config", str(settings), "--port", str(free_port()), home=home)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"edge-runtime: {not_a_tagger}"], done.stderr
+
+
 def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, build_key, pii_tagger_bundle):
     """`make demo` starts the daemon before `build default` installs the tagger: a reload picks it up."""
     from edge_runtime.outbox import Outbox

@@ -91,6 +91,21 @@ def test_logits_match_a_plain_onnxruntime_session(model, small_bundle):
     np.testing.assert_allclose(model.logits([text]), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_the_runtime_makes_entities_of_the_kernels_tuples():
+    from edge_runtime import postprocess
+    from edge_runtime.results import Entity
+
+    labels = ["O", "B-PER", "I-PER"]
+    logits = np.zeros((1, 4, 3), dtype=np.float32)
+    logits[0, [0, 1, 2, 3], [0, 1, 2, 0]] = 6.0  # O, B-PER, I-PER, O
+    offsets = np.array([[[0, 0], [0, 4], [5, 9], [0, 0]]], dtype=np.int64)
+    word_ids = np.array([[-1, 0, 1, -1]], dtype=np.int64)
+    score = np.exp(6.0) / (np.exp(6.0) + 2)
+    rows = postprocess.entities(logits, offsets, word_ids, labels)
+    assert rows == [[Entity(0, 9, "PER", pytest.approx(score))]]
+    assert type(rows[0][0].start) is int and type(rows[0][0].score) is float
+
+
 @pytest.mark.parametrize("bad, reason", [([""], "empty"), (["ok", "   "], "text 2: empty"), ([3], "string")])
 def test_bad_input_is_refused_with_a_reason(model, bad, reason):
     with pytest.raises(InputError, match=reason):

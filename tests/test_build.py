@@ -1,6 +1,6 @@
 """The build toolchain, with real parts: the real MiniLM export, real onnxruntime, real signing and store.
 
-`small_bundle` and `bundle_home` are the session fixtures of conftest.py (built with tests/small_bundle.py).
+`small_bundle` and `bundle_home` are the session fixtures of conftest.py (built with tests/support/small_bundle.py).
 CLINC150 (Larson et al. 2019, CC BY 3.0) subsets are the training data.
 """
 
@@ -19,17 +19,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from edge_runtime.build import (  # noqa: E402
-    GateError,  # noqa: E402
-    evaluate,
-    graph,
-    ortrun,
-    textenc,
-)
+from edge_runtime.build import GateError, evaluate, graph, ortrun, textenc  # noqa: E402
 from edge_runtime.build.head import LinearHead  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from small_bundle import REPO, build_small_bundle, datasets_dir  # noqa: E402
+from support import REPO  # noqa: E402
+from support.small_bundle import build_small_bundle, datasets_dir  # noqa: E402
 
 CLINC = datasets_dir() / "clinc150"
 pytestmark = pytest.mark.skipif(not CLINC.is_dir(), reason=f"CLINC150 not found at {CLINC}")

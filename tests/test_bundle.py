@@ -11,10 +11,11 @@ import tarfile
 
 import numpy as np
 import pytest
-from bundle_factory import make_bundle, predict, trusted_signer
 
 from edge_runtime import bundle, signing
 from edge_runtime.errors import BundleError
+
+from support.bundle_factory import make_bundle, predict, trusted_signer
 
 
 @pytest.fixture

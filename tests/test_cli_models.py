@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from bundle_factory import make_bundle
 
 from edge_runtime import bundle, signing
+
+from support.bundle_factory import make_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 

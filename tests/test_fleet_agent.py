@@ -9,10 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
-import mqtt_broker
 import paho.mqtt.client as paho
 import pytest
-from fleet_sim import Device, Reports, ServedManager, make_release, refinalize, tiny
 
 from edge_runtime import bundle, signing
 from edge_runtime.fleet import protocol
@@ -20,6 +18,9 @@ from edge_runtime.fleet import release as releases
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 from edge_runtime.store import PAUSE_ENV as STORE_PAUSE_ENV
 from edge_runtime.store import Store
+
+from support import mqtt_broker
+from support.fleet_sim import Device, Reports, ServedManager, make_release, refinalize, tiny
 
 pytestmark = pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
 

@@ -21,9 +21,8 @@ from edge_runtime.errors import BundleError, ConfigError
 from edge_runtime.pii_tagger import PiiTagger, find_spans, load_tagger, merge
 from edge_runtime.redaction import PrivacyRefused
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).parent))
-from small_bundle import datasets_dir  # noqa: E402
+from support import REPO
+from support.small_bundle import datasets_dir
 
 FILLER = (
     "the app keeps logging me out after the update and support has not replied to my ticket "

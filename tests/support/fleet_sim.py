@@ -19,11 +19,11 @@ from edge_runtime.fleet import protocol
 from edge_runtime.fleet import release as releases
 from edge_runtime.fleet.fleetdir import FleetDir
 from edge_runtime.fleet.manager import Manager
-from edge_runtime.fleet.state import PAUSE_ENV, UpdateState, state_path
+from edge_runtime.fleet.state import UpdateState, state_path
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 from edge_runtime.store import Store
 
-from . import pythonpath
+from . import paused_cli, pythonpath
 
 QUIET_ROUTING = {
     "min_confidence": 0.0,
@@ -82,22 +82,16 @@ class Device:
         self.log = base / f"{device_id}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, pause: str | None = None, extra_env: dict | None = None) -> Device:
+    def start(self, pause: tuple[str, Path] | None = None) -> Device:
+        """Starts the agent; with `pause` (POINT, MARKER) it stops at POINT (see support.paused_cli)."""
         env = {
             **os.environ,
             "EDGE_RUNTIME_HOME": str(self.home),
             "PYTHONPATH": pythonpath(),
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",
-            **(extra_env or {}),
         }
-        env.pop(PAUSE_ENV, None)
-        if pause:
-            env[PAUSE_ENV] = pause
-        command = [
-            sys.executable,
-            "-m",
-            "edge_runtime",
+        args = [
             "update",
             "run",
             "--broker",
@@ -112,6 +106,7 @@ class Device:
             "5",
             *self.args,
         ]
+        command = paused_cli.command(*pause, *args) if pause else [sys.executable, "-m", "edge_runtime", *args]
         self.process = subprocess.Popen(command, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         return self
 

@@ -19,18 +19,19 @@ from support.bundle_factory import make_bundle, predict, trusted_signer
 
 
 @pytest.fixture
-def home(tmp_path):
+def empty_home(tmp_path):
+    """A fresh EDGE_RUNTIME_HOME (conftest's `home` holds the small bundle; these tests start from nothing)."""
     return tmp_path / "home"
 
 
 @pytest.fixture
-def key(home):
-    return trusted_signer(home)
+def key(empty_home):
+    return trusted_signer(empty_home)
 
 
 @pytest.fixture
-def store(home):
-    return Store(home)
+def store(empty_home):
+    return Store(empty_home)
 
 
 @pytest.fixture

@@ -119,6 +119,7 @@ def test_reject_threshold_trades_in_scope_for_oos():
     assert evaluate.scores(evaluate.predict(logits, labels), targets, labels, "oos")["oos_recall"] == 0.0
 
 
+@pytest.mark.kernels  # the built bundle's golden labels, through the runtime's kernels
 def test_runtime_runs_the_bundle_and_never_imports_torch(small_bundle, bundle_home):
     script = textwrap.dedent(f"""
         import json, sys
@@ -193,6 +194,7 @@ def test_classifier_cli_checks_the_model_folder_and_the_key(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.kernels  # the built embedder's golden vectors, through the runtime's pooling kernel
 def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache):
     from edge_runtime.build.source import package_model_dir
 

@@ -168,6 +168,7 @@ def assert_serving(dev: Device, expected: tuple[str, str]) -> None:
 # --- happy path ------------------------------------------------------------------------------------
 
 
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
 def test_update_goes_through_every_phase_and_reports_them(
     device, served, reports, archives, fleet_key, group, tmp_path
 ):
@@ -335,6 +336,7 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_9_at_every_state_then_resume(point, device, served, archives, fleet_key, group, tmp_path):
     dev = device()
@@ -392,6 +394,7 @@ def test_disk_full_during_download_aborts_and_the_old_model_keeps_serving(
         subprocess.run(["umount", str(downloads)], check=False)
 
 
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
 def test_failing_self_test_is_not_activated_and_is_removed(
     device, served, reports, archives, fleet_key, group, tmp_path
 ):
@@ -407,6 +410,7 @@ def test_failing_self_test_is_not_activated_and_is_removed(
     )
 
 
+@pytest.mark.kernels  # probation compares escalation rates, which follow the kernels' confidences
 def test_higher_escalation_rate_in_probation_rolls_back(device, served, reports, archives, fleet_key, group, tmp_path):
     dev = device().start()
     record = release_for(archives, "escalating", fleet_key, group, tmp_path)

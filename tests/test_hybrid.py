@@ -20,6 +20,8 @@ from edge_runtime.datasets import read_jsonl
 from edge_runtime.router import Router, RoutingPolicy
 from edge_runtime.store import Store
 
+pytestmark = pytest.mark.kernels  # routing and the figures follow the classify kernel's probabilities
+
 REPO = Path(__file__).resolve().parent.parent
 
 

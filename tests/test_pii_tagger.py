@@ -24,6 +24,8 @@ from edge_runtime.redaction import PrivacyRefused
 from support import REPO
 from support.small_bundle import datasets_dir
 
+pytestmark = pytest.mark.kernels  # the tagger's entities come from the tokencls kernel, merged with the scanner's spans
+
 FILLER = (
     "the app keeps logging me out after the update and support has not replied to my ticket "
     "so I would like to know whether the refund for the second order is still being processed "

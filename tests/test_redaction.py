@@ -15,6 +15,8 @@ from edge_runtime.errors import EdgeRuntimeError, InputError
 from edge_runtime.kernels import pii
 from edge_runtime.redaction import PrivacyRefused, Redaction, redact, restore
 
+pytestmark = pytest.mark.kernels  # the spans come from the PII scanner kernel
+
 TEXT = (
     "Mail jane@example.com or call +44 20 7946 0958; jane@example.com again, bob@example.org, card 4111 1111 1111 1111."
 )

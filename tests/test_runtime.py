@@ -14,6 +14,8 @@ import pytest
 import edge_runtime
 from edge_runtime.errors import InputError
 
+pytestmark = pytest.mark.kernels  # predictions, logits and CLI answers come through the kernels
+
 REPO = Path(__file__).resolve().parent.parent
 
 

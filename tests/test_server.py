@@ -24,6 +24,8 @@ from support import REPO, free_port, mqtt_broker
 from support.daemon import Daemon
 from support.stores import store_with
 
+pytestmark = pytest.mark.kernels  # the daemon answers with what the kernels compute
+
 TEXTS = [
     "what is my checking account balance",
     "play the next song please",

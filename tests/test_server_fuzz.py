@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from support.daemon import Daemon
 from support.stores import store_with
 
+pytestmark = pytest.mark.kernels  # the daemon answers with what the kernels compute
+
 PATHS = [
     "/v1/predict",
     "/v2/models/clinc-small/infer",

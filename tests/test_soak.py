@@ -14,7 +14,7 @@ import pytest
 from support.daemon import Daemon
 from support.stores import store_with
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.kernels]  # the daemon answers with what the kernels compute
 
 TOTAL, WARM_UP, CLIENTS = 50_000, 5_000, 8
 WORDS = [

@@ -23,7 +23,7 @@ from edge_runtime.fleet.state import UpdateState, state_path
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 from edge_runtime.store import Store
 
-from . import paused_cli, pythonpath
+from . import paused_cli, pythonpath, terminate
 
 QUIET_ROUTING = {
     "min_confidence": 0.0,
@@ -116,12 +116,7 @@ class Device:
             self.process.wait(30)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.process, 15)
 
     def state(self) -> dict:
         return UpdateState(state_path(self.home)).data

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import free_port
+from . import free_port, terminate
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -116,12 +116,7 @@ class Broker:
         self.start()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.process, 5)
 
     def close(self) -> None:
         self.stop()

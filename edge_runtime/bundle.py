@@ -295,6 +295,27 @@ def write_new_version(source: Path, manifest: dict, dest: Path, private_key=None
     return dest
 
 
+# --- versions -------------------------------------------------------------------------------------
+
+
+def bump_patch(version: str) -> str:
+    """1.2.3 -> 1.2.4 (pre-release and build tags are dropped: the new version is a release)."""
+    core = version.split("+", 1)[0].split("-", 1)[0]
+    major, minor, patch = (int(part) for part in core.split("."))
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def next_version_manifest(raw: dict) -> dict:
+    """A copy of a manifest for the bundle's next version: patch and release bumped, files and created
+    dropped (finalize() writes them again)."""
+    manifest = copy.deepcopy(raw)
+    for key in ("files", "created"):
+        manifest.pop(key, None)
+    manifest["version"] = bump_patch(raw["version"])
+    manifest["release"] = int(raw["release"]) + 1
+    return manifest
+
+
 # --- archives -------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .bundle import next_version_manifest
 from .errors import InputError
 
 ECE_BINS = 15
@@ -290,26 +291,6 @@ def calibrate(
         scores=scores,
         correct=correct,
     )
-
-
-def bump_patch(version: str) -> str:
-    """1.2.3 -> 1.2.4 (pre-release and build tags are dropped: the new version is a release)."""
-    core = version.split("+", 1)[0].split("-", 1)[0]
-    major, minor, patch = (int(part) for part in core.split("."))
-    return f"{major}.{minor}.{patch + 1}"
-
-
-def next_version_manifest(raw: dict) -> dict:
-    """A copy of a manifest for the bundle's next version: patch and release bumped, files and created
-    dropped (finalize() writes them again)."""
-    import copy
-
-    manifest = copy.deepcopy(raw)
-    for key in ("files", "created"):
-        manifest.pop(key, None)
-    manifest["version"] = bump_patch(raw["version"])
-    manifest["release"] = int(raw["release"]) + 1
-    return manifest
 
 
 def calibrated_manifest(raw: dict, result: Calibration) -> dict:

@@ -8,16 +8,8 @@ kept_accuracy:     accuracy of the answers kept on the device (decision local).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from . import datasets
 from .errors import InputError
-
-
-def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
-    """(texts, labels) of a labelled JSONL file; InputError names the first bad line."""
-    split = datasets.read_jsonl(path)
-    return split.texts, split.labels
 
 
 def _share(hits: int, total: int) -> float | None:

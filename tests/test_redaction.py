@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, InputError
 from edge_runtime.kernels import pii
 from edge_runtime.redaction import PrivacyRefused, Redaction, redact, restore
+
+pytestmark = pytest.mark.kernels  # the spans come from the PII scanner kernel
 
 TEXT = (
     "Mail jane@example.com or call +44 20 7946 0958; jane@example.com again, bob@example.org, card 4111 1111 1111 1111."
@@ -55,10 +57,17 @@ def test_nothing_to_redact():
 def test_explicit_spans():
     result = redact("abc secret xyz", spans=[(4, 10, "SECRET")])
     assert result.text == "abc <SECRET_1> xyz"
-    with pytest.raises(ValueError, match="out of range or overlaps"):
+    with pytest.raises(InputError, match="out of range or overlaps"):
         redact("abc", spans=[(1, 9, "EMAIL")])
-    with pytest.raises(ValueError, match="unknown PII kind"):
+    with pytest.raises(InputError, match="unknown PII kind"):
         redact("abc", spans=[(0, 1, "NAME")])
+
+
+def test_what_a_caller_gets_wrong_is_an_input_error():
+    with pytest.raises(InputError, match="needs a str, not bytes"):
+        redact(b"mail a@example.com")
+    with pytest.raises(InputError, match="unknown PII kind 'NAME' in policy"):
+        redact(TEXT, policy={"NAME": "drop"})
 
 
 def test_policy_drop_and_refuse():
@@ -70,7 +79,7 @@ def test_policy_drop_and_refuse():
         redact(TEXT, policy={"CARD": "refuse"})
     assert isinstance(refused.value, EdgeRuntimeError)
     assert redact("no card here", policy={"CARD": "refuse"}).text == "no card here"
-    with pytest.raises(ValueError, match="unknown action"):
+    with pytest.raises(InputError, match="unknown action"):
         redact(TEXT, policy={"CARD": "shred"})
 
 

@@ -14,6 +14,8 @@ import pytest
 import edge_runtime
 from edge_runtime.errors import InputError
 
+pytestmark = pytest.mark.kernels  # predictions, logits and CLI answers come through the kernels
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -55,11 +57,11 @@ def test_predict_gives_the_golden_labels_with_consistent_figures(model, small_bu
 
 
 def test_bucketed_batches_give_the_same_answers_as_single_requests(model):
-    from small_bundle import datasets_dir
+    from edge_runtime.datasets import read_jsonl
 
-    from edge_runtime.evaluation import read_jsonl
+    from support.small_bundle import datasets_dir
 
-    texts, _ = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl")
+    texts = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl").texts
     texts = texts[::37][:70]  # > max_batch: goes through length buckets
     batched = model.predict(texts)
     single = [model.predict([t])[0] for t in texts]
@@ -89,6 +91,21 @@ def test_logits_match_a_plain_onnxruntime_session(model, small_bundle):
     feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
     expected = session.run(None, feeds)[0]
     np.testing.assert_allclose(model.logits([text]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_runtime_makes_entities_of_the_kernels_tuples():
+    from edge_runtime import postprocess
+    from edge_runtime.results import Entity
+
+    labels = ["O", "B-PER", "I-PER"]
+    logits = np.zeros((1, 4, 3), dtype=np.float32)
+    logits[0, [0, 1, 2, 3], [0, 1, 2, 0]] = 6.0  # O, B-PER, I-PER, O
+    offsets = np.array([[[0, 0], [0, 4], [5, 9], [0, 0]]], dtype=np.int64)
+    word_ids = np.array([[-1, 0, 1, -1]], dtype=np.int64)
+    score = np.exp(6.0) / (np.exp(6.0) + 2)
+    rows = postprocess.entities(logits, offsets, word_ids, labels)
+    assert rows == [[Entity(0, 9, "PER", pytest.approx(score))]]
+    assert type(rows[0][0].start) is int and type(rows[0][0].score) is float
 
 
 @pytest.mark.parametrize("bad, reason", [([""], "empty"), (["ok", "   "], "text 2: empty"), ([3], "string")])

@@ -158,7 +158,7 @@ def calibrate(
     DEVICE escalates (`edge-runtime eval --upstream-mode combined`, and the upstream worker, use it)."""
     from ..calibration import calibrate as fit
     from ..calibration import calibrated_manifest
-    from ..evaluation import read_jsonl
+    from ..datasets import read_jsonl
     from .common import load_device
 
     if device:
@@ -170,7 +170,8 @@ def calibrate(
     if out and install:
         raise click.UsageError("--out and --install exclude each other")
     private_key = _signing_key(key) if (out or install) else None
-    texts, gold = read_jsonl(data)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
     model = load_device(server={"threads": threads}).load_model(bundle, allow_unsigned=allow_unsigned)
     if model.task != "text-classification":
         raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are calibrated")
@@ -216,13 +217,14 @@ def calibrate(
 def _combination(bundle, device, data, oos_label, key, out, install, threads, allow_unsigned, as_json):
     """calibrate --device: fit BUNDLE's postprocess.combine for DEVICE's escalations, write a new version."""
     from ..combine import combined_manifest, fit_combination
-    from ..evaluation import read_jsonl
+    from ..datasets import read_jsonl
     from .common import load_device
 
     if out and install:
         raise click.UsageError("--out and --install exclude each other")
     private_key = _signing_key(key) if (out or install) else None
-    texts, gold = read_jsonl(data)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
     built = load_device(server={"threads": threads})
     small = built.load_model(device, allow_unsigned=allow_unsigned)
     big = built.load_model(bundle, allow_unsigned=allow_unsigned)

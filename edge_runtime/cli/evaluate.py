@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import click
 
-from ..evaluation import (
-    DEFAULT_DEVICE_COST,
-    DEFAULT_UPSTREAM_COST,
-    hybrid_evaluation,
-    per_class,
-    read_jsonl,
-    routed_figures,
-)
+from ..datasets import read_jsonl
+from ..evaluation import DEFAULT_DEVICE_COST, DEFAULT_UPSTREAM_COST, hybrid_evaluation, per_class, routed_figures
 from .common import load_device, model_options, percent
 from .output import print_json_line
 
@@ -93,7 +87,8 @@ def evaluate(
     as_json,
 ):
     """Evaluate a bundle (and, with --upstream, the device + upstream hybrid) on labelled data."""
-    texts, gold = read_jsonl(data)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
     device = load_device(config_file, server={"threads": threads})
     model = device.load_model(bundle, allow_unsigned=allow_unsigned)
     predictions = device.pipeline(model).route(texts)  # the daemon's routing, [routing] overrides included

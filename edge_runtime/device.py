@@ -76,8 +76,8 @@ class Device:
         tagger = load_tagger(privacy["tagger"] if ref is None else ref, required=required)
         if tagger is None and (ref or privacy["tagger"]):
             log.warning(
-                "no PII tagger (%s is not installed): names and addresses are not redacted; "
-                "build it with `edge-runtime build pii-tagger`",
+                "no PII tagger (%s not loaded): names and addresses are not redacted; "
+                "`edge-runtime build pii-tagger` builds it",
                 ref or privacy["tagger"],
             )
         return tagger

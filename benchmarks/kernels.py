@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from edge_runtime.kernels import compiled_module, pure_module  # noqa: E402
+from edge_runtime.kernels import compiled_module, pure_module
 
 SAMPLES = 21
 SAMPLE_SECONDS = 0.004  # each sample loops long enough to swamp timer overhead

@@ -2,10 +2,11 @@
 
     python benchmarks/serve.py [--seconds 4] [--json]
 
-Uses the active bundle of $EDGE_RUNTIME_HOME (else /work/main/.edge-runtime if it has one, else it
-builds the small test bundle). The daemon runs in a subprocess; this process is the load generator:
-N keep-alive connections (asyncio, raw HTTP/1.1), each sending one /v1/predict text at a time, for a
-bounded time and count. Routing is set to keep every answer local so the daemon does the same work
+Uses the active bundle of $EDGE_RUNTIME_HOME (else the checkout's .edge-runtime if it has one, else it
+builds the small test bundle with the tests' helpers: then run it as
+`PYTHONPATH=tests python benchmarks/serve.py`). The daemon runs in a subprocess; this process is the load
+generator: N keep-alive connections (asyncio, raw HTTP/1.1), each sending one /v1/predict text at a time,
+for a bounded time and count. Routing is set to keep every answer local so the daemon does the same work
 as `model.predict` (no outbox writes). Batching off = batching.max_batch 1.
 """
 
@@ -47,16 +48,17 @@ def pick_home() -> Path:
     for candidate in (os.environ.get("EDGE_RUNTIME_HOME"), DEFAULT_HOME):
         if candidate and (Path(candidate) / "models" / "active.json").is_file():
             return Path(candidate)
-    sys.path.insert(0, str(REPO / "tests"))
-    from small_bundle import build_small_bundle
-
     from edge_runtime import signing
     from edge_runtime.store import Store
+
+    import tests_support
 
     root = Path(tempfile.mkdtemp(prefix="edge-bench-"))
     private, _ = signing.generate_keypair()
     signing.save_private_key(root / "build.key", private)
-    built = build_small_bundle(root / "bundle", key_path=root / "build.key", cache_dir=root / "cache")
+    built = tests_support.load("small_bundle").build_small_bundle(
+        root / "bundle", key_path=root / "build.key", cache_dir=root / "cache"
+    )
     home = root / "home"
     signing.trust_key(home, private.public_key())
     store = Store(home)

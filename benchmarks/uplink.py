@@ -1,6 +1,6 @@
 """Escalations per second through the outbox to one and two workers on loopback, and round-trip latency.
 
-    python benchmarks/uplink.py [--count 5000] [--latency-count 500]
+    PYTHONPATH=tests python benchmarks/uplink.py [--count 5000] [--latency-count 500]
 
 Starts its own mosquitto; workers run in subprocesses (answering trivially) so the device keeps its
 own interpreter. Baseline in the same run: a bare paho request/response with no outbox.
@@ -17,17 +17,18 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_runtime.mqtt import BrokerConfig, _set_nodelay
+from edge_runtime.outbox import Outbox
+from edge_runtime.uplink import Uplink, UplinkOptions
+
+import tests_support
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-import mqtt_broker  # noqa: E402
-import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.packettypes import PacketTypes  # noqa: E402
-from paho.mqtt.properties import Properties  # noqa: E402
-
-from edge_runtime.mqtt import BrokerConfig, _set_nodelay  # noqa: E402
-from edge_runtime.outbox import Outbox  # noqa: E402
-from edge_runtime.uplink import Uplink, UplinkOptions  # noqa: E402
+mqtt_broker = tests_support.load("mqtt_broker")  # a real mosquitto of its own
 
 WORKER = """
 import signal, sys, threading

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -272,6 +273,47 @@ def finalize(bundle_dir: Path, manifest: dict, private_key=None) -> Manifest:
     elif sig_path.exists():
         sig_path.unlink()  # a stale signature would not match the new manifest
     return Manifest(raw, bundle_dir, signers)
+
+
+def write_new_version(source: Path, manifest: dict, dest: Path, private_key=None) -> Path:
+    """A new version of the bundle in `source` (e.g. recalibrated): its content files with `manifest`
+    finalized and signed, staged beside `dest` and renamed to it, so `dest` is whole or absent."""
+    source, dest = Path(source), Path(dest)
+    if dest.exists():
+        raise BundleError(f"{dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".new-version-", dir=dest.parent))
+    try:
+        for rel in _content_files(source):
+            target = staging / "bundle" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, target, follow_symlinks=False)
+        finalize(staging / "bundle", manifest, private_key=private_key)
+        (staging / "bundle").rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+# --- versions -------------------------------------------------------------------------------------
+
+
+def bump_patch(version: str) -> str:
+    """1.2.3 -> 1.2.4 (pre-release and build tags are dropped: the new version is a release)."""
+    core = version.split("+", 1)[0].split("-", 1)[0]
+    major, minor, patch = (int(part) for part in core.split("."))
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def next_version_manifest(raw: dict) -> dict:
+    """A copy of a manifest for the bundle's next version: patch and release bumped, files and created
+    dropped (finalize() writes them again)."""
+    manifest = copy.deepcopy(raw)
+    for key in ("files", "created"):
+        manifest.pop(key, None)
+    manifest["version"] = bump_patch(raw["version"])
+    manifest["release"] = int(raw["release"]) + 1
+    return manifest
 
 
 # --- archives -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .bundle import next_version_manifest
 from .errors import InputError
 
 ECE_BINS = 15
@@ -193,9 +194,12 @@ class Calibration:
     n: int = 0
     signal: str = "confidence"
     max_entropy: float | None = None
+    # per example, for a risk-coverage plot: the top probability after T, and whether the answer is right
+    scores: np.ndarray | None = field(default=None, repr=False)
+    correct: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key not in ("scores", "correct")}
 
 
 def _check(logits: np.ndarray, targets: np.ndarray) -> None:
@@ -284,27 +288,9 @@ def calibrate(
         n=len(targets),
         signal=signal,
         max_entropy=round(1.0 - threshold, 6) if signal == "entropy" else None,
+        scores=scores,
+        correct=correct,
     )
-
-
-def bump_patch(version: str) -> str:
-    """1.2.3 -> 1.2.4 (pre-release and build tags are dropped: the new version is a release)."""
-    core = version.split("+", 1)[0].split("-", 1)[0]
-    major, minor, patch = (int(part) for part in core.split("."))
-    return f"{major}.{minor}.{patch + 1}"
-
-
-def next_version_manifest(raw: dict) -> dict:
-    """A copy of a manifest for the bundle's next version: patch and release bumped, files and created
-    dropped (finalize() writes them again)."""
-    import copy
-
-    manifest = copy.deepcopy(raw)
-    for key in ("files", "created"):
-        manifest.pop(key, None)
-    manifest["version"] = bump_patch(raw["version"])
-    manifest["release"] = int(raw["release"]) + 1
-    return manifest
 
 
 def calibrated_manifest(raw: dict, result: Calibration) -> dict:

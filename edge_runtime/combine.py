@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .bundle import next_version_manifest
 from .calibration import fit_temperature, softmax
 from .errors import InputError
 
@@ -213,8 +214,6 @@ def fit_combination(
 
 def combined_manifest(raw: dict, fit: CombinationFit) -> dict:
     """A copy of the upstream's manifest for its next version, with postprocess.combine and metrics.combination."""
-    from .calibration import next_version_manifest
-
     manifest = next_version_manifest(raw)
     manifest.setdefault("postprocess", {})["combine"] = fit.combination.to_dict()
     summary = {k: v for k, v in fit.to_dict().items() if k not in ("combination", "grid")}

@@ -6,6 +6,7 @@ can name the offending key: "config.toml: server.port: must be an integer 1-6553
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
+from .escalation import check_device_id
 from .redaction import KINDS as PII_KINDS
 
 try:
@@ -23,6 +25,14 @@ except ModuleNotFoundError:  # Python 3.10
 
 DEFAULT_PATH = Path("/etc/edge-runtime/config.toml")
 ENV_PREFIX = "EDGE_RUNTIME_"
+# Names of earlier releases, still read (with a warning) for one release: every setting now has one
+# environment name, EDGE_RUNTIME_<SECTION>_<KEY>.
+DEPRECATED_ENV = {
+    "EDGE_RUNTIME_BROKER": ("uplink", "broker"),
+    "EDGE_RUNTIME_DEVICE_ID": ("uplink", "device_id"),
+    "EDGE_RUNTIME_DEVICE_GROUP": ("update", "group"),
+}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "username": Key(str, "", help="MQTT username (password: $EDGE_RUNTIME_MQTT_PASSWORD)"),
         "deadline_ms": Key(float, 2000.0, 0, 600_000, "wait this long for an upstream answer, then defer"),
     },
+    "update": {
+        "group": Key(str, "", help="the fleet group this device takes model updates for (edge-runtime update run)"),
+    },
     "privacy": {
         "tagger": Key(str, "pii-tagger-minilm", help="PII tagger bundle for names and addresses ('' = none)"),
         "require_tagger": Key(bool, False, help="refuse to start when the tagger bundle cannot be loaded"),
@@ -102,10 +115,6 @@ class Config(dict):
     def __init__(self, values: dict, source: str):
         super().__init__(values)
         self.source = source
-
-    def get_key(self, dotted: str):
-        section, key = dotted.split(".", 1)
-        return self[section][key]
 
 
 def defaults() -> dict:
@@ -182,6 +191,11 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
             name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
             if name in environ:
                 found.setdefault(section, {})[key] = _parse_env(environ[name], spec)
+    for old, (section, key) in DEPRECATED_ENV.items():
+        if old in environ and key not in found.get(section, {}):
+            new = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            log.warning("%s is deprecated and will be ignored after this release: set %s", old, new)
+            found.setdefault(section, {})[key] = _parse_env(environ[old], SCHEMA[section][key])
     return found
 
 
@@ -238,8 +252,11 @@ def _validate_together(values: dict, where: str) -> None:
         for key in ("ca_file", "cert_file", "key_file"):
             if uplink[key] and not Path(uplink[key]).is_file():
                 raise ConfigError(f"{where}: uplink.{key}: {uplink[key]}: no such file")
-    if any(ch in uplink["device_id"] for ch in "/+#\0"):
-        raise ConfigError(f"{where}: uplink.device_id: must not contain / + # or NUL")
+    if uplink["device_id"]:
+        try:
+            check_device_id(uplink["device_id"])
+        except InputError as error:
+            raise ConfigError(f"{where}: uplink.device_id: {error}") from None
     privacy = values["privacy"]
     for key in ("refuse", "drop"):
         unknown = [kind for kind in privacy[key] if kind not in PII_KINDS]

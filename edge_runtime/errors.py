@@ -6,7 +6,7 @@ class EdgeRuntimeError(Exception):
 
 
 class BundleError(EdgeRuntimeError):
-    """A bundle is malformed, tampered with, or not signed by a trusted key."""
+    """A bundle is malformed, tampered with, not signed by a trusted key, or not the kind of model asked for."""
 
 
 class StoreError(EdgeRuntimeError):

@@ -8,15 +8,8 @@ kept_accuracy:     accuracy of the answers kept on the device (decision local).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-from . import datasets
-
-
-def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
-    """(texts, labels) of a labelled JSONL file; InputError names the first bad line."""
-    split = datasets.read_jsonl(path)
-    return split.texts, split.labels
+from .errors import InputError
 
 
 def _share(hits: int, total: int) -> float | None:
@@ -173,3 +166,58 @@ def candidate_labels(big, texts: Sequence[str], predictions: Sequence, oos_label
         else:
             answers.append(big.labels[best])
     return answers
+
+
+def upstream_labels(big, texts: Sequence[str], predictions: Sequence, mode: str) -> list[str]:
+    """What the upstream `big` answers for each text: `plain` its own label, `candidates` a pick among the
+    device's top-k and the OOS label, `combined` its probabilities pooled with the device's top-k."""
+    if mode == "plain":
+        return [p.label for p in big.predict(texts)]
+    if mode == "combined":
+        from .combine import Combination, combine_many
+
+        combination = Combination.from_manifest(big.manifest.raw)
+        if combination is None:
+            raise InputError(
+                f"{big.name}@{big.version} has no postprocess.combine section: fit one with "
+                f"`edge-runtime calibrate --bundle {big.name}@{big.version} --device DEVICE --data VAL.jsonl --out DIR`"
+            )
+        answers, _ = combine_many(combination, [p.top_k for p in predictions], big.logits(texts), big.labels)
+        return answers
+    return candidate_labels(big, texts, predictions)
+
+
+def hybrid_evaluation(
+    model,
+    big,
+    texts: Sequence[str],
+    gold: Sequence[str],
+    predictions: Sequence,
+    mode: str = "plain",
+    oos_label: str = "oos",
+    device_cost: float = DEFAULT_DEVICE_COST,
+    upstream_cost: float = DEFAULT_UPSTREAM_COST,
+) -> tuple[dict, list[str]]:
+    """(figures, final labels) of the device `model` (its routed `predictions`) with the upstream `big`
+    answering what it escalates, against the device alone and everything upstream."""
+    escalated = [p.decision == "escalate" for p in predictions]
+    upstream = upstream_labels(big, texts, predictions, mode)
+    bundle = (model.name, model.version)
+    sent = [i for i, e in enumerate(escalated) if e]
+    escalated_bytes = sum(payload_sizes([texts[i] for i in sent], [predictions[i] for i in sent], bundle=bundle))
+    all_bytes = sum(payload_sizes(texts, None, bundle=bundle))
+    figures = hybrid_figures(
+        gold,
+        [p.label for p in predictions],
+        escalated,
+        upstream,
+        escalated_bytes=escalated_bytes,
+        all_bytes=all_bytes,
+        device_cost=device_cost,
+        upstream_cost=upstream_cost,
+        oos_label=oos_label,
+    )
+    figures["upstream"] = f"{big.name}@{big.version}"
+    figures["upstream_mode"] = mode
+    final = [u if e else p.label for p, u, e in zip(predictions, upstream, escalated)]
+    return figures, final

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from . import postprocess
+from .bundle import TASKS
 from .errors import BundleError, InputError, StoreError
 from .paths import cache_dir
 from .preprocess import Preprocessor, token_positions
 from .results import Entity, Prediction
 from .session import Session, SessionSettings
-
-TASKS = ("text-classification", "feature-extraction", "token-classification")
 
 
 class Model:

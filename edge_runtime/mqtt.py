@@ -7,11 +7,12 @@ threads only queues). Both the device uplink and the upstream worker use it.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
@@ -22,6 +23,7 @@ from paho.mqtt.properties import Properties
 from .errors import ConfigError, EdgeRuntimeError
 
 log = logging.getLogger(__name__)
+PASSWORD_ENV = "EDGE_RUNTIME_MQTT_PASSWORD"  # never in a file or on a command line
 
 
 class LinkError(EdgeRuntimeError):
@@ -41,6 +43,21 @@ class BrokerConfig:
     keepalive: int = 30
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> BrokerConfig:
+        """The broker of a config's [uplink] table (every command that talks to a broker builds it here).
+        TLS is on for an mqtts:// URL and whenever a CA or a client certificate is given."""
+        ca_file, cert_file = settings.get("ca_file") or None, settings.get("cert_file") or None
+        return cls.from_url(
+            settings["broker"],
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=settings.get("key_file") or None,
+            username=settings.get("username") or None,
+            password=os.environ.get(PASSWORD_ENV),
+            tls=True if (ca_file or cert_file) else None,
+        )
 
     @classmethod
     def from_url(cls, url: str, **overrides) -> BrokerConfig:

@@ -13,20 +13,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from .errors import BundleError, EdgeRuntimeError, StoreError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE = "pii-tagger-minilm"
 OVERLAP = 16
-KINDS = ("PERSON", "ADDRESS")
+KINDS = ("PERSON", "ADDRESS")  # what a tagger bundle may tag (B-/I- labels); redaction.KINDS adds the scanner's
 
 
 class PiiTagger:
     def __init__(self, model):
         if model.task != "token-classification":
-            raise ValueError(f"{model.name} is a {model.task} model, not a token-classification tagger")
+            raise BundleError(f"{model.name} is a {model.task} model, not a token-classification tagger")
         unknown = {tag[2:] for tag in model.labels if tag[:2] in ("B-", "I-")} - set(KINDS)
         if unknown:
-            raise ValueError(f"{model.name} tags {', '.join(sorted(unknown))}; redaction knows {', '.join(KINDS)}")
+            raise BundleError(f"{model.name} tags {', '.join(sorted(unknown))}; redaction knows {', '.join(KINDS)}")
         self.model = model
         self.name = f"{model.name}@{model.version}"
         tokenizer = model.preprocessor.tokenizer
@@ -106,10 +108,11 @@ def find_spans(text: str, tagger: PiiTagger | None = None) -> list[tuple[int, in
 
 
 def load_tagger(ref: str, *, required: bool = False, threads: int = 1, root=None) -> PiiTagger | None:
-    """The tagger bundle `ref` from the store; None when `ref` is empty, or is missing and not required."""
+    """The tagger bundle `ref` from the store; None when `ref` is empty, or cannot be loaded and is not
+    required (not installed, not a tagger, not trusted...): then the text goes out with the scanner's
+    redaction only, and the log says why."""
     if not ref:
         return None
-    from .errors import EdgeRuntimeError
     from .model import load
 
     try:
@@ -117,5 +120,8 @@ def load_tagger(ref: str, *, required: bool = False, threads: int = 1, root=None
     except EdgeRuntimeError as error:
         if required:
             raise
-        log.info("PII tagger %s not loaded: %s", ref, error)
+        # Not installed is an expected state the callers report in their own words; any other reason is a
+        # misconfiguration nobody would otherwise see.
+        level = logging.INFO if isinstance(error, StoreError) else logging.WARNING
+        log.log(level, "PII tagger %s not loaded: %s", ref, error)
         return None

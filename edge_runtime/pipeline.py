@@ -1,13 +1,17 @@
-"""One request, end to end: model (preprocess -> session -> postprocess) -> router ->
-answer locally, or redact (egress) -> outbox -> uplink and wait up to the deadline.
+"""The request path, end to end: model (preprocess -> session -> postprocess) -> router ->
+answer locally, or redact (egress) -> outbox -> uplink.
 
-Without an uplink (no broker configured) escalations are written to the outbox and answered
-`deferred` at once: they go out when a broker is reachable. Without an outbox they stay local.
+`route` decides; `dispatch` decides and sends every escalation without waiting (the daemon's batches);
+`predict` dispatches and waits up to the deadline for the answers (a blocking caller). Without an uplink
+(no broker configured) escalations are written to the outbox and answered `deferred` at once: they go
+out when a broker is reachable. Without an outbox they stay local.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import replace
 
 from . import escalation
@@ -37,17 +41,29 @@ class Pipeline:
         self.device_id = device_id
         self.deadline_s = deadline_s
 
+    def route(self, texts: Sequence[str], top_k: int | None = None) -> list[Prediction]:
+        """Each text's prediction with its routing decision (`local` or `escalate`); nothing is sent."""
+        return self.router.route_all(self.model.predict(texts, top_k=top_k))
+
+    def dispatch(self, texts: Sequence[str]) -> list[tuple[Prediction, Future | None]]:
+        """Route the texts and send every escalation, redacted, without waiting: (prediction, the Future of
+        its upstream answer or None). Offline, a batch's escalations go into the outbox in one commit."""
+        predictions = self.route(texts)
+        if not any(p.decision == ESCALATE for p in predictions):
+            return [(p, None) for p in predictions]
+        one_commit = self.outbox.transaction() if self.outbox is not None and self.uplink is None else nullcontext()
+        with one_commit:
+            return [
+                self.send(text, prediction) if prediction.decision == ESCALATE else (prediction, None)
+                for text, prediction in zip(texts, predictions)
+            ]
+
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        predictions = self.router.route_all(self.model.predict(texts))
-        pending = []
-        for index, (text, prediction) in enumerate(zip(texts, predictions)):
-            if prediction.decision == ESCALATE:
-                predictions[index], future = self.send(text, prediction)
-                if future is not None:
-                    pending.append((index, future))
-        for index, future in pending:
-            predictions[index] = self.resolve(predictions[index], future, self.deadline_s)
-        return predictions
+        """`dispatch`, then each upstream answer as it arrives within the deadline (else `deferred`)."""
+        return [
+            prediction if pending is None else self.resolve(prediction, pending, self.deadline_s)
+            for prediction, pending in self.dispatch(texts)
+        ]
 
     def send(self, text: str, prediction: Prediction):
         """Escalate one routed prediction without waiting: (prediction, Future | None).

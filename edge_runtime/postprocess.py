@@ -78,4 +78,5 @@ def entities(
     logits = np.array(logits, dtype=np.float32) if outside_bias else np.ascontiguousarray(logits, dtype=np.float32)
     if outside_bias and "O" in labels:
         logits[..., list(labels).index("O")] -= outside_bias
-    return kernels.tokencls.decode_entities(logits, offsets, word_ids, list(labels), strategy, scheme)
+    rows = kernels.tokencls.decode_entities(logits, offsets, word_ids, list(labels), strategy, scheme)
+    return [[Entity(*entity) for entity in row] for row in rows]

@@ -16,20 +16,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import EdgeRuntimeError
+from .errors import EdgeRuntimeError, InputError
+from .kernels.pure.pii import KINDS as SCANNER_KINDS
+from .pii_tagger import KINDS as TAGGER_KINDS
 
-KINDS = (
-    "EMAIL",
-    "PHONE",
-    "CARD",
-    "IBAN",
-    "IPV4",
-    "IPV6",
-    "MAC",
-    "SECRET",
-    "PERSON",
-    "ADDRESS",
-)  # the last two come from a PII tagger bundle (pii_tagger.py), not the scanner
+KINDS = SCANNER_KINDS + TAGGER_KINDS  # what a policy may name: the regex scanner's, then a PII tagger bundle's
 ACTIONS = ("redact", "drop", "refuse")
 _PLACEHOLDER = re.compile(r"<([A-Z0-9]+_[0-9]+)>")
 
@@ -45,9 +36,9 @@ def _check_policy(policy: Mapping[str, str] | None) -> dict[str, str]:
     policy = dict(policy or {})
     for kind, action in policy.items():
         if kind not in KINDS:
-            raise ValueError(f"unknown PII kind {kind!r} in policy (known: {', '.join(KINDS)})")
+            raise InputError(f"unknown PII kind {kind!r} in policy (known: {', '.join(KINDS)})")
         if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r} for {kind} (known: {', '.join(ACTIONS)})")
+            raise InputError(f"unknown action {action!r} for {kind} (known: {', '.join(ACTIONS)})")
     return policy
 
 
@@ -56,9 +47,9 @@ def _check_spans(text: str, spans: Iterable) -> list[tuple[int, int, str]]:
     previous_end = 0
     for start, end, kind in checked:
         if not 0 <= start < end <= len(text) or start < previous_end:
-            raise ValueError(f"span ({start}, {end}, {kind}) is out of range or overlaps another")
+            raise InputError(f"span ({start}, {end}, {kind}) is out of range or overlaps another")
         if kind not in KINDS:
-            raise ValueError(f"unknown PII kind {kind!r} in spans")
+            raise InputError(f"unknown PII kind {kind!r} in spans")
         previous_end = end
     return checked
 
@@ -66,7 +57,7 @@ def _check_spans(text: str, spans: Iterable) -> list[tuple[int, int, str]]:
 def redact(text: str, spans=None, policy: Mapping[str, str] | None = None) -> Redaction:
     """Replaces each PII span (default: kernels.pii.scan(text)) as the policy says."""
     if not isinstance(text, str):
-        raise TypeError(f"redact() needs a str, not {type(text).__name__}")
+        raise InputError(f"redact() needs a str, not {type(text).__name__}")
     policy = _check_policy(policy)
     if spans is None:
         from .kernels import pii

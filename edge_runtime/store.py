@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from . import bundle, paths, signing
@@ -20,20 +19,7 @@ from .errors import BundleError, StoreError
 from .fsutil import atomic_write_json, exclusive_lock, fsync_dir
 
 ACTIVE = "active.json"
-# Test hook: when set, the store creates this file and sleeps right before committing a change,
-# so a test can SIGKILL it at the worst moment.
-PAUSE_ENV = "EDGE_RUNTIME_TEST_PAUSE_BEFORE_COMMIT"
 _TEMP_PREFIXES = (".install-", ".remove-", ".unpack-")
-
-
-def _pause_before_commit(step: str) -> None:
-    marker = os.environ.get(PAUSE_ENV)
-    if not marker:
-        return
-    Path(marker).write_text(step)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -242,6 +228,12 @@ class Store:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def install_new_version(self, source: Path, manifest: dict, private_key=None) -> Manifest:
+        """Write a new version of the bundle in `source` (`bundle.write_new_version`) and install it; it is
+        not activated."""
+        with tempfile.TemporaryDirectory(prefix="edge-runtime-new-version-") as scratch:
+            return self.install(bundle.write_new_version(source, manifest, Path(scratch) / "bundle", private_key))
+
     def _install_from(self, source: Path, staged: Path, allow_unsigned: bool) -> Manifest:
         if source.is_dir():
             staged.mkdir()
@@ -262,10 +254,13 @@ class Store:
         _fsync_tree(staged)
         target.parent.mkdir(exist_ok=True)
         fsync_dir(self.models)
-        _pause_before_commit("install")
+        self._commit_install(staged, target)
+        return Manifest(manifest.raw, target, manifest.signers)
+
+    def _commit_install(self, staged: Path, target: Path) -> None:
+        """The one step that makes a new version visible: a crash before it leaves only a staging dir behind."""
         os.rename(staged, target)
         fsync_dir(target.parent)
-        return Manifest(manifest.raw, target, manifest.signers)
 
     def _existing(self, target: Path, staged: Path, manifest: Manifest) -> Manifest:
         same = (target / bundle.MANIFEST).read_bytes() == (staged / bundle.MANIFEST).read_bytes()
@@ -289,7 +284,6 @@ class Store:
             "version": version,
             "previous": {"name": previous[0], "version": previous[1]} if previous else None,
         }
-        _pause_before_commit("activate")
         atomic_write_json(self.models / ACTIVE, state)
 
     def activate(self, name: str, version: str | None = None, allow_unsigned: bool = False) -> Manifest:

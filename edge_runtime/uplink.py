@@ -47,6 +47,14 @@ class EscalationEvicted(UplinkError):
     pass
 
 
+class PendingAnswer(Future):
+    """The Future of one escalation's answer message, knowing its request id."""
+
+    def __init__(self, request_id: str):
+        super().__init__()
+        self.request_id = request_id
+
+
 @dataclass(frozen=True)
 class UplinkOptions:
     max_inflight: int = 256  # published and not yet answered
@@ -90,7 +98,7 @@ class Uplink:
         self.stats = collections.Counter()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._futures: dict[str, Future] = {}
+        self._futures: dict[str, PendingAnswer] = {}
         self._deferred: set[str] = set()
         # pump-thread state
         self._ready: collections.deque[str] = collections.deque()
@@ -125,10 +133,14 @@ class Uplink:
     def __exit__(self, *exc):
         self.stop()
 
+    @property
+    def connected(self) -> bool:
+        return self.link.connected.is_set()
+
     def wait_ready(self, timeout: float = 10.0) -> None:
         self.link.wait_ready(timeout)
 
-    def submit(self, text: str, prediction=None, *, request_id: str | None = None, reason: str = "") -> Future:
+    def submit(self, text: str, prediction=None, *, request_id: str | None = None, reason: str = "") -> PendingAnswer:
         """Queue an escalation; the Future resolves to the answer message (a dict), exactly once."""
         message = escalation.build_request(
             text, prediction, device_id=self.device_id, request_id=request_id, reason=reason, bundle=self.bundle
@@ -139,8 +151,7 @@ class Uplink:
             future = self._futures.get(request_id)
             if future is not None:
                 return future
-            future = Future()
-            future.request_id = request_id
+            future = PendingAnswer(request_id)
             self._futures[request_id] = future
         self._events.put(("submit", request_id, payload))
         return future

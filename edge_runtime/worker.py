@@ -25,6 +25,29 @@ log = logging.getLogger(__name__)
 Responder = Callable[[dict], dict]  # escalation request -> answer body
 
 
+def model_responder(model) -> Responder:
+    """The upstream's answer policy: the model's prediction for the request's text. When the model has a
+    postprocess.combine section and the request's prediction carries the device's top-k, the label and score
+    are the combined ones (edge_runtime/combine.py) and the answer says "combined": true."""
+    from .combine import Combination, combine
+    from .postprocess import classify
+
+    combination = Combination.from_manifest(model.manifest.raw) if model.task == "text-classification" else None
+
+    def respond(request: dict) -> dict:
+        top_k = (request.get("prediction") or {}).get("top_k")
+        if combination is None or not top_k:
+            prediction = model.predict([request["text"]])[0]
+            return prediction.to_dict() if hasattr(prediction, "to_dict") else dict(prediction)
+        logits = model.logits([request["text"]])
+        answer = classify(logits, model.classification)[0].to_dict()  # the upstream's own top-k, margin, entropy
+        answer["label"], answer["score"] = combine(combination, top_k, logits[0], model.labels)
+        answer["combined"] = True
+        return answer
+
+    return respond
+
+
 class AnswerCache:
     """LRU of recent answers keyed by (device, request id)."""
 

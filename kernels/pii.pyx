@@ -542,15 +542,6 @@ cdef bint jwt(Buf b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
     return (dots[0] - s >= 10 and dots[1] - dots[0] - 1 >= 10 and e - dots[1] - 1 >= 10
             and starts_with(b, dots[0] + 1, e, EYJ, 3))
 
-cdef inline int char_class(uint32_t c) noexcept nogil:
-    if is_lower(c):
-        return 0
-    if is_upper(c):
-        return 1
-    if is_digit(c):
-        return 2
-    return 3
-
 cdef bint high_entropy(Buf b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
     if e - s < secret_min or b[s] == 47:
         return False

@@ -2,7 +2,7 @@
 
 Same rules as the pure twin (see its docstring). Each row runs without the GIL: token scoring, word
 aggregation and B-/I- grouping are one streaming state machine writing (start, end, label, score) into
-C buffers; the Entity objects are built afterwards.
+C buffers; the tuples are built afterwards.
 """
 cimport cython
 cimport numpy as cnp
@@ -13,7 +13,6 @@ from libc.stdlib cimport free, malloc
 import numpy as np
 
 from edge_runtime.kernels.pure.tokencls import STRATEGIES, check_inputs
-from edge_runtime.results import Entity
 
 cnp.import_array()
 
@@ -171,7 +170,7 @@ cdef Py_ssize_t _decode_row(Decoder* d, const float* logits, const int64_t* span
     return -1
 
 def decode_entities(logits, offsets, word_ids, labels, strategy="simple", scheme="IOB2"):
-    """Per row, the list of `Entity(start, end, label, score)`; see the pure twin's docstring for the rules."""
+    """Per row, the list of (start, end, label, score) tuples; see the pure twin's docstring for the rules."""
     scores, spans, words, tags, begins, types = check_inputs(logits, offsets, word_ids, labels, strategy, scheme)
     cdef Py_ssize_t batch = scores.shape[0], tokens = scores.shape[1], count = scores.shape[2], b, i, bad
     kinds = {}
@@ -208,6 +207,6 @@ def decode_entities(logits, offsets, word_ids, labels, strategy="simple", scheme
             bad = _decode_row(&d, &logits_v[b, 0, 0], &spans_v[b, 0, 0], &words_v[b, 0], tokens)
         if bad >= 0:
             raise ValueError(f"logits row {b} token {bad} is not finite")
-        result.append([Entity(d.out_start[i], d.out_end[i], names[d.out_label[i]], d.out_score[i])
+        result.append([(d.out_start[i], d.out_end[i], names[d.out_label[i]], d.out_score[i])
                        for i in range(d.out_count)])
     return result

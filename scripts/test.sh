@@ -15,7 +15,5 @@ echo "== lint: ruff check, ruff format --check"
 .venv/bin/ruff format --check .
 echo "== test suite (kernels: cython)"
 $PY -m pytest -q -p no:cacheprovider "$@"
-echo "== kernel-dependent tests (kernels: python, EDGE_RUNTIME_PURE_PYTHON=1)"
-EDGE_RUNTIME_PURE_PYTHON=1 $PY -m pytest -q -p no:cacheprovider -m "not slow" \
-    tests/test_runtime.py tests/test_redaction.py tests/test_privacy.py tests/test_pii_tagger.py tests/test_server.py \
-    tests/test_hybrid.py
+echo "== kernel-dependent tests (marker kernels; kernels: python, EDGE_RUNTIME_PURE_PYTHON=1)"
+EDGE_RUNTIME_PURE_PYTHON=1 $PY -m pytest -q -p no:cacheprovider -m "kernels and not slow"

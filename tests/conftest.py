@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from support.stores import store_with
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parent.parent
 # CI sets this: a test that skips because mosquitto, network namespaces, a tmpfs mount, the compiled
 # kernels or an optional dependency is missing fails instead, so a whole area cannot go quietly untested.
 REQUIRE_ALL = os.environ.get("EDGE_RUNTIME_REQUIRE_ALL") == "1"
@@ -56,34 +57,22 @@ def build_key(tmp_path_factory) -> Path:
 def small_bundle(tmp_path_factory, build_key) -> Path:
     """A signed bundle directory: 10 CLINC150 intents + oos, logistic-regression head, INT8."""
     pytest.importorskip("optimum", reason="building a bundle needs the [build] extra")
-    from small_bundle import build_small_bundle
+    from support.small_bundle import build_small_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "clinc-small"
     return build_small_bundle(out, key_path=build_key, cache_dir=tmp_path_factory.mktemp("build-cache"))
 
 
-def _store_with(root: Path, bundle_dir: Path, key_path: Path) -> Path:
-    from edge_runtime import signing
-    from edge_runtime.store import Store
-
-    private = signing.load_private_key(key_path)
-    signing.trust_key(root, private.public_key())
-    store = Store(root)
-    manifest = store.install(bundle_dir)
-    store.activate(manifest.name, manifest.version)
-    return root
-
-
 @pytest.fixture(scope="session")
 def bundle_home(tmp_path_factory, small_bundle, build_key) -> Path:
     """A store (EDGE_RUNTIME_HOME) that trusts the build key, with the small bundle active. Read-only."""
-    return _store_with(tmp_path_factory.mktemp("home"), small_bundle, build_key)
+    return store_with(tmp_path_factory.mktemp("home"), small_bundle, build_key)
 
 
 @pytest.fixture
 def home(tmp_path, small_bundle, build_key, monkeypatch) -> Path:
     """A private store with the small bundle active, set as EDGE_RUNTIME_HOME."""
-    root = _store_with(tmp_path / "home", small_bundle, build_key)
+    root = store_with(tmp_path / "home", small_bundle, build_key)
     monkeypatch.setenv("EDGE_RUNTIME_HOME", str(root))
     return root
 
@@ -93,7 +82,7 @@ def small_val_rows(small_bundle) -> list[str]:
     """CLINC150 val lines whose label the small bundle knows (20 per intent, 100 oos)."""
     import json
 
-    from small_bundle import datasets_dir
+    from support.small_bundle import datasets_dir
 
     labels = set(json.loads((small_bundle / "labels.json").read_text()))
     return [

@@ -1,6 +1,6 @@
 """The build toolchain, with real parts: the real MiniLM export, real onnxruntime, real signing and store.
 
-`small_bundle` and `bundle_home` are the session fixtures of conftest.py (built with tests/small_bundle.py).
+`small_bundle` and `bundle_home` are the session fixtures of conftest.py (built with tests/support/small_bundle.py).
 CLINC150 (Larson et al. 2019, CC BY 3.0) subsets are the training data.
 """
 
@@ -19,17 +19,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from edge_runtime.build import (  # noqa: E402
-    GateError,  # noqa: E402
-    evaluate,
-    graph,
-    ortrun,
-    textenc,
-)
+from edge_runtime.build import GateError, evaluate, graph, ortrun, textenc  # noqa: E402
 from edge_runtime.build.head import LinearHead  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from small_bundle import REPO, build_small_bundle, datasets_dir  # noqa: E402
+from support import REPO  # noqa: E402
+from support.small_bundle import build_small_bundle, datasets_dir  # noqa: E402
 
 CLINC = datasets_dir() / "clinc150"
 pytestmark = pytest.mark.skipif(not CLINC.is_dir(), reason=f"CLINC150 not found at {CLINC}")
@@ -125,6 +119,7 @@ def test_reject_threshold_trades_in_scope_for_oos():
     assert evaluate.scores(evaluate.predict(logits, labels), targets, labels, "oos")["oos_recall"] == 0.0
 
 
+@pytest.mark.kernels  # the built bundle's golden labels, through the runtime's kernels
 def test_runtime_runs_the_bundle_and_never_imports_torch(small_bundle, bundle_home):
     script = textwrap.dedent(f"""
         import json, sys
@@ -199,6 +194,7 @@ def test_classifier_cli_checks_the_model_folder_and_the_key(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.kernels  # the built embedder's golden vectors, through the runtime's pooling kernel
 def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache):
     from edge_runtime.build.source import package_model_dir
 
@@ -262,7 +258,8 @@ def test_embedder_build_gates_on_cosine_and_runs_on_the_runtime(tmp_path, cache)
 
 def _tiny_recipe(tmp_path: Path) -> tuple[Path, Path]:
     """A logreg recipe on a 4-intent CLINC150 subset, so `build default` runs in seconds."""
-    from edge_runtime.build.data import read_jsonl, subsample
+    from edge_runtime.build.data import subsample
+    from edge_runtime.datasets import read_jsonl
 
     data = tmp_path / "datasets" / "clinc150"
     data.mkdir(parents=True)
@@ -344,8 +341,8 @@ def test_recipe_variants_lay_their_tables_over_the_recipe(tmp_path):
 def test_length_batches_cover_every_example_once_and_pad_far_less_than_random_batches():
     import torch
 
-    from edge_runtime.build.data import read_jsonl
     from edge_runtime.build.finetune import length_batches
+    from edge_runtime.datasets import read_jsonl
 
     lengths = [len(text.split()) for text in read_jsonl(CLINC / "train.jsonl").texts]
 
@@ -368,10 +365,11 @@ def test_finetuned_bundle_matches_the_torch_model(tmp_path, cache):
 
     from edge_runtime.build.classifier import build_classifier
     from edge_runtime.build.config import BuildConfig
-    from edge_runtime.build.data import read_jsonl, subsample
+    from edge_runtime.build.data import subsample
     from edge_runtime.build.finetune import FinetuneConfig
     from edge_runtime.build.progress import Silent
     from edge_runtime.build.source import package_model_dir
+    from edge_runtime.datasets import read_jsonl
 
     intents = ["alarm", "balance", "weather"]
     train = subsample(read_jsonl(CLINC / "train.jsonl"), intents, 8, 0)

@@ -11,20 +11,22 @@ import tarfile
 
 import numpy as np
 import pytest
-from bundle_factory import make_bundle, predict, trusted_signer
 
 from edge_runtime import bundle, signing
 from edge_runtime.errors import BundleError
 
+from support.bundle_factory import make_bundle, predict, trusted_signer
+
 
 @pytest.fixture
-def home(tmp_path):
+def empty_home(tmp_path):
+    """Where the trusted keys go: a fresh EDGE_RUNTIME_HOME (conftest's `home` holds the small bundle)."""
     return tmp_path / "home"
 
 
 @pytest.fixture
-def key(home):
-    return trusted_signer(home)
+def key(empty_home):
+    return trusted_signer(empty_home)
 
 
 @pytest.fixture
@@ -32,15 +34,15 @@ def signed(tmp_path, key):
     return make_bundle(tmp_path / "bundle", key).path
 
 
-def verify(path, home, **kw):
-    return bundle.verify(path, signing.trusted_keys(home), **kw)
+def verify(path, root, **kw):
+    return bundle.verify(path, signing.trusted_keys(root), **kw)
 
 
 # --- format --------------------------------------------------------------------------------------
 
 
-def test_signed_bundle_verifies_and_lists_every_file(signed, home, key):
-    manifest = verify(signed, home)
+def test_signed_bundle_verifies_and_lists_every_file(signed, empty_home, key):
+    manifest = verify(signed, empty_home)
     assert manifest.signers == (signing.key_id(key.public_key()),)
     assert manifest.ref == "tiny@1.0.0" and manifest.release == 1 and manifest.task == "text-classification"
     assert sorted(manifest.files) == ["golden.jsonl", "labels.json", "model.onnx", "tokenizer.json"]
@@ -116,33 +118,33 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
-def test_tampering_is_refused_with_a_reason(signed, home, case):
+def test_tampering_is_refused_with_a_reason(signed, empty_home, case):
     damage, reason = TAMPERING[case]
     damage(signed)
     with pytest.raises(BundleError) as caught:
-        verify(signed, home)
+        verify(signed, empty_home)
     assert reason in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
-def test_bad_signature_from_a_trusted_key(signed, home, key):
+def test_bad_signature_from_a_trusted_key(signed, empty_home, key):
     doc = json.loads((signed / "signature.json").read_text())
     other = signing.sign(key, b"something else")["signature"]
     doc["signatures"][0]["signature"] = other
     (signed / "signature.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="bad signature from key"):
-        verify(signed, home)
+        verify(signed, empty_home)
 
 
-def test_unsigned_passes_only_with_the_flag(tmp_path, home):
+def test_unsigned_passes_only_with_the_flag(tmp_path, empty_home):
     path = make_bundle(tmp_path / "dev").path
     assert not (path / "signature.json").exists()
     with pytest.raises(BundleError, match="not signed"):
-        verify(path, home)
-    assert verify(path, home, allow_unsigned=True).signers == ()
+        verify(path, empty_home)
+    assert verify(path, empty_home, allow_unsigned=True).signers == ()
     flip_byte(path / "model.onnx")  # the flag never skips the hashes
     with pytest.raises(BundleError, match="model.onnx: sha256 mismatch"):
-        verify(path, home, allow_unsigned=True)
+        verify(path, empty_home, allow_unsigned=True)
 
 
 def test_no_trusted_keys_at_all(signed, tmp_path):
@@ -150,7 +152,7 @@ def test_no_trusted_keys_at_all(signed, tmp_path):
         bundle.verify(signed, {})
 
 
-def test_refinalize_without_key_drops_stale_signature(signed, home):
+def test_refinalize_without_key_drops_stale_signature(signed, empty_home):
     raw = json.loads((signed / "manifest.json").read_text())
     bundle.finalize(signed, raw)
     assert not (signed / "signature.json").exists()
@@ -173,10 +175,10 @@ def test_invalid_manifest_fields(tmp_path, field, value, reason):
         make_bundle(tmp_path / "b", manifest_updates={field: value})
 
 
-def test_bundle_for_a_newer_runtime_is_refused(tmp_path, home, key):
+def test_bundle_for_a_newer_runtime_is_refused(tmp_path, empty_home, key):
     path = make_bundle(tmp_path / "b", key, manifest_updates={"min_runtime": "99.0.0"}).path
     with pytest.raises(BundleError, match=r"needs edge-runtime >= 99.0.0 \(this is "):
-        verify(path, home)
+        verify(path, empty_home)
 
 
 def test_classifier_needs_a_labels_file(tmp_path):
@@ -219,11 +221,11 @@ def test_load_private_key_rejects_other_files(tmp_path):
         signing.load_private_key(path)
 
 
-def test_trusted_keys_recompute_ids(home):
+def test_trusted_keys_recompute_ids(empty_home):
     _, public_key = signing.generate_keypair()
-    kid = signing.trust_key(home, public_key)
-    (home / "keys" / "trusted" / f"{kid}.pub").rename(home / "keys" / "trusted" / "renamed.pub")
-    assert list(signing.trusted_keys(home)) == [kid]
+    kid = signing.trust_key(empty_home, public_key)
+    (empty_home / "keys" / "trusted" / f"{kid}.pub").rename(empty_home / "keys" / "trusted" / "renamed.pub")
+    assert list(signing.trusted_keys(empty_home)) == [kid]
 
 
 def test_k_of_n_threshold():
@@ -236,17 +238,37 @@ def test_k_of_n_threshold():
         signing.verify_signatures(data, [both[0], both[0]], trusted, threshold=2)  # one key counts once
 
 
+# --- versions ------------------------------------------------------------------------------------
+
+
+def test_bump_patch():
+    assert bundle.bump_patch("1.2.3") == "1.2.4"
+    assert bundle.bump_patch("0.1.9-rc.1+build5") == "0.1.10"
+
+
+def test_next_version_manifest_bumps_and_leaves_the_original_alone(signed):
+    raw = bundle.read_manifest(signed).raw
+    before = json.loads(json.dumps(raw))
+    nxt = bundle.next_version_manifest(raw)
+    assert raw == before
+    assert (nxt["version"], nxt["release"]) == (bundle.bump_patch(raw["version"]), raw["release"] + 1)
+    assert "files" not in nxt and "created" not in nxt  # finalize() writes them for the new files
+    assert {k: v for k, v in nxt.items() if k not in ("version", "release")} == {
+        k: v for k, v in raw.items() if k not in ("version", "release", "files", "created")
+    }
+
+
 # --- archives ------------------------------------------------------------------------------------
 
 
-def test_archive_round_trip(signed, tmp_path, home):
+def test_archive_round_trip(signed, tmp_path, empty_home):
     archive = bundle.pack(signed, tmp_path / "tiny.erb")
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert names[:2] == ["manifest.json", "signature.json"] and names[2:] == sorted(names[2:])
     assert bundle.read_manifest(archive).ref == "tiny@1.0.0"
     out = bundle.unpack(archive, tmp_path / "out")
-    assert verify(out, home).ref == "tiny@1.0.0"
+    assert verify(out, empty_home).ref == "tiny@1.0.0"
     for rel in ("model.onnx", "manifest.json", "signature.json"):
         assert (out / rel).read_bytes() == (signed / rel).read_bytes()
 
@@ -319,11 +341,11 @@ def test_total_size_limit(tmp_path):
         bundle.unpack(archive, tmp_path / "dest", max_total_bytes=1000)
 
 
-def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, home):
+def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, empty_home):
     archive = tmp_path / "dot.erb"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(signed, arcname=".")
-    assert verify(bundle.unpack(archive, tmp_path / "out"), home).ref == "tiny@1.0.0"
+    assert verify(bundle.unpack(archive, tmp_path / "out"), empty_home).ref == "tiny@1.0.0"
 
 
 def test_not_an_archive(tmp_path):

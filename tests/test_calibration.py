@@ -13,8 +13,8 @@ from click.testing import CliRunner
 import edge_runtime
 from edge_runtime import calibration
 from edge_runtime.cli.calibrate import calibrate as calibrate_command
+from edge_runtime.datasets import read_jsonl
 from edge_runtime.errors import InputError
-from edge_runtime.evaluation import read_jsonl
 from edge_runtime.router import Router, RoutingPolicy
 from edge_runtime.store import Store
 
@@ -33,7 +33,8 @@ def model(small_bundle, bundle_home):
 
 @pytest.fixture(scope="module")
 def val(val_file):
-    return read_jsonl(val_file)
+    split = read_jsonl(val_file)
+    return split.texts, split.labels
 
 
 def run(*args, home: Path):
@@ -41,6 +42,7 @@ def run(*args, home: Path):
     return result
 
 
+@pytest.mark.kernels
 def test_temperature_scaling_lowers_nll_and_ece_on_real_logits(model, val):
     texts, gold = val
     result = calibration.calibrate(model.logits(texts), gold, model.labels, target_escalation=0.1)
@@ -64,6 +66,7 @@ def test_ece_is_zero_for_perfect_calibration_and_large_for_overconfidence():
     assert calibration.ece(np.full(100, 0.99), np.arange(100) < 50) == pytest.approx(0.49)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("rate", [0.05, 0.1, 0.3])
 def test_escalation_threshold_hits_the_target_within_one_example(model, val, rate):
     texts, _ = val
@@ -107,6 +110,7 @@ def test_reject_threshold_raises_oos_recall_within_the_in_scope_budget():
     assert (predicted[targets != 0] == targets[targets != 0]).mean() >= 0.99
 
 
+@pytest.mark.kernels
 def test_calibrate_refuses_unknown_labels_and_two_targets(model, val):
     texts, gold = val
     logits = model.logits(texts[:5])
@@ -116,11 +120,7 @@ def test_calibrate_refuses_unknown_labels_and_two_targets(model, val):
         calibration.calibrate(logits, gold[:5], model.labels, target_escalation=0.1, target_accuracy=0.9)
 
 
-def test_bump_patch():
-    assert calibration.bump_patch("1.2.3") == "1.2.4"
-    assert calibration.bump_patch("0.1.9-rc.1+build5") == "0.1.10"
-
-
+@pytest.mark.kernels
 def test_cli_writes_a_signed_version_the_router_and_postprocess_read_back(
     small_bundle, bundle_home, build_key, val, val_file, tmp_path
 ):
@@ -168,6 +168,7 @@ def test_cli_writes_a_signed_version_the_router_and_postprocess_read_back(
     assert report["expected_escalation_rate"] == pytest.approx(escalated / len(texts))
 
 
+@pytest.mark.kernels
 def test_cli_accuracy_target_keeps_that_accuracy_on_its_data(
     small_bundle, bundle_home, build_key, val, val_file, tmp_path
 ):
@@ -197,6 +198,7 @@ def test_cli_accuracy_target_keeps_that_accuracy_on_its_data(
     assert new.manifest.raw["routing"]["per_class"]  # 20+ predictions per intent here
 
 
+@pytest.mark.kernels
 def test_cli_install_puts_the_new_version_in_the_store(home, val_file):
     from edge_runtime import signing
 

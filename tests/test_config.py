@@ -92,6 +92,47 @@ def test_bad_files_name_the_key(tmp_path, text, message):
     assert str(error.value).startswith(message)
 
 
+def test_earlier_environment_names_still_work_for_a_release_with_a_warning(caplog):
+    old = {
+        "EDGE_RUNTIME_BROKER": "mqtt://old:1883",
+        "EDGE_RUNTIME_DEVICE_ID": "dev-old",
+        "EDGE_RUNTIME_DEVICE_GROUP": "lab",
+    }
+    with caplog.at_level("WARNING", logger="edge_runtime.config"):
+        values = config.load(None, environ=old)
+    assert values["uplink"]["broker"] == "mqtt://old:1883" and values["uplink"]["device_id"] == "dev-old"
+    assert values["update"]["group"] == "lab"
+    assert "EDGE_RUNTIME_BROKER is deprecated" in caplog.text and "EDGE_RUNTIME_UPLINK_BROKER" in caplog.text
+    # the one name of each setting wins over the old one
+    values = config.load(None, environ={**old, "EDGE_RUNTIME_UPLINK_BROKER": "mqtt://new:1883"})
+    assert values["uplink"]["broker"] == "mqtt://new:1883"
+
+
+def test_one_device_id_rule_for_config_and_wire():
+    from edge_runtime.errors import InputError
+    from edge_runtime.escalation import check_device_id
+
+    for bad in ("a/b", "x" * 129, "a+b"):
+        with pytest.raises(InputError) as wire:
+            check_device_id(bad)
+        with pytest.raises(ConfigError) as configured:
+            config.load(None, environ={"EDGE_RUNTIME_UPLINK_DEVICE_ID": bad})
+        assert str(configured.value) == f"config: uplink.device_id: {wire.value}"
+
+
+def test_tls_is_on_whenever_a_ca_or_client_certificate_is_given(tmp_path):
+    from edge_runtime.mqtt import BrokerConfig
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    assert BrokerConfig.from_settings({"broker": "mqtt://h:1883"}).tls is False
+    assert BrokerConfig.from_settings({"broker": "mqtts://h"}).tls is True
+    assert BrokerConfig.from_settings({"broker": "mqtts://h"}).port == 8883
+    with_ca = BrokerConfig.from_settings({"broker": "mqtt://h:1883", "ca_file": str(ca)})
+    assert with_ca.tls is True and with_ca.ca_file == str(ca) and with_ca.port == 1883
+    assert BrokerConfig.from_settings({"broker": "mqtt://h", "cert_file": str(ca), "key_file": str(ca)}).tls is True
+
+
 def test_bad_environment_values_are_refused_naming_the_key():
     with pytest.raises(ConfigError, match="environment: server.port: must be an integer 1-65535"):
         config.load(None, environ={"EDGE_RUNTIME_SERVER_PORT": "eighty"})

@@ -9,17 +9,17 @@ import time
 import uuid
 from pathlib import Path
 
-import mqtt_broker
 import paho.mqtt.client as paho
 import pytest
-from fleet_sim import Device, Reports, ServedManager, make_release, refinalize, tiny
 
 from edge_runtime import bundle, signing
 from edge_runtime.fleet import protocol
 from edge_runtime.fleet import release as releases
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
-from edge_runtime.store import PAUSE_ENV as STORE_PAUSE_ENV
 from edge_runtime.store import Store
+
+from support import mqtt_broker
+from support.fleet_sim import Device, Reports, ServedManager, make_release, refinalize, tiny
 
 pytestmark = pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
 
@@ -168,6 +168,7 @@ def assert_serving(dev: Device, expected: tuple[str, str]) -> None:
 # --- happy path ------------------------------------------------------------------------------------
 
 
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
 def test_update_goes_through_every_phase_and_reports_them(
     device, served, reports, archives, fleet_key, group, tmp_path
 ):
@@ -335,15 +336,13 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_9_at_every_state_then_resume(point, device, served, archives, fleet_key, group, tmp_path):
     dev = device()
     marker = tmp_path / "paused"
     name = "escalating" if point == "rolling_back" else "v2"
-    if point == "store-install":
-        dev.start(extra_env={STORE_PAUSE_ENV: str(marker)})
-    else:
-        dev.start(pause=f"{point}:{marker}")
+    dev.start(pause=(point, marker))
     record = release_for(archives, name, fleet_key, group, tmp_path)
     served.manager.publish(record, archives[name], group)
     deadline = time.monotonic() + 60
@@ -395,6 +394,7 @@ def test_disk_full_during_download_aborts_and_the_old_model_keeps_serving(
         subprocess.run(["umount", str(downloads)], check=False)
 
 
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
 def test_failing_self_test_is_not_activated_and_is_removed(
     device, served, reports, archives, fleet_key, group, tmp_path
 ):
@@ -410,6 +410,7 @@ def test_failing_self_test_is_not_activated_and_is_removed(
     )
 
 
+@pytest.mark.kernels  # probation compares escalation rates, which follow the kernels' confidences
 def test_higher_escalation_rate_in_probation_rolls_back(device, served, reports, archives, fleet_key, group, tmp_path):
     dev = device().start()
     record = release_for(archives, "escalating", fleet_key, group, tmp_path)

@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-from fleet_sim import tiny
 
 from edge_runtime import signing
 from edge_runtime.cli import main
@@ -14,6 +13,8 @@ from edge_runtime.fleet import protocol, rollout
 from edge_runtime.fleet import release as releases
 from edge_runtime.fleet.chunks import BadChunk, Download
 from edge_runtime.fleet.errors import ChunkError, ReleaseError
+
+from support.fleet_sim import tiny
 
 
 @pytest.fixture(scope="module")

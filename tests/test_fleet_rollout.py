@@ -10,13 +10,14 @@ import sys
 import time
 import uuid
 
-import mqtt_broker
 import pytest
-from fleet_sim import REPO, Device, make_release, tiny
 
 from edge_runtime import signing
 from edge_runtime.cli import main
 from edge_runtime.store import Store
+
+from support import REPO, mqtt_broker
+from support.fleet_sim import Device, make_release, tiny
 
 pytestmark = pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
 
@@ -38,6 +39,7 @@ def wait_until(check, timeout=90, what=""):
     raise AssertionError(f"timed out: {what}")
 
 
+@pytest.mark.kernels  # the bad release halts because the canaries' self-test fails on what the kernels compute
 def test_canary_promote_rollback_and_automatic_halt(tmp_path, capsys, monkeypatch):
     key = signing.generate_keypair()[0]
     key_file = tmp_path / "fleet.key"
@@ -139,7 +141,7 @@ def test_canary_promote_rollback_and_automatic_halt(tmp_path, capsys, monkeypatc
 @pytest.mark.slow
 def test_fleet_simulation_twenty_devices(tmp_path):
     """20 agent processes: canary 10 % then promote; a bad release halts at its canaries."""
-    from fleet_sim import simulate
+    from support.fleet_sim import simulate
 
     result = simulate(devices=20, canary_pct=10, workdir=tmp_path)
     assert len(result["canaries"]) == 2 and len(result["bad_canaries"]) == 2

@@ -16,9 +16,11 @@ import pytest
 import edge_runtime
 from edge_runtime import escalation
 from edge_runtime.combine import Combination, combine, combine_many
-from edge_runtime.evaluation import read_jsonl
+from edge_runtime.datasets import read_jsonl
 from edge_runtime.router import Router, RoutingPolicy
 from edge_runtime.store import Store
+
+pytestmark = pytest.mark.kernels  # routing and the figures follow the classify kernel's probabilities
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,7 +83,8 @@ def test_json_has_the_hybrid_keys(report):
 
 
 def test_figures_match_an_independent_computation(report, bundle_home, val_file):
-    texts, gold = read_jsonl(val_file)
+    val = read_jsonl(val_file)
+    texts, gold = val.texts, val.labels
     model = edge_runtime.load(root=bundle_home)
     routed = Router(RoutingPolicy.from_dict(model.manifest.raw["routing"])).route_all(model.predict(texts))
     escalated = [p.decision == "escalate" for p in routed]
@@ -102,7 +105,7 @@ def test_figures_match_an_independent_computation(report, bundle_home, val_file)
 
 
 def test_costs_and_bytes_add_up(report, val_file):
-    texts, _ = read_jsonl(val_file)
+    texts = read_jsonl(val_file).texts
     n, sent = report["n"], report["escalated"]
     assert report["cost_per_1000"] == pytest.approx(1000 * (0.00001 + report["escalation_rate"] * 0.002))
     assert report["all_upstream"]["cost_per_1000"] == pytest.approx(1000 * 0.002)
@@ -198,7 +201,7 @@ def test_combine_follows_the_formula_on_a_hand_built_case():
 
 
 def test_combine_matches_the_vectorised_version(bundle_home, val_file):
-    texts, _ = read_jsonl(val_file)
+    texts = read_jsonl(val_file).texts
     model = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
     predictions, logits = model.predict(texts), model.logits(texts)
     combination = Combination(0.4, 1.5, 0.45, temperature=0.8)
@@ -241,7 +244,8 @@ def test_eval_combined_mode_end_to_end(fitted, bundle_home, val_file):
     report = json.loads(done.stdout)
     assert report["upstream_mode"] == "combined" and report["upstream"] == "clinc-small@0.1.1"
     # independently: route on the device, combine the escalated ones with the fitted section
-    texts, gold = read_jsonl(val_file)
+    val = read_jsonl(val_file)
+    texts, gold = val.texts, val.labels
     device = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
     upstream = edge_runtime.load(out, root=bundle_home, threads=1)
     routed = Router(RoutingPolicy.from_dict(device.manifest.raw["routing"])).route_all(device.predict(texts))
@@ -262,13 +266,15 @@ def test_eval_combined_needs_the_section(bundle_home, val_file):
     assert done.returncode == 1 and "no postprocess.combine section" in done.stderr
 
 
-def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, tmp_path, monkeypatch):
-    from edge_runtime.cli.upstream import bundle_responder
+def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, tmp_path):
+    from edge_runtime.worker import model_responder
+
+    def bundle_responder(ref):
+        return model_responder(edge_runtime.load(ref, root=bundle_home, threads=1))
 
     out, report = fitted
-    monkeypatch.setenv("EDGE_RUNTIME_HOME", str(bundle_home))
-    respond = bundle_responder(str(out), threads=1)
-    plain = bundle_responder("clinc-small", threads=1)
+    respond = bundle_responder(str(out))
+    plain = bundle_responder("clinc-small")
     device = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
     upstream = edge_runtime.load(out, root=bundle_home, threads=1)
     combination = Combination.from_manifest(upstream.manifest.raw)
@@ -282,17 +288,17 @@ def test_worker_responder_uses_the_device_top_k(fitted, bundle_home, build_key, 
     )
     # a signed version weighting the device at 0.9: a device top-k certain of another label wins
     from edge_runtime import signing
-    from edge_runtime.cli.calibrate import write_version
+    from edge_runtime.bundle import write_new_version
 
     manifest = {k: v for k, v in upstream.manifest.raw.items() if k not in ("files", "created")}
     manifest["postprocess"] = {
         **manifest["postprocess"],
         "combine": {**manifest["postprocess"]["combine"], "device_weight": 0.9},
     }
-    strong = write_version(upstream, manifest, signing.load_private_key(build_key), tmp_path / "strong", False)
+    strong = write_new_version(upstream.path, manifest, tmp_path / "strong", signing.load_private_key(build_key))
     other = next(label for label in upstream.labels if label not in (answer["label"], "oos"))
     forced = {**request, "prediction": {**request["prediction"], "top_k": [{"label": other, "score": 0.999}]}}
-    assert bundle_responder(str(strong), threads=1)(forced)["label"] == other
+    assert bundle_responder(str(strong))(forced)["label"] == other
     # without a device prediction, or from a bundle without the section: the plain prediction
     bare = respond({**request, "prediction": None})
     assert "combined" not in bare and bare == plain({**request, "prediction": None}) | {
@@ -326,7 +332,7 @@ def test_calibrate_can_route_on_entropy(bundle_home, val_file, build_key, tmp_pa
     report = json.loads(done.stdout)
     routing = report["routing"]
     assert routing["min_confidence"] is None and routing["per_class"] == {} and 0 < routing["max_entropy"] < 1
-    texts, _ = read_jsonl(val_file)
+    texts = read_jsonl(val_file).texts
     model = edge_runtime.load(out, root=bundle_home, threads=1)
     routed = Router(RoutingPolicy.from_dict(model.manifest.raw["routing"])).route_all(model.predict(texts))
     escalated = [p.decision == "escalate" for p in routed]

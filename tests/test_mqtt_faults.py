@@ -11,20 +11,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import mqtt_broker  # noqa: E402
+from edge_runtime.mqtt import BrokerConfig
+from edge_runtime.outbox import Outbox
+from edge_runtime.uplink import Uplink, UplinkOptions
+from edge_runtime.worker import Worker
 
-from edge_runtime.mqtt import BrokerConfig  # noqa: E402
-from edge_runtime.outbox import Outbox  # noqa: E402
-from edge_runtime.uplink import Uplink, UplinkOptions  # noqa: E402
-from edge_runtime.worker import Worker  # noqa: E402
+from support import REPO, mqtt_broker
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")]
-REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 

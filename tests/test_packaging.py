@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import pytest
 
 import edge_runtime
 
+from support import REPO, free_port
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -34,7 +35,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 pytestmark = [pytest.mark.slow, pytest.mark.packaging]
 
-REPO = Path(__file__).resolve().parent.parent
 TRAINING_MODULES = ("torch", "transformers", "optimum", "sklearn", "onnx")
 TEXT = "what is my checking account balance"
 
@@ -70,12 +70,6 @@ def fresh_venv(where: Path) -> Path:
 def site_packages(bin_dir: Path) -> Path:
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     return Path(run(bin_dir / "python", "-c", code, cwd=bin_dir).stdout.strip())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

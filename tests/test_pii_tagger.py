@@ -8,6 +8,7 @@ The bundle is built once per session exactly as models/pii-tagger-minilm/recipe.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.egress import Egress
-from edge_runtime.errors import ConfigError
-from edge_runtime.pii_tagger import PiiTagger, find_spans, merge
+from edge_runtime.errors import BundleError, ConfigError
+from edge_runtime.pii_tagger import PiiTagger, find_spans, load_tagger, merge
 from edge_runtime.redaction import PrivacyRefused
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).parent))
-from small_bundle import datasets_dir  # noqa: E402
+from support import REPO
+from support.small_bundle import datasets_dir
+
+pytestmark = pytest.mark.kernels  # the tagger's entities come from the tokencls kernel, merged with the scanner's spans
 
 FILLER = (
     "the app keeps logging me out after the update and support has not replied to my ticket "
@@ -156,6 +158,24 @@ def test_redact_cli_uses_the_installed_tagger(tagger_home, tmp_path):
     assert missing.returncode == 0 and "<EMAIL_1>" in missing.stdout and "no PII tagger" in missing.stderr
     explicit = _redact(empty, "--tagger", "pii-tagger-minilm", text=text)
     assert explicit.returncode != 0 and explicit.stderr.strip()
+
+
+NOT_A_TAGGER = "clinc-small is a text-classification model, not a token-classification tagger"
+
+
+def test_a_classifier_named_as_the_tagger_is_a_clean_error_or_a_warning(bundle_home, caplog):
+    """A user who names a classifier bundle as the tagger gets the reason on one line, no traceback; where the
+    tagger is optional (the daemon's default) it is a warning and redaction goes on with the scanner alone."""
+    done = _redact(bundle_home, "--tagger", "clinc-small", text="Hi, I am Bartholomew Whitcombe\n")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [f"edge-runtime: {NOT_A_TAGGER}"]
+    with pytest.raises(BundleError, match=NOT_A_TAGGER):
+        load_tagger("clinc-small", required=True, root=bundle_home)
+    with caplog.at_level(logging.INFO, logger="edge_runtime.pii_tagger"):
+        assert load_tagger("clinc-small", root=bundle_home) is None
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"PII tagger clinc-small not loaded: {NOT_A_TAGGER}")
+    ]
 
 
 def test_the_training_corpus_is_the_same_in_every_process():

@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, InputError
 from edge_runtime.kernels import pii
 from edge_runtime.redaction import PrivacyRefused, Redaction, redact, restore
+
+pytestmark = pytest.mark.kernels  # the spans come from the PII scanner kernel
 
 TEXT = (
     "Mail jane@example.com or call +44 20 7946 0958; jane@example.com again, bob@example.org, card 4111 1111 1111 1111."
@@ -55,10 +57,17 @@ def test_nothing_to_redact():
 def test_explicit_spans():
     result = redact("abc secret xyz", spans=[(4, 10, "SECRET")])
     assert result.text == "abc <SECRET_1> xyz"
-    with pytest.raises(ValueError, match="out of range or overlaps"):
+    with pytest.raises(InputError, match="out of range or overlaps"):
         redact("abc", spans=[(1, 9, "EMAIL")])
-    with pytest.raises(ValueError, match="unknown PII kind"):
+    with pytest.raises(InputError, match="unknown PII kind"):
         redact("abc", spans=[(0, 1, "NAME")])
+
+
+def test_what_a_caller_gets_wrong_is_an_input_error():
+    with pytest.raises(InputError, match="needs a str, not bytes"):
+        redact(b"mail a@example.com")
+    with pytest.raises(InputError, match="unknown PII kind 'NAME' in policy"):
+        redact(TEXT, policy={"NAME": "drop"})
 
 
 def test_policy_drop_and_refuse():
@@ -70,7 +79,7 @@ def test_policy_drop_and_refuse():
         redact(TEXT, policy={"CARD": "refuse"})
     assert isinstance(refused.value, EdgeRuntimeError)
     assert redact("no card here", policy={"CARD": "refuse"}).text == "no card here"
-    with pytest.raises(ValueError, match="unknown action"):
+    with pytest.raises(InputError, match="unknown action"):
         redact(TEXT, policy={"CARD": "shred"})
 
 
@@ -100,8 +109,8 @@ def test_round_trip_property(text):
 # --- the command ---------------------------------------------------------------------------
 
 
-def run_cli(args, stdin: bytes):
-    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+def run_cli(args, stdin: bytes, env=None):
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "edge_runtime", "redact", *args], input=stdin, capture_output=True, timeout=120, env=env
     )
@@ -121,9 +130,28 @@ def test_cli_json_lines():
 def test_cli_plain_and_exit_codes():
     done = run_cli([], b"card 4111-1111-1111-1111\n")
     assert (done.returncode, done.stdout) == (0, b"card <CARD_1>\n")
-    refused = run_cli(["--policy", "CARD=refuse"], b"card 4111-1111-1111-1111\n")
+    refused = run_cli(["--refuse", "CARD"], b"card 4111-1111-1111-1111\n")
     assert refused.returncode == 1 and b"CARD" in refused.stderr and refused.stdout == b""
+    assert run_cli(["--refuse", "SHRED"], b"x\n").returncode == 2
+    # the spelling of the previous release still works, with a warning, and still checks its input
+    old = run_cli(["--policy", "CARD=refuse"], b"card 4111-1111-1111-1111\n")
+    assert old.returncode == 1 and b"--policy is deprecated" in old.stderr
     assert run_cli(["--policy", "CARD=shred"], b"x\n").returncode == 2
     assert run_cli(["--nope"], b"x\n").returncode == 2
     broken = run_cli([], b"\xff\xfe\n")
     assert broken.returncode == 1 and b"not valid UTF-8" in broken.stderr
+
+
+def test_cli_applies_the_daemons_privacy_policy_from_its_config(tmp_path):
+    """`redact --config` redacts as the daemon with that file would: [privacy] drop and refuse."""
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[privacy]\ntagger = ""\ndrop = ["EMAIL"]\nrefuse = ["IBAN"]\n')
+    done = run_cli(["--config", str(config_file)], b"mail jane@example.com, card 4111-1111-1111-1111\n")
+    assert done.returncode == 0, done.stderr
+    assert b"jane@example.com" not in done.stdout and b"<EMAIL_1>" not in done.stdout  # dropped, no placeholder
+    assert b"<CARD_1>" in done.stdout
+    refused = run_cli(["--config", str(config_file)], b"iban DE89 3704 0044 0532 0130 00\n")
+    assert refused.returncode == 1 and b"IBAN" in refused.stderr
+    # the same file through the environment, as the daemon reads it
+    via_env = run_cli([], b"iban DE89 3704 0044 0532 0130 00\n", env={"EDGE_RUNTIME_CONFIG": str(config_file)})
+    assert via_env.returncode == 1 and b"IBAN" in via_env.stderr

@@ -14,6 +14,8 @@ import pytest
 import edge_runtime
 from edge_runtime.errors import InputError
 
+pytestmark = pytest.mark.kernels  # predictions, logits and CLI answers come through the kernels
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -55,11 +57,11 @@ def test_predict_gives_the_golden_labels_with_consistent_figures(model, small_bu
 
 
 def test_bucketed_batches_give_the_same_answers_as_single_requests(model):
-    from small_bundle import datasets_dir
+    from edge_runtime.datasets import read_jsonl
 
-    from edge_runtime.evaluation import read_jsonl
+    from support.small_bundle import datasets_dir
 
-    texts, _ = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl")
+    texts = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl").texts
     texts = texts[::37][:70]  # > max_batch: goes through length buckets
     batched = model.predict(texts)
     single = [model.predict([t])[0] for t in texts]
@@ -91,6 +93,21 @@ def test_logits_match_a_plain_onnxruntime_session(model, small_bundle):
     np.testing.assert_allclose(model.logits([text]), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_the_runtime_makes_entities_of_the_kernels_tuples():
+    from edge_runtime import postprocess
+    from edge_runtime.results import Entity
+
+    labels = ["O", "B-PER", "I-PER"]
+    logits = np.zeros((1, 4, 3), dtype=np.float32)
+    logits[0, [0, 1, 2, 3], [0, 1, 2, 0]] = 6.0  # O, B-PER, I-PER, O
+    offsets = np.array([[[0, 0], [0, 4], [5, 9], [0, 0]]], dtype=np.int64)
+    word_ids = np.array([[-1, 0, 1, -1]], dtype=np.int64)
+    score = np.exp(6.0) / (np.exp(6.0) + 2)
+    rows = postprocess.entities(logits, offsets, word_ids, labels)
+    assert rows == [[Entity(0, 9, "PER", pytest.approx(score))]]
+    assert type(rows[0][0].start) is int and type(rows[0][0].score) is float
+
+
 @pytest.mark.parametrize("bad, reason", [([""], "empty"), (["ok", "   "], "text 2: empty"), ([3], "string")])
 def test_bad_input_is_refused_with_a_reason(model, bad, reason):
     with pytest.raises(InputError, match=reason):
@@ -108,6 +125,26 @@ def test_cli_predict_json_from_arguments_and_stdin(bundle_home, small_bundle):
         assert row["decision"] in ("local", "escalate") and row["reason"]
     piped = cli("predict", "--json", home=bundle_home, stdin="\n".join(e["text"] for e in examples) + "\n\n")
     assert [json.loads(line)["label"] for line in piped.stdout.splitlines()] == [r["label"] for r in rows]
+
+
+def test_cli_predict_and_eval_route_as_the_daemon_with_the_same_config(bundle_home, small_bundle, tmp_path):
+    """The daemon's [routing] overrides apply to `predict` and `eval` given its --config (one composition
+    root): a confidence floor of 1.0 escalates everything."""
+    examples = golden(small_bundle)
+    config_file = tmp_path / "config.toml"
+    config_file.write_text("[routing]\nmin_confidence = 1.0\n")
+    texts = [e["text"] for e in examples]
+    plain = [json.loads(line) for line in cli("predict", "--json", *texts, home=bundle_home).stdout.splitlines()]
+    assert any(row["decision"] == "local" for row in plain)
+    done = cli("predict", "--json", "--config", str(config_file), *texts, home=bundle_home)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["label"] for r in rows] == [r["label"] for r in plain]
+    assert all(r["decision"] == "escalate" and r["reason"].startswith("min_confidence") for r in rows)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    evaluated = cli("eval", "--data", str(data), "--json", "--config", str(config_file), home=bundle_home)
+    assert json.loads(evaluated.stdout)["escalation_rate"] == 1.0
 
 
 def test_cli_eval_reports_the_figures_it_computes(bundle_home, small_bundle, tmp_path):

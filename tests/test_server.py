@@ -4,7 +4,6 @@ tritonclient."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -21,7 +20,12 @@ import pytest
 from edge_runtime import bundle, signing
 from edge_runtime.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO, free_port, mqtt_broker
+from support.daemon import Daemon
+from support.stores import store_with
+
+pytestmark = pytest.mark.kernels  # the daemon answers with what the kernels compute
+
 TEXTS = [
     "what is my checking account balance",
     "play the next song please",
@@ -30,84 +34,6 @@ TEXTS = [
     "roll a six sided die",
 ]
 MARKER = "zq-private-marker-7731"  # must never appear in the daemon's log
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def private_home(root: Path, bundle_dir: Path, key_path: Path) -> Path:
-    from conftest import _store_with
-
-    return _store_with(root, bundle_dir, key_path)
-
-
-class Daemon:
-    """`edge-runtime serve` in a subprocess; stdout+stderr go to a log file the test can read."""
-
-    def __init__(self, home: Path, *args: str, env: dict | None = None, log_dir: Path | None = None):
-        self.port = free_port()
-        self.log_path = (log_dir or home) / f"daemon-{self.port}.log"
-        environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-        environment.update(EDGE_RUNTIME_HOME=str(home), **(env or {}))
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "serve", "--port", str(self.port), *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            cwd=REPO,
-        )
-
-    def wait_ready(self, timeout: float = 120.0) -> Daemon:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited {self.process.returncode}: {self.log()}")
-            try:
-                if self.get("/v2/health/ready")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"daemon not ready: {self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 60.0):
-        """(status, headers, parsed JSON or raw bytes)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            if isinstance(body, (dict, list)):
-                body = json.dumps(body)
-                headers = {"Content-Type": "application/json", **(headers or {})}
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            data = response.read()
-            kind = response.getheader("Content-Type", "")
-            return response.status, dict(response.getheaders()), json.loads(data) if "json" in kind else data
-        finally:
-            connection.close()
-
-    def get(self, path: str):
-        return self.request("GET", path, timeout=5)
-
-    def post(self, path: str, body, headers=None):
-        return self.request("POST", path, body, headers)
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 def cli(*args, home: Path, env: dict | None = None):
@@ -134,7 +60,7 @@ def second_version(small_bundle: Path, build_key: Path, where: Path, version="0.
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, small_bundle, build_key):
     """One daemon shared by the read-mostly tests of this module (own store copy)."""
-    home = private_home(tmp_path_factory.mktemp("daemon-home"), small_bundle, build_key)
+    home = store_with(tmp_path_factory.mktemp("daemon-home"), small_bundle, build_key)
     socket_path = tmp_path_factory.mktemp("sock") / "edge.sock"
     running = Daemon(home, "--unix-socket", str(socket_path)).wait_ready()
     running.home, running.socket_path = home, socket_path
@@ -435,7 +361,7 @@ def test_slow_and_vanishing_clients_do_not_block_others(daemon):
 
 
 def test_a_client_that_never_sends_its_body_gets_408(tmp_path, small_bundle, build_key):
-    home = private_home(tmp_path / "home", small_bundle, build_key)
+    home = store_with(tmp_path / "home", small_bundle, build_key)
     running = Daemon(home, env={"EDGE_RUNTIME_SERVER_BODY_TIMEOUT_S": "0.5"}).wait_ready()
     try:
         sock = _raw(running.port)
@@ -453,7 +379,7 @@ def test_a_client_that_never_sends_its_body_gets_408(tmp_path, small_bundle, bui
 
 
 def test_full_queue_answers_503_with_retry_after(tmp_path, small_bundle, build_key):
-    home = private_home(tmp_path / "home", small_bundle, build_key)
+    home = store_with(tmp_path / "home", small_bundle, build_key)
     running = Daemon(home, env={"EDGE_RUNTIME_BATCHING_MAX_QUEUE": "64"}).wait_ready()
     try:
         statuses, lock = [], threading.Lock()
@@ -480,7 +406,7 @@ def test_full_queue_answers_503_with_retry_after(tmp_path, small_bundle, build_k
 
 
 def test_deadline_answers_504(tmp_path, small_bundle, build_key):
-    home = private_home(tmp_path / "home", small_bundle, build_key)
+    home = store_with(tmp_path / "home", small_bundle, build_key)
     running = Daemon(home, env={"EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "1"}).wait_ready()
     try:
         status, _, body = running.post("/v1/predict", {"texts": [TEXTS[i % 5] * 4 for i in range(64)]})
@@ -573,7 +499,7 @@ def daemon_home_factory(tmp_path, small_bundle, build_key):
     started = []
 
     def start(*args, env=None):
-        home = private_home(tmp_path / f"home{len(started)}", small_bundle, build_key)
+        home = store_with(tmp_path / f"home{len(started)}", small_bundle, build_key)
         running = Daemon(home, *args, env=env)
         started.append(running)
         return running.wait_ready()
@@ -631,7 +557,6 @@ def test_notifier_speaks_to_an_abstract_socket():
 
 
 def test_escalations_go_upstream_when_a_broker_is_configured(daemon_home_factory):
-    mqtt_broker = pytest.importorskip("mqtt_broker")
     if not mqtt_broker.available():
         pytest.skip("mosquitto is not installed")
     from edge_runtime.mqtt import BrokerConfig
@@ -674,11 +599,33 @@ def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
     assert done.returncode == 1 and "no active model" in done.stderr
 
 
+def test_a_classifier_named_as_the_tagger_is_a_warning_or_with_require_tagger_a_one_line_refusal(home, tmp_path):
+    not_a_tagger = "clinc-small is a text-classification model, not a token-classification tagger"
+    settings = tmp_path / "config.toml"
+    settings.write_text('[privacy]\ntagger = "clinc-small"\n')
+    running = Daemon(home, "--config", str(settings), log_dir=tmp_path).wait_ready()
+    try:
+        assert running.get("/v1/status")[2]["privacy"]["tagger"] is None
+        assert running.post("/v1/predict", {"text": TEXTS[0]})[0] == 200
+    finally:
+        assert running.stop() == 0
+    warnings = [json.loads(line) for line in running.log().splitlines() if not_a_tagger in line]
+    assert [(entry["level"], entry["msg"]) for entry in warnings] == [
+        ("warning", f"PII tagger clinc-small not loaded: {not_a_tagger}")
+    ], running.log()
+    assert "Traceback" not in running.log()
+
+    settings.write_text('[privacy]\ntagger = "clinc-small"\nrequire_tagger = true\n')
+    done = cli("serve", "--config", str(settings), "--port", str(free_port()), home=home)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"edge-runtime: {not_a_tagger}"], done.stderr
+
+
 def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, build_key, pii_tagger_bundle):
     """`make demo` starts the daemon before `build default` installs the tagger: a reload picks it up."""
     from edge_runtime.outbox import Outbox
 
-    home = private_home(tmp_path / "home", small_bundle, build_key)
+    home = store_with(tmp_path / "home", small_bundle, build_key)
     running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
     try:
         assert running.get("/v1/status")[2]["privacy"]["tagger"] is None
@@ -700,7 +647,7 @@ def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, 
     """The shipped config loads the PII tagger by name; escalations waiting in the outbox hold no name."""
     from edge_runtime.outbox import Outbox
 
-    home = private_home(tmp_path / "home", small_bundle, build_key)
+    home = store_with(tmp_path / "home", small_bundle, build_key)
     Store(home).install(pii_tagger_bundle)
     running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
     try:

@@ -8,7 +8,11 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_server import Daemon, private_home
+
+from support.daemon import Daemon
+from support.stores import store_with
+
+pytestmark = pytest.mark.kernels  # the daemon answers with what the kernels compute
 
 PATHS = [
     "/v1/predict",
@@ -83,7 +87,7 @@ headers = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def fuzz_daemon(tmp_path_factory, small_bundle, build_key):
-    home = private_home(tmp_path_factory.mktemp("fuzz-home"), small_bundle, build_key)
+    home = store_with(tmp_path_factory.mktemp("fuzz-home"), small_bundle, build_key)
     running = Daemon(home).wait_ready()
     yield running
     assert running.stop() == 0

@@ -10,9 +10,11 @@ import time
 
 import psutil
 import pytest
-from test_server import Daemon, private_home
 
-pytestmark = pytest.mark.slow
+from support.daemon import Daemon
+from support.stores import store_with
+
+pytestmark = [pytest.mark.slow, pytest.mark.kernels]  # the daemon answers with what the kernels compute
 
 TOTAL, WARM_UP, CLIENTS = 50_000, 5_000, 8
 WORDS = [
@@ -71,7 +73,7 @@ def one_request(rng: random.Random):
 
 
 def test_fifty_thousand_requests_keep_memory_flat(tmp_path, small_bundle, build_key):
-    home = private_home(tmp_path / "home", small_bundle, build_key)
+    home = store_with(tmp_path / "home", small_bundle, build_key)
     running = Daemon(home).wait_ready()
     process = psutil.Process(running.process.pid)
     counter = iter(range(TOTAL))

@@ -6,34 +6,32 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from bundle_factory import make_bundle, predict, trusted_signer
 
 from edge_runtime import bundle
 from edge_runtime.errors import BundleError, StoreError
-from edge_runtime.store import PAUSE_ENV, Store
+from edge_runtime.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+from support import paused_cli
+from support.bundle_factory import make_bundle, predict, trusted_signer
 
 
 @pytest.fixture
-def home(tmp_path):
+def empty_home(tmp_path):
+    """A fresh EDGE_RUNTIME_HOME (conftest's `home` holds the small bundle; these tests start from nothing)."""
     return tmp_path / "home"
 
 
 @pytest.fixture
-def key(home):
-    return trusted_signer(home)
+def key(empty_home):
+    return trusted_signer(empty_home)
 
 
 @pytest.fixture
-def store(home):
-    return Store(home)
+def store(empty_home):
+    return Store(empty_home)
 
 
 @pytest.fixture
@@ -259,16 +257,10 @@ def test_no_active_model(store):
 # --- crash safety -------------------------------------------------------------------------------
 
 
-def run_paused(home: Path, code: str, marker: Path) -> None:
-    """Run `code` in a child that pauses right before its commit; SIGKILL it there."""
-    env = {**os.environ, PAUSE_ENV: str(marker), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    script = f"from edge_runtime.store import Store; s = Store({str(home)!r}); {code}"
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert child.poll() is None, child.stderr.read().decode()
-        assert time.monotonic() < deadline, "child never reached the commit point"
-        time.sleep(0.05)
+def run_paused(home: Path, point: str, marker: Path, *args: str) -> None:
+    """Run `edge-runtime ARGS` on HOME in a child that pauses at the store's commit POINT; SIGKILL it there."""
+    env = {**os.environ, "EDGE_RUNTIME_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    child = paused_cli.run_until_paused(point, marker, *args, env=env)
     child.send_signal(signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL
 
@@ -278,8 +270,8 @@ def test_kill_during_activation_keeps_the_previous_model(store, make, tmp_path):
     store.install(make("2.0.0", 2))
     store.activate("tiny", "1.0.0")
     before = (store.models / "active.json").read_bytes()
-    run_paused(store.root, "s.activate('tiny', '2.0.0')", tmp_path / "paused")
-    assert (tmp_path / "paused").read_text() == "activate"
+    run_paused(store.root, "store-activate", tmp_path / "paused", "models", "activate", "tiny@2.0.0")
+    assert (tmp_path / "paused").read_text() == "store-activate"
     assert (store.models / "active.json").read_bytes() == before
     assert store.active() == ("tiny", "1.0.0")
     manifest = store.verify()
@@ -293,8 +285,8 @@ def test_kill_during_activation_keeps_the_previous_model(store, make, tmp_path):
 def test_kill_during_install_leaves_no_half_version(store, make, tmp_path):
     store.activate(store.install(make("1.0.0", 1)).name)
     source = make("2.0.0", 2)
-    run_paused(store.root, f"s.install({str(source)!r})", tmp_path / "paused")
-    assert (tmp_path / "paused").read_text() == "install"
+    run_paused(store.root, "store-install", tmp_path / "paused", "models", "install", str(source))
+    assert (tmp_path / "paused").read_text() == "store-install"
     assert any(name.startswith(".install-") for name in stray_dirs(store))  # the child's staging dir
     assert [m.ref for m in store.versions()] == ["tiny@1.0.0"]
     assert [r[:3] for r in store.verify_all()] == [("tiny", "1.0.0", True)]

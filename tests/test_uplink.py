@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-sys.path.insert(0, str(Path(__file__).parent))
-import mqtt_broker  # noqa: E402
+from edge_runtime import escalation
+from edge_runtime.mqtt import BrokerConfig, LinkError
+from edge_runtime.outbox import Outbox
+from edge_runtime.uplink import EscalationRejected, Uplink, UplinkOptions
+from edge_runtime.worker import Worker
 
-from edge_runtime import escalation  # noqa: E402
-from edge_runtime.mqtt import BrokerConfig, LinkError  # noqa: E402
-from edge_runtime.outbox import Outbox  # noqa: E402
-from edge_runtime.uplink import EscalationRejected, Uplink, UplinkOptions  # noqa: E402
-from edge_runtime.worker import Worker  # noqa: E402
+from support import REPO, mqtt_broker
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")]
-REPO = Path(__file__).resolve().parents[1]
 FAST = dict(backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
 
 

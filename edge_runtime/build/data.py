@@ -1,16 +1,9 @@
-"""Labelled JSONL ({"text", "label"} per line) and the label list."""
+"""The label list of a training split, labels as class indices, and a reproducible per-label subsample."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .. import datasets
 from ..datasets import Split
 from .errors import BuildError
-
-
-def read_jsonl(path: Path, need_labels: bool = True) -> Split:
-    return datasets.read_jsonl(path, need_labels, error=BuildError)
 
 
 def label_list(train: Split) -> list[str]:

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from .. import paths
+from ..datasets import read_jsonl
 from .classifier import build_classifier
 from .config import BuildConfig
-from .data import read_jsonl
 from .errors import BuildError
 from .finetune import FinetuneConfig
 from .local_key import local_signing_key

@@ -17,8 +17,9 @@ import random
 import re
 from dataclasses import dataclass
 
-KINDS = ("PERSON", "ADDRESS")
-TAGS = ["O", "B-PERSON", "I-PERSON", "B-ADDRESS", "I-ADDRESS"]
+from ..pii_tagger import KINDS
+
+TAGS = ["O"] + [f"{edge}-{kind}" for kind in KINDS for edge in "BI"]  # O, B-PERSON, I-PERSON, B-ADDRESS, ...
 LOCALES = (
     "en_US",
     "en_GB",

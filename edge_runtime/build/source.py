@@ -31,13 +31,6 @@ def check_model_dir(folder: Path) -> Path:
     return folder
 
 
-def resolve_source(spec: str) -> Path:
-    """`spec` is a folder, or `package:NAME` for a model shipped in a Python package."""
-    if spec.startswith("package:"):
-        return package_model_dir(spec.split(":", 1)[1])
-    return check_model_dir(Path(spec))
-
-
 def fingerprint(folder: Path) -> str:
     """Cheap identity of a model folder: names, sizes and mtimes of its files."""
     import hashlib

@@ -7,7 +7,7 @@ import time
 import click
 import numpy as np
 
-from .common import load_model, model_options
+from .common import load_device, model_options
 from .output import print_json_line
 
 SAMPLE_TEXTS = [
@@ -32,9 +32,9 @@ def _run(model, texts):
     "--requests", "n", type=click.IntRange(10, 100000), default=300, show_default=True, help="Batch-1 requests to time."
 )
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle, threads, allow_unsigned, n, as_json):
+def bench(config_file, bundle, threads, allow_unsigned, n, as_json):
     """Latency percentiles at batch 1 and throughput at batch 32 on this CPU."""
-    model = load_model(bundle, threads, allow_unsigned)
+    model = load_device(config_file, server={"threads": threads}).load_model(bundle, allow_unsigned=allow_unsigned)
     for text in SAMPLE_TEXTS:
         _run(model, [text])  # warm-up: first runs allocate the arena
     latencies = []

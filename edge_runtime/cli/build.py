@@ -156,8 +156,8 @@ def build(ctx):
 def classifier(train, val, head, epochs, encoder_lr, head_lr, seed, max_drop, oos_label, as_json, **common):
     """Text classifier: encoder + linear head folded into one INT8 graph that outputs logits."""
     from ..build.classifier import build_classifier
-    from ..build.data import read_jsonl
     from ..build.finetune import FinetuneConfig
+    from ..datasets import read_jsonl
 
     config = _config(
         **common,
@@ -189,8 +189,8 @@ def classifier(train, val, head, epochs, encoder_lr, head_lr, seed, max_drop, oo
 @click.option("--min-cosine", type=float, default=0.98, show_default=True, help="Mean cosine INT8 vs fp32.")
 def embedder(texts, min_cosine, as_json, **common):
     """Sentence embedder: the encoder in INT8; the runtime mean-pools and normalises."""
-    from ..build.data import read_jsonl
     from ..build.embedder import build_embedder
+    from ..datasets import read_jsonl
 
     config = _config(**common, min_cosine=min_cosine)
     result = build_embedder(config, read_jsonl(Path(texts), need_labels=False).texts, _progress(as_json))

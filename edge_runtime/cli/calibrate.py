@@ -8,8 +8,6 @@ how it pools its probabilities with DEVICE's top-k for the cases DEVICE escalate
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
@@ -27,39 +25,19 @@ def _signing_key(key: str | None):
     return signing.load_private_key(path)
 
 
-def _copy_bundle(source: Path, dest: Path) -> None:
-    from ..bundle import MANIFEST, SIGNATURE
-
-    shutil.copytree(
-        source,
-        dest,
-        ignore=lambda d, names: [n for n in names if n in (MANIFEST, SIGNATURE)] if Path(d) == source else [],
-    )
-
-
-def write_version(model, manifest: dict, private_key, out: Path | None, install: bool):
-    """Copy the bundle, finalize the new manifest and sign it; install it into the store or move it to `out`."""
-    from ..bundle import finalize
+def write_version(model, manifest: dict, private_key, out: Path | None, install: bool) -> Path:
+    """The new version, installed into the store (not activated) or written to `out`."""
+    from ..bundle import write_new_version
     from ..store import Store
 
-    parent = Path(out).resolve().parent if out else None
-    if out and Path(out).exists():
+    if install:
+        return Store().install_new_version(model.path, manifest, private_key).path
+    if out.exists():
         raise click.UsageError(f"{out} already exists")
-    if parent:
-        parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=parent)) / "bundle"
-    try:
-        _copy_bundle(model.path, staging)
-        finalize(staging, manifest, private_key=private_key)
-        if install:
-            return Store().install(staging).path
-        staging.rename(out)
-        return Path(out)
-    finally:
-        shutil.rmtree(staging.parent, ignore_errors=True)
+    return write_new_version(model.path, manifest, out, private_key)
 
 
-def plot(result, scores, correct, path: Path) -> None:
+def plot(result, path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -69,7 +47,7 @@ def plot(result, scores, correct, path: Path) -> None:
 
     from ..calibration import curve
 
-    coverage, risk = curve(scores, correct)
+    coverage, risk = curve(result.scores, result.correct)
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(coverage, risk, label="device (calibrated)")
     axis.axvline(
@@ -178,12 +156,10 @@ def calibrate(
 
     With --device: fit how the upstream BUNDLE combines its probabilities with DEVICE's top-k on the examples
     DEVICE escalates (`edge-runtime eval --upstream-mode combined`, and the upstream worker, use it)."""
-    import numpy as np
-
     from ..calibration import calibrate as fit
     from ..calibration import calibrated_manifest
-    from ..evaluation import read_jsonl
-    from .common import load_model
+    from ..datasets import read_jsonl
+    from .common import load_device
 
     if device:
         if target_escalation is not None or target_accuracy is not None or plot_path:
@@ -194,8 +170,9 @@ def calibrate(
     if out and install:
         raise click.UsageError("--out and --install exclude each other")
     private_key = _signing_key(key) if (out or install) else None
-    texts, gold = read_jsonl(data)
-    model = load_model(bundle, threads, allow_unsigned)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
+    model = load_device(server={"threads": threads}).load_model(bundle, allow_unsigned=allow_unsigned)
     if model.task != "text-classification":
         raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are calibrated")
     logits = model.logits(texts)
@@ -216,14 +193,7 @@ def calibrate(
     if out or install:
         written = write_version(model, new_manifest, private_key, Path(out) if out else None, install)
     if plot_path:
-        from ..calibration import softmax
-
-        probs = softmax(logits, result.temperature)
-        index = {label: i for i, label in enumerate(model.labels)}
-        predicted = probs.argmax(axis=1)
-        if result.reject_threshold is not None:
-            predicted = np.where(probs.max(axis=1) < result.reject_threshold, index[result.reject_label], predicted)
-        plot(result, probs.max(axis=1), predicted == np.array([index[g] for g in gold]), Path(plot_path))
+        plot(result, Path(plot_path))
     new_ref = f"{new_manifest['name']}@{new_manifest['version']}"
     if as_json:
         print_json_line(
@@ -247,19 +217,21 @@ def calibrate(
 def _combination(bundle, device, data, oos_label, key, out, install, threads, allow_unsigned, as_json):
     """calibrate --device: fit BUNDLE's postprocess.combine for DEVICE's escalations, write a new version."""
     from ..combine import combined_manifest, fit_combination
-    from ..evaluation import read_jsonl
-    from .common import load_model, router_for
+    from ..datasets import read_jsonl
+    from .common import load_device
 
     if out and install:
         raise click.UsageError("--out and --install exclude each other")
     private_key = _signing_key(key) if (out or install) else None
-    texts, gold = read_jsonl(data)
-    small = load_model(device, threads, allow_unsigned)
-    big = load_model(bundle, threads, allow_unsigned)
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
+    built = load_device(server={"threads": threads})
+    small = built.load_model(device, allow_unsigned=allow_unsigned)
+    big = built.load_model(bundle, allow_unsigned=allow_unsigned)
     for model in (small, big):
         if model.task != "text-classification":
             raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are combined")
-    predictions = router_for(small).route_all(small.predict(texts))
+    predictions = built.pipeline(small).route(texts)  # what the device escalates
     escalated = [p.decision == "escalate" for p in predictions]
     result = fit_combination(
         [p.top_k for p in predictions],

@@ -9,6 +9,7 @@ import click
 
 
 def model_options(func):
+    @config_option
     @click.option(
         "--bundle",
         "-b",
@@ -18,9 +19,7 @@ def model_options(func):
     @click.option(
         "--threads",
         type=click.IntRange(0, 256),
-        default=0,
-        show_default=True,
-        help="onnxruntime intra-op threads (0: one per core).",
+        help="onnxruntime intra-op threads (0: one per core) [config server.threads].",
     )
     @click.option("--allow-unsigned", is_flag=True, help="Developers only: accept an unsigned bundle.")
     @functools.wraps(func)
@@ -30,16 +29,52 @@ def model_options(func):
     return wrapper
 
 
-def load_model(bundle: str | None, threads: int = 0, allow_unsigned: bool = False, **options):
-    from ..model import load
+LOCAL_BROKER = "mqtt://127.0.0.1:1883"  # the fleet tools' broker when none is configured
 
-    return load(bundle, threads=threads, allow_unsigned=allow_unsigned, **options)
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="TOML config, the daemon's (default: $EDGE_RUNTIME_CONFIG, else /etc/edge-runtime/config.toml if it exists).",
+)
 
 
-def router_for(model):
-    from ..router import Router, RoutingPolicy
+def load_device(config_file: str | None = None, **sections):
+    """The device of the config file, the environment and these command-line settings ({section: {key:
+    value}}; None values are not set), in that order of precedence: what the daemon would build."""
+    from ..device import Device
 
-    return Router(RoutingPolicy.from_dict(model.manifest.raw.get("routing")))
+    return Device.from_config(config_file, cli=sections)
+
+
+def broker_options(func):
+    """--config and the broker settings, one spelling in every command that talks to a broker. They are the
+    config's [uplink] keys (env EDGE_RUNTIME_UPLINK_<KEY>); the command gets them as `uplink` for
+    `load_device`. TLS is on for mqtts:// and whenever a CA or a client certificate is given."""
+    options = [
+        config_option,
+        click.option("--broker", metavar="URL", help="mqtt://host:port or mqtts://host:port [config uplink.broker]."),
+        click.option(
+            "--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA that signed the broker's certificate."
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Client certificate (CN = ACL user).",
+        ),
+        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The client certificate's key."),
+        click.option("--username", help="MQTT username (the password comes from $EDGE_RUNTIME_MQTT_PASSWORD)."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, broker, tls_ca, tls_cert, tls_key, username, **kwargs):
+        uplink = {"broker": broker, "ca_file": tls_ca, "cert_file": tls_cert, "key_file": tls_key, "username": username}
+        return func(*args, uplink=uplink, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def read_texts(texts: tuple[str, ...]) -> list[str]:

@@ -5,52 +5,12 @@ from __future__ import annotations
 
 import click
 
-from ..evaluation import DEFAULT_DEVICE_COST, DEFAULT_UPSTREAM_COST, per_class, read_jsonl, routed_figures
-from .common import load_model, model_options, percent, router_for
+from ..datasets import read_jsonl
+from ..evaluation import DEFAULT_DEVICE_COST, DEFAULT_UPSTREAM_COST, hybrid_evaluation, per_class, routed_figures
+from .common import load_device, model_options, percent
 from .output import print_json_line
 
 ROWS = ("accuracy", "in_scope_accuracy", "oos_recall", "escalation_rate", "kept_accuracy")
-
-
-def _upstream_labels(big, texts, predictions, mode: str) -> list[str]:
-    if mode == "plain":
-        return [p.label for p in big.predict(texts)]
-    if mode == "combined":
-        from ..combine import Combination, combine_many
-
-        answers, _ = combine_many(
-            Combination.from_manifest(big.manifest.raw), [p.top_k for p in predictions], big.logits(texts), big.labels
-        )
-        return answers
-    from ..evaluation import candidate_labels
-
-    return candidate_labels(big, texts, predictions)
-
-
-def _hybrid(model, big, texts, gold, predictions, oos_label, device_cost, upstream_cost, mode):
-    from ..evaluation import hybrid_figures, payload_sizes
-
-    escalated = [p.decision == "escalate" for p in predictions]
-    upstream = _upstream_labels(big, texts, predictions, mode)
-    bundle = (model.name, model.version)
-    sent = [i for i, e in enumerate(escalated) if e]
-    escalated_bytes = sum(payload_sizes([texts[i] for i in sent], [predictions[i] for i in sent], bundle=bundle))
-    all_bytes = sum(payload_sizes(texts, None, bundle=bundle))
-    figures = hybrid_figures(
-        gold,
-        [p.label for p in predictions],
-        escalated,
-        upstream,
-        escalated_bytes=escalated_bytes,
-        all_bytes=all_bytes,
-        device_cost=device_cost,
-        upstream_cost=upstream_cost,
-        oos_label=oos_label,
-    )
-    figures["upstream"] = f"{big.name}@{big.version}"
-    figures["upstream_mode"] = mode
-    final = [u if e else p.label for p, u, e in zip(predictions, upstream, escalated)]
-    return figures, final
 
 
 def _print_hybrid(figures) -> None:
@@ -113,6 +73,7 @@ def _print_hybrid(figures) -> None:
 @click.option("--per-class", "show_per_class", is_flag=True, help="Include the per-class report.")
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(
+    config_file,
     bundle,
     threads,
     allow_unsigned,
@@ -126,22 +87,16 @@ def evaluate(
     as_json,
 ):
     """Evaluate a bundle (and, with --upstream, the device + upstream hybrid) on labelled data."""
-    texts, gold = read_jsonl(data)
-    model = load_model(bundle, threads, allow_unsigned)
-    predictions = router_for(model).route_all(model.predict(texts))
+    split = read_jsonl(data)
+    texts, gold = split.texts, split.labels
+    device = load_device(config_file, server={"threads": threads})
+    model = device.load_model(bundle, allow_unsigned=allow_unsigned)
+    predictions = device.pipeline(model).route(texts)  # the daemon's routing, [routing] overrides included
     local = final = [p.label for p in predictions]
     if upstream:
-        big = load_model(upstream, threads, allow_unsigned)
-        if upstream_mode == "combined":
-            from ..combine import Combination
-
-            if Combination.from_manifest(big.manifest.raw) is None:
-                raise click.ClickException(
-                    f"{big.name}@{big.version} has no postprocess.combine section: fit one with "
-                    f"`edge-runtime calibrate --bundle {upstream} --device DEVICE --data VAL.jsonl --out DIR`"
-                )
-        figures, final = _hybrid(
-            model, big, texts, gold, predictions, oos_label, device_cost, upstream_cost, upstream_mode
+        big = device.load_model(upstream, allow_unsigned=allow_unsigned)
+        figures, final = hybrid_evaluation(
+            model, big, texts, gold, predictions, upstream_mode, oos_label, device_cost, upstream_cost
         )
     else:
         figures = routed_figures(gold, local, [p.decision == "escalate" for p in predictions], None, oos_label)

@@ -12,32 +12,26 @@ from pathlib import Path
 
 import click
 
+from .common import LOCAL_BROKER, broker_options, load_device
 from .output import json_option, print_json, print_table
 
 
-def broker_options(func):
-    @click.option(
-        "--broker",
-        envvar="EDGE_RUNTIME_BROKER",
-        default="mqtt://127.0.0.1:1883",
-        show_default=True,
-        help="mqtt://host:port or mqtts://host:port (env EDGE_RUNTIME_BROKER).",
-    )
-    @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA of the broker's certificate.")
-    @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (CN fleet).")
-    @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key.")
+def fleet_options(func):
+    """The broker options every command shares (cli/common.py), defaulting to a local broker, and the
+    fleet directory."""
+
+    @broker_options
     @click.option(
         "--fleet-dir",
         type=click.Path(file_okay=False, path_type=Path),
         help="Releases and rollouts (default: $EDGE_RUNTIME_HOME/fleet).",
     )
     @functools.wraps(func)
-    def wrapper(*args, broker, tls_ca, tls_cert, tls_key, fleet_dir, **kwargs):
+    def wrapper(*args, config_file, uplink, fleet_dir, **kwargs):
         from ..fleet.fleetdir import FleetDir
-        from ..mqtt import BrokerConfig
 
-        config = BrokerConfig.from_url(broker, ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key)
-        return func(*args, broker=config, fleet=FleetDir(fleet_dir), **kwargs)
+        broker = load_device(config_file, uplink=uplink).broker(default_url=LOCAL_BROKER)
+        return func(*args, broker=broker, fleet=FleetDir(fleet_dir), **kwargs)
 
     return wrapper
 
@@ -151,7 +145,7 @@ def create(archive, groups, expires, key_files, number, chunk_size, out, as_json
     help="Seconds to collect device reports before choosing canaries.",
 )
 @key_option
-@broker_options
+@fleet_options
 @json_option
 def publish(release_file, group, canary_pct, archive, discover_s, key_files, broker, fleet, as_json):
     """Publish RELEASE_FILE as the group's desired state (retained)."""
@@ -172,7 +166,7 @@ def publish(release_file, group, canary_pct, archive, discover_s, key_files, bro
 @click.option("--group", required=True)
 @click.option("--force", is_flag=True, help="Promote even if not every canary has committed.")
 @key_option
-@broker_options
+@fleet_options
 @json_option
 def promote(group, force, key_files, broker, fleet, as_json):
     """Send the canaries' release to the whole group (only once every canary committed)."""
@@ -183,7 +177,7 @@ def promote(group, force, key_files, broker, fleet, as_json):
 @click.option("--group", required=True)
 @click.option("--reason", default="halted by operator", show_default=True)
 @key_option
-@broker_options
+@fleet_options
 @json_option
 def halt(group, reason, key_files, broker, fleet, as_json):
     """Stop the group's rollout: devices that have not started do not start."""
@@ -194,7 +188,7 @@ def halt(group, reason, key_files, broker, fleet, as_json):
 @click.option("--group", required=True)
 @click.option("--reason", default="rolled back by operator", show_default=True)
 @key_option
-@broker_options
+@fleet_options
 @json_option
 def rollback(group, reason, key_files, broker, fleet, as_json):
     """Devices running the group's release roll back to their previous model."""
@@ -218,7 +212,7 @@ def _age(now: float, stamp) -> str:
     show_default=True,
     help="Seconds to collect the devices' retained reports.",
 )
-@broker_options
+@fleet_options
 @json_option
 def status(group, wait_s, broker, fleet, as_json):
     """Devices (active/previous model, update phase, last seen, escalation rate) and rollouts."""
@@ -270,7 +264,7 @@ def status(group, wait_s, broker, fleet, as_json):
 @click.option("--auto-promote", is_flag=True, help="Promote a canary rollout as soon as every canary committed.")
 @click.option("--no-auto-halt", is_flag=True, help="Do not halt a rollout when a canary fails.")
 @key_option
-@broker_options
+@fleet_options
 def serve(auto_promote, no_auto_halt, key_files, broker, fleet):
     """Answer devices' chunk requests and watch their reports until SIGTERM/SIGINT."""
     import logging

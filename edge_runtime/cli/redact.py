@@ -1,4 +1,5 @@
-"""`edge-runtime redact`: personal data out of stdin lines, one output line per input line."""
+"""`edge-runtime redact`: personal data out of stdin lines, one output line per input line, under the same
+[privacy] policy and tagger as the daemon (`--config`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import sys
 import click
 
 from ..errors import InputError
-from ..pii_tagger import DEFAULT_BUNDLE, find_spans, load_tagger
+from ..pii_tagger import find_spans
 from ..redaction import ACTIONS, KINDS
 from ..redaction import redact as redact_text
+from .common import config_option, load_device
+
+KIND = click.Choice(KINDS, case_sensitive=False)
 
 
-def _policy(values: tuple[str, ...]) -> dict[str, str]:
-    policy = {}
+def _old_policy(values: tuple[str, ...], refuse: list[str], drop: list[str]) -> None:
+    """--policy KIND=ACTION, the spelling of earlier releases, into --refuse / --drop."""
+    if values:
+        click.echo("warning: --policy is deprecated and goes after this release: use --refuse / --drop KIND", err=True)
     for item in values:
         kind, _, action = item.partition("=")
         kind = kind.strip().upper()
@@ -23,49 +29,40 @@ def _policy(values: tuple[str, ...]) -> dict[str, str]:
                 f"{item!r}: want KIND=ACTION, KIND one of {', '.join(KINDS)}, ACTION one of {', '.join(ACTIONS)}",
                 param_hint="--policy",
             )
-        policy[kind] = action
-    return policy
+        {"refuse": refuse, "drop": drop}.get(action, []).append(kind)
 
 
 @click.command("redact")
+@config_option
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
     help='One JSON object per line: {"text": redacted, "spans": [{"start","end","kind"}]}.',
 )
+@click.option("--refuse", multiple=True, type=KIND, help="Refuse texts holding this kind [config privacy.refuse].")
+@click.option("--drop", multiple=True, type=KIND, help="Remove this kind without a placeholder [config privacy.drop].")
+@click.option("--policy", "policy_items", multiple=True, hidden=True)
 @click.option(
-    "--policy",
-    "policy_items",
-    multiple=True,
-    metavar="KIND=ACTION",
-    help="redact (default), drop or refuse a kind, e.g. --policy CARD=refuse. Repeatable.",
-)
-@click.option(
-    "--tagger",
-    metavar="NAME|PATH",
-    default=None,
-    help=f"PII tagger bundle for names and addresses [default: {DEFAULT_BUNDLE} if installed].",
+    "--tagger", metavar="NAME|PATH", help="PII tagger bundle for names and addresses [config privacy.tagger]."
 )
 @click.option("--no-tagger", is_flag=True, help="The regex scanner only (no names, no addresses).")
-def redact(as_json: bool, policy_items: tuple[str, ...], tagger: str | None, no_tagger: bool) -> None:
+def redact(config_file, as_json, refuse, drop, policy_items, tagger, no_tagger) -> None:
     """Redact personal data from stdin lines (spans in --json are offsets in the original line)."""
-    policy = _policy(policy_items)
-    found = None if no_tagger else load_tagger(tagger or DEFAULT_BUNDLE, required=tagger is not None)
-    if found is None and not no_tagger:
-        click.echo(
-            f"note: no PII tagger ({DEFAULT_BUNDLE} is not installed): names and addresses are not "
-            "redacted; build it with `edge-runtime build pii-tagger`",
-            err=True,
-        )
+    refuse, drop = [kind.upper() for kind in refuse], [kind.upper() for kind in drop]
+    _old_policy(policy_items, refuse, drop)
+    device = load_device(
+        config_file, privacy={"refuse": refuse or None, "drop": drop or None, "tagger": "" if no_tagger else tagger}
+    )
+    egress = device.egress(tagger=device.tagger(required=tagger is not None), audit=False)
     out = sys.stdout
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as error:
             raise InputError(f"stdin line {number} is not valid UTF-8 ({error.reason})") from None
-        spans = find_spans(line, found) if line.strip() else []
-        result = redact_text(line, spans, policy)
+        spans = find_spans(line, egress.tagger) if line.strip() else []
+        result = redact_text(line, spans, egress.policy)
         if as_json:
             record = {"text": result.text, "spans": [{"start": s, "end": e, "kind": kind} for s, e, kind in spans]}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .common import LOCAL_BROKER, broker_options, load_device
 from .output import json_option, print_fields, print_json
 
 
@@ -17,12 +18,9 @@ def update():
 
 
 @update.command()
-@click.option("--broker", envvar="EDGE_RUNTIME_BROKER", default="mqtt://127.0.0.1:1883", show_default=True)
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False))
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Device certificate (CN = device id).")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
-@click.option("--device-id", envvar="EDGE_RUNTIME_DEVICE_ID", required=True, help="Env EDGE_RUNTIME_DEVICE_ID.")
-@click.option("--group", envvar="EDGE_RUNTIME_DEVICE_GROUP", required=True, help="Env EDGE_RUNTIME_DEVICE_GROUP.")
+@broker_options
+@click.option("--device-id", help="This device's id [config uplink.device_id; default: the host name].")
+@click.option("--group", help="The fleet group it takes updates for [config update.group].")
 @click.option(
     "--threshold",
     type=click.IntRange(1, 16),
@@ -60,10 +58,8 @@ def update():
 @click.option("--chunk-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True)
 @click.option("--heartbeat", type=click.FloatRange(1), default=30.0, show_default=True)
 def run(
-    broker,
-    tls_ca,
-    tls_cert,
-    tls_key,
+    config_file,
+    uplink,
     device_id,
     group,
     threshold,
@@ -81,21 +77,22 @@ def run(
     import logging
 
     from .. import paths
-    from ..escalation import check_device_id
     from ..fleet.agent import Agent, AgentConfig
     from ..fleet.fetch import FetchConfig
     from ..fleet.probation import ProbationConfig
-    from ..mqtt import BrokerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    check_device_id(device_id)
+    device = load_device(config_file, uplink={**uplink, "device_id": device_id}, update={"group": group})
+    group = device.config["update"]["group"]
+    if not group:
+        raise click.UsageError("no group: pass --group GROUP (or set update.group in --config)")
     config = AgentConfig(
-        device_id=device_id,
+        device_id=device.device_id,
         group=group,
         root=paths.home(),
         download_dir=download_dir,
         daemon_url=daemon_url,
-        broker=BrokerConfig.from_url(broker, ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key),
+        broker=device.broker(default_url=LOCAL_BROKER),
         threshold=threshold,
         latency_budget_ms=latency_budget_ms,
         heartbeat_s=heartbeat,

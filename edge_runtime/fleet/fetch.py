@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from . import protocol
 from .chunks import BadChunk, Download
 from .errors import ChunkError
-from .state import pause_point
 
 
 @dataclass
@@ -38,7 +37,6 @@ def fetch(
     inflight: dict[int, float] = {}
     deadline = time.monotonic() + config.deadline_s
     sha = download.release.sha256
-    paused = False
     while download.missing():
         now = time.monotonic()
         if now > deadline:
@@ -82,7 +80,4 @@ def fetch(
         counters["received"] += 1
         if on_progress:
             on_progress(len(download.done), download.total)
-        if not paused and download.missing():
-            paused = True
-            pause_point("chunk")
     return counters

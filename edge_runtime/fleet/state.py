@@ -10,7 +10,6 @@ runs it again (see agent.Agent.resume).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,20 +31,6 @@ PHASES = (
 )
 TERMINAL = ("idle", "committed", "rolled_back", "failed")
 BEFORE_ACTIVATION = ("downloading", "verifying", "staged", "selftest")
-# Test hook: "PHASE:MARKER" pauses (writes MARKER, sleeps) right after PHASE is persisted, so a test can
-# SIGKILL the agent there. PHASE may also be "chunk": after the first chunk of a download is stored.
-PAUSE_ENV = "EDGE_RUNTIME_TEST_FLEET_PAUSE"
-
-
-def pause_point(name: str) -> None:
-    wanted = os.environ.get(PAUSE_ENV, "")
-    point, _, marker = wanted.partition(":")
-    if not marker or point != name:
-        return
-    Path(marker).write_text(name)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def state_path(root: Path | None = None) -> Path:
@@ -93,8 +78,7 @@ class UpdateState:
         atomic_write_json(self.path, self.data)
 
     def transition(self, phase: str, **changes) -> None:
-        """Persist the new phase (and any fields) atomically, then hit the test pause point."""
+        """Persist the new phase (and any fields) atomically."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase}")
         self.save(phase=phase, **changes)
-        pause_point(phase)

@@ -76,5 +76,15 @@ class Metrics:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
 
+    @staticmethod
+    def totals(counter: Counter) -> dict[str, float]:
+        """{label value: count} of a one-label counter (what /v1/status shows of it)."""
+        return {
+            sample.labels[counter._labelnames[0]]: sample.value
+            for metric in counter.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,23 +6,15 @@ It owns the long-lived parts (outbox, uplink, egress, batcher, hot swap, metrics
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
-import socket
 import time
 from dataclasses import replace
 
-from .. import __version__, kernels, paths
-from ..audit import AuditLog
-from ..config import privacy_policy, routing_overrides
-from ..egress import Egress
+from .. import __version__, kernels
+from ..device import Device
 from ..errors import EdgeRuntimeError
-from ..outbox import Outbox
-from ..pii_tagger import load_tagger
-from ..pipeline import Pipeline
 from ..results import DEFERRED
-from ..router import Router, RoutingPolicy
 from .batching import Batcher, QueueFull, Stopped
 from .errors import RequestError
 from .metrics import Metrics
@@ -32,33 +24,17 @@ log = logging.getLogger(__name__)
 
 
 class Service:
-    def __init__(self, config):
+    def __init__(self, config, device: Device | None = None):
         self.config = config
+        self.device = device or Device(config)
         self.started = time.time()
         self.metrics = Metrics()
-        self.counters: collections.Counter = collections.Counter()  # texts answered, by decision
-        self.rejected: collections.Counter = collections.Counter()  # requests refused, by reason
         self.draining = False
-        self.outbox = Outbox(paths.state_dir() / "outbox.sqlite")
-        privacy = config["privacy"]
-        self.egress = Egress(
-            privacy_policy(config),
-            audit=AuditLog(paths.state_dir() / "audit.jsonl"),
-            tagger=load_tagger(privacy["tagger"], required=privacy["require_tagger"]),
-        )
-        if privacy["tagger"] and self.egress.tagger is None:
-            log.warning(
-                "PII tagger %s is not installed: names and addresses in escalations are not redacted "
-                "(edge-runtime build pii-tagger)",
-                privacy["tagger"],
-            )
-        uplink_config = config["uplink"]
-        self.device_id = uplink_config["device_id"] or socket.gethostname()
-        self.uplink = None
+        # The long-lived parts first, then the engine: every engine's pipeline gets the same ones.
+        self.outbox = self.device.outbox()
+        self.egress = self.device.egress(tagger=self.device.tagger())
+        self.uplink = self.device.uplink(self.outbox)
         self.swap = HotSwap(self._load_engine, self._active, on_swap=self._on_swap)
-        if uplink_config["broker"]:
-            self.uplink = _make_uplink(uplink_config, self.device_id, self.outbox, self.swap.current)
-            self.swap.current.pipeline.uplink = self.uplink
         self._on_swap(self.swap.current)
         batching = config["batching"]
         self.batcher = Batcher(
@@ -77,25 +53,13 @@ class Service:
         return Store().active()
 
     def _load_engine(self) -> Engine:
-        from ..model import load
-
-        model = load(None, threads=self.config["server"]["threads"], max_batch=self.config["batching"]["max_batch"])
-        policy = RoutingPolicy.from_dict(model.manifest.raw.get("routing"), routing_overrides(self.config))
-        pipeline = Pipeline(
-            model,
-            Router(policy),
-            egress=self.egress,
-            uplink=getattr(self, "uplink", None),
-            outbox=self.outbox,
-            device_id=self.device_id,
-            deadline_s=self.config["uplink"]["deadline_ms"] / 1000.0,
-        )
-        return Engine(pipeline)
+        model = self.device.load_model(max_batch=self.config["batching"]["max_batch"])
+        return Engine(self.device.pipeline(model, egress=self.egress, outbox=self.outbox, uplink=self.uplink))
 
     def _on_swap(self, engine: Engine) -> None:
         self.metrics.set_model(engine.name, engine.version, engine.release)
         if self.uplink is not None:
-            self.uplink.bundle = (engine.name, engine.version)
+            self.uplink.bundle = (engine.name, engine.version)  # what the escalations say they came from
 
     def _wire_gauges(self) -> None:
         m = self.metrics
@@ -137,7 +101,7 @@ class Service:
             return current  # still not installed: keep what there is
         if current is not None and current.model.path == wanted:
             return current
-        tagger = load_tagger(ref)
+        tagger = self.device.tagger(required=False)  # a bad new tagger must not stop the serving one
         if tagger is not None:
             self.egress.tagger = tagger  # one attribute store: the next escalation uses it
             log.info("PII tagger %s loaded", tagger.name)
@@ -152,7 +116,6 @@ class Service:
             future = self.batcher.submit(texts, deadline)
         except QueueFull as full:
             self.metrics.rejected.labels("queue_full").inc()
-            self.rejected["queue_full"] += 1
             raise RequestError(
                 503, "busy: the request queue is full, retry later", retry_after=full.retry_after_s
             ) from None
@@ -162,12 +125,10 @@ class Service:
             outcomes = await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             self.metrics.rejected.labels("deadline").inc()
-            self.rejected["deadline"] += 1
             raise RequestError(504, f"deadline exceeded: no answer within {timeout * 1000:g} ms") from None
         predictions = [await self._resolve(outcome, deadline) for outcome in outcomes]
         for prediction in predictions:
             self.metrics.predictions.labels(prediction.decision).inc()
-            self.counters[prediction.decision] += 1
         return outcomes[0].engine, predictions
 
     async def _resolve(self, outcome, deadline: float):
@@ -213,8 +174,8 @@ class Service:
                 "batches": self.batcher.batches,
             },
             "counters": {
-                "predictions": dict(self.counters),
-                "rejected": dict(self.rejected),
+                "predictions": self.metrics.totals(self.metrics.predictions),
+                "rejected": self.metrics.totals(self.metrics.rejected),
                 "reloads": self.swap.reloads,
             },
             "kernels": kernels.IMPLEMENTATION,
@@ -222,8 +183,8 @@ class Service:
             "uplink": None
             if self.uplink is None
             else {
-                "device_id": self.device_id,
-                "connected": self.uplink.link.connected.is_set(),
+                "device_id": self.uplink.device_id,
+                "connected": self.uplink.connected,
                 "stats": dict(self.uplink.stats),
             },
             "outbox": {"pending": summary["pending"], "answered": summary["answered"], "dead": summary["dead"]},
@@ -232,19 +193,3 @@ class Service:
                 "policy": self.egress.policy,
             },
         }
-
-
-def _make_uplink(uplink_config: dict, device_id: str, outbox: Outbox, engine: Engine):
-    from ..mqtt import BrokerConfig
-    from ..uplink import Uplink
-
-    broker = BrokerConfig.from_url(
-        uplink_config["broker"],
-        ca_file=uplink_config["ca_file"] or None,
-        cert_file=uplink_config["cert_file"] or None,
-        key_file=uplink_config["key_file"] or None,
-        username=uplink_config["username"] or None,
-        password=os.environ.get("EDGE_RUNTIME_MQTT_PASSWORD"),
-        tls=True if (uplink_config["ca_file"] or uplink_config["cert_file"]) else None,
-    )
-    return Uplink(device_id, broker, outbox, bundle=(engine.name, engine.version))

@@ -10,11 +10,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 from ..pipeline import Pipeline
-from ..results import ESCALATE
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +40,9 @@ class Engine:
         self.model.predict(WARM_UP)  # the first runs allocate onnxruntime's arena
 
     def run(self, texts: list[str]) -> list[Outcome]:
-        predictions = self.pipeline.router.route_all(self.model.predict(texts))
-        if not any(p.decision == ESCALATE for p in predictions):
-            return [Outcome(p, None, self) for p in predictions]
-        outbox = self.pipeline.outbox
-        # offline, the whole batch's escalations go into the outbox in one commit (one fsync)
-        grouped = outbox.transaction() if outbox is not None and self.pipeline.uplink is None else nullcontext()
-        outcomes = []
-        with grouped:
-            for text, prediction in zip(texts, predictions):
-                pending = None
-                if prediction.decision == ESCALATE:
-                    # Pipeline.predict would block this thread up to the uplink deadline; the
-                    # handler awaits the answer instead, so the batcher keeps running.
-                    prediction, pending = self.pipeline.send(text, prediction)
-                outcomes.append(Outcome(prediction, pending, self))
-        return outcomes
+        # dispatch, not predict: the handler awaits each upstream answer, so the batcher thread never
+        # blocks on the uplink's deadline
+        return [Outcome(prediction, pending, self) for prediction, pending in self.pipeline.dispatch(texts)]
 
 
 class HotSwap:

@@ -609,16 +609,6 @@ def _jwt(b, s, e):
     )
 
 
-def _char_class(c):
-    if _lower(c):
-        return 0
-    if _upper(c):
-        return 1
-    if _digit(c):
-        return 2
-    return 3
-
-
 def _high_entropy(b, s, e):
     if e - s < SECRET_MIN_LENGTH or b[s] == 47:
         return False

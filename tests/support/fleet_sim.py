@@ -1,7 +1,6 @@
 """Fleet test harness and simulation: real mosquitto, real agent processes (`edge-runtime update run`),
-each with its own store, and an in-process fleet manager serving chunks.
-
-    python tests/fleet_sim.py --devices 20      # canary 10 % -> promote; then a bad release halts
+each with its own store, and an in-process fleet manager serving chunks. benchmarks/fleet.py runs
+`simulate` from the command line.
 """
 
 from __future__ import annotations
@@ -15,17 +14,16 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+from edge_runtime import bundle, signing
+from edge_runtime.fleet import protocol
+from edge_runtime.fleet import release as releases
+from edge_runtime.fleet.fleetdir import FleetDir
+from edge_runtime.fleet.manager import Manager
+from edge_runtime.fleet.state import UpdateState, state_path
+from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+from edge_runtime.store import Store
 
-from edge_runtime import bundle, signing  # noqa: E402
-from edge_runtime.fleet import protocol  # noqa: E402
-from edge_runtime.fleet import release as releases  # noqa: E402
-from edge_runtime.fleet.fleetdir import FleetDir  # noqa: E402
-from edge_runtime.fleet.manager import Manager  # noqa: E402
-from edge_runtime.fleet.state import PAUSE_ENV, UpdateState, state_path  # noqa: E402
-from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription  # noqa: E402
-from edge_runtime.store import Store  # noqa: E402
+from . import paused_cli, pythonpath, terminate
 
 QUIET_ROUTING = {
     "min_confidence": 0.0,
@@ -41,7 +39,7 @@ QUIET_ROUTING = {
 
 def tiny(dest: Path, key, version: str, release: int, **updates) -> Path:
     """A signed tiny bundle (bundle_factory) packed to DEST.erb; routing that never escalates by default."""
-    from bundle_factory import make_bundle
+    from .bundle_factory import make_bundle
 
     updates.setdefault("routing", QUIET_ROUTING)
     made = make_bundle(dest, key, version=version, release=release, manifest_updates=updates)
@@ -84,22 +82,16 @@ class Device:
         self.log = base / f"{device_id}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, pause: str | None = None, extra_env: dict | None = None) -> Device:
+    def start(self, pause: tuple[str, Path] | None = None) -> Device:
+        """Starts the agent; with `pause` (POINT, MARKER) it stops at POINT (see support.paused_cli)."""
         env = {
             **os.environ,
             "EDGE_RUNTIME_HOME": str(self.home),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": pythonpath(),
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",
-            **(extra_env or {}),
         }
-        env.pop(PAUSE_ENV, None)
-        if pause:
-            env[PAUSE_ENV] = pause
-        command = [
-            sys.executable,
-            "-m",
-            "edge_runtime",
+        args = [
             "update",
             "run",
             "--broker",
@@ -114,6 +106,7 @@ class Device:
             "5",
             *self.args,
         ]
+        command = paused_cli.command(*pause, *args) if pause else [sys.executable, "-m", "edge_runtime", *args]
         self.process = subprocess.Popen(command, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         return self
 
@@ -123,12 +116,7 @@ class Device:
             self.process.wait(30)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.process, 15)
 
     def state(self) -> dict:
         return UpdateState(state_path(self.home)).data
@@ -215,7 +203,7 @@ class ServedManager:
 def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None = None) -> dict:
     import tempfile
 
-    from mqtt_broker import Broker
+    from .mqtt_broker import Broker
 
     work = Path(workdir or tempfile.mkdtemp(prefix="fleet-sim-"))
     fleet_key, fleet_public = signing.generate_keypair()
@@ -274,13 +262,3 @@ def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None =
             for device in fleet:
                 device.stop()
     return result
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=20)
-    parser.add_argument("--canary", type=float, default=10.0)
-    options = parser.parse_args()
-    print(json.dumps(simulate(options.devices, options.canary), indent=2))

@@ -3,7 +3,7 @@
 # and the PII tagger while the daemon serves, hot-swap them in, then run the main job on them: the daemon
 # over its HTTP APIs, then the CLI. Progress is shown throughout.
 #
-#   make demo                            # ~1.5 min to the first answer, ~13 min to full quality (2 cores)
+#   make demo                            # ~2 min to the first answer, ~13 min to full quality (2 cores)
 #   EDGE_RUNTIME_DEMO_QUICK=1 make demo  # the same steps with a few training steps (CI's smoke run)
 #
 # Environment: EDGE_RUNTIME_HOME (default ./.edge-runtime, or ./.edge-runtime-quick in quick mode),

@@ -32,7 +32,7 @@ class FinetuneConfig:
     seed: int = 0
     threads: int = 2
     # Batches are cut from windows of this many batches sorted by length (1: random batches). On CLINC150,
-    # random batches of 32 pad to 1.8x the real tokens; sorted windows of 50 batches pad to ~1.05x.
+    # random batches of 32 pad to 1.8x the real tokens; sorted windows of 50 batches pad to 1.03x.
     bucket_window: int = 50
     max_steps: int = 0  # stop after this many optimiser steps (0: all epochs); a quick smoke build
 

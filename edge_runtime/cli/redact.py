@@ -29,7 +29,11 @@ def _old_policy(values: tuple[str, ...], refuse: list[str], drop: list[str]) -> 
                 f"{item!r}: want KIND=ACTION, KIND one of {', '.join(KINDS)}, ACTION one of {', '.join(ACTIONS)}",
                 param_hint="--policy",
             )
-        {"refuse": refuse, "drop": drop}.get(action, []).append(kind)
+        if action == "refuse":
+            refuse.append(kind)
+        elif action == "drop":
+            drop.append(kind)
+        # "redact" is what every kind gets by default
 
 
 @click.command("redact")

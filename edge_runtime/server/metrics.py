@@ -80,10 +80,11 @@ class Metrics:
     def totals(counter: Counter) -> dict[str, float]:
         """{label value: count} of a one-label counter (what /v1/status shows of it)."""
         return {
-            sample.labels[counter._labelnames[0]]: sample.value
+            label: sample.value
             for metric in counter.collect()
             for sample in metric.samples
             if sample.name.endswith("_total")
+            for label in sample.labels.values()
         }
 
     def render(self) -> bytes:

@@ -22,8 +22,16 @@ log = logging.getLogger(__name__)
 
 
 class Manager:
-    def __init__(self, broker: BrokerConfig, fleet_dir: FleetDir, keys=(), timeout_s: float = 15.0):
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        fleet_dir: FleetDir,
+        keys=(),
+        timeout_s: float = 15.0,
+        desired_ttl_s: int = protocol.DEFAULT_DESIRED_TTL_S,
+    ):
         self.broker, self.fleet, self.keys, self.timeout_s = broker, fleet_dir, list(keys), timeout_s
+        self.desired_ttl_s = desired_ttl_s  # devices refuse a desired state older than this
         self.bytes_served = 0
         self.chunks_served = 0
 
@@ -70,6 +78,7 @@ class Manager:
             stage=stage,
             canaries=rollout["canaries"],
             reason=reason,
+            ttl_s=self.desired_ttl_s,
         )
         link = self._link()
         try:

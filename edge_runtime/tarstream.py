@@ -9,7 +9,9 @@ the caller (bundle.unpack) decides what to keep before anything is written.
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -98,12 +100,19 @@ def _parse_pax(data: bytes) -> dict[str, str]:
 
 
 class TarStream:
-    """Members of a tar (or gzip-compressed tar) stream, one at a time; `read` yields the current one's data."""
+    """Members of a tar (plain, or gzip/bzip2/xz-compressed) stream, one at a time; `read` yields the current
+    one's data. Decompression is streamed too, so a compressed archive is bounded by the same checks."""
 
     def __init__(self, handle: BinaryIO):
-        magic = handle.read(2)
+        magic = handle.read(6)
         handle.seek(0)
-        self._handle: BinaryIO = gzip.GzipFile(fileobj=handle, mode="rb") if magic == b"\x1f\x8b" else handle
+        if magic[:2] == b"\x1f\x8b":
+            handle = gzip.GzipFile(fileobj=handle, mode="rb")  # noqa: SIM115 - the caller closes the file
+        elif magic[:3] == b"BZh":
+            handle = bz2.BZ2File(handle, mode="rb")
+        elif magic == b"\xfd7zXZ\x00":
+            handle = lzma.LZMAFile(handle, mode="rb")  # noqa: SIM115 - wraps the caller's handle, which it closes
+        self._handle: BinaryIO = handle
         self._left = 0  # unread data bytes of the current member
         self._padding = 0
         self._done = False
@@ -111,7 +120,7 @@ class TarStream:
     def _read_exact(self, size: int) -> bytes:
         try:
             data = self._handle.read(size)
-        except (OSError, EOFError) as error:  # a damaged gzip stream
+        except (OSError, EOFError, lzma.LZMAError) as error:  # a damaged compressed stream
             raise BundleError(f"archive: cannot read ({error})") from None
         if len(data) != size:
             raise BundleError("archive: truncated")

@@ -373,10 +373,11 @@ def test_limits_are_checked_against_the_verified_manifest(tmp_path, signed, empt
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
-def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, empty_home):
-    """GNU tar style './name' members, gzip-compressed, manifest and signature first."""
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, empty_home, compression):
+    """GNU tar style './name' members, possibly compressed, manifest and signature first."""
     archive = tmp_path / "dot.erb"
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, f"w:{compression}", format=tarfile.GNU_FORMAT) as tar:
         tar.add(signed, arcname=".", recursive=False)
         for name in ["manifest.json", "signature.json", *sorted(bundle.read_manifest(signed).files)]:
             tar.add(signed / name, arcname=f"./{name}")

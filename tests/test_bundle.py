@@ -348,6 +348,15 @@ def test_manifest_must_come_first(tmp_path, signed, empty_home):
     assert not (tmp_path / "dest").exists()
 
 
+def test_an_oversized_manifest_is_refused_before_it_is_parsed(tmp_path, empty_home):
+    archive = evil_archive(tmp_path / "fat.erb", (member("manifest.json"), b" " * (bundle.MAX_MANIFEST_BYTES + 1)))
+    with pytest.raises(BundleError, match=f"manifest.json: {bundle.MAX_MANIFEST_BYTES + 1} bytes exceeds"):
+        bundle.unpack(archive, tmp_path / "dest", signing.trusted_keys(empty_home))
+    with pytest.raises(BundleError, match="exceeds the 1048576 byte limit"):
+        bundle.read_manifest(archive)
+    assert not (tmp_path / "dest").exists()
+
+
 def test_symlink_then_write_through_it_is_refused(tmp_path, signed, empty_home):
     # The classic two-step escape: a link member, then a file "through" the link.
     archive = evil_archive(

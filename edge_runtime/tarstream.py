@@ -134,7 +134,13 @@ class TarStream:
             self._padding = 0
 
     def _header(self) -> tuple[bytes, str, int] | None:
-        block = self._read_exact(BLOCK)
+        try:
+            first = self._handle.read(1)
+        except (OSError, EOFError, lzma.LZMAError) as error:
+            raise BundleError(f"archive: cannot read ({error})") from None
+        if not first:
+            return None  # the end of the data without end-of-archive blocks: some writers omit them
+        block = first + self._read_exact(BLOCK - 1)
         if block == bytes(BLOCK):
             return None  # end of archive
         stored = _octal(block[148:156], "checksum")
@@ -181,7 +187,9 @@ class TarStream:
             try:
                 size = int(overrides["size"])
             except ValueError:
-                raise BundleError("archive: malformed PAX size") from None
+                size = -1
+            if size < 0:
+                raise BundleError("archive: malformed PAX size")
         if kind in _REFUSED_TYPES:
             raise BundleError(f"archive member {name!r}: {_REFUSED_TYPES[kind]}")
         if kind not in _FILE_TYPES + (_DIR_TYPE,):

@@ -277,6 +277,17 @@ def _serve(tmp_path, key_file, broker, *extra):
     )
 
 
+def serving(peer: Peer, group: str, sha: str, device: str, timeout: float = 30.0) -> None:
+    """Wait until `fleet serve` answers a well-behaved device (it is up and subscribed)."""
+    peer.report(device, group)
+    peer.listen(device)
+    deadline = time.monotonic() + timeout
+    while not peer.received(device):
+        assert time.monotonic() < deadline, f"fleet serve did not answer {device} within {timeout} s"
+        peer.request(device, sha, [0])
+        time.sleep(0.5)
+
+
 def test_fleet_serve_outlives_a_poisoned_report_and_a_hostile_peer_across_restarts(
     tmp_path, broker, archives, fleet_key, group, peer, capsys, monkeypatch
 ):
@@ -289,9 +300,8 @@ def test_fleet_serve_outlives_a_poisoned_report_and_a_hostile_peer_across_restar
     poisoned = {**protocol.build_state("evil", group, phase="idle", release=None), "refused": "x", "note": 7}
     peer.publish(protocol.state_topic("evil"), protocol.encode(poisoned), retain=True)
     serve = _serve(tmp_path, key_file, broker, *common)
-    metrics = tmp_path / "fleet" / fleet_manager.METRICS_FILE
     try:
-        wait_until(metrics.exists, 30, "serve subscribed (it writes its metrics then)")
+        serving(peer, group, sha, "probe-1")
         for attack in (
             protocol.encode({"type": protocol.REQUEST_TYPE, "device": "evil", "sha256": sha, "indices": [10**20]}),
             b"[" * 3000,  # deeper than json's recursion limit
@@ -300,12 +310,12 @@ def test_fleet_serve_outlives_a_poisoned_report_and_a_hostile_peer_across_restar
             b"x" * 100_000,
         ):
             peer.publish(protocol.chunk_request_topic("evil"), attack)
-        time.sleep(2)
+        serving(peer, group, sha, "probe-2")
         assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         serve.terminate()
         serve.wait(15)
         serve = _serve(tmp_path, key_file, broker, *common)  # the retained report is there again on restart
-        time.sleep(2)
+        serving(peer, group, sha, "probe-3")
         assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         # A well-behaved device (a real agent process) still downloads, installs and commits the release.
         dev = Device(tmp_path / "devices", "good-1", group, broker.url, fleet_key.public_key(), archives["v1"]).start()
@@ -316,7 +326,8 @@ def test_fleet_serve_outlives_a_poisoned_report_and_a_hostile_peer_across_restar
         assert final["phase"] == "committed", final
         assert Store(dev.home).active() == ("tiny", "1.1.0")
         monkeypatch.setenv("EDGE_RUNTIME_UPLINK_BROKER", broker.url)
-        wait_until(lambda: json.loads(metrics.read_text())["chunks_served"] > 0, 10, "serve's metrics")
+        metrics = tmp_path / "fleet" / fleet_manager.METRICS_FILE
+        wait_until(lambda: json.loads(metrics.read_text())["chunks_served"] > 4, 10, "serve's metrics")
         capsys.readouterr()
         assert main(["fleet", "status", "--json", "--wait", "0.5", *common]) == 0
         report = json.loads(capsys.readouterr().out)

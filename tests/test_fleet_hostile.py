@@ -195,7 +195,13 @@ def test_a_huge_chunk_index_is_dropped_and_counted_and_serving_goes_on(
         peer.request("good", sha, [0, 1, 2])
         assert_good_chunks(peer.wait_for("good", 3), signed, [0, 1, 2])
         assert peer.received("evil") == []
+        past_the_end = len(signed["archive"]["chunks"])  # within the schema's bound, beyond this release
+        peer.request("good", sha, [past_the_end])
+        assert [(h["index"], h["error"], d) for h, d in peer.wait_for("good", 4)[3:]] == [
+            (past_the_end, "no such chunk", b"")
+        ]
         assert served.manager.metrics()["invalid"] == {"chunk_request/schema": 1}
+        assert served.manager.metrics()["refused"] == {"no_such_chunk": 1}
         assert served.manager.metrics()["callback_errors"] == {}
     finally:
         served.close()

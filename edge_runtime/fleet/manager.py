@@ -230,8 +230,9 @@ class Manager:
         return {
             "chunks_served": self.chunks_served,
             "bytes_served": self.bytes_served,
-            "invalid": dict(sorted(self.invalid.items())),
-            "refused": dict(sorted(self.refused.items())),
+            # dict() first: a copy in one step, while paho's thread may be adding a reason
+            "invalid": dict(sorted(dict(self.invalid).items())),
+            "refused": dict(sorted(dict(self.refused).items())),
             "callback_errors": dict(self._link_errors or {}),
             "limits": asdict(self.limits),
         }
@@ -263,7 +264,7 @@ class Manager:
 
     def _refuse(self, device: str, reason: str, detail: str) -> None:
         self.refused[reason] += 1
-        self._log.log(logging.WARNING, f"refused/{reason}", "refused a chunk request: %s", detail)
+        self._log.log(logging.WARNING, f"refused/{reason}", "refused: %s", detail)
 
     # --- the long-running side --------------------------------------------------------------------
     def _within_budget(self, device: str, kind: str) -> bool:
@@ -298,13 +299,18 @@ class Manager:
             return
         archive = self.fleet.archive(sha)
         for index in indices:
-            data = read_chunk(archive, release.chunk_size, index) if index < len(release.chunks) else b""
+            data, error = b"", "no such chunk"
+            if archive is not None and index < len(release.chunks):
+                try:
+                    data, error = read_chunk(archive, release.chunk_size, index), None
+                except OSError as failure:  # the archive went away under us: say so, keep serving
+                    error = f"cannot read the archive: {failure.strerror}"
             if data:
                 self.bytes_served += len(data)
                 self.chunks_served += 1
             else:
                 self.refused["no_such_chunk"] += 1
-            payload = protocol.encode_chunk(sha, index, data, error=None if data else "no such chunk")
+            payload = protocol.encode_chunk(sha, index, data, error=None if data else error or "no such chunk")
             link.client.publish(topic, payload, qos=1)
 
     def _take_report(self, message, states: dict[str, dict]) -> str | None:

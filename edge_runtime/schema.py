@@ -79,8 +79,10 @@ def number(minimum: float, maximum: float) -> Schema:
 
 
 def one_of(*allowed) -> Schema:
+    """Exactly one of these values, of the same type (1.0 and True are not 1)."""
+
     def check(value, path):
-        if isinstance(value, bool | list | dict) or value not in allowed:
+        if not any(type(value) is type(choice) and value == choice for choice in allowed):
             raise SchemaError(f"{path}: {_short(value)} is not one of {', '.join(map(str, allowed))}")
         return value
 

@@ -63,6 +63,8 @@ def test_a_full_agent_report_is_accepted_as_sent():
         ({"device": "<drop>"}, "schema", "state: missing key 'device'"),
         ({"download": {"requested": -1}}, "schema", "state.download.requested: -1 is outside"),
         ({"type": "fleet.desired"}, "schema", "state.type: 'fleet.desired' is not one of fleet.state"),
+        ({"schema": 1.0}, "schema", "state.schema: 1.0 is not one of 1"),
+        ({"schema": True}, "schema", "state.schema: True is not one of 1"),
         ({"device": "dev-b"}, "device_mismatch", "report for device 'dev-b' on the topic of 'dev-a'"),
     ],
 )

@@ -192,6 +192,8 @@ def test_a_huge_chunk_index_is_dropped_and_counted_and_serving_goes_on(
         time.sleep(0.3)
         hostile = {"type": protocol.REQUEST_TYPE, "device": "evil", "sha256": sha, "indices": [10**20]}
         peer.publish(protocol.chunk_request_topic("evil"), protocol.encode(hostile))
+        long_id = "e" * 200  # longer than any device id
+        peer.publish(protocol.chunk_request_topic(long_id), protocol.build_request(long_id, sha, [0]))
         peer.request("good", sha, [0, 1, 2])
         assert_good_chunks(peer.wait_for("good", 3), signed, [0, 1, 2])
         assert peer.received("evil") == []
@@ -200,7 +202,7 @@ def test_a_huge_chunk_index_is_dropped_and_counted_and_serving_goes_on(
         assert [(h["index"], h["error"], d) for h, d in peer.wait_for("good", 4)[3:]] == [
             (past_the_end, "no such chunk", b"")
         ]
-        assert served.manager.metrics()["invalid"] == {"chunk_request/schema": 1}
+        assert served.manager.metrics()["invalid"] == {"chunk_request/bad_topic": 1, "chunk_request/schema": 1}
         assert served.manager.metrics()["refused"] == {"no_such_chunk": 1}
         assert served.manager.metrics()["callback_errors"] == {}
     finally:

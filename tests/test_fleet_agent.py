@@ -17,6 +17,7 @@ from edge_runtime import bundle, signing
 from edge_runtime.fleet import protocol
 from edge_runtime.fleet import release as releases
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+from edge_runtime.schema import SchemaError
 from edge_runtime.store import Store
 
 from support import mqtt_broker
@@ -636,8 +637,11 @@ class StallingChunkServer:
         self.link.wait_ready(10)
 
     def _on(self, message) -> None:
-        request = protocol.decode_request(message.payload)
-        if request is None or self.answered.is_set():
+        try:
+            request = protocol.parse_request(message.payload, self.device_id)
+        except SchemaError:
+            return
+        if self.answered.is_set():
             return
         self.answered.set()
         payload = protocol.encode_chunk(request["sha256"], 0, self.data[: self.chunk_size])

@@ -96,6 +96,9 @@ cdef Words keywords, copulas, stopwords
 cdef CharSet open_quotes, close_quotes, apostrophes, value_trailing, value_ends, case_upper, case_lower
 cdef CharSet first_other  # non-ASCII code points a keyword can start with
 cdef bint first_ascii[128]
+# the keywords starting with each ASCII letter, in KEYWORD_CODES order (the first that matches wins)
+cdef Py_ssize_t by_first[128][KW_WORDS]
+cdef Py_ssize_t by_first_count[128]
 cdef Py_ssize_t quoted_max = QUOTED_MAX
 
 cdef void fill_words(Words* words, codes):
@@ -127,6 +130,11 @@ fill_set(&case_upper, list(KEYWORD_CASE.keys()))
 fill_set(&case_lower, list(KEYWORD_CASE.values()))
 fill_set(&first_other, sorted(_c for _c in KEYWORD_FIRST if _c >= 128))
 memset(first_ascii, 0, sizeof(first_ascii))
+memset(by_first_count, 0, sizeof(by_first_count))
+for _k, _word_ in enumerate(KEYWORD_CODES):
+    if _word_[0] < 128:
+        by_first[_word_[0]][by_first_count[_word_[0]]] = _k
+        by_first_count[_word_[0]] += 1
 for _c in KEYWORD_FIRST:
     if _c < 128:
         first_ascii[_c] = True
@@ -751,10 +759,20 @@ cdef Py_ssize_t word_at(Buf b, Py_ssize_t i, const uint32_t* word, Py_ssize_t le
 cdef Py_ssize_t m_keyword(Buf b, Py_ssize_t n, Py_ssize_t i, Py_ssize_t* start) noexcept nogil:
     cdef Py_ssize_t j = -1, k, m, q, e, w, x
     cdef bint copula = False, bare = False, digit = False
-    for w in range(keywords.count):
-        j = word_at(b, i, keywords.text[w], keywords.length[w])
-        if j >= 0:
-            break
+    cdef uint32_t first = lower_case(b[i]), second = lower_case(b[i + 1])
+    if first < 128:  # only the keywords with this first letter can match
+        for x in range(by_first_count[first]):
+            w = by_first[first][x]
+            if second != keywords.text[w][1] and is_lower(keywords.text[w][1]):
+                continue  # the common miss, without the call
+            j = word_at(b, i, keywords.text[w], keywords.length[w])
+            if j >= 0:
+                break
+    else:
+        for w in range(keywords.count):
+            j = word_at(b, i, keywords.text[w], keywords.length[w])
+            if j >= 0:
+                break
     if j < 0:
         return -1
     k = j

@@ -756,9 +756,36 @@ cdef Py_ssize_t word_at(Buf b, Py_ssize_t i, const uint32_t* word, Py_ssize_t le
         j += 1
     return -1 if is_letter(b[j]) else j
 
-cdef Py_ssize_t m_keyword(Buf b, Py_ssize_t n, Py_ssize_t i, Py_ssize_t* start) noexcept nogil:
-    cdef Py_ssize_t j = -1, k, m, q, e, w, x
-    cdef bint copula = False, bare = False, digit = False
+cdef struct ValueMemo:  # see the pure twin's _value_end
+    Py_ssize_t start
+    Py_ssize_t run_end
+    Py_ssize_t stripped
+    Py_ssize_t last_digit
+
+cdef Py_ssize_t value_end(Buf b, Py_ssize_t n, Py_ssize_t k, ValueMemo* memo,
+                          Py_ssize_t* last_digit) noexcept nogil:
+    cdef Py_ssize_t e, p, d
+    if not (memo.start <= k <= memo.run_end):
+        e = k
+        while e < n and not in_set(b[e], &value_ends):
+            e += 1
+        p = e
+        while p > k and in_set(b[p - 1], &value_trailing):
+            p -= 1
+        d = p - 1
+        while d >= k and not is_digit(b[d]):
+            d -= 1
+        memo.start = k
+        memo.run_end = e
+        memo.stripped = p
+        memo.last_digit = d
+    last_digit[0] = memo.last_digit
+    return memo.stripped if memo.stripped > k else k
+
+cdef Py_ssize_t m_keyword(Buf b, Py_ssize_t n, Py_ssize_t i, Py_ssize_t* start,
+                          ValueMemo* memo) noexcept nogil:
+    cdef Py_ssize_t j = -1, k, m, q, e, w, x, last_digit
+    cdef bint copula = False, bare = False
     cdef uint32_t first = lower_case(b[i]), second = lower_case(b[i + 1])
     if first < 128:  # only the keywords with this first letter can match
         for x in range(by_first_count[first]):
@@ -802,22 +829,11 @@ cdef Py_ssize_t m_keyword(Buf b, Py_ssize_t n, Py_ssize_t i, Py_ssize_t* start) 
             start[0] = k + 1
             return q
         k += 1
-    e = k
-    while e < n and not in_set(b[e], &value_ends):
-        e += 1
-    while e > k and in_set(b[e - 1], &value_trailing):
-        e -= 1
+    e = value_end(b, n, k, memo, &last_digit)
     if e == k:
         return -1
-    if bare:
-        if e - k < 4:
-            return -1
-        for x in range(k, e):
-            if is_digit(b[x]):
-                digit = True
-                break
-        if not digit:
-            return -1
+    if bare and (e - k < 4 or last_digit < k):
+        return -1
     if copula:
         for w in range(stopwords.count):
             if word_at(b, k, stopwords.text[w], stopwords.length[w]) == e:
@@ -845,6 +861,11 @@ cdef inline void push(Cands* out, Py_ssize_t kind, Py_ssize_t s, Py_ssize_t e) n
 cdef void candidates(Buf b, Py_ssize_t n, Cands* out) noexcept nogil:
     cdef Py_ssize_t i, e, s, run_end = 0
     cdef uint32_t c, p
+    cdef ValueMemo memo
+    memo.start = 1  # empty
+    memo.run_end = 0
+    memo.stripped = 0
+    memo.last_digit = -1
     for i in range(n):
         c = b[i]
         if c == 64:
@@ -862,7 +883,7 @@ cdef void candidates(Buf b, Py_ssize_t n, Cands* out) noexcept nogil:
         if is_word(p):
             continue
         if keyword_first(c) and not (p >= 128 and Py_UNICODE_ISALPHA(p)):
-            e = m_keyword(b, n, i, &s)
+            e = m_keyword(b, n, i, &s, &memo)
             if e >= 0:
                 push(out, K_SECRET, s, e)
         if is_alpha(c):

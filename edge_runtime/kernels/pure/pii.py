@@ -898,7 +898,26 @@ def _word_at(b, i, word):
     return -1 if _letter(b[j]) else j
 
 
-def _keyword_value(b, n, i):
+def _value_end(b, n, k, memo):
+    """(end, last digit) of the unquoted value starting at k: end is before trailing punctuation, the last digit is
+    the position of the last digit before it (< k: none). `memo` [from, run end, stripped end, last digit] holds
+    the previous answer, still true for any k in [from, run end]: keywords after keywords ("password:password:...",
+    no space) share one value run, and each is looked at once, so the scan stays linear."""
+    if not memo[0] <= k <= memo[1]:
+        e = k
+        while e < n and b[e] not in _VALUE_ENDS:
+            e += 1
+        p = e
+        while p > k and b[p - 1] in _VALUE_TRAILING:
+            p -= 1
+        d = p - 1
+        while d >= k and not _digit(b[d]):
+            d -= 1
+        memo[:] = [k, e, p, d]
+    return max(memo[2], k), memo[3]
+
+
+def _keyword_value(b, n, i, memo):
     """(start, end) of the secret value given after a keyword at i, or (-1, -1)."""
     j = -1
     for word in KEYWORD_CODES:
@@ -934,14 +953,10 @@ def _keyword_value(b, n, i):
         if q < n and q - k <= QUOTED_MAX and b[q] in _CLOSE_QUOTES and q > k + 1:
             return k + 1, q
         k += 1
-    e = k
-    while e < n and b[e] not in _VALUE_ENDS:
-        e += 1
-    while e > k and b[e - 1] in _VALUE_TRAILING:
-        e -= 1
+    e, last_digit = _value_end(b, n, k, memo)
     if e == k:
         return -1, -1
-    if bare and (e - k < 4 or not any(_digit(b[x]) for x in range(k, e))):
+    if bare and (e - k < 4 or last_digit < k):
         return -1, -1  # `keyword value` only when the value looks like a secret
     if copula:
         for word in STOPWORD_CODES:
@@ -956,6 +971,7 @@ def _keyword_value(b, n, i):
 def _candidates(b, n):
     found = []
     run_end = 0
+    value_memo = [1, 0, 0, 0]  # _value_end's: empty
     for i in range(n):
         c = b[i]
         if c == 64:
@@ -973,7 +989,7 @@ def _candidates(b, n):
         if _word(p):
             continue
         if c in KEYWORD_FIRST and not (p >= 128 and chr(p).isalpha()):
-            s, e = _keyword_value(b, n, i)
+            s, e = _keyword_value(b, n, i, value_memo)
             if s >= 0:
                 found.append((SECRET, s, e))
         if _alpha(c):

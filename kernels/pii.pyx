@@ -30,7 +30,7 @@ cdef enum:
     MAX_WORDS = 32
     WINDOW = 1024
     KW_MAX = 24  # characters in a keyword, copula or stopword
-    KW_WORDS = 64
+    KW_WORDS = 128
     SET_MAX = 32  # members of a small character set
     BMP = 65536
     FOLD_UNKNOWN = 0

@@ -115,6 +115,8 @@ NOT_SECRETS = [
     "Das Passwort ist abgelaufen",
     "password is too short",
     "the spinning top",
+    "i cannot remember what my pin is for my checking account",  # CLINC150 train: "pin is for"
+    "das Passwort ist für das WLAN",
 ]
 
 
@@ -247,7 +249,7 @@ def _unicode_variants(text):
     yield text
     for space in pii_variants.SPACES.values():
         yield text.replace(" ", space)
-    yield pii_variants._fullwidth(text)
+    yield pii_variants.fullwidth(text)
     yield re.sub(r"(?<=\d)(?=\d)", "\u200b", text)  # zero-width between digits
     yield text.replace("-", "\u2011").replace(" ", "\u00a0")
 
@@ -317,7 +319,7 @@ def unicode_texts(draw):
                 if roll == 0 and chars[k] == " ":
                     chars[k] = draw(st.sampled_from(list(pii_variants.SPACES.values())))
                 elif roll == 1:
-                    chars[k] = pii_variants._fullwidth(chars[k])
+                    chars[k] = pii_variants.fullwidth(chars[k])
                 elif roll == 2:
                     chars[k] += draw(st.sampled_from(pii_variants.ZERO_WIDTH))
                 elif roll == 3:

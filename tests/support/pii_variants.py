@@ -198,7 +198,7 @@ def _grouped(kind: str, value: str) -> str:
     return value
 
 
-def _fullwidth(text: str) -> str:
+def fullwidth(text: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else ("\u3000" if c == " " else c) for c in text)
 
 
@@ -217,14 +217,14 @@ def _variant(kind: str, variant: str, value: str, frame: str, rng: random.Random
         space = SPACES[variant]
         return _grouped(kind, value).replace(" ", space), frame.replace(" ", space)
     if variant == "fullwidth":
-        return _fullwidth(value), frame
+        return fullwidth(value), frame
     if variant == "zero-width":
         return _zero_width(value, rng, rng.randint(1, 3)), frame
     if variant == "lower-case":
         return _grouped(kind, value).lower() if rng.random() < 0.5 else value.lower(), frame
     # mixed: a no-break kind of space, some full-width characters, a zero-width character, any case
     space = rng.choice(list(SPACES.values()))
-    written = "".join(_fullwidth(c) if rng.random() < 0.3 else c for c in _grouped(kind, value).replace(" ", space))
+    written = "".join(fullwidth(c) if rng.random() < 0.3 else c for c in _grouped(kind, value).replace(" ", space))
     if kind in CASE_VARIANTS:
         written = "".join(c.lower() if rng.random() < 0.5 else c for c in written)
     return _zero_width(written, rng, 1), frame.replace(" ", space)

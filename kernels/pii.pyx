@@ -1035,12 +1035,12 @@ cdef list scan_folded(text, Py_ssize_t n):
         memset(view + m, 0, c_pad * sizeof(uint32_t))
         kept = scan_buffer(view, m, &found)
         for x in range(kept):  # same clipping as the pure twin's to_original
-            start = origin[found.items[x].s]
-            if start < previous_end:
-                start = previous_end
-            end = origin[found.items[x].e - 1] + 1
-            if start < end:
-                spans.append((start, end, KINDS[found.items[x].kind]))
+            start = found.items[x].s
+            while start < found.items[x].e and origin[start] < previous_end:
+                start += 1
+            if start < found.items[x].e:
+                end = origin[found.items[x].e - 1] + 1
+                spans.append((origin[start], end, KINDS[found.items[x].kind]))
                 previous_end = end
         return spans
     finally:

@@ -308,11 +308,11 @@ def to_original(spans, origin):
     out = []
     previous_end = 0
     for s, e, kind in spans:
-        start = max(origin[s], previous_end)
-        end = origin[e - 1] + 1
-        if start < end:
-            out.append((start, end, kind))
-            previous_end = end
+        while s < e and origin[s] < previous_end:
+            s += 1  # starts on a character the view holds, never on a removed one
+        if s < e:
+            out.append((origin[s], origin[e - 1] + 1, kind))
+            previous_end = origin[e - 1] + 1
     return out
 
 

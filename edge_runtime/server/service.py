@@ -9,12 +9,10 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import replace
 
 from .. import __version__, kernels
 from ..device import Device
 from ..errors import EdgeRuntimeError
-from ..results import DEFERRED
 from .batching import Batcher, QueueFull, Stopped
 from .errors import RequestError
 from .metrics import Metrics
@@ -66,6 +64,9 @@ class Service:
         m.queue_depth.set_function(lambda: self.batcher.depth)
         m.outbox_pending.set_function(lambda: self.outbox.summary()["pending"])
         m.outbox_dead.set_function(lambda: self.outbox.summary()["dead"])
+        m.outbox_available.set_function(lambda: int(self.outbox.health()["state"] != "unavailable"))
+        m.outbox_recovered.set_function(lambda: int(self.outbox.health()["moved_aside"] is not None))
+        m.outbox_failures.set_function(lambda: self.outbox.health()["write_failures"])
         m.escalation_rate.set_function(lambda: self.swap.current.pipeline.router.escalation_rate)
         m.uptime.set_function(lambda: time.time() - self.started)
 
@@ -139,8 +140,9 @@ class Service:
         wait = min(pipeline.deadline_s, max(0.0, deadline - time.monotonic()))
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(outcome.pending)), wait)
-        except Exception:  # deadline, eviction, broker refusal: answered later
-            return replace(outcome.prediction, decision=DEFERRED)
+        except Exception:  # deadline (deferred, if stored), eviction, broker refusal, outbox unavailable
+            if not outcome.pending.done():  # may wait for the uplink to store it: off the event loop
+                return await asyncio.to_thread(pipeline.resolve, outcome.prediction, outcome.pending)
         return pipeline.resolve(outcome.prediction, outcome.pending)  # done: returns at once
 
     def answer(self, request_id: str) -> tuple[str, dict | None]:
@@ -187,7 +189,12 @@ class Service:
                 "connected": self.uplink.connected,
                 "stats": dict(self.uplink.stats),
             },
-            "outbox": {"pending": summary["pending"], "answered": summary["answered"], "dead": summary["dead"]},
+            "outbox": {
+                "pending": summary["pending"],
+                "answered": summary["answered"],
+                "dead": summary["dead"],
+                **self.outbox.health(),
+            },
             "privacy": {
                 "tagger": self.egress.tagger.name if self.egress.tagger else None,
                 "policy": self.egress.policy,

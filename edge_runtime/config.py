@@ -303,6 +303,18 @@ def server_token(config: Mapping, where: str = "config") -> str | None:
     return token
 
 
+SECRETS = (("server", "token"),)
+
+
+def without_secrets(values: Mapping) -> dict:
+    """The config as `config show` prints it: a secret that is set shows as "<set>", never its value."""
+    shown = {section: dict(table) for section, table in values.items()}
+    for section, key in SECRETS:
+        if shown[section][key]:
+            shown[section][key] = "<set>"
+    return shown
+
+
 def privacy_policy(config: Mapping) -> dict[str, str]:
     """{kind: "refuse" | "drop"} from [privacy]; other kinds are redacted with a placeholder."""
     privacy = config["privacy"]

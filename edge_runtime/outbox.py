@@ -519,17 +519,19 @@ def inspect(path: str | Path | None = None) -> dict:
     report = {"path": str(path), "ok": True, "reason": None, "pending": 0, "dead": 0, "moved_aside": aside}
     if path.exists():
         try:
-            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
             try:
                 verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
                 if verdict != "ok":
-                    raise sqlite3.DatabaseError(verdict)
+                    raise sqlite3.DatabaseError(f"quick_check: {verdict}")
                 report["pending"] = db.execute("SELECT count(*) FROM requests WHERE state='pending'").fetchone()[0]
                 report["dead"] = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
             finally:
                 db.close()
         except sqlite3.Error as error:
-            report.update(ok=False, reason=f"unreadable ({error}): the daemon moves it aside at its next start")
+            corrupt = getattr(error, "sqlite_errorcode", None) in CORRUPT or "quick_check" in str(error)
+            then = "the daemon moves it aside at its next start" if corrupt else "escalations stay local"
+            report.update(ok=False, reason=f"{path} unreadable ({error}): {then}")
     if aside:
         report["ok"] = False
         report["reason"] = report["reason"] or (

@@ -221,6 +221,9 @@ class Uplink:
                     next_budget = now + self.options.budget_every_s
                 if running:
                     self._dispatch()
+            except OutboxUnavailable as error:  # budgets or re-sends could not read it: counted, try again later
+                log.warning("uplink: %s", error)
+                time.sleep(0.1)
             except Exception:  # keep the pump alive; state is in SQLite
                 log.exception("uplink pump error")
                 time.sleep(0.1)

@@ -73,7 +73,8 @@ class Egress:
         with self._lock:
             self._mappings.pop(request_id, None)
 
-    def __len__(self) -> int:
+    @property
+    def mapping_count(self) -> int:  # not __len__: an Egress with no mappings must stay truthy
         return len(self._mappings)
 
     def _expire(self) -> None:

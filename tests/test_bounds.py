@@ -68,7 +68,7 @@ def test_egress_mappings_are_capped_oldest_forgotten_first_and_counted():
     egress = Egress(max_mappings=3, clock=FakeClock())
     for n in range(5):
         egress.prepare(f"r{n}", f"write to user{n}@example.org", "low_confidence")
-    assert len(egress) == 3 and egress.mappings_dropped == 2
+    assert egress.mapping_count == 3 and egress.mappings_dropped == 2
     assert egress.reidentify("r0", {"reply": "sent to <EMAIL_1>"}) == {"reply": "sent to <EMAIL_1>"}
     assert egress.reidentify("r4", {"reply": "sent to <EMAIL_1>"}) == {"reply": "sent to user4@example.org"}
 
@@ -81,7 +81,7 @@ def test_egress_mappings_expire_in_order_of_expiry():
     egress.prepare("r1", "mail b@example.org", "x")
     egress.prepare("r0", "mail c@example.org", "x")  # the same id again: now the latest to expire
     clock.now += 6  # r1 and the new r0 are 6 and 6 s old: both alive
-    assert len(egress) == 2
+    assert egress.mapping_count == 2
     clock.now += 5  # 11 s: both expired
     egress.prepare("r2", "mail d@example.org", "x")
-    assert len(egress) == 1 and egress.reidentify("r2", "<EMAIL_1>") == "d@example.org"
+    assert egress.mapping_count == 1 and egress.reidentify("r2", "<EMAIL_1>") == "d@example.org"

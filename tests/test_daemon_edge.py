@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -319,3 +320,41 @@ def test_unix_socket_only_listens_on_no_tcp_port(home, tmp_path):
     finally:
         process.terminate()
         assert process.wait(60) == 0
+
+
+def test_metrics_waiting_on_a_locked_outbox_does_not_stall_the_event_loop(home, daemons, tmp_path):
+    running = daemons(home, log_dir=tmp_path).wait_ready()
+    predictions(running, [TEXT])  # the outbox exists, in WAL mode
+    # Another process holds every WAL read-mark lock of the -shm file (SQLite's own byte-range locks, offsets
+    # 123-127): a reader then retries for ~10 s before it gives up. Nothing is faked: the lock is real.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, time\n"
+            f"fd = os.open({str(home / 'state' / 'outbox.sqlite-shm')!r}, os.O_RDWR)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX, 5, 123, 0)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(30)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        slow = {}
+
+        def scrape():
+            slow["status"] = running.request("GET", "/metrics", timeout=60)[0]
+
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        time.sleep(0.5)  # /metrics now waits for SQLite's lock
+        started = time.monotonic()
+        assert running.get("/v2/health/live")[0] == 200  # before: stuck behind /metrics for the lock's duration
+        assert time.monotonic() - started < 2.0
+        scraper.join(60)
+        assert slow["status"] == 200
+    finally:
+        holder.kill()
+        holder.wait()

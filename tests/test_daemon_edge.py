@@ -358,3 +358,28 @@ def test_metrics_waiting_on_a_locked_outbox_does_not_stall_the_event_loop(home, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_update_agent_reloads_a_daemon_that_has_a_token(home, daemons, tmp_path):
+    from edge_runtime.errors import EdgeRuntimeError
+    from edge_runtime.fleet.agent import Agent, AgentConfig
+    from edge_runtime.mqtt import BrokerConfig
+
+    config = config_file(tmp_path, token=TOKEN)
+    running = daemons(home, "--config", str(config), log_dir=tmp_path).wait_ready()
+
+    def agent(token):  # the link to the broker is built, not started: only the daemon is talked to
+        settings = AgentConfig(
+            device_id="dev-1",
+            group="g",
+            broker=BrokerConfig.from_url("mqtt://127.0.0.1:1"),
+            root=home,
+            daemon_url=f"http://127.0.0.1:{running.port}",
+            daemon_token=token,
+        )
+        return Agent(settings)
+
+    agent(TOKEN)._reload_daemon()  # raises on any failure
+    with pytest.raises(EdgeRuntimeError, match="daemon reload at .* failed"):
+        agent(None)._reload_daemon()
+    assert 'edge_runtime_reloads_total{result="unchanged"} 1.0' in running.get("/metrics")[2].decode()  # one got in

@@ -42,6 +42,7 @@ class Service:
             max_queue=batching["max_queue"],
             on_batch=self.metrics.on_batch,
         )
+        self._summary: tuple[float, dict] = (float("-inf"), {})
         self._wire_gauges()
 
     # -- engines ---------------------------------------------------------------------------------
@@ -62,13 +63,22 @@ class Service:
     def _wire_gauges(self) -> None:
         m = self.metrics
         m.queue_depth.set_function(lambda: self.batcher.depth)
-        m.outbox_pending.set_function(lambda: self.outbox.summary()["pending"])
-        m.outbox_dead.set_function(lambda: self.outbox.summary()["dead"])
+        m.outbox_pending.set_function(lambda: self._outbox_summary()["pending"])
+        m.outbox_dead.set_function(lambda: self._outbox_summary()["dead"])
         m.outbox_available.set_function(lambda: int(self.outbox.health()["state"] != "unavailable"))
         m.outbox_recovered.set_function(lambda: int(self.outbox.health()["moved_aside"] is not None))
         m.outbox_failures.set_function(lambda: self.outbox.health()["write_failures"])
         m.escalation_rate.set_function(lambda: self.swap.current.pipeline.router.escalation_rate)
         m.uptime.set_function(lambda: time.time() - self.started)
+
+    def _outbox_summary(self) -> dict:
+        """The outbox's counts, scanned at most once a second: one scrape reads two gauges from one scan.
+        Called from worker threads only (/metrics and /v1/status render off the event loop)."""
+        taken_at, summary = self._summary
+        if time.monotonic() - taken_at > 1.0:
+            summary = self.outbox.summary()
+            self._summary = (time.monotonic(), summary)
+        return summary
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -156,7 +166,7 @@ class Service:
 
     def status(self) -> dict:
         engine = self.swap.current
-        summary = self.outbox.summary()
+        summary = self._outbox_summary()
         return {
             "version": __version__,
             "pid": os.getpid(),

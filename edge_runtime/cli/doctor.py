@@ -53,7 +53,7 @@ def update_state_problem(root) -> str | None:
 
 
 def collect() -> dict:
-    from .. import kernels, paths, session
+    from .. import kernels, outbox, paths, session
     from ..pii_tagger import DEFAULT_BUNDLE
     from ..store import Store
 
@@ -76,7 +76,10 @@ def collect() -> dict:
     report["store"] = {"ok": all(c["ok"] for c in checks), "models": checks}
     tagger = [c["model"] for c in checks if c["model"].startswith(DEFAULT_BUNDLE + "@") and c["ok"]]
     report["pii_tagger"] = tagger[-1] if tagger else None
+    report["outbox"] = outbox.inspect(paths.state_dir(store.root) / "outbox.sqlite")
     problems = [f"{c['model']}: {c['reason']}" for c in checks if not c["ok"]]
+    if not report["outbox"]["ok"]:
+        problems.append(f"outbox: {report['outbox']['reason']}")
     if active is None:
         problems.append("no active model")
     if report["disk_free_mb"] < 200:
@@ -111,6 +114,9 @@ def doctor(as_json):
         click.echo(f"active model   {report['active_model'] or '-'}")
         no_tagger = "- (names and addresses are not redacted: edge-runtime build pii-tagger)"
         click.echo(f"pii tagger     {report['pii_tagger'] or no_tagger}")
+        box = report["outbox"]
+        state = "ok" if box["ok"] else "BAD"
+        click.echo(f"outbox         {state}, {box['pending']} pending, {box['dead']} dead letters ({box['path']})")
         for check in report["store"]["models"]:
             click.echo(f"  {'ok ' if check['ok'] else 'BAD'} {check['model']}  {check['reason'] or ''}")
         for problem in report["problems"]:

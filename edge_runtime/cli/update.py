@@ -78,6 +78,7 @@ def run(
     import logging
 
     from .. import paths
+    from ..config import server_token
     from ..fleet.agent import Agent, AgentConfig
     from ..fleet.fetch import FetchConfig
     from ..fleet.probation import ProbationConfig
@@ -93,6 +94,7 @@ def run(
         root=paths.home(),
         download_dir=download_dir,
         daemon_url=daemon_url,
+        daemon_token=server_token(device.config),  # the daemon's [server] token, from the same --config
         broker=device.broker(default_url=LOCAL_BROKER),
         threshold=threshold,
         latency_budget_ms=latency_budget_ms,

@@ -46,6 +46,7 @@ class AgentConfig:
     root: Path
     download_dir: Path | None = None
     daemon_url: str | None = None
+    daemon_token: str | None = None  # the daemon's [server] token: /v1/admin/reload needs it when one is set
     threshold: int = 1  # at least this many fleet signatures, and at least keys/roles.json's fleet threshold
     latency_budget_ms: float = 1000.0
     heartbeat_s: float = 30.0
@@ -403,13 +404,19 @@ class Agent:
                 pass
         self.state.save(staged=None)
 
+    def _daemon_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.config.daemon_token:
+            headers["Authorization"] = f"Bearer {self.config.daemon_token}"
+        return headers
+
     def _reload_daemon(self) -> None:
         if not self.config.daemon_url:
             return
         url = self.config.daemon_url.rstrip("/") + "/v1/admin/reload"
         try:
             with urllib.request.urlopen(
-                urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}),
+                urllib.request.Request(url, data=b"{}", method="POST", headers=self._daemon_headers()),
                 timeout=60,
             ) as response:
                 body = response.read()

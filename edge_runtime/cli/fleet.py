@@ -251,7 +251,7 @@ def status(group, wait_s, broker, fleet, as_json):
             d.get("release") or "",
             _age(now, d.get("reported_at")),
             percent(d.get("escalation_rate")),
-            (d.get("last_error") or d.get("note") or "")[:70],
+            _note(d)[:70],
         ]
         for d in report["devices"]
     ]
@@ -283,6 +283,14 @@ def status(group, wait_s, broker, fleet, as_json):
 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+
+
+def _note(device: dict) -> str:
+    """What needs the operator first: an update state the device cannot read (it refuses every update until
+    it is repaired), then its last error, then its note."""
+    if device.get("state_error"):
+        return f"updates refused: {device['state_error']}"
+    return device.get("last_error") or device.get("note") or ""
 
 
 def _serve_line(metrics: dict, now: float) -> str:

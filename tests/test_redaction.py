@@ -110,7 +110,9 @@ def test_round_trip_property(text):
 
 
 def run_cli(args, stdin: bytes, env=None):
-    env = dict(os.environ, PYTHONIOENCODING="utf-8", **(env or {}))
+    # the scanner's CLI: a device configured without a PII tagger (with one configured but not installed,
+    # `redact` refuses; tests/test_pii_tagger.py covers that)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", EDGE_RUNTIME_PRIVACY_TAGGER="", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "edge_runtime", "redact", *args], input=stdin, capture_output=True, timeout=120, env=env
     )

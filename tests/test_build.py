@@ -332,7 +332,7 @@ def test_recipe_variants_lay_their_tables_over_the_recipe(tmp_path):
     quick = load_recipe(TAGGER_RECIPE).with_variant("quick")
     assert quick.variant == "quick" and "variants" not in quick.raw
     assert quick.get("bundle", "name") == "pii-tagger-minilm"  # kept from the recipe
-    assert quick.get("bundle", "version") == "1.0.0-quick"  # laid over it
+    assert quick.get("bundle", "version") == "1.1.0-quick"  # laid over it
     assert quick.get("head", "max_steps") == 20 and quick.get("head", "encoder_lr") == 1.5e-4
     with pytest.raises(BuildError, match=r"no \[variants.fast\] \(variants: quick\)"):
         load_recipe(TAGGER_RECIPE).with_variant("fast")

@@ -632,8 +632,8 @@ def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, bui
         Store(home).install(pii_tagger_bundle)
         code, _, reloaded = running.post("/v1/admin/reload", {})
         assert code == 200 and reloaded["result"] == "unchanged", reloaded  # the same classifier
-        assert reloaded["tagger"] == "pii-tagger-minilm@1.0.0"
-        assert running.get("/v1/status")[2]["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"
+        assert reloaded["tagger"] == "pii-tagger-minilm@1.1.0"
+        assert running.get("/v1/status")[2]["privacy"]["tagger"] == "pii-tagger-minilm@1.1.0"
         code, _, body = running.post("/v1/predict", {"text": "this is Rosalind Featherstonehaugh, my card was stolen"})
         assert code == 200 and body["decision"] == "deferred", body
     finally:
@@ -652,7 +652,7 @@ def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, 
     running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
     try:
         status = running.get("/v1/status")[2]
-        assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"
+        assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.1.0"
         text = f"hi it's Rosalind Featherstonehaugh, my card was stolen {MARKER}"
         code, _, body = running.post("/v1/predict", {"text": text})
         assert code == 200 and body["decision"] == "deferred", body

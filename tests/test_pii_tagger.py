@@ -183,7 +183,8 @@ def test_the_training_corpus_is_the_same_in_every_process():
     (Faker's it_IT city list comes from a set)."""
     code = (
         "import hashlib; from edge_runtime.build import pii_corpus as c; "
-        "print(hashlib.sha256(repr(c.generate(300, 7, c.TRAIN, real=['one real query'])).encode()).hexdigest())"
+        "print(hashlib.sha256(repr(c.generate(300, 7, c.TRAIN, real=['one real query'], technical=c.TECHNICAL, "
+        "technical_share=0.3)).encode()).hexdigest())"
     )
     digests = {
         subprocess.run(

@@ -334,6 +334,9 @@ def test_recipe_variants_lay_their_tables_over_the_recipe(tmp_path):
     assert quick.get("bundle", "name") == "pii-tagger-minilm"  # kept from the recipe
     assert quick.get("bundle", "version") == "1.1.0-quick"  # laid over it
     assert quick.get("head", "max_steps") == 20 and quick.get("head", "encoder_lr") == 1.5e-4
+    # a smoke build cannot reach the real tagger's precision and recall: the quick variant measures, never refuses
+    assert quick.get("gate", "min_value_recall") == {} and quick.get("gate", "max_technical_false_share") == 1.0
+    assert load_recipe(TAGGER_RECIPE).get("gate", "min_value_recall") == {"PERSON": 98.9, "ADDRESS": 97.6}
     with pytest.raises(BuildError, match=r"no \[variants.fast\] \(variants: quick\)"):
         load_recipe(TAGGER_RECIPE).with_variant("fast")
 

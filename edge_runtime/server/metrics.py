@@ -59,6 +59,17 @@ class Metrics:
         self.queue_depth = Gauge("edge_runtime_queue_depth", "Texts admitted and not yet answered", registry=r)
         self.outbox_pending = Gauge("edge_runtime_outbox_pending", "Escalations waiting in the outbox", registry=r)
         self.outbox_dead = Gauge("edge_runtime_outbox_dead_letters", "Escalations in dead letters", registry=r)
+        self.outbox_available = Gauge(
+            "edge_runtime_outbox_available", "1 when the outbox can store escalations, 0 when not", registry=r
+        )
+        self.outbox_recovered = Gauge(
+            "edge_runtime_outbox_recovered", "1 when a corrupt outbox was moved aside at start", registry=r
+        )
+        self.outbox_failures = Gauge(
+            "edge_runtime_outbox_write_failures",
+            "Outbox transactions SQLite refused since start (those escalations stayed local)",
+            registry=r,
+        )
         self.escalation_rate = Gauge(
             "edge_runtime_escalation_rate", "Share of escalations over the router's window", registry=r
         )
@@ -66,6 +77,17 @@ class Metrics:
             "edge_runtime_model_info", "The serving model (value 1)", ["name", "version", "release"], registry=r
         )
         self.reloads = Counter("edge_runtime_reloads", "Model reloads by result", ["result"], registry=r)
+        self.privacy_available = Gauge(
+            "edge_runtime_privacy_available",
+            "1 when escalations may leave the device, 0 while the required PII tagger is not loaded",
+            registry=r,
+        )
+        self.kept_local = Counter(
+            "edge_runtime_kept_local",
+            "Escalations kept on the device to protect personal data, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.uptime = Gauge("edge_runtime_uptime_seconds", "Seconds since the daemon started", registry=r)
 
     def set_model(self, name: str, version: str, release) -> None:

@@ -55,6 +55,29 @@ def test_the_shipped_recipe_builds_a_gated_int8_tagger(pii_tagger_bundle):
     assert manifest["postprocess"]["outside_bias"] > 0
     assert shipped["negatives"]["with_false_spans"] <= 0.015 * shipped["negatives"]["texts"]
     assert [row["entities"] for row in map(json.loads, (pii_tagger_bundle / "golden.jsonl").open())]
+    precision = metrics["precision_gate"]  # technical text left alone, recall kept (recipe [gate])
+    assert precision["passed"] and not precision["forced"]
+    assert precision["technical_negatives"]["with_spans"] <= 0.02 * precision["technical_negatives"]["lines"]
+
+
+def test_the_tagger_leaves_technical_text_alone_and_still_finds_held_out_names(tagger):
+    """datasets/technical/negatives.txt (hand-written, never trained on): versions, codes, units, part numbers,
+    "Line 3", "Bay 12"... at most 2% of its lines may get a span, as egress runs the tagger; and names in
+    held-out frames (never trained on, some next to held-out technical clauses) are still found."""
+    from edge_runtime.build.default import tagger_corpus
+    from edge_runtime.build.recipe import TAGGER_RECIPE, load_recipe
+    from edge_runtime.build.tagger import read_negative_lines, span_scores
+
+    recipe = load_recipe(TAGGER_RECIPE)
+    lines = read_negative_lines(REPO / recipe.get("gate", "technical_negatives"))
+    flagged = [(line, tagger.spans(line)) for line in lines]
+    flagged = [(line, [line[s:e] for s, e, _ in spans]) for line, spans in flagged if spans]
+    assert len(flagged) <= 0.02 * len(lines), flagged[:20]
+    _, held_out = tagger_corpus(recipe)
+    with_pii = [example for example in held_out if example.spans]
+    scores = span_scores([tagger.spans(example.text) for example in with_pii], with_pii)
+    for kind, floor in recipe.get("gate", "min_value_recall").items():
+        assert scores[kind]["value_recall"] >= floor, (kind, scores[kind])
 
 
 def test_names_and_addresses_become_whole_word_spans(tagger):
@@ -225,7 +248,8 @@ def test_the_training_corpus_is_the_same_in_every_process():
     (Faker's it_IT city list comes from a set)."""
     code = (
         "import hashlib; from edge_runtime.build import pii_corpus as c; "
-        "print(hashlib.sha256(repr(c.generate(300, 7, c.TRAIN, real=['one real query'])).encode()).hexdigest())"
+        "print(hashlib.sha256(repr(c.generate(300, 7, c.TRAIN, real=['one real query'], technical=c.TECHNICAL, "
+        "technical_share=0.3)).encode()).hexdigest())"
     )
     digests = {
         subprocess.run(

@@ -660,9 +660,9 @@ def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, bui
         Store(home).install(pii_tagger_bundle)
         code, _, reloaded = running.post("/v1/admin/reload", {})
         assert code == 200 and reloaded["result"] == "unchanged", reloaded  # the same classifier
-        assert reloaded["tagger"] == "pii-tagger-minilm@1.0.0"
+        assert reloaded["tagger"] == "pii-tagger-minilm@1.1.0"
         privacy = running.get("/v1/status")[2]["privacy"]
-        assert privacy["tagger"] == "pii-tagger-minilm@1.0.0" and privacy["escalations_allowed"] is True
+        assert privacy["tagger"] == "pii-tagger-minilm@1.1.0" and privacy["escalations_allowed"] is True
         code, _, body = running.post("/v1/predict", {"text": text})
         assert code == 200 and body["decision"] == "deferred", body
     finally:
@@ -681,7 +681,7 @@ def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, 
     running = Daemon(home, tagger=None, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
     try:
         status = running.get("/v1/status")[2]
-        assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"
+        assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.1.0"
         text = f"hi it's Rosalind Featherstonehaugh, my card was stolen {MARKER}"
         code, _, body = running.post("/v1/predict", {"text": text})
         assert code == 200 and body["decision"] == "deferred", body

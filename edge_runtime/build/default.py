@@ -58,6 +58,9 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         routing=recipe.section("routing"),
         private_key=local_signing_key(root),
         max_false_share=float(gate.get("max_false_share", 0.015)),
+        technical_negatives=REPO / gate["technical_negatives"] if gate.get("technical_negatives") else None,
+        max_technical_false_share=float(gate.get("max_technical_false_share", 0.02)),
+        min_value_recall={kind: float(value) for kind, value in gate.get("min_value_recall", {}).items()},
         cache_dir=Path(cache_dir) if cache_dir else paths.cache_dir(root) / "build",
         source={
             "model": source.get("package") or source.get("model_dir"),
@@ -120,11 +123,24 @@ def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, l
         wanted = int(corpus.get("real_negatives", 0)), int(corpus.get("real_negatives_val", 0))
         chosen = pii_corpus.real_negatives(texts, sum(wanted), seed)
         real_train, real_val = chosen[: wanted[0]], chosen[wanted[0] :]
+    technical = float(corpus.get("technical", 0.0))  # 0: no technical clauses at all (the 1.0.0 corpus)
     train = pii_corpus.generate(
-        int(corpus.get("train_examples", 4000)), seed, pii_corpus.TRAIN, negatives, real=real_train
+        int(corpus.get("train_examples", 4000)),
+        seed,
+        pii_corpus.TRAIN,
+        negatives,
+        real=real_train,
+        technical=pii_corpus.TECHNICAL if technical else None,
+        technical_share=technical,
     )
     val = pii_corpus.generate(
-        int(corpus.get("val_examples", 800)), seed + 1, pii_corpus.HELD_OUT, negatives, real=real_val
+        int(corpus.get("val_examples", 800)),
+        seed + 1,
+        pii_corpus.HELD_OUT,
+        negatives,
+        real=real_val,
+        technical=pii_corpus.TECHNICAL_HELD_OUT if technical else None,
+        technical_share=technical,
     )
     return train, val
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from .. import kernels
 from ..preprocess import case_flags, token_positions
 from . import export, graph, metrics, ortrun, textenc
 from .config import BuildConfig, BuildResult
-from .errors import GateError
+from .errors import BuildError, GateError
 from .progress import Progress
 from .staging import base_manifest, emit, make_staging_dir, quantize_and_gate
 
@@ -93,6 +94,20 @@ def build_tagger(
             bias = fit_outside_bias(state["batches"], tags, val, config.max_false_share)
             state["spans"] = _decode(state["batches"], tags, bias)
             biased = span_scores(state["spans"], val)
+        precision = None
+        if config.technical_negatives is not None:
+            with progress.step("precision gate: technical negatives and held-out recall"):
+                lines = read_negative_lines(config.technical_negatives)
+                encoded = tokenizer.encode_batch(lines)
+                batches = _tag(stage / "model.onnx", encoded, lines if case_feature else None, progress, "negatives")
+                precision = precision_gate(
+                    false_lines(lines, _decode(batches, tags, bias)),
+                    biased,
+                    config.max_technical_false_share,
+                    config.min_value_recall,
+                    force=config.force,
+                )
+                precision["file"] = config.technical_negatives.name
         (stage / "labels.json").write_text(json.dumps(tags) + "\n", encoding="utf-8")
         _write_golden(stage / "golden.jsonl", val, state["spans"])
         with progress.step("measure size and batch-1 latency"):
@@ -123,6 +138,7 @@ def build_tagger(
             "int8": state["scores"],
             "int8_with_outside_bias": biased,
             "gate": gate_report,
+            **({"precision_gate": precision} if precision is not None else {}),
             **perf,
             "build_seconds": round(time.perf_counter() - began, 1),
             "steps_seconds": progress.timings,
@@ -235,6 +251,67 @@ def tagger_gate(fp32: dict, int8: dict, max_drop: float, force: bool = False) ->
                 f"{max_drop:.2f} ({drops}); try --exclude-nodes ffn_down, or --force",
                 report,
             )
+        report["forced"] = True
+    return report
+
+
+def read_negative_lines(path) -> list[str]:
+    """The non-empty lines of a file of texts without PII (datasets/technical/negatives.txt)."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise BuildError(f"technical negatives {path}: {error}") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise BuildError(f"technical negatives {path}: no lines")
+    return lines
+
+
+def false_lines(lines: list[str], spans: list[list[tuple]]) -> dict:
+    """Lines without PII that got any span: how many, per 1,000, and a few of them with what was tagged."""
+    flagged = [(line, found) for line, found in zip(lines, spans) if found]
+    return {
+        "lines": len(lines),
+        "with_spans": len(flagged),
+        "false_share": round(len(flagged) / len(lines), 4) if lines else 0.0,
+        "per_1000": round(1000 * len(flagged) / len(lines), 1) if lines else 0.0,
+        "examples": [
+            {"text": line, "spans": [[line[start:end], kind] for start, end, kind in found]}
+            for line, found in flagged[:5]
+        ],
+    }
+
+
+def precision_gate(
+    negatives: dict, scores: dict, max_false_share: float, min_value_recall: dict, force: bool = False
+) -> dict:
+    """At most `max_false_share` of the technical negative lines may get a span, while held-out value recall
+    stays at or above `min_value_recall[kind]` per kind (`scores`: span_scores of the shipped tagger)."""
+    recall = {kind: scores.get(kind, {}).get("value_recall", 0.0) for kind in min_value_recall}
+    failures = []
+    if negatives["with_spans"] > max_false_share * negatives["lines"]:
+        examples = "; ".join(repr(e["text"]) for e in negatives["examples"][:2])
+        failures.append(
+            f"{negatives['with_spans']} of {negatives['lines']} technical negative lines "
+            f"({100 * negatives['false_share']:.2f}%) got a span, allowed {100 * max_false_share:.2f}% "
+            f"(e.g. {examples})"
+        )
+    failures += [
+        f"held-out {kind} value recall {recall[kind]:.2f} < {floor:.2f}"
+        for kind, floor in min_value_recall.items()
+        if recall[kind] < floor
+    ]
+    report = {
+        "technical_negatives": negatives,
+        "max_false_share": max_false_share,
+        "value_recall": recall,
+        "min_value_recall": dict(min_value_recall),
+        "passed": not failures,
+        "forced": False,
+    }
+    if failures:
+        if not force:
+            raise GateError(f"precision gate failed: {'; '.join(failures)}", report)
         report["forced"] = True
     return report
 

@@ -3,6 +3,10 @@
 Start more workers with the same group to split the load (`$share/<group>/edge/+/escalations`).
 Answers go to the device's own answer topic with the request's correlation data; a request id
 seen recently gets the cached answer again, so device re-sends are harmless.
+Whatever a peer sends never stops the worker: a request off the schema gets an error answer when it has
+an id or correlation data to answer under (`bad_requests`), is `ignored` when it has neither or names
+another answer topic, and is `dropped` when no answer can carry it back; `stats` counts each, and
+`edge-runtime upstream` prints them when it stops.
 """
 
 from __future__ import annotations

@@ -45,8 +45,7 @@ def tiny_home(tmp_path) -> Path:
 def upstream(tiny_home, broker):
     running = Upstream(tiny_home, str(tiny_home / "tiny"), broker.url).wait_ready()
     yield running
-    if running.process.poll() is None:
-        running.stop()
+    running.close()
 
 
 def device(broker, tmp_path, device_id: str) -> Uplink:

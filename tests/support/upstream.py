@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,3 +54,10 @@ class Upstream:
         stopped = [line for line in self.stderr().splitlines() if line.startswith("stopped: ")]
         assert stopped, self.stderr()
         return self.process.returncode, ast.literal_eval(stopped[-1].removeprefix("stopped: "))
+
+    def close(self) -> None:
+        """Whatever state it is in (SIGSTOPped too): continued, then SIGTERM, SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+        terminate(self.process, 30)
+        self._stderr.close()

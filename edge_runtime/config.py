@@ -83,6 +83,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_margin": Key(float, -1.0, -1, 1, "override the bundle's threshold (-1 = bundle's)"),
         "max_entropy": Key(float, -1.0, -1, 1, "override the bundle's threshold (-1 = bundle's)"),
         "budget": Key(float, -1.0, -1, 1, "max share of escalations (-1 = bundle's)"),
+        "private_label_floor": Key(
+            float, -1.0, -1, 1, "a private label this probable in the top-k keeps the text local (-1 = bundle's, 0.05)"
+        ),
     },
     "uplink": {
         "broker": Key(str, "", help="mqtt://host:port or mqtts://host:port ('' = offline: outbox only)"),
@@ -98,7 +101,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "privacy": {
         "tagger": Key(str, "pii-tagger-minilm", help="PII tagger bundle for names and addresses ('' = none)"),
-        "require_tagger": Key(bool, False, help="refuse to start when the tagger bundle cannot be loaded"),
+        "require_tagger": Key(
+            bool, True, help="escalations stay local while the tagger is not loaded (false: send with the scanner only)"
+        ),
         "refuse": Key(list, [], help="PII kinds whose texts never leave the device (escalation refused)"),
         "drop": Key(list, [], help="PII kinds removed without a placeholder mapping"),
     },

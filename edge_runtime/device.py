@@ -66,29 +66,36 @@ class Device:
             RoutingPolicy.from_dict(model.manifest.raw.get("routing"), configuration.routing_overrides(self.config))
         )
 
-    def tagger(self, ref: str | None = None, *, required: bool | None = None):
-        """The PII tagger ([privacy] tagger, or `ref`), or None when none is configured or installed and
-        it is not required."""
+    def tagger(self, ref: str | None = None, *, required: bool = False):
+        """The PII tagger ([privacy] tagger, or `ref`), or None when none is configured or it cannot be
+        loaded; `required` raises instead (an explicit `--tagger` on the command line)."""
         from .pii_tagger import load_tagger
 
-        privacy = self.config["privacy"]
-        required = privacy["require_tagger"] if required is None else required
-        tagger = load_tagger(privacy["tagger"] if ref is None else ref, required=required)
-        if tagger is None and (ref or privacy["tagger"]):
+        ref = self.config["privacy"]["tagger"] if ref is None else ref
+        tagger = load_tagger(ref, required=required)
+        if tagger is None and ref:
+            consequence = (
+                "escalations stay on the device until it is (privacy_unavailable)"
+                if self.config["privacy"]["require_tagger"]
+                else "names and addresses are not redacted (require_tagger = false)"
+            )
             log.warning(
-                "no PII tagger (%s not loaded): names and addresses are not redacted; "
-                "`edge-runtime build pii-tagger` builds it",
-                ref or privacy["tagger"],
+                "no PII tagger (%s not loaded): %s; `edge-runtime build pii-tagger` builds it", ref, consequence
             )
         return tagger
 
     def egress(self, *, tagger=None, audit: bool = True):
-        """What may leave the device: the [privacy] policy, the tagger, and an audit log of every decision."""
+        """What may leave the device: the [privacy] policy, the tagger, and an audit log of every decision.
+        With `require_tagger` (the default) nothing leaves while the configured tagger is not loaded."""
         from .audit import AuditLog
         from .egress import Egress
 
+        privacy = self.config["privacy"]
         audit_log = AuditLog(paths.state_dir() / "audit.jsonl") if audit else None
-        return Egress(configuration.privacy_policy(self.config), audit=audit_log, tagger=tagger)
+        required = privacy["tagger"] if privacy["require_tagger"] else ""
+        return Egress(
+            configuration.privacy_policy(self.config), audit=audit_log, tagger=tagger, required_tagger=required
+        )
 
     def outbox(self):
         from .outbox import Outbox

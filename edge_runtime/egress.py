@@ -3,19 +3,31 @@
 What counts as PII: the regex scanner's identifiers (kernels.pii) and, with a tagger bundle
 (pii_tagger.py), person names and postal addresses.
 
+Fail closed: when the configuration requires a tagger (`required_tagger`) and none is loaded, or the
+tagger fails on a text, nothing leaves: `prepare` raises PrivacyUnavailable and the answer stays local.
+Names have no checksum, so the scanner alone cannot stand in for the tagger.
+
 The placeholder mapping never leaves: it is kept in memory, per request id, for `ttl_s` seconds,
 so the upstream answer can be re-identified locally and then forgotten.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 
 from .audit import AuditLog
+from .errors import EdgeRuntimeError
 from .pii_tagger import PiiTagger, find_spans
 from .redaction import PrivacyRefused, redact, restore
+
+log = logging.getLogger(__name__)
+
+
+class PrivacyUnavailable(EdgeRuntimeError):
+    """The PII tagger the configuration requires is not loaded, or failed on the text: nothing may leave."""
 
 
 class Egress:
@@ -26,19 +38,39 @@ class Egress:
         ttl_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
         tagger: PiiTagger | None = None,
+        required_tagger: str = "",
     ):
         self.policy = dict(policy or {})
-        self.tagger = tagger
+        self.tagger = tagger  # replaced in place when a reload loads a newly installed tagger
+        self.required_tagger = required_tagger  # the configured tagger without which nothing leaves ('' = none)
         self.audit = audit or AuditLog(None)
         self.ttl_s = ttl_s
         self.clock = clock
         self._mappings: dict[str, tuple[float, dict[str, str]]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why nothing may leave the device now, or None when escalations may go out."""
+        if self.required_tagger and self.tagger is None:
+            return f"PII tagger {self.required_tagger} is not loaded"
+        return None
+
     def prepare(self, request_id: str, text: str, reason: str) -> str:
-        """The text as it may leave the device; raises PrivacyRefused when the policy forbids sending."""
+        """The text as it may leave the device; raises PrivacyRefused when the policy forbids sending and
+        PrivacyUnavailable when the required tagger is missing or fails."""
+        unavailable = self.unavailable
+        if unavailable is None:
+            try:
+                spans = find_spans(text, self.tagger)
+            except Exception as error:  # an onnxruntime failure in the tagger: the names were not looked for
+                log.exception("PII tagger failed on a text; it stays on the device")
+                unavailable = f"PII tagger failed: {type(error).__name__}"
+        if unavailable is not None:
+            self.audit.record("kept_local", request_id=request_id, reason=reason, unavailable=unavailable)
+            raise PrivacyUnavailable(unavailable)
         try:
-            redaction = redact(text, find_spans(text, self.tagger), policy=self.policy)
+            redaction = redact(text, spans, policy=self.policy)
         except PrivacyRefused as refused:
             self.audit.record("refused", request_id=request_id, reason=reason, refused=str(refused))
             raise

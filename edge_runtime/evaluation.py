@@ -74,28 +74,41 @@ DEFAULT_DEVICE_COST = 0.000002
 DEFAULT_UPSTREAM_COST = 0.0004
 
 
+def outgoing(egress, texts: Sequence[str], reasons: Sequence[str]) -> list[str | None]:
+    """Each text as it would leave the device through `egress` (redacted), or None where it would stay
+    (a privacy refusal, or the required PII tagger missing): what an upstream actually gets to read."""
+    from . import escalation
+    from .egress import PrivacyUnavailable
+    from .redaction import PrivacyRefused
+
+    sent: list[str | None] = []
+    for text, reason in zip(texts, reasons):
+        request_id = escalation.new_request_id()
+        try:
+            sent.append(egress.prepare(request_id, text, reason))
+        except (PrivacyRefused, PrivacyUnavailable):
+            sent.append(None)
+        egress.forget(request_id)
+    return sent
+
+
 def payload_sizes(
-    texts: Sequence[str],
+    redacted: Sequence[str],
     predictions: Sequence | None,
     *,
     bundle: tuple[str, str] = ("", ""),
     device_id: str = "eval-device",
 ) -> list[int]:
-    """Bytes of each escalation request as it would leave the device: redacted, serialised (escalation.encode).
-    `predictions` None: requests without a device prediction (everything sent upstream)."""
+    """Bytes of each escalation request as it leaves the device: the `redacted` text, serialised
+    (escalation.encode). `predictions` None: requests without a device prediction (everything sent upstream)."""
     from . import escalation
-    from .egress import Egress
 
-    egress = Egress()
     sizes = []
-    for i, text in enumerate(texts):
+    for i, text in enumerate(redacted):
         prediction = predictions[i] if predictions is not None else None
-        request_id = escalation.new_request_id()
         reason = getattr(prediction, "reason", "") if prediction is not None else "all_upstream"
-        redacted = egress.prepare(request_id, text, reason)
-        egress.forget(request_id)
         message = escalation.build_request(
-            redacted, prediction, device_id=device_id, request_id=request_id, reason=reason, bundle=bundle
+            text, prediction, device_id=device_id, request_id=escalation.new_request_id(), reason=reason, bundle=bundle
         )
         sizes.append(len(escalation.encode(message)))
     return sizes
@@ -197,15 +210,27 @@ def hybrid_evaluation(
     oos_label: str = "oos",
     device_cost: float = DEFAULT_DEVICE_COST,
     upstream_cost: float = DEFAULT_UPSTREAM_COST,
+    egress=None,
 ) -> tuple[dict, list[str]]:
     """(figures, final labels) of the device `model` (its routed `predictions`) with the upstream `big`
-    answering what it escalates, against the device alone and everything upstream."""
-    escalated = [p.decision == "escalate" for p in predictions]
-    upstream = upstream_labels(big, texts, predictions, mode)
+    answering what it escalates, against the device alone and everything upstream.
+
+    The upstream reads what would leave the device: each text through `egress` (the device's redaction,
+    its PII tagger included; default: the scanner alone), so over-redaction costs accuracy here as it
+    would in the field. A text that egress keeps on the device (privacy refusal, tagger unavailable) is
+    answered locally, as the pipeline would."""
+    from .egress import Egress
+
+    egress = egress or Egress()
+    redacted = outgoing(egress, texts, [p.reason for p in predictions])
+    wanted = [p.decision == "escalate" for p in predictions]
+    escalated = [w and r is not None for w, r in zip(wanted, redacted)]
+    readable = [r if r is not None else t for r, t in zip(redacted, texts)]  # all-upstream: kept ones unsent
+    upstream = upstream_labels(big, readable, predictions, mode)
     bundle = (model.name, model.version)
     sent = [i for i, e in enumerate(escalated) if e]
-    escalated_bytes = sum(payload_sizes([texts[i] for i in sent], [predictions[i] for i in sent], bundle=bundle))
-    all_bytes = sum(payload_sizes(texts, None, bundle=bundle))
+    escalated_bytes = sum(payload_sizes([redacted[i] for i in sent], [predictions[i] for i in sent], bundle=bundle))
+    all_bytes = sum(payload_sizes(readable, None, bundle=bundle))
     figures = hybrid_figures(
         gold,
         [p.label for p in predictions],
@@ -219,5 +244,10 @@ def hybrid_evaluation(
     )
     figures["upstream"] = f"{big.name}@{big.version}"
     figures["upstream_mode"] = mode
+    figures["redaction"] = {
+        "tagger": egress.tagger.name if egress.tagger else None,
+        "texts_changed": sum(r is not None and r != t for r, t in zip(redacted, texts)),
+        "kept_local_for_privacy": sum(w and r is None for w, r in zip(wanted, redacted)),
+    }
     final = [u if e else p.label for p, u, e in zip(predictions, upstream, escalated)]
     return figures, final

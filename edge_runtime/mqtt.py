@@ -6,6 +6,8 @@ threads only queues). Both the device uplink and the upstream worker use it.
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import os
 import random
@@ -21,8 +23,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .errors import ConfigError, EdgeRuntimeError
+from .ratelimit import ThrottledLog
 
 log = logging.getLogger(__name__)
+_callback_log = ThrottledLog(log)
 PASSWORD_ENV = "EDGE_RUNTIME_MQTT_PASSWORD"  # never in a file or on a command line
 
 
@@ -128,6 +132,26 @@ def make_client(config: BrokerConfig, client_id: str) -> paho.Client:
     return client
 
 
+def guarded(name: str, func: Callable, errors: collections.Counter | None = None) -> Callable:
+    """`func` as a paho callback that never raises: paho 2.x re-raises a callback's exception in its network
+    thread, which ends that thread, and with it every later message, silently. The exception is logged
+    (at most once per 10 s per callback) and counted in `errors[name]`; the message that caused it is dropped."""
+
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            if errors is not None:
+                errors[name] += 1
+            _callback_log.log(
+                logging.ERROR, name, "mqtt callback %s raised; its message is dropped", name, exc_info=True
+            )
+            return None
+
+    return call
+
+
 @dataclass
 class Subscription:
     topic: str
@@ -159,15 +183,23 @@ class Link:
         self.connects = 0
         self._backoff = Backoff(self.config.backoff_min_s, self.config.backoff_max_s)
         self._got_connack = False
+        self.callback_errors: collections.Counter[str] = collections.Counter()
         client = self.client
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
+
+        def guard(name, func):
+            return guarded(name, func, self.callback_errors)
+
+        # Every callback paho calls is guarded: an exception would end paho's network thread.
+        client.on_connect = guard("on_connect", self._on_connect)
+        client.on_connect_fail = guard("on_connect_fail", self._on_connect_fail)
+        client.on_disconnect = guard("on_disconnect", self._on_disconnect)
+        client.on_subscribe = guard("on_subscribe", self._on_subscribe)
         if self.handlers.on_message:
-            client.on_message = lambda c, u, message: self.handlers.on_message(message)
+            client.on_message = guard("on_message", lambda c, u, message: self.handlers.on_message(message))
         if self.handlers.on_publish:
-            client.on_publish = lambda c, u, mid, rc, props: self.handlers.on_publish(mid, rc.value, str(rc))
+            client.on_publish = guard(
+                "on_publish", lambda c, u, mid, rc, props: self.handlers.on_publish(mid, rc.value, str(rc))
+            )
         self._schedule_retry()
 
     # -- lifecycle ---------------------------------------------------------------------------

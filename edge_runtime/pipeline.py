@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 
 from . import escalation
-from .egress import Egress
+from .egress import Egress, PrivacyUnavailable
 from .redaction import PrivacyRefused
 from .results import DEFERRED, ESCALATE, LOCAL, Prediction
 from .router import Router
@@ -69,7 +69,8 @@ class Pipeline:
         """Escalate one routed prediction without waiting: (prediction, Future | None).
 
         The redacted text goes to the uplink (a Future of the answer back) or, offline, to the
-        outbox (decision `deferred`, no Future). A privacy refusal keeps the answer local."""
+        outbox (decision `deferred`, no Future). A privacy refusal, or a required PII tagger that is not
+        loaded, keeps the answer local."""
         request_id = escalation.new_request_id()
         if self.uplink is None and self.outbox is None:
             return replace(prediction, decision=LOCAL, reason=f"no_uplink:{prediction.reason}"), None
@@ -77,6 +78,8 @@ class Pipeline:
             outgoing = self.egress.prepare(request_id, text, prediction.reason)
         except PrivacyRefused:
             return replace(prediction, decision=LOCAL, reason=f"privacy_refused:{prediction.reason}"), None
+        except PrivacyUnavailable:
+            return replace(prediction, decision=LOCAL, reason=f"privacy_unavailable:{prediction.reason}"), None
         prediction = replace(prediction, request_id=request_id)
         if self.uplink is not None:
             return prediction, self.uplink.submit(outgoing, prediction, request_id=request_id, reason=prediction.reason)

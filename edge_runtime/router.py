@@ -1,7 +1,8 @@
 """Local or escalate: the routing policy, applied to each prediction, with the rule that decided.
 
 Rules, first match wins:
-  1. private label            -> local   (its input may never leave the device)
+  1. private label            -> local   (its input may never leave the device): the top-1 label, or any
+                                          label of the top-k with probability >= private_label_floor
   2. never-escalate label     -> local
   3. always-escalate label    -> escalate
   4. per-class min confidence -> escalate when the score is below the class's threshold
@@ -30,6 +31,8 @@ class RoutingPolicy:
     always_escalate: frozenset[str] = frozenset()
     never_escalate: frozenset[str] = frozenset()
     private_labels: frozenset[str] = frozenset()
+    # A text that is plausibly private stays: a 10% chance that it is a medical query is reason enough.
+    private_label_floor: float = 0.05
     budget: float | None = None  # max share of escalations over the window, 0..1
     budget_window: int = 1000
 
@@ -56,7 +59,7 @@ class RoutingPolicy:
         return policy
 
     def validate(self) -> None:
-        for name in ("min_confidence", "min_margin", "max_entropy", "budget"):
+        for name in ("min_confidence", "min_margin", "max_entropy", "budget", "private_label_floor"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"routing.{name} must be between 0 and 1, got {value}")
@@ -78,10 +81,11 @@ class Router:
         """The decision and reason by the rules alone, before the budget."""
         policy = self.policy
         top = prediction.top_k[0][0] if prediction.top_k else prediction.label
-        labels = {prediction.label, top}
-        private = labels & policy.private_labels
-        if private:
-            return LOCAL, f"private_label:{sorted(private)[0]}"
+        if policy.private_labels:
+            plausible = {label for label, p in prediction.top_k if p >= policy.private_label_floor}
+            private = ({prediction.label, top} | plausible) & policy.private_labels
+            if private:
+                return LOCAL, f"private_label:{sorted(private)[0]}"
         if top in policy.never_escalate:
             return LOCAL, f"never_escalate:{top}"
         if top in policy.always_escalate:

@@ -74,6 +74,9 @@ def home(tmp_path, small_bundle, build_key, monkeypatch) -> Path:
     """A private store with the small bundle active, set as EDGE_RUNTIME_HOME."""
     root = store_with(tmp_path / "home", small_bundle, build_key)
     monkeypatch.setenv("EDGE_RUNTIME_HOME", str(root))
+    # A device configured without a tagger (scanner only): with one configured but not installed, every
+    # escalation would stay local (privacy_unavailable). The tagger tests configure it themselves.
+    monkeypatch.setenv("EDGE_RUNTIME_PRIVACY_TAGGER", "")
     return root
 
 

@@ -290,7 +290,7 @@ def test_a_chunk_with_a_bad_hash_is_refetched_not_written(device, archives, flee
     holder = {}
 
     def answer(message):
-        request = protocol.decode_request(message.payload)
+        request = protocol.parse_request(message.payload, dev.id)
         for index in request["indices"]:
             data = archive.read_bytes()[index * target.chunk_size : (index + 1) * target.chunk_size]
             if index == 1 and corrupted["left"]:

@@ -27,8 +27,11 @@ pytestmark = pytest.mark.kernels  # routing and the figures follow the classify 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cli(*args, home):
-    environment = {**os.environ, "EDGE_RUNTIME_HOME": str(home)}
+SCANNER_ONLY = {"EDGE_RUNTIME_PRIVACY_TAGGER": ""}  # the small test store has no PII tagger
+
+
+def cli(*args, home, env=SCANNER_ONLY):
+    environment = {**os.environ, "EDGE_RUNTIME_HOME": str(home), **env}
     return subprocess.run(
         [sys.executable, "-m", "edge_runtime", *map(str, args)],
         capture_output=True,
@@ -411,3 +414,26 @@ def test_calibrate_can_route_on_entropy(bundle_home, val_file, build_key, tmp_pa
     escalated = [p.decision == "escalate" for p in routed]
     assert sum(escalated) == round(0.2 * len(texts))  # the cut escalates exactly the target share
     assert all(p.reason.startswith("max_entropy>") for p in routed if p.decision == "escalate")
+
+
+def test_the_upstream_reads_the_redacted_text_and_kept_local_escalations_are_not_counted_as_sent(
+    bundle_home, small_val_rows, tmp_path
+):
+    rows = [json.loads(line) for line in small_val_rows[1::4]]
+    for k, row in enumerate(rows[::3]):
+        row["text"] += f" mail me at someone{k}@example.org"
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = cli("eval", "--data", data, "--upstream", "clinc-small", "--json", home=bundle_home)
+    assert done.returncode == 0, done.stderr
+    scanner = json.loads(done.stdout)
+    assert scanner["redaction"] == {"tagger": None, "texts_changed": len(rows[::3]), "kept_local_for_privacy": 0}
+    assert scanner["escalated"] > 0
+
+    # the shipped config names a PII tagger; this store has none: every escalation stays on the device
+    done = cli("eval", "--data", data, "--upstream", "clinc-small", "--json", home=bundle_home, env={})
+    assert done.returncode == 0, done.stderr
+    closed = json.loads(done.stdout)
+    assert closed["escalated"] == 0 and closed["escalation_rate"] == 0
+    assert closed["redaction"]["kept_local_for_privacy"] == scanner["escalated"]
+    assert closed["accuracy"] == closed["device_only"]["accuracy"]

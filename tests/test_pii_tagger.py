@@ -130,7 +130,7 @@ def test_privacy_config_is_checked():
         config.load(environ={"EDGE_RUNTIME_PRIVACY_REFUSE": "CARD", "EDGE_RUNTIME_PRIVACY_DROP": "CARD"})
 
 
-def _redact(home: Path, *args: str, text: str) -> subprocess.CompletedProcess:
+def _redact(home: Path, *args: str, text: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "edge_runtime", "redact", *args],
         input=text,
@@ -138,7 +138,7 @@ def _redact(home: Path, *args: str, text: str) -> subprocess.CompletedProcess:
         capture_output=True,
         cwd=REPO,
         timeout=120,
-        env={**os.environ, "EDGE_RUNTIME_HOME": str(home)},
+        env={**os.environ, "EDGE_RUNTIME_HOME": str(home), **(env or {})},
     )
 
 
@@ -153,9 +153,16 @@ def test_redact_cli_uses_the_installed_tagger(tagger_home, tmp_path):
     bare = _redact(tagger_home, "--no-tagger", text=text)
     assert bare.returncode == 0 and "Bartholomew Whitcombe" in bare.stdout
 
-    empty = tmp_path / "empty-home"  # no tagger installed: a note on stderr, still redacts
+    empty = tmp_path / "empty-home"  # the configured tagger is not installed: fail closed, one-line reason
     missing = _redact(empty, text=text)
-    assert missing.returncode == 0 and "<EMAIL_1>" in missing.stdout and "no PII tagger" in missing.stderr
+    assert (missing.returncode, missing.stdout) == (1, ""), missing.stderr
+    assert missing.stderr.splitlines()[-1] == (
+        "edge-runtime: PII tagger pii-tagger-minilm is not loaded: names and addresses cannot be found "
+        "(edge-runtime build pii-tagger), or --no-tagger for the scanner alone"
+    )
+    scanner_only = _redact(empty, text=text, env={"EDGE_RUNTIME_PRIVACY_REQUIRE_TAGGER": "false"})
+    assert scanner_only.returncode == 0 and "<EMAIL_1>" in scanner_only.stdout
+    assert "names and addresses are not redacted (require_tagger = false)" in scanner_only.stderr
     explicit = _redact(empty, "--tagger", "pii-tagger-minilm", text=text)
     assert explicit.returncode != 0 and explicit.stderr.strip()
 

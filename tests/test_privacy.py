@@ -210,6 +210,43 @@ def test_refuse_policy_keeps_the_text_on_the_device(corpus, tiny, tmp_path):
     assert all(leaks(audit_path.read_text(), values) == [] for _, values, _ in corpus)
 
 
+def test_without_the_required_tagger_nothing_leaves_and_the_audit_log_says_why(corpus, tiny, tmp_path):
+    audit_path = tmp_path / "audit.jsonl"
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    egress = Egress(audit=AuditLog(audit_path), required_tagger="pii-tagger-minilm")  # configured, not loaded
+    answers = Pipeline(tiny, escalate_everything(tiny), egress=egress, outbox=outbox).predict(
+        [text for text, _, _ in corpus]
+    )
+    outbox.close()
+    assert all(a.decision == "local" and a.reason.startswith("privacy_unavailable:") for a in answers)
+    assert all(a.request_id is None for a in answers)
+    assert outbox_payloads(tmp_path / "outbox.sqlite") == []
+    events = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    assert {e["event"] for e in events} == {"kept_local"} and len(events) == len(corpus)
+    assert events[0]["unavailable"] == "PII tagger pii-tagger-minilm is not loaded"
+
+
+def test_a_tagger_that_fails_on_a_text_keeps_that_text_local(pii_tagger, tiny, tmp_path, monkeypatch):
+    """An onnxruntime failure inside the tagger is injected (it cannot be provoked on demand): the names in
+    that text were not looked for, so it must not leave; the next text goes out redacted as usual."""
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    egress = Egress(tagger=pii_tagger, required_tagger="pii-tagger-minilm")
+    pipeline = Pipeline(tiny, escalate_everything(tiny), egress=egress, outbox=outbox)
+    real_spans = pii_tagger.spans
+
+    def fails_once(text):
+        monkeypatch.setattr(pii_tagger, "spans", real_spans)
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION (injected)")
+
+    monkeypatch.setattr(pii_tagger, "spans", fails_once)
+    first, second = pipeline.predict(["this is Rosalind Featherstonehaugh", "this is Rosalind Featherstonehaugh"])
+    outbox.close()
+    assert (first.decision, first.reason.split(":")[0]) == ("local", "privacy_unavailable"), first
+    assert second.decision == "deferred", second
+    [sent] = outbox_payloads(tmp_path / "outbox.sqlite")
+    assert "Featherstonehaugh" not in sent["text"] and "<PERSON_1>" in sent["text"]
+
+
 def test_twelve_digit_maestro_cards_are_redacted(tiny, tmp_path):
     from faker import Faker
 

@@ -56,6 +56,35 @@ def test_private_label_is_checked_on_the_models_top_label_too():
     assert decided.decision == "local" and decided.reason == "private_label:pin_change"
 
 
+def ranked(*top_k, margin=0.1, entropy=0.9):
+    return Prediction(label=top_k[0][0], score=top_k[0][1], top_k=list(top_k), margin=margin, entropy=entropy)
+
+
+@pytest.mark.parametrize(
+    "second, floor, decision",
+    [
+        (0.08, None, "local"),  # above the default floor (0.05): plausibly private, stays
+        (0.04, None, "escalate"),  # below it
+        (0.08, 0.1, "escalate"),  # a bundle or config may raise the floor
+        (0.08, 0.08, "local"),  # at the floor counts
+    ],
+)
+def test_a_private_label_anywhere_in_the_top_k_above_the_floor_keeps_the_text_local(second, floor, decision):
+    policy = {"min_confidence": 0.9, "private_labels": ["pin_change"]}
+    if floor is not None:
+        policy["private_label_floor"] = floor
+    router = Router(RoutingPolicy.from_dict(policy))
+    decided = router.route(ranked(("balance", 0.5), ("transfer", 0.3), ("pin_change", second)))
+    assert decided.decision == decision, decided
+    if decision == "local":
+        assert decided.reason == "private_label:pin_change"
+
+
+def test_the_private_label_floor_is_a_probability():
+    with pytest.raises(ConfigError, match="private_label_floor must be between 0 and 1"):
+        RoutingPolicy.from_dict({"private_label_floor": 1.5})
+
+
 def test_budget_caps_the_share_of_escalations_over_the_window():
     router = Router(RoutingPolicy.from_dict({"min_confidence": 0.5, "budget": 0.25, "budget_window": 8}))
     decisions = [router.route(prediction(score=0.1)) for _ in range(8)]

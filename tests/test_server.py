@@ -638,26 +638,49 @@ def test_serve_refuses_a_bad_config_and_a_busy_port(home, tmp_path):
     assert done.returncode == 1 and "no active model" in done.stderr
 
 
-def test_a_classifier_named_as_the_tagger_is_a_warning_or_with_require_tagger_a_one_line_refusal(home, tmp_path):
+def test_a_tagger_that_cannot_be_loaded_keeps_escalations_local_until_the_operator_opts_out(home, tmp_path):
+    """Fail closed: names have no checksum, so without the configured tagger nothing leaves the device. The
+    daemon still serves local answers, says why in /v1/status and /metrics, and `require_tagger = false` is
+    the operator's explicit choice to send with the scanner alone."""
+    from edge_runtime.outbox import Outbox
+
     not_a_tagger = "clinc-small is a text-classification model, not a token-classification tagger"
-    settings = tmp_path / "config.toml"
-    settings.write_text('[privacy]\ntagger = "clinc-small"\n')
-    running = Daemon(home, "--config", str(settings), log_dir=tmp_path).wait_ready()
+    escalate_all = {"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}
+    text = f"this is Rosalind Featherstonehaugh, my card was stolen {MARKER}"
+    running = Daemon(home, tagger="clinc-small", env=escalate_all, log_dir=tmp_path).wait_ready()
     try:
-        assert running.get("/v1/status")[2]["privacy"]["tagger"] is None
-        assert running.post("/v1/predict", {"text": TEXTS[0]})[0] == 200
+        privacy = running.get("/v1/status")[2]["privacy"]
+        assert privacy["tagger"] is None and privacy["escalations_allowed"] is False, privacy
+        assert privacy["unavailable"] == "PII tagger clinc-small is not loaded", privacy
+        code, _, body = running.post("/v1/predict", {"texts": [text, text]})
+        assert code == 200, body
+        for prediction in body["predictions"]:
+            assert prediction["decision"] == "local", prediction
+            assert prediction["reason"].startswith("privacy_unavailable:min_confidence"), prediction
+        metrics = running.get("/metrics")[2].decode()
+        assert "edge_runtime_privacy_available 0.0" in metrics
+        assert 'edge_runtime_kept_local_total{reason="privacy_unavailable"} 2.0' in metrics
+        assert running.get("/v1/status")[2]["privacy"]["kept_local"] == {"privacy_unavailable": 2.0}
     finally:
         assert running.stop() == 0
+    with Outbox(home / "state" / "outbox.sqlite") as outbox:
+        assert outbox.summary()["pending"] == 0, "nothing may have been queued to leave"
     warnings = [json.loads(line) for line in running.log().splitlines() if not_a_tagger in line]
     assert [(entry["level"], entry["msg"]) for entry in warnings] == [
         ("warning", f"PII tagger clinc-small not loaded: {not_a_tagger}")
     ], running.log()
-    assert "Traceback" not in running.log()
+    assert "Traceback" not in running.log() and MARKER not in running.log()
 
-    settings.write_text('[privacy]\ntagger = "clinc-small"\nrequire_tagger = true\n')
-    done = cli("serve", "--config", str(settings), "--port", str(free_port()), home=home)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.splitlines() == [f"edge-runtime: {not_a_tagger}"], done.stderr
+    opted_out = {**escalate_all, "EDGE_RUNTIME_PRIVACY_REQUIRE_TAGGER": "false"}
+    running = Daemon(home, tagger="clinc-small", env=opted_out, log_dir=tmp_path).wait_ready()
+    try:
+        assert running.get("/v1/status")[2]["privacy"]["escalations_allowed"] is True
+        assert "edge_runtime_privacy_available 1.0" in running.get("/metrics")[2].decode()
+        code, _, body = running.post("/v1/predict", {"text": text})
+        assert code == 200 and body["decision"] == "deferred", body
+    finally:
+        assert running.stop() == 0
+    assert "names and addresses are not redacted (require_tagger = false)" in running.log()
 
 
 def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, build_key, pii_tagger_bundle):
@@ -665,15 +688,21 @@ def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, bui
     from edge_runtime.outbox import Outbox
 
     home = store_with(tmp_path / "home", small_bundle, build_key)
-    running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
+    escalate_all = {"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}
+    running = Daemon(home, tagger="pii-tagger-minilm", env=escalate_all).wait_ready()
+    text = "this is Rosalind Featherstonehaugh, my card was stolen"
     try:
         assert running.get("/v1/status")[2]["privacy"]["tagger"] is None
+        code, _, body = running.post("/v1/predict", {"text": text})  # not installed yet: stays on the device
+        assert code == 200 and body["decision"] == "local", body
+        assert body["reason"].startswith("privacy_unavailable:"), body
         Store(home).install(pii_tagger_bundle)
         code, _, reloaded = running.post("/v1/admin/reload", {})
         assert code == 200 and reloaded["result"] == "unchanged", reloaded  # the same classifier
         assert reloaded["tagger"] == "pii-tagger-minilm@1.0.0"
-        assert running.get("/v1/status")[2]["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"
-        code, _, body = running.post("/v1/predict", {"text": "this is Rosalind Featherstonehaugh, my card was stolen"})
+        privacy = running.get("/v1/status")[2]["privacy"]
+        assert privacy["tagger"] == "pii-tagger-minilm@1.0.0" and privacy["escalations_allowed"] is True
+        code, _, body = running.post("/v1/predict", {"text": text})
         assert code == 200 and body["decision"] == "deferred", body
     finally:
         assert running.stop() == 0
@@ -688,7 +717,7 @@ def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, 
 
     home = store_with(tmp_path / "home", small_bundle, build_key)
     Store(home).install(pii_tagger_bundle)
-    running = Daemon(home, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
+    running = Daemon(home, tagger=None, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
     try:
         status = running.get("/v1/status")[2]
         assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.0.0"

@@ -278,3 +278,35 @@ def test_certificate_from_another_ca_is_refused(tls_broker, pki, tmp_path):
             uplink.wait_ready(3)
         assert uplink.escalate("hello", deadline_s=0.2) is None
         assert uplink.outbox.summary()["pending"] == 1  # kept for when a valid certificate is in place
+
+
+def test_acl_device_reads_its_own_desired_state_not_another_devices(tls_broker, pki):
+    """deploy/mosquitto/acl: fleet/devices/<id>/desired is readable by <id> only; group topics by every device."""
+    received: list[str] = []
+
+    def client(name: str) -> paho.Client:
+        made = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"{name}-{time.monotonic_ns()}", protocol=paho.MQTTv5
+        )
+        made.tls_set(
+            ca_certs=str(pki / "ours" / "ca.crt"),
+            certfile=str(pki / "ours" / f"{name}.crt"),
+            keyfile=str(pki / "ours" / f"{name}.key"),
+        )
+        made.connect("localhost", tls_broker.port)
+        made.loop_start()
+        return made
+
+    fleet, spy = client("fleet"), client("devA")
+    spy.on_message = lambda c, u, m: received.append(m.topic)
+    try:
+        for topic in ("fleet/devices/devA/desired", "fleet/devices/devB/desired", "fleet/groups/lab/desired"):
+            fleet.publish(topic, b"{}", qos=1, retain=True).wait_for_publish(10)
+        spy.subscribe([("fleet/devices/+/desired", 1), ("fleet/groups/+/desired", 1)])
+        wait_for(lambda: len(received) >= 2)
+        time.sleep(0.5)
+    finally:
+        for made in (fleet, spy):
+            made.loop_stop()
+            made.disconnect()
+    assert sorted(received) == ["fleet/devices/devA/desired", "fleet/groups/lab/desired"]

@@ -34,6 +34,11 @@ def _print_hybrid(figures) -> None:
         f"escalated: device {percent(figures['escalated_local_accuracy'])}, "
         f"upstream {percent(figures.get('escalated_accuracy'))}"
     )
+    redaction = figures["redaction"]
+    click.echo(
+        f"redaction          {redaction['tagger'] or 'scanner only'}: {redaction['texts_changed']} texts changed, "
+        f"{redaction['kept_local_for_privacy']} escalations kept local for privacy"
+    )
 
 
 @click.command()
@@ -95,8 +100,9 @@ def evaluate(
     local = final = [p.label for p in predictions]
     if upstream:
         big = device.load_model(upstream, allow_unsigned=allow_unsigned)
+        egress = device.egress(tagger=device.tagger(), audit=False)  # the upstream reads what would leave
         figures, final = hybrid_evaluation(
-            model, big, texts, gold, predictions, upstream_mode, oos_label, device_cost, upstream_cost
+            model, big, texts, gold, predictions, upstream_mode, oos_label, device_cost, upstream_cost, egress
         )
     else:
         figures = routed_figures(gold, local, [p.decision == "escalate" for p in predictions], None, oos_label)

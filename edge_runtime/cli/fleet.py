@@ -52,10 +52,10 @@ def _keys(key_files) -> list:
     return [signing.load_private_key(Path(path)) for path in key_files]
 
 
-def _manager(broker, fleet, key_files=()):
+def _manager(broker, fleet, key_files=(), limits=None):
     from ..fleet.manager import Manager
 
-    return Manager(broker, fleet, _keys(key_files))
+    return Manager(broker, fleet, _keys(key_files), limits=limits)
 
 
 def _when(stamp) -> str:
@@ -219,7 +219,7 @@ def status(group, wait_s, broker, fleet, as_json):
     from .common import percent
 
     report = _manager(broker, fleet).status(wait_s)
-    if group:
+    if group:  # an invalid report's group cannot be trusted: those stay listed
         report["devices"] = [d for d in report["devices"] if d.get("group") == group]
         report["rollouts"] = [r for r in report["rollouts"] if r["group"] == group]
     if as_json:
@@ -240,6 +240,10 @@ def status(group, wait_s, broker, fleet, as_json):
         ]
         for d in report["devices"]
     ]
+    rows += [
+        [bad["device"][:40], "-", "-", "-", "invalid", "", "", "", bad["reason"][:70]]
+        for bad in report["invalid_reports"]
+    ]
     print_table(
         ["device", "group", "active", "previous", "phase", "release", "last seen", "escalation", "note"],
         rows,
@@ -258,21 +262,58 @@ def status(group, wait_s, broker, fleet, as_json):
     ]
     if rows:
         print_table(["group", "release", "number", "stage", "canaries", "why"], rows, title="rollouts")
+    if report["serve"]:
+        click.echo(_serve_line(report["serve"], now))
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+
+
+def _serve_line(metrics: dict, now: float) -> str:
+    """One line on what `fleet serve` counted: chunks served, messages dropped and refused, by reason."""
+    if "error" in metrics:
+        return f"fleet serve: {metrics['error']}"
+    state = "running" if metrics.get("running") else "stopped"
+    return (
+        f"fleet serve ({state}, {_age(now, metrics.get('updated_at'))}): {metrics.get('chunks_served', 0)} chunks "
+        f"served; invalid: {_counts(metrics.get('invalid') or {})}; refused: {_counts(metrics.get('refused') or {})}"
+    )
+
+
+def _limit_option(name: str, field: str, help_text: str):
+    from ..fleet.manager import ServeLimits
+
+    return click.option(
+        name,
+        field,
+        type=click.FloatRange(0.1, 100_000),
+        default=getattr(ServeLimits(), field),
+        show_default=True,
+        help=help_text,
+    )
 
 
 @fleet.command()
 @click.option("--auto-promote", is_flag=True, help="Promote a canary rollout as soon as every canary committed.")
 @click.option("--no-auto-halt", is_flag=True, help="Do not halt a rollout when a canary fails.")
+@_limit_option("--chunk-rate", "chunk_rate", "Chunks per second one device may fetch.")
+@_limit_option("--chunk-burst", "chunk_burst", "Chunks one device may fetch at once after a pause.")
+@_limit_option("--message-rate", "message_rate", "Messages per second one device may send (requests, reports).")
+@_limit_option("--message-burst", "message_burst", "Messages one device may send at once after a pause.")
 @key_option
 @fleet_options
-def serve(auto_promote, no_auto_halt, key_files, broker, fleet):
-    """Answer devices' chunk requests and watch their reports until SIGTERM/SIGINT."""
+def serve(auto_promote, no_auto_halt, key_files, broker, fleet, **limits):
+    """Answer devices' chunk requests and watch their reports until SIGTERM/SIGINT. Chunks go only to
+    devices of a group the release is for; over-budget and malformed messages are dropped and counted."""
     import logging
+
+    from ..fleet.manager import ServeLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    manager = _manager(broker, fleet, key_files)
+    manager = _manager(broker, fleet, key_files, ServeLimits(**limits))
     if not manager.keys:
         click.echo("no --key: serving chunks only (no automatic halt/promote)", err=True)
     started = time.monotonic()
@@ -285,6 +326,8 @@ def serve(auto_promote, no_auto_halt, key_files, broker, fleet):
         )
     except KeyboardInterrupt:
         pass
+    metrics = manager.metrics()
     click.echo(
-        f"served {manager.chunks_served} chunks, {manager.bytes_served:,} bytes in {time.monotonic() - started:.0f} s"
+        f"served {manager.chunks_served} chunks, {manager.bytes_served:,} bytes in {time.monotonic() - started:.0f} s; "
+        f"invalid: {_counts(metrics['invalid'])}; refused: {_counts(metrics['refused'])}"
     )

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ..egress import PrivacyUnavailable
 from ..errors import InputError
 from ..pii_tagger import find_spans
 from ..redaction import ACTIONS, KINDS
@@ -59,6 +60,11 @@ def redact(config_file, as_json, refuse, drop, policy_items, tagger, no_tagger) 
         config_file, privacy={"refuse": refuse or None, "drop": drop or None, "tagger": "" if no_tagger else tagger}
     )
     egress = device.egress(tagger=device.tagger(required=tagger is not None), audit=False)
+    if egress.unavailable:
+        raise PrivacyUnavailable(
+            f"{egress.unavailable}: names and addresses cannot be found (edge-runtime build pii-tagger), "
+            "or --no-tagger for the scanner alone"
+        )
     out = sys.stdout
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:

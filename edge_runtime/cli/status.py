@@ -85,5 +85,13 @@ def status(url, unix_socket, config_file, as_json):
             "escalation_rate": round(data["escalation_rate"], 4),
             "outbox": data["outbox"],
             "uplink": data["uplink"] or "offline (outbox only)",
+            "privacy": _privacy_line(data["privacy"]),
         }
     )
+
+
+def _privacy_line(privacy: dict) -> str:
+    tagger = privacy["tagger"] or "no PII tagger"
+    if privacy.get("unavailable"):
+        return f"{tagger}; escalations kept local: {privacy['unavailable']}"
+    return f"{tagger}; escalations allowed"

@@ -1,31 +1,82 @@
 """The fleet manager: publish signed desired states, answer chunk requests, watch device reports,
-promote canary rollouts that committed and halt the ones that failed."""
+promote canary rollouts that committed and halt the ones that failed.
+
+Everything a device sends is checked (protocol.parse_state / parse_request) before it is used; what does
+not check out is dropped, counted by reason and logged at most once per 10 s per reason. Chunk requests
+are rate-limited per device and served only for releases of the device's group (access.ChunkAccess).
+"""
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..fsutil import atomic_write_json
 from ..mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+from ..ratelimit import KeyedBuckets, ThrottledLog
+from ..schema import SchemaError
 from . import protocol
 from . import release as releases
 from . import rollout as rollouts
+from .access import ChunkAccess, Refused, ReportedGroups
 from .chunks import read_chunk
 from .errors import FleetError, ReleaseError
 from .fleetdir import FleetDir, next_seq
 
 log = logging.getLogger(__name__)
+METRICS_FILE = "serve-metrics.json"  # in the fleet dir: `fleet serve` writes it, `fleet status` shows it
+METRICS_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Per-device budgets of `fleet serve`. A well-behaved device keeps 8 chunks in flight and sends a few
+    reports a minute; what goes over a budget is dropped (the device asks again after its chunk timeout)."""
+
+    chunk_rate: float = 32.0  # chunks per second (4 MiB/s at 128 KiB chunks)
+    chunk_burst: float = 64.0
+    message_rate: float = 20.0  # messages per second, any kind
+    message_burst: float = 100.0
+
+
+@dataclass
+class DeviceReports:
+    """What the devices' retained state reports say: the valid ones, and why the others were refused."""
+
+    valid: dict[str, dict]
+    invalid: dict[str, str]
 
 
 class Manager:
-    def __init__(self, broker: BrokerConfig, fleet_dir: FleetDir, keys=(), timeout_s: float = 15.0):
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        fleet_dir: FleetDir,
+        keys=(),
+        timeout_s: float = 15.0,
+        limits: ServeLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.broker, self.fleet, self.keys, self.timeout_s = broker, fleet_dir, list(keys), timeout_s
+        self.limits = limits or ServeLimits()
         self.bytes_served = 0
         self.chunks_served = 0
+        self.invalid: collections.Counter[str] = collections.Counter()  # "<message kind>/<reason>"
+        self.refused: collections.Counter[str] = collections.Counter()  # "<reason>"
+        self.groups = ReportedGroups()
+        self.access = ChunkAccess(fleet_dir, self.groups)
+        self._chunk_budget = KeyedBuckets(self.limits.chunk_rate, self.limits.chunk_burst, clock)
+        self._message_budget = KeyedBuckets(self.limits.message_rate, self.limits.message_burst, clock)
+        self._log = ThrottledLog(log, clock=clock)
+        self._link_errors: collections.Counter[str] | None = None
 
     # --- MQTT helpers -----------------------------------------------------------------------------
     def _link(self, subscriptions=(), on_message=None, client_id=None) -> Link:
@@ -41,20 +92,29 @@ class Manager:
         link.wait_ready(self.timeout_s)
         return link
 
-    def device_states(self, wait_s: float = 1.0) -> dict[str, dict]:
-        """Every device's retained report (the broker sends them on subscribe)."""
-        states: dict[str, dict] = {}
+    def device_reports(self, wait_s: float = 1.0) -> DeviceReports:
+        """Every device's retained report (the broker sends them on subscribe), checked."""
+        reports = DeviceReports({}, {})
 
         def collect(message):
-            state = protocol.decode_state(message.payload)
             device = protocol.device_of(message.topic, "state")
-            if state and device == state["device"]:
-                states[device] = state
+            if device is None or not message.payload:  # an empty retained message withdraws a report
+                return
+            try:
+                reports.valid[device] = protocol.parse_state(message.payload, device)
+                reports.invalid.pop(device, None)
+            except SchemaError as error:
+                reports.valid.pop(device, None)
+                reports.invalid[device] = str(error)
 
         link = self._link([protocol.state_topic("+")], collect)
         time.sleep(wait_s)
         link.stop()
-        return dict(states)
+        return DeviceReports(dict(reports.valid), dict(reports.invalid))
+
+    def device_states(self, wait_s: float = 1.0) -> dict[str, dict]:
+        """The devices whose retained report is valid."""
+        return self.device_reports(wait_s).valid
 
     def _publish_desired(self, rollout: dict, action: str, stage: str, reason: str = "") -> None:
         if not self.keys:
@@ -145,7 +205,8 @@ class Manager:
         return self._change(group, "rolled_back", "rollback", "all", reason, f"rolled back: {reason}")
 
     def status(self, wait_s: float = 1.0) -> dict:
-        states = self.device_states(wait_s)
+        reports = self.device_reports(wait_s)
+        states = reports.valid
         result = []
         for rollout in self.fleet.rollouts():
             decision, why = rollouts.assess(rollout, states)
@@ -156,27 +217,124 @@ class Manager:
                     "last_event": rollout["history"][-1] if rollout.get("history") else None,
                 }
             )
-        return {"devices": [states[d] for d in sorted(states)], "rollouts": result, "now": time.time()}
+        return {
+            "devices": [states[d] for d in sorted(states)],
+            "invalid_reports": [{"device": d, "reason": reports.invalid[d]} for d in sorted(reports.invalid)],
+            "rollouts": result,
+            "serve": self.serve_metrics(),
+            "now": time.time(),
+        }
+
+    # --- counters ---------------------------------------------------------------------------------
+    def metrics(self) -> dict:
+        return {
+            "chunks_served": self.chunks_served,
+            "bytes_served": self.bytes_served,
+            # dict() first: a copy in one step, while paho's thread may be adding a reason
+            "invalid": dict(sorted(dict(self.invalid).items())),
+            "refused": dict(sorted(dict(self.refused).items())),
+            "callback_errors": dict(self._link_errors or {}),
+            "limits": asdict(self.limits),
+        }
+
+    def serve_metrics(self) -> dict | None:
+        """What the last `fleet serve` on this fleet dir counted (None if none ran)."""
+        path = self.fleet.root / METRICS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            return {"error": f"{path}: unreadable ({error})"}
+        return data if isinstance(data, dict) else {"error": f"{path}: not an object"}
+
+    def _save_metrics(self, running: bool) -> None:
+        try:
+            atomic_write_json(
+                self.fleet.root / METRICS_FILE, {**self.metrics(), "running": running, "updated_at": time.time()}
+            )
+        except OSError as error:
+            self._log.log(logging.ERROR, "metrics", "cannot write %s: %s", METRICS_FILE, error)
+
+    def _drop_invalid(self, kind: str, device: str | None, error: SchemaError) -> None:
+        self.invalid[f"{kind}/{error.reason}"] += 1
+        self._log.log(
+            logging.WARNING, f"invalid/{kind}/{error.reason}", "dropped %s from %s: %s", kind, device or "?", error
+        )
+
+    def _refuse(self, device: str, reason: str, detail: str) -> None:
+        self.refused[reason] += 1
+        self._log.log(logging.WARNING, f"refused/{reason}", "refused: %s", detail)
 
     # --- the long-running side --------------------------------------------------------------------
+    def _within_budget(self, device: str, kind: str) -> bool:
+        if self._message_budget.take(device):
+            return True
+        self._refuse(device, "rate_limited", f"{kind} from {device}: over {self.limits.message_rate:g} messages/s")
+        return False
+
     def _answer(self, link: Link, message) -> None:
         device = protocol.device_of(message.topic, "chunks/request")
-        request = protocol.decode_request(message.payload)
-        if device is None or request is None:
+        if device is None:
+            self._drop_invalid("chunk_request", None, SchemaError(f"topic {message.topic[:80]!r}", "bad_topic"))
             return
-        sha = request["sha256"]
-        archive = self.fleet.archive(sha)
+        if not self._within_budget(device, "chunk request"):
+            return
+        try:
+            request = protocol.parse_request(message.payload, device)
+        except SchemaError as error:
+            self._drop_invalid("chunk_request", device, error)
+            return
+        sha, indices = request["sha256"], request["indices"]
         topic = protocol.chunk_topic(device)
-        for index in request["indices"]:
-            if archive is None:
-                payload = protocol.encode_chunk(sha, index, b"", error="unknown release")
-            else:
-                target = releases.read(self.fleet.releases / f"{sha}.release.json")["signed"]["archive"]
-                data = read_chunk(archive, target["chunk_size"], index)
-                payload = protocol.encode_chunk(sha, index, data, error=None if data else "no such chunk")
+        try:
+            release = self.access.release_for(device, sha)
+        except Refused as refusal:
+            self._refuse(device, refusal.reason, str(refusal))
+            if refusal.reply:  # one answer is enough: the device gives up on the first error
+                link.client.publish(topic, protocol.encode_chunk(sha, indices[0], b"", error=refusal.reply), qos=1)
+            return
+        if not self._chunk_budget.take(device, len(indices)):
+            self._refuse(device, "rate_limited", f"{device}: over {self.limits.chunk_rate:g} chunks/s")
+            return
+        archive = self.fleet.archive(sha)
+        for index in indices:
+            data, error = b"", "no such chunk"
+            if archive is not None and index < len(release.chunks):
+                try:
+                    data, error = read_chunk(archive, release.chunk_size, index), None
+                except OSError as failure:  # the archive went away under us: say so, keep serving
+                    error = f"cannot read the archive: {failure.strerror}"
+            if data:
                 self.bytes_served += len(data)
                 self.chunks_served += 1
+            else:
+                self.refused["no_such_chunk"] += 1
+            payload = protocol.encode_chunk(sha, index, data, error=None if data else error or "no such chunk")
             link.client.publish(topic, payload, qos=1)
+
+    def _take_report(self, message, states: dict[str, dict]) -> str | None:
+        """Record a device's state report; the group to look at again, if any."""
+        device = protocol.device_of(message.topic, "state")
+        if device is None:
+            self._drop_invalid("state", None, SchemaError(f"topic {message.topic[:80]!r}", "bad_topic"))
+            return None
+        if not self._within_budget(device, "state report"):
+            return None
+        if not message.payload:  # the retained report was cleared
+            states.pop(device, None)
+            self.groups.forget(device)
+            return None
+        try:
+            state = protocol.parse_state(message.payload, device)
+        except SchemaError as error:
+            self._drop_invalid("state", device, error)
+            states.pop(device, None)  # its last word is unreadable: neither trusted nor served
+            self.groups.forget(device)
+            return None
+        states[device] = state
+        self.groups.learn(device, state["group"])
+        return state["group"]
 
     def serve(self, stop: threading.Event, auto_promote: bool = False, auto_halt: bool = True, on_event=None) -> None:
         """Answer chunk requests; with keys, halt failing rollouts (and promote committed canaries)."""
@@ -185,27 +343,35 @@ class Manager:
         holder: dict = {}
 
         def on_message(message):
-            if message.topic.endswith("/chunks/request"):
+            if message.topic.endswith("/chunks/request"):  # the two subscriptions differ in this suffix
                 self._answer(holder["link"], message)
                 return
-            state = protocol.decode_state(message.payload)
-            if state and protocol.device_of(message.topic, "state") == state["device"]:
-                states[state["device"]] = state
-                changed.put(state.get("group"))
+            group = self._take_report(message, states)
+            if group:
+                changed.put(group)
 
         holder["link"] = link = self._link(
             [protocol.chunk_request_topic("+"), protocol.state_topic("+")], on_message, client_id="edge-fleet-serve"
         )
+        self._link_errors = link.callback_errors
+        saved_at, saved = 0.0, None
         try:
             while not stop.is_set():
+                if time.monotonic() - saved_at > METRICS_EVERY_S and self.metrics() != saved:
+                    saved, saved_at = self.metrics(), time.monotonic()
+                    self._save_metrics(running=True)
                 try:
                     group = changed.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 if group and self.keys:
-                    self._watch(group, dict(states), auto_promote, auto_halt, on_event)
+                    try:
+                        self._watch(group, dict(states), auto_promote, auto_halt, on_event)
+                    except Exception:  # a bad rollout file must not end the server for every group
+                        self._log.log(logging.ERROR, "watch", "group %s: watching failed", group, exc_info=True)
         finally:
             link.stop()
+            self._save_metrics(running=False)
 
     def _watch(self, group: str, states: dict, auto_promote: bool, auto_halt: bool, on_event) -> None:
         try:

@@ -8,16 +8,24 @@ edge/<id>/chunks             one chunk per message: "ERC1" + header length + JSO
 
 Desired states are signed like release records and carry a sequence number per scope; devices refuse
 any seq lower than the highest they have seen (replay), and ignore the one they already handled.
+
+What devices send (state reports, chunk requests) is not signed and may come from a hostile or broken
+device: `parse_state` and `parse_request` check it against a strict schema with bounds (schema.py) and
+raise `SchemaError` with a reason code the manager counts.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 
+from .. import schema
+from ..schema import SchemaError
 from .errors import ReleaseError
-from .release import check_group, sign_envelope, verify_envelope
+from .release import GROUP_RE, check_group, sign_envelope, verify_envelope
+from .state import PHASES
 
 DESIRED_TYPE = "fleet.desired"
 STATE_TYPE = "fleet.state"
@@ -25,7 +33,12 @@ REQUEST_TYPE = "fleet.chunk_request"
 ACTIONS = ("install", "halt", "rollback")
 STAGES = ("canary", "all")
 CHUNK_MAGIC = b"ERC1"
-MAX_REQUEST_INDICES = 64
+MAX_REQUEST_INDICES = 16  # a device keeps 8 in flight; 16 x 200 KiB bounds what one request can cost
+MAX_CHUNK_INDEX = 2**31 - 1
+MAX_STATE_BYTES = 16 * 1024
+MAX_REQUEST_BYTES = 4 * 1024
+DEVICE_ID_PATTERN = r"[^/+#\x00]{1,128}"  # as escalation.check_device_id
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
 def group_desired_topic(group: str) -> str:
@@ -49,10 +62,10 @@ def chunk_topic(device_id: str) -> str:
 
 
 def device_of(topic: str, suffix: str) -> str | None:
-    """The device id in edge/<id>/<suffix>."""
+    """The device id in edge/<id>/<suffix> (None unless it is a valid device id)."""
     parts = topic.split("/")
     want = suffix.split("/")
-    if len(parts) == 2 + len(want) and parts[0] == "edge" and parts[2:] == want and parts[1]:
+    if len(parts) == 2 + len(want) and parts[0] == "edge" and parts[2:] == want and _DEVICE_ID.fullmatch(parts[1]):
         return parts[1]
     return None
 
@@ -140,14 +153,61 @@ def build_state(device_id: str, group: str, **fields) -> dict:
     return {"type": STATE_TYPE, "schema": 1, "device": device_id, "group": group, "reported_at": time.time(), **fields}
 
 
+_TEXT = schema.nullable(schema.string(4096))
+_REF = schema.nullable(schema.string(200))
+_COUNT = schema.integer(0, 2**53)
+_RELEASE_NUMBER = schema.integer(0, 2**53)
+STATE_SCHEMA = schema.record(
+    {
+        "type": schema.one_of(STATE_TYPE),
+        "schema": schema.one_of(1),
+        "device": schema.string(128, DEVICE_ID_PATTERN),
+        "group": schema.string(64, GROUP_RE.pattern),
+        "reported_at": schema.number(0, 2**40),
+    },
+    {
+        "phase": schema.one_of(*PHASES),
+        "active": _REF,
+        "previous": _REF,
+        "release": schema.nullable(_RELEASE_NUMBER),
+        "target": _REF,
+        "installed_release": _RELEASE_NUMBER,
+        "last_error": _TEXT,
+        "refused": schema.nullable(
+            schema.record(
+                {"release": schema.nullable(_RELEASE_NUMBER), "reason": schema.string(4096)},
+                {"at": schema.number(0, 2**40)},
+            )
+        ),
+        "note": _TEXT,
+        "escalation_rate": schema.nullable(schema.number(0.0, 1.0)),
+        "download": schema.nullable(
+            schema.record(
+                {},
+                {k: _COUNT for k in ("requested", "received", "bad", "duplicates", "chunks", "bytes")},
+            )
+        ),
+        "runtime": schema.nullable(schema.string(64)),
+    },
+)
+
+
+def parse_state(data: bytes, topic_device: str | None = None) -> dict:
+    """A device's state report, checked; `topic_device` (the <id> of edge/<id>/state) must be its device."""
+    message = STATE_SCHEMA(schema.parse_json(data, MAX_STATE_BYTES), "state")
+    if topic_device is not None and message["device"] != topic_device:
+        raise SchemaError(
+            f"state: report for device {message['device']!r} on the topic of {topic_device!r}", "device_mismatch"
+        )
+    return message
+
+
 def decode_state(data: bytes) -> dict | None:
+    """parse_state, or None for a report that does not check out."""
     try:
-        message = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+        return parse_state(data)
+    except SchemaError:
         return None
-    if isinstance(message, dict) and message.get("type") == STATE_TYPE and isinstance(message.get("device"), str):
-        return message
-    return None
 
 
 # --- chunks -------------------------------------------------------------------------------------
@@ -164,18 +224,24 @@ def build_request(device_id: str, sha256: str, indices: list[int]) -> bytes:
     )
 
 
-def decode_request(data: bytes) -> dict | None:
-    try:
-        message = json.loads(data)
-        ok = (
-            message["type"] == REQUEST_TYPE
-            and isinstance(message["sha256"], str)
-            and all(isinstance(i, int) and i >= 0 for i in message["indices"])
-            and len(message["indices"]) <= MAX_REQUEST_INDICES
+REQUEST_SCHEMA = schema.record(
+    {
+        "type": schema.one_of(REQUEST_TYPE),
+        "device": schema.string(128, DEVICE_ID_PATTERN),
+        "sha256": schema.string(64, r"[0-9a-f]{64}"),
+        "indices": schema.array(schema.integer(0, MAX_CHUNK_INDEX), MAX_REQUEST_INDICES, min_items=1, unique=True),
+    }
+)
+
+
+def parse_request(data: bytes, topic_device: str) -> dict:
+    """A chunk request, checked; `topic_device` (the <id> of edge/<id>/chunks/request) must be its device."""
+    message = REQUEST_SCHEMA(schema.parse_json(data, MAX_REQUEST_BYTES), "request")
+    if message["device"] != topic_device:
+        raise SchemaError(
+            f"request: from device {message['device']!r} on the topic of {topic_device!r}", "device_mismatch"
         )
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return None
-    return message if ok else None
+    return message
 
 
 def encode_chunk(sha256: str, index: int, data: bytes, error: str | None = None) -> bytes:

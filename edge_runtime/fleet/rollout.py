@@ -25,10 +25,12 @@ def group_devices(states: dict[str, dict], group: str) -> list[str]:
 
 
 def _failure(state: dict, number: int) -> str | None:
+    """Why the device failed release `number`, if it did. States come checked (protocol.parse_state); the
+    isinstance guard is for a caller that passes one unchecked."""
     if state.get("release") == number and state.get("phase") in FAILED_PHASES:
         return f"{state['phase']}: {state.get('last_error') or 'no reason reported'}"
-    refused = state.get("refused") or {}
-    if refused.get("release") == number:
+    refused = state.get("refused")
+    if isinstance(refused, dict) and refused.get("release") == number:
         return f"refused: {refused.get('reason')}"
     return None
 

@@ -66,6 +66,17 @@ class Metrics:
             "edge_runtime_model_info", "The serving model (value 1)", ["name", "version", "release"], registry=r
         )
         self.reloads = Counter("edge_runtime_reloads", "Model reloads by result", ["result"], registry=r)
+        self.privacy_available = Gauge(
+            "edge_runtime_privacy_available",
+            "1 when escalations may leave the device, 0 while the required PII tagger is not loaded",
+            registry=r,
+        )
+        self.kept_local = Counter(
+            "edge_runtime_kept_local",
+            "Escalations kept on the device to protect personal data, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.uptime = Gauge("edge_runtime_uptime_seconds", "Seconds since the daemon started", registry=r)
 
     def set_model(self, name: str, version: str, release) -> None:

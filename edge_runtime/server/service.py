@@ -22,6 +22,9 @@ from .swap import Engine, HotSwap
 
 log = logging.getLogger(__name__)
 
+# the reasons (pipeline.send) for which an escalation stayed on the device to protect personal data
+KEPT_LOCAL_FOR_PRIVACY = ("privacy_refused", "privacy_unavailable")
+
 
 class Service:
     def __init__(self, config, device: Device | None = None):
@@ -68,6 +71,7 @@ class Service:
         m.outbox_dead.set_function(lambda: self.outbox.summary()["dead"])
         m.escalation_rate.set_function(lambda: self.swap.current.pipeline.router.escalation_rate)
         m.uptime.set_function(lambda: time.time() - self.started)
+        m.privacy_available.set_function(lambda: self.egress.unavailable is None)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -129,6 +133,8 @@ class Service:
         predictions = [await self._resolve(outcome, deadline) for outcome in outcomes]
         for prediction in predictions:
             self.metrics.predictions.labels(prediction.decision).inc()
+            if prediction.reason.startswith(KEPT_LOCAL_FOR_PRIVACY):
+                self.metrics.kept_local.labels(prediction.reason.partition(":")[0]).inc()
         return outcomes[0].engine, predictions
 
     async def _resolve(self, outcome, deadline: float):
@@ -190,6 +196,10 @@ class Service:
             "outbox": {"pending": summary["pending"], "answered": summary["answered"], "dead": summary["dead"]},
             "privacy": {
                 "tagger": self.egress.tagger.name if self.egress.tagger else None,
+                "required_tagger": self.egress.required_tagger or None,
+                "escalations_allowed": self.egress.unavailable is None,
+                "unavailable": self.egress.unavailable,
+                "kept_local": self.metrics.totals(self.metrics.kept_local),
                 "policy": self.egress.policy,
             },
         }

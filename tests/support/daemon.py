@@ -15,12 +15,20 @@ from . import REPO, free_port
 
 
 class Daemon:
-    """`edge-runtime serve` in a subprocess; stdout+stderr go to a log file the test can read."""
+    """`edge-runtime serve` in a subprocess; stdout+stderr go to a log file the test can read.
 
-    def __init__(self, home: Path, *args: str, env: dict | None = None, log_dir: Path | None = None):
+    `tagger` is the [privacy] tagger the device is configured with. The default, none, is a device that
+    sends with the scanner's redaction alone: the small test stores hold no tagger, and with one configured
+    but missing every escalation would stay local (privacy_unavailable). The tagger tests name it."""
+
+    def __init__(
+        self, home: Path, *args: str, env: dict | None = None, log_dir: Path | None = None, tagger: str | None = ""
+    ):
         self.port = free_port()
         self.log_path = (log_dir or home) / f"daemon-{self.port}.log"
         environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        if tagger is not None:  # None: whatever the config file says
+            environment["EDGE_RUNTIME_PRIVACY_TAGGER"] = tagger
         environment.update(EDGE_RUNTIME_HOME=str(home), **(env or {}))
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(

@@ -6,7 +6,7 @@ seen recently gets the cached answer again, so device re-sends are harmless.
 Whatever a peer sends never stops the worker: a request off the schema gets an error answer when it has
 an id or correlation data to answer under (`bad_requests`), is `ignored` when it has neither or names
 another answer topic, and is `dropped` when no answer can carry it back; `stats` counts each, and
-`edge-runtime upstream` prints them when it stops.
+`edge-runtime upstream` prints them (with the Link's `callback_errors`, if any) when it stops.
 """
 
 from __future__ import annotations
@@ -118,15 +118,8 @@ class Worker:
         self.link.wait_ready(timeout)
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
-        # paho-mqtt 2.x: an exception raised in this callback kills the network thread, and the worker with it.
-        # _handle answers, ignores or drops whatever a peer sends; this catches what it did not foresee.
-        try:
-            self._handle(message)
-        except Exception:
-            log.exception("worker: request on %s dropped", message.topic)
-            self.stats["dropped"] += 1
-
-    def _handle(self, message: paho.MQTTMessage) -> None:
+        # Whatever a peer sends is answered, ignored or dropped here, and counted; what this does not foresee
+        # the Link's guard catches (counted in link.callback_errors), so paho's network thread lives on.
         device = escalation.device_of_topic(message.topic)
         response_topic = getattr(message.properties, "ResponseTopic", None)
         if device is None or response_topic != escalation.answer_topic(device):

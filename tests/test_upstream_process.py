@@ -148,4 +148,5 @@ def test_upstream_process_survives_hostile_requests_and_keeps_answering(upstream
     assert stats.get("answered") == 2 and "errors" not in stats  # the device's two; the responder never failed
     assert stats.get("bad_requests") == 6
     assert stats.get("ignored") == 5  # no correlation data (3: garbage, two bad ids), a foreign or no response topic
+    assert "callback_errors" not in stats  # nothing reached the Link's guard: every case was foreseen
     assert stats.get("dropped") == 1  # the 64 KB of correlation data: no error answer can carry it back

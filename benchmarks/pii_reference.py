@@ -3,16 +3,28 @@
 Same kinds, validators (Luhn, mod-97, octets, ipaddress, entropy) and priority as
 edge_runtime.kernels.pii; the patterns approximate the hand-written state machine, so results
 agree on ordinary text but are not guaranteed identical. `scan(text) -> [(start, end, kind)]`.
+Non-ASCII text is normalised the usual way too (unicodedata per character, cached) and the spans mapped back;
+secrets after keywords are one more case-insensitive pattern.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
+import unicodedata
 from collections import Counter
 
-from edge_runtime.kernels.pure.pii import IBAN_LENGTHS, KINDS, SECRET_KEY_NAMES, SECRET_PREFIXES
+from edge_runtime.kernels.pure.pii import (
+    COPULA_STOPWORDS,
+    COPULAS,
+    IBAN_LENGTHS,
+    KINDS,
+    SECRET_KEY_NAMES,
+    SECRET_KEYWORDS,
+    SECRET_PREFIXES,
+)
 
 _NUM_PREV = r"(?<![A-Za-z0-9_.,\-/+#@$])(?<![0-9] )"
 _HEX_PREV = r"(?<![A-Za-z0-9_:.\-])"
@@ -22,7 +34,7 @@ PATTERNS = {
         r"[A-Za-z0-9\-]*(?:\.[A-Za-z0-9][A-Za-z0-9\-]*)*\.[A-Za-z]{2,}(?![A-Za-z0-9\-])"
     ),
     "IBAN": re.compile(
-        r"(?<![A-Za-z0-9_])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){1,7}(?: ?[A-Z0-9]{1,4})?"
+        r"(?<![A-Za-z0-9_])[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{4}){1,7}(?: ?[A-Za-z0-9]{1,4})?"
         r"(?![A-Za-z0-9_])"
     ),
     "CARD": re.compile(
@@ -80,7 +92,7 @@ def _card(match) -> tuple[int, int] | None:
 
 
 def _iban(match) -> tuple[int, int] | None:
-    compact = match.group(0).replace(" ", "")
+    compact = match.group(0).replace(" ", "").upper()
     length = IBAN_LENGTHS.get(compact[:2], 0)
     if length == 0 or len(compact) < length:
         return None
@@ -204,7 +216,78 @@ VALIDATORS = {
 }
 
 
+def _alternation(words) -> str:
+    escaped = (re.escape(w).replace(r"\ ", r"[ \t]+").replace("'", "['\u2019\u2018\u02bc]") for w in words)
+    return "|".join(sorted(escaped, key=len, reverse=True))
+
+
+_KEYWORD = re.compile(
+    rf"(?<!\w)(?:{_alternation(SECRET_KEYWORDS)})(?!\w)"
+    rf"(?:[ \t]*[:=][ \t]*|[ \t]+(?P<copula>(?:{_alternation(COPULAS)})[ \t]+)[ \t]*|(?P<bare>[ \t]+))"
+    r"(?:[\"'`\u201c\u201e\u2018\u201a\u00ab\u2039](?P<quoted>[^\n\"'`\u201d\u201c\u2019\u2018\u00bb\u203a]{1,127})"
+    r"[\"'`\u201d\u201c\u2019\u2018\u00bb\u203a]|(?P<value>\S+))",
+    re.IGNORECASE,
+)
+_STOPWORDS = frozenset(COPULA_STOPWORDS)
+_OPEN_QUOTES = "\"'`\u201c\u201e\u2018\u201a\u00ab\u2039"
+_TRAILING = ".,;:!?)]}>\"'`\u201d\u201c\u2019\u2018\u00bb\u203a\u3002\u3001"
+
+
+def _keyword_secrets(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for match in _KEYWORD.finditer(text):
+        if match.group("quoted"):
+            spans.append(match.span("quoted"))
+            continue
+        raw = match.group("value")
+        value = raw.lstrip(_OPEN_QUOTES)
+        start = match.start("value") + len(raw) - len(value)
+        value = value.rstrip(_TRAILING)
+        if not value:
+            continue
+        if match.group("bare") and (len(value) < 4 or not re.search(r"[0-9]", value)):
+            continue
+        if match.group("copula") and value.lower() in _STOPWORDS:
+            continue
+        spans.append((start, start + len(value)))
+    return spans
+
+
+_FOLDED_CATEGORY = {"Zs": " ", "Pd": "-"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold(ch: str) -> str:
+    if ch == "\u00ad" or unicodedata.category(ch) == "Cf":
+        return ""
+    out = []
+    for c in unicodedata.normalize("NFKC", ch):
+        category = "Pd" if c == "\u2212" else unicodedata.category(c)
+        if category == "Nd":
+            out.append(str(unicodedata.decimal(c)))
+        elif category != "Cf":
+            out.append(_FOLDED_CATEGORY.get(category, c))
+    return "".join(out)
+
+
 def scan(text: str) -> list[tuple[int, int, str]]:
+    if text.isascii():
+        return _scan(text)
+    parts, origin = [], []
+    for k, ch in enumerate(text):
+        folded = ch if ch < "\x80" else _fold(ch)
+        parts.append(folded)
+        origin += [k] * len(folded)
+    spans, kept, previous_end = _scan("".join(parts)), [], 0
+    for start, end, kind in spans:
+        start, end = max(origin[start], previous_end), origin[end - 1] + 1
+        if start < end:
+            kept.append((start, end, kind))
+            previous_end = end
+    return kept
+
+
+def _scan(text: str) -> list[tuple[int, int, str]]:
     candidates = []
     for priority, kind in enumerate(KINDS):
         validate = VALIDATORS[kind]
@@ -212,6 +295,7 @@ def scan(text: str) -> list[tuple[int, int, str]]:
             span = validate(match)
             if span:
                 candidates.append((priority, span[0], span[1]))
+    candidates += [(KINDS.index("SECRET"), start, end) for start, end in _keyword_secrets(text)]
     candidates.sort()
     taken = bytearray(len(text))
     kept = []

@@ -13,12 +13,14 @@ import shutil
 import stat
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from . import signing
 from .errors import BundleError
 from .fsutil import atomic_write_bytes, fsync_dir
+from .tarstream import Member, TarStream
 
 FORMAT = "edge-runtime-bundle/1"
 MANIFEST = "manifest.json"
@@ -34,10 +36,13 @@ SEMVER_RE = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 
-# unpack() limits: generous for INT8 models, small enough to stop an archive filling the disk.
+# unpack() limits: generous for INT8 models, small enough to stop an archive filling the disk. The manifest and
+# signature are read into memory before anything is verified, so they get small caps of their own.
 MAX_MEMBER_BYTES = 4 << 30
 MAX_TOTAL_BYTES = 8 << 30
 MAX_MEMBERS = 1000
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_SIGNATURE_BYTES = 64 << 10
 _CHUNK = 1 << 20
 
 
@@ -205,20 +210,29 @@ def check_files(bundle_dir: Path, manifest: Manifest) -> None:
         raise BundleError(f"{extra[0]}: not listed in {MANIFEST}")
 
 
-def _check_signature(bundle_dir: Path, data: bytes, trusted: dict, allow_unsigned: bool) -> tuple[str, ...]:
-    sig_path = bundle_dir / SIGNATURE
-    if not sig_path.exists():
+def _verify_signature_bytes(
+    signature_bytes: bytes | None, data: bytes, trusted: dict, allow_unsigned: bool, threshold: int = 1
+) -> tuple[str, ...]:
+    if signature_bytes is None:
         if allow_unsigned:
             return ()
         raise BundleError("not signed (pass --allow-unsigned for development)")
     try:
-        signatures = json.loads(sig_path.read_text(encoding="utf-8"))["signatures"]
+        signatures = json.loads(signature_bytes.decode("utf-8"))["signatures"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         raise BundleError(f'{SIGNATURE}: malformed (expected {{"signatures": [...]}})') from None
     try:
-        return tuple(signing.verify_signatures(data, signatures, trusted))
+        return tuple(signing.verify_signatures(data, signatures, trusted, threshold))
     except BundleError as error:
         raise BundleError(f"{MANIFEST}: {error}") from None
+
+
+def _check_signature(
+    bundle_dir: Path, data: bytes, trusted: dict, allow_unsigned: bool, threshold: int = 1
+) -> tuple[str, ...]:
+    sig_path = bundle_dir / SIGNATURE
+    signature_bytes = sig_path.read_bytes() if sig_path.exists() else None
+    return _verify_signature_bytes(signature_bytes, data, trusted, allow_unsigned, threshold)
 
 
 def _runtime_version() -> str | None:
@@ -232,22 +246,27 @@ def _semver_core(text: str) -> tuple[int, ...]:
     return tuple(int(match.group(i)) for i in (1, 2, 3)) if match else (0, 0, 0)
 
 
-def verify(bundle_dir: Path, trusted_keys: dict, allow_unsigned: bool = False) -> Manifest:
-    """Signature first (over the exact manifest bytes), then the manifest's schema, then every file.
-    A present but invalid signature is refused even with allow_unsigned: that flag admits unsigned bundles only."""
+def _check_min_runtime(manifest: Manifest) -> None:
+    runtime = _runtime_version()
+    needed = manifest.min_runtime
+    if isinstance(needed, str) and runtime and _semver_core(runtime) < _semver_core(needed):
+        raise BundleError(f"needs edge-runtime >= {needed} (this is {runtime})")
+
+
+def verify(bundle_dir: Path, trusted_keys: dict, allow_unsigned: bool = False, threshold: int = 1) -> Manifest:
+    """Signature first (over the exact manifest bytes; `threshold` trusted keys), then the manifest's schema,
+    then every file. A present but invalid signature is refused even with allow_unsigned: that flag admits
+    unsigned bundles only."""
     bundle_dir = Path(bundle_dir)
     try:
         data = (bundle_dir / MANIFEST).read_bytes()
     except FileNotFoundError:
         raise BundleError(f"{MANIFEST}: missing") from None
-    signers = _check_signature(bundle_dir, data, trusted_keys, allow_unsigned)
+    signers = _check_signature(bundle_dir, data, trusted_keys, allow_unsigned, threshold)
     manifest = _load_manifest_bytes(data, bundle_dir)
     manifest.signers = signers
     check_files(bundle_dir, manifest)
-    runtime = _runtime_version()
-    needed = manifest.min_runtime
-    if isinstance(needed, str) and runtime and _semver_core(runtime) < _semver_core(needed):
-        raise BundleError(f"needs edge-runtime >= {needed} (this is {runtime})")
+    _check_min_runtime(manifest)
     return manifest
 
 
@@ -348,96 +367,158 @@ def pack(bundle_dir: Path, archive_path: Path) -> Path:
     return archive_path
 
 
-def _member_name(member: tarfile.TarInfo) -> str | None:
-    """The checked relative name of a member, None for the '.' directory entry."""
-    name = member.name[2:] if member.name.startswith("./") else member.name
-    name = name.rstrip("/") if member.isdir() else name
-    if name in ("", "."):
-        return None
-    if (
-        name.startswith("/")
-        or "\\" in name
-        or "\x00" in name
-        or any(part in ("", ".", "..") for part in name.split("/"))
-    ):
-        raise BundleError(f"archive member {member.name!r}: unsafe path")
-    if member.issym() or member.islnk():
-        raise BundleError(f"archive member {member.name!r}: links are not allowed")
-    if not (member.isreg() or member.isdir()):
-        raise BundleError(f"archive member {member.name!r}: devices, fifos and other special files are not allowed")
-    return name
-
-
-def _open_archive(archive_path: Path) -> tarfile.TarFile:
+@contextmanager
+def _archive_stream(archive_path: Path):
     try:
-        return tarfile.open(archive_path, mode="r:*")
-    except (tarfile.TarError, OSError) as error:
-        raise BundleError(f"{archive_path}: not a bundle archive ({error})") from None
+        handle = open(archive_path, "rb")  # noqa: SIM115 - closed below, after the caller's reads
+    except OSError as error:
+        raise BundleError(f"{archive_path}: not a bundle archive ({error.strerror})") from None
+    with handle:
+        yield TarStream(handle)
+
+
+def _read_small(stream: TarStream, member: Member, limit: int) -> bytes:
+    if member.size > limit:
+        raise BundleError(f"archive member {member.name}: {member.size} bytes exceeds the {limit} byte limit")
+    return stream.read(member.size)
+
+
+def _archive_head(stream: TarStream, archive_path: Path) -> tuple[bytes, bytes | None, Member | None]:
+    """manifest.json (the first member), signature.json (the second, if signed) and the member after them,
+    read with bounded reads."""
+    first = stream.next()
+    if first is None or first.is_dir or first.name != MANIFEST:
+        raise BundleError(f"{archive_path}: not a bundle archive ({MANIFEST} must be the first member)")
+    manifest_bytes = _read_small(stream, first, MAX_MANIFEST_BYTES)
+    after = stream.next()
+    signature_bytes = None
+    if after is not None and after.name == SIGNATURE and not after.is_dir:
+        signature_bytes = _read_small(stream, after, MAX_SIGNATURE_BYTES)
+        after = stream.next()
+    return manifest_bytes, signature_bytes, after
 
 
 def _read_archive_member(archive_path: Path, wanted: str) -> bytes:
-    with _open_archive(archive_path) as tar:
-        for member in tar:
-            if _member_name(member) == wanted and member.isreg():
-                if member.size > MAX_MEMBER_BYTES:
-                    raise BundleError(f"archive member {wanted}: too large")
-                return tar.extractfile(member).read()
-    raise BundleError(f"{archive_path}: not a bundle ({wanted} missing)")
+    with _archive_stream(archive_path) as stream:
+        manifest_bytes, signature_bytes, _ = _archive_head(stream, archive_path)
+    if wanted == MANIFEST:
+        return manifest_bytes
+    if signature_bytes is None:
+        raise BundleError(f"{archive_path}: not signed ({SIGNATURE} missing)")
+    return signature_bytes
+
+
+def _check_archive_limits(manifest: Manifest, max_member_bytes: int, max_total_bytes: int, max_members: int) -> None:
+    if len(manifest.files) > max_members:
+        raise BundleError(f"{MANIFEST}: lists more than {max_members} files")
+    for rel, entry in manifest.files.items():
+        if not 0 <= entry["size"] <= max_member_bytes:
+            raise BundleError(f"{rel}: {entry['size']} bytes exceeds the {max_member_bytes} byte limit")
+    total = sum(entry["size"] for entry in manifest.files.values())
+    if total > max_total_bytes:
+        raise BundleError(f"{MANIFEST}: contents exceed the {max_total_bytes} byte limit")
 
 
 def unpack(
     archive_path: Path,
     dest_dir: Path,
+    trusted_keys: dict,
+    *,
+    allow_unsigned: bool = False,
+    threshold: int = 1,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_total_bytes: int = MAX_TOTAL_BYTES,
     max_members: int = MAX_MEMBERS,
-) -> Path:
-    """Extract into `dest_dir` (created; must be empty). Only regular files and directories with safe
-    relative names are written, each opened O_EXCL|O_NOFOLLOW so nothing is overwritten or followed."""
+) -> Manifest:
+    """Verify, then extract into `dest_dir` (created; must be empty): the manifest (the first member) and its
+    signature are read with bounded reads and verified before any file is written; then only the files the
+    manifest lists are written, each refused as soon as it is larger than its manifest size and hashed while
+    it streams. Anything else (unlisted members, links, devices, unsafe paths, oversized headers) is refused.
+    On any failure nothing is left in `dest_dir`."""
     archive_path, dest_dir = Path(archive_path), Path(dest_dir)
+    created = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
-    if any(dest_dir.iterdir()):
+    if not created and any(dest_dir.iterdir()):
         raise BundleError(f"{dest_dir}: destination is not empty")
-    total = 0
-    with _open_archive(archive_path) as tar:
-        for count, member in enumerate(tar, start=1):
-            if count > max_members:
-                raise BundleError(f"{archive_path}: more than {max_members} members")
-            name = _member_name(member)
-            if name is None:
-                continue
-            target = dest_dir / name
-            if member.isdir():
-                try:
-                    target.mkdir(parents=True, exist_ok=True)
-                except OSError as error:
-                    raise BundleError(f"archive member {name}: cannot extract ({error.strerror})") from None
-                continue
-            if member.size > max_member_bytes:
-                raise BundleError(f"archive member {name}: {member.size} bytes exceeds the {max_member_bytes} limit")
-            total += member.size
-            if total > max_total_bytes:
-                raise BundleError(f"{archive_path}: contents exceed the {max_total_bytes} byte limit")
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                _extract_file(tar, member, target, name)
-            except OSError as error:
-                raise BundleError(f"archive member {name}: cannot extract ({error.strerror})") from None
-    return dest_dir
+    try:
+        with _archive_stream(archive_path) as stream:
+            manifest_bytes, signature_bytes, member = _archive_head(stream, archive_path)
+            signers = _verify_signature_bytes(signature_bytes, manifest_bytes, trusted_keys, allow_unsigned, threshold)
+            manifest = _load_manifest_bytes(manifest_bytes, dest_dir)
+            manifest.signers = signers
+            _check_archive_limits(manifest, max_member_bytes, max_total_bytes, max_members)
+            _check_min_runtime(manifest)
+            _write_new(dest_dir / MANIFEST, [manifest_bytes], MANIFEST)
+            if signature_bytes is not None:
+                _write_new(dest_dir / SIGNATURE, [signature_bytes], SIGNATURE)
+            _extract_listed(stream, member, dest_dir, manifest)
+    except BaseException:
+        if created:
+            shutil.rmtree(dest_dir, ignore_errors=True)
+        else:
+            for entry in list(dest_dir.iterdir()):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
+    return manifest
 
 
-def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, name: str) -> None:
+def _extract_listed(stream: TarStream, member: Member | None, dest_dir: Path, manifest: Manifest) -> None:
+    listed_dirs = {parent.as_posix() for rel in manifest.files for parent in PurePosixPath(rel).parents}
+    written: set[str] = set()
+    while member is not None:
+        if member.is_dir:
+            if member.name not in listed_dirs:
+                raise BundleError(f"archive member {member.name}: not listed in {MANIFEST}")
+        elif member.name not in manifest.files:
+            raise BundleError(f"archive member {member.name}: not listed in {MANIFEST}")
+        elif member.name in written:
+            raise BundleError(f"archive member {member.name}: duplicate entry")
+        else:
+            _extract_file(stream, member, dest_dir, manifest.files[member.name])
+            written.add(member.name)
+        member = stream.next()
+    missing = sorted(set(manifest.files) - written)
+    if missing:
+        raise BundleError(f"{missing[0]}: missing from the archive")
+
+
+def _extract_file(stream: TarStream, member: Member, dest_dir: Path, entry: dict) -> None:
+    name, expected = member.name, entry["size"]
+    if member.size > expected:
+        raise BundleError(f"archive member {name}: {member.size} bytes, larger than its manifest size ({expected})")
+    if member.size != expected:
+        raise BundleError(f"{name}: size mismatch ({member.size} bytes, manifest says {expected})")
+    digest = hashlib.sha256()
+
+    def chunks():
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+            yield chunk
+
+    target = dest_dir / name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BundleError(f"archive member {name}: cannot extract ({error.strerror})") from None
+    _write_new(target, chunks(), name)
+    if digest.hexdigest() != entry["sha256"]:
+        raise BundleError(f"{name}: sha256 mismatch")
+
+
+def _write_new(target: Path, chunks, name: str) -> None:
+    """A new file (O_EXCL|O_NOFOLLOW: nothing is overwritten or followed)."""
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
         raise BundleError(f"archive member {name}: duplicate entry") from None
-    source = tar.extractfile(member)
-    written = 0
+    except OSError as error:
+        raise BundleError(f"archive member {name}: cannot extract ({error.strerror})") from None
     with os.fdopen(fd, "wb") as out:
-        while chunk := source.read(min(_CHUNK, member.size - written + 1)):
-            written += len(chunk)
-            if written > member.size:
-                raise BundleError(f"archive member {name}: longer than its header says")
-            out.write(chunk)
-    if written != member.size:
-        raise BundleError(f"archive member {name}: truncated")
+        for chunk in chunks:
+            try:
+                out.write(chunk)
+            except OSError as error:
+                raise BundleError(f"archive member {name}: cannot extract ({error.strerror})") from None

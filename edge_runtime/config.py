@@ -72,6 +72,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_text_bytes": Key(int, 8192, 1, 1 << 20, "largest text, UTF-8 bytes (413 above)"),
         "max_texts": Key(int, 64, 1, 4096, "most texts in one request (413 above)"),
         "access_log": Key(bool, False, help="log every request (method, path, status; never the body)"),
+        "tcp": Key(bool, True, help="listen on host:port (false: on unix_socket only)"),
+        "token": Key(str, "", help="bearer token for /v1/admin/* and /v1/requests/{id} ('' = none; see token_file)"),
+        "token_file": Key(str, "", help="file holding the bearer token (keep it 0600; preferred over token)"),
+        "protect_status": Key(bool, False, help="also require the token for /metrics and /v1/status"),
+        "keepalive_timeout_s": Key(
+            float, 15.0, 0.1, 3600, "close a connection idle this long, or slower than this to send its headers"
+        ),
+        "max_connections": Key(int, 256, 1, 65536, "open connections at once (more: 503 and closed, counted)"),
     },
     "batching": {
         "max_batch": Key(int, 32, 1, 1024, "most texts per inference run (1 = batching off)"),
@@ -246,6 +254,15 @@ def _validate_together(values: dict, where: str) -> None:
         raise ConfigError(
             f"{where}: batching.max_queue: must be at least server.max_texts ({values['server']['max_texts']})"
         )
+    server = values["server"]
+    if not server["tcp"] and not server["unix_socket"]:
+        raise ConfigError(f"{where}: server.tcp: false needs server.unix_socket (nowhere to listen)")
+    if server["token"] and server["token_file"]:
+        raise ConfigError(f"{where}: server: set token or token_file, not both")
+    if server["protect_status"] and not (server["token"] or server["token_file"]):
+        raise ConfigError(f"{where}: server.protect_status: needs server.token or server.token_file")
+    if server["token_file"]:
+        server_token(values, where)  # readable and not empty, or a one-line reason now
     uplink = values["uplink"]
     if uplink["broker"]:
         from .mqtt import BrokerConfig
@@ -272,6 +289,35 @@ def _validate_together(values: dict, where: str) -> None:
     both = set(privacy["refuse"]) & set(privacy["drop"])
     if both:
         raise ConfigError(f"{where}: privacy: {sorted(both)[0]} is in both refuse and drop")
+
+
+def server_token(config: Mapping, where: str = "config") -> str | None:
+    """The daemon's bearer token ([server] token, or the first line of token_file), or None: no token."""
+    server = config["server"]
+    if server["token"]:
+        return server["token"]
+    if not server["token_file"]:
+        return None
+    try:
+        token = Path(server["token_file"]).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError(f"{where}: server.token_file: {server['token_file']}: cannot read ({reason})") from None
+    if not token:
+        raise ConfigError(f"{where}: server.token_file: {server['token_file']}: empty")
+    return token
+
+
+SECRETS = (("server", "token"),)
+
+
+def without_secrets(values: Mapping) -> dict:
+    """The config as `config show` prints it: a secret that is set shows as "<set>", never its value."""
+    shown = {section: dict(table) for section, table in values.items()}
+    for section, key in SECRETS:
+        if shown[section][key]:
+            shown[section][key] = "<set>"
+    return shown
 
 
 def privacy_policy(config: Mapping) -> dict[str, str]:

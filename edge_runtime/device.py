@@ -98,9 +98,11 @@ class Device:
         )
 
     def outbox(self):
-        from .outbox import Outbox
+        """The outbox, whatever its file's state: a corrupt one is moved aside and a fresh one started, and an
+        unopenable one is an UnavailableOutbox (escalations stay local) rather than a device that cannot start."""
+        from .outbox import open_outbox
 
-        return Outbox(paths.state_dir() / "outbox.sqlite")
+        return open_outbox(paths.state_dir() / "outbox.sqlite")
 
     def uplink(self, outbox, bundle: tuple[str, str] = ("", "")):
         """The MQTT uplink to the [uplink] broker, or None when none is configured (offline: the outbox

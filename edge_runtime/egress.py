@@ -8,11 +8,15 @@ tagger fails on a text, nothing leaves: `prepare` raises PrivacyUnavailable and 
 Names have no checksum, so the scanner alone cannot stand in for the tagger.
 
 The placeholder mapping never leaves: it is kept in memory, per request id, for `ttl_s` seconds,
-so the upstream answer can be re-identified locally and then forgotten.
+so the upstream answer can be re-identified locally and then forgotten. The mappings sit in an
+OrderedDict in expiry order (one `ttl_s` for all, a monotonic clock: insertion order is expiry order),
+so expiring is O(1) per escalation, and at most `max_mappings` are kept: beyond it the oldest is
+forgotten early and counted in `mappings_dropped` (its answer then comes back with placeholders).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -39,6 +43,7 @@ class Egress:
         clock: Callable[[], float] = time.monotonic,
         tagger: PiiTagger | None = None,
         required_tagger: str = "",
+        max_mappings: int = 100_000,
     ):
         self.policy = dict(policy or {})
         self.tagger = tagger  # replaced in place when a reload loads a newly installed tagger
@@ -46,7 +51,9 @@ class Egress:
         self.audit = audit or AuditLog(None)
         self.ttl_s = ttl_s
         self.clock = clock
-        self._mappings: dict[str, tuple[float, dict[str, str]]] = {}
+        self.max_mappings = max_mappings
+        self.mappings_dropped = 0
+        self._mappings: collections.OrderedDict[str, tuple[float, dict[str, str]]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -78,6 +85,10 @@ class Egress:
             self._expire()
             if redaction.mapping:
                 self._mappings[request_id] = (self.clock() + self.ttl_s, redaction.mapping)
+                self._mappings.move_to_end(request_id)  # the same id again: its new expiry is the latest
+                while len(self._mappings) > self.max_mappings:
+                    self._mappings.popitem(last=False)
+                    self.mappings_dropped += 1
         self.audit.record("escalated", request_id=request_id, reason=reason, redacted=redaction.kinds)
         return redaction.text
 
@@ -94,9 +105,17 @@ class Egress:
         with self._lock:
             self._mappings.pop(request_id, None)
 
+    @property
+    def mapping_count(self) -> int:  # not __len__: an Egress with no mappings must stay truthy
+        return len(self._mappings)
+
     def _expire(self) -> None:
+        """Drop the expired mappings from the front: the first one still valid ends the walk."""
         now = self.clock()
-        for request_id in [r for r, (expires, _) in self._mappings.items() if expires <= now]:
+        while self._mappings:
+            request_id, (expires, _) = next(iter(self._mappings.items()))
+            if expires > now:
+                break
             del self._mappings[request_id]
 
 

@@ -149,7 +149,7 @@ def load(
     store = Store(root)
     if ref is None and store.active() is None:
         raise StoreError("no active model: run `edge-runtime build default` or `edge-runtime models install`")
-    path = store.resolve(ref)
+    path = store.resolve(ref, allow_unsigned)
     manifest = store.verify(path, allow_unsigned=allow_unsigned)
     settings = SessionSettings(threads=threads, cache_dir=cache_dir(store.root) if use_cache else None)
     return Model(path, manifest, settings, max_batch=max_batch)

@@ -3,13 +3,21 @@
 A request is committed (synchronous=FULL) before it is published and stays `pending` until the
 application-level answer comes back (a PUBACK is not enough: mosquitto acks QoS 1 before the message
 is on disk). Rejected or evicted requests move to `dead_letters`; technicians list, retry and purge
-them with `edge-runtime outbox`. Budgets (count, bytes, age) bound the pending requests.
+them with `edge-runtime outbox`. Budgets (count, bytes, age) bound the pending requests; `max_dead`
+bounds the dead letters (oldest dropped first, counted as `dead_dropped`).
+
+When SQLite fails (a full disk, an unwritable or corrupt file) a transaction raises `OutboxUnavailable`
+and the failure is counted: the caller keeps the escalation local rather than promising a deferred
+answer that was never stored. `open_outbox` is how a device opens it: a corrupt file is moved aside
+(`outbox.sqlite.corrupt-<timestamp>`) and a fresh one started, and when none can be opened an
+`UnavailableOutbox` stands in, so local inference goes on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -19,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
+from .errors import EdgeRuntimeError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,13 @@ CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NUL
 """
 
 
+CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+class OutboxUnavailable(EdgeRuntimeError):
+    """The outbox cannot store or read (disk full, unwritable, corrupt): an escalation stays local."""
+
+
 def default_path() -> Path:
     return paths.state_dir() / "outbox.sqlite"
 
@@ -56,6 +72,7 @@ class Budgets:
     max_bytes: int = 64 * 1024 * 1024
     max_age_s: float = 7 * 86400
     keep_answered: int = 10_000  # answered requests kept for `answer(id)` lookups
+    max_dead: int = 10_000  # dead letters kept for `outbox list/retry`; the oldest are dropped first
 
 
 @dataclass
@@ -73,14 +90,22 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.budgets = budgets
         self.clock = clock
+        self.failures = 0  # transactions SQLite refused since start
+        self.last_error: str | None = None
+        self.recovered_from: str | None = None  # open_outbox: where a corrupt file was moved aside
         self._lock = threading.RLock()
         self._depth = 0
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._sync = "FULL"
-        self._db.executescript(_SCHEMA)
-        self._pending_count, self._pending_bytes = self._count_pending()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._sync = "FULL"
+            self._db.executescript(_SCHEMA)
+            self._pending_count, self._pending_bytes = self._count_pending()
+            self._dead_count = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -92,10 +117,21 @@ class Outbox:
     def __exit__(self, *exc):
         self.close()
 
+    def health(self) -> dict:
+        """What `status`, `/v1/status`, `/metrics` and `doctor` report of the outbox."""
+        return {
+            "state": "recovered" if self.recovered_from else "ok",
+            "path": str(self.path),
+            "moved_aside": self.recovered_from,
+            "write_failures": self.failures,
+            "last_error": self.last_error,
+        }
+
     @contextmanager
     def transaction(self, durable: bool = True):
         """One commit for everything inside (group commit). durable=False (answers only) skips the
-        fsync: WAL with synchronous=NORMAL survives a process crash, and a lost answer is re-fetched."""
+        fsync: WAL with synchronous=NORMAL survives a process crash, and a lost answer is re-fetched.
+        A SQLite failure rolls everything back and raises OutboxUnavailable."""
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -104,22 +140,39 @@ class Outbox:
                 finally:
                     self._depth -= 1
                 return
-            sync = "FULL" if durable else "NORMAL"
-            if sync != self._sync:
-                self._db.execute(f"PRAGMA synchronous={sync}")
-                self._sync = sync
-            self._db.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
+                sync = "FULL" if durable else "NORMAL"
+                if sync != self._sync:
+                    self._db.execute(f"PRAGMA synchronous={sync}")
+                    self._sync = sync
+                self._db.execute("BEGIN IMMEDIATE")
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._pending_count, self._pending_bytes = self._count_pending()
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException as error:
+                self._abort()
+                if isinstance(error, sqlite3.Error):
+                    raise self._failed(error) from error
+                raise
             finally:
                 self._depth = 0
+
+    def _abort(self) -> None:
+        """Roll back what is left of a failed transaction (SQLite rolls some back by itself, e.g. on a
+        full disk) and re-read the cached counts."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._pending_count, self._pending_bytes = self._count_pending()
+            self._dead_count = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        except sqlite3.Error as error:
+            log.warning("outbox: cannot roll back or recount: %s", error)
+
+    def _failed(self, error: sqlite3.Error) -> OutboxUnavailable:
+        self.failures += 1
+        self.last_error = str(error)
+        log.error("outbox: SQLite refused a transaction (%s); escalations stay local", error)
+        return OutboxUnavailable(f"outbox {self.path} unavailable: {error}")
 
     # -- the uplink's side ---------------------------------------------------------------------
     def add(self, items: Iterable[tuple[str, bytes]]) -> AddResult:
@@ -175,6 +228,7 @@ class Outbox:
     def enforce_budgets(self) -> list[tuple[str, str]]:
         with self.transaction():
             self._pending_count, self._pending_bytes = self._count_pending()
+            self._dead_count = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
             evicted = self._evict(self.clock(), check_age=True)
             self._prune_answered()
         return evicted
@@ -206,14 +260,20 @@ class Outbox:
             return dict(self._db.execute("SELECT name, value FROM counters ORDER BY name"))
 
     def summary(self) -> dict:
+        """Counts by state (a full scan: call it off an event loop); the cached counts when SQLite fails."""
         with self._lock:
-            states = dict(self._db.execute("SELECT state, count(*) FROM requests GROUP BY state"))
-            dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            try:
+                states = dict(self._db.execute("SELECT state, count(*) FROM requests GROUP BY state"))
+                dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+                counters = self.counters()
+            except sqlite3.Error as error:
+                self.last_error = str(error)
+                return {"pending": self._pending_count, "answered": 0, "dead": self._dead_count, "counters": {}}
         return {
             "pending": states.get("pending", 0),
             "answered": states.get("answered", 0),
             "dead": dead,
-            "counters": self.counters(),
+            "counters": counters,
         }
 
     def requests(self, state: str) -> list[dict]:
@@ -248,6 +308,7 @@ class Outbox:
                         (request_id, row[0], len(row[0]), self.clock()),
                     )
                     moved.append(request_id)
+                    self._dead_count -= 1
             self._pending_count, self._pending_bytes = self._count_pending()
         return moved
 
@@ -255,6 +316,7 @@ class Outbox:
         with self.transaction():
             dead = self._db.execute("DELETE FROM dead_letters").rowcount
             done = self._db.execute("DELETE FROM requests WHERE state='answered'").rowcount if answered else 0
+            self._dead_count = 0
         return {"dead": dead, "answered": done}
 
     # -- internals (inside a transaction) -----------------------------------------------------
@@ -278,13 +340,29 @@ class Outbox:
         ).fetchone()
         if not row:
             return False
+        replaced = self._db.execute("SELECT 1 FROM dead_letters WHERE id=?", (request_id,)).fetchone()
         self._db.execute(
             "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
             (request_id, row[0], row[1], row[2], row[3], reason, now),
         )
         self._pending_count -= 1
         self._pending_bytes -= row[1]
+        self._dead_count += 0 if replaced else 1
+        self._cap_dead()
         return True
+
+    def _cap_dead(self) -> None:
+        """Drop the oldest dead letters beyond `max_dead`, counted as `dead_dropped`."""
+        over = self._dead_count - self.budgets.max_dead
+        if over <= 0:
+            return
+        dropped = self._db.execute(
+            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY dead_at, rowid LIMIT ?)",
+            (over,),
+        ).rowcount
+        self._dead_count -= dropped
+        self._bump("dead_dropped", dropped)
+        log.warning("outbox: dropped the %d oldest dead letters (over max_dead %d)", dropped, self.budgets.max_dead)
 
     def _evict(self, now: float, check_age: bool = False) -> list[tuple[str, str]]:
         """Oldest pending first, into dead letters, until count, bytes (and age) are within budget."""
@@ -319,3 +397,144 @@ class Outbox:
             "(SELECT seq FROM requests WHERE state='answered' ORDER BY seq DESC LIMIT ?)",
             (self.budgets.keep_answered,),
         )
+
+
+class UnavailableOutbox:
+    """Stands in for an outbox that cannot be opened: nothing is stored, every write raises
+    OutboxUnavailable (the escalation stays local), every read finds nothing."""
+
+    def __init__(self, path: Path, error: str, recovered_from: str | None = None):
+        self.path, self.error, self.recovered_from = Path(path), error, recovered_from
+        self.failures = 0
+        self.last_error = error
+
+    def health(self) -> dict:
+        return {
+            "state": "unavailable",
+            "path": str(self.path),
+            "moved_aside": self.recovered_from,
+            "write_failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+    @contextmanager
+    def transaction(self, durable: bool = True):
+        self.failures += 1
+        raise OutboxUnavailable(f"outbox {self.path} unavailable: {self.error}")
+        yield  # pragma: no cover (a generator, so `with` works)
+
+    def _refuse(self, *args, **kwargs):
+        with self.transaction():
+            pass
+
+    add = record_answers = dead_letter = retry = purge = _refuse
+
+    def mark_sent(self, ids) -> None:
+        pass
+
+    def bump(self, name: str, by: int = 1) -> None:
+        pass
+
+    def enforce_budgets(self) -> list:
+        return []
+
+    def pending_ids(self) -> list[str]:
+        return []
+
+    def payload(self, request_id: str) -> None:
+        return None
+
+    def answer(self, request_id: str) -> None:
+        return None
+
+    def counters(self) -> dict:
+        return {}
+
+    def summary(self) -> dict:
+        return {"pending": 0, "answered": 0, "dead": 0, "counters": {}}
+
+    def requests(self, state: str) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def open_outbox(
+    path: str | Path | None = None, budgets: Budgets = Budgets(), clock: Callable[[], float] = time.time
+) -> Outbox | UnavailableOutbox:
+    """The device's outbox, whatever state its file is in: a corrupt file (and its -wal/-shm) is moved
+    aside to `<name>.corrupt-<timestamp>` and a fresh outbox started; when none can be opened (read-only
+    or full disk) an UnavailableOutbox, so the daemon still starts and answers locally."""
+    path = Path(path) if path else default_path()
+    try:
+        return _checked(Outbox(path, budgets, clock))
+    except sqlite3.DatabaseError as error:
+        if getattr(error, "sqlite_errorcode", None) not in CORRUPT:
+            log.error("outbox: cannot open %s (%s); escalations stay local", path, error)
+            return UnavailableOutbox(path, str(error))
+        corrupt_error = str(error)
+    except OSError as error:
+        log.error("outbox: cannot open %s (%s); escalations stay local", path, error)
+        return UnavailableOutbox(path, error.strerror or str(error))
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    try:
+        for suffix in ("-wal", "-shm", ""):  # the database last: a crash here leaves it to find again
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+    except OSError as error:
+        log.error("outbox: %s is corrupt (%s) and cannot be moved aside: %s", path, corrupt_error, error)
+        return UnavailableOutbox(path, f"corrupt ({corrupt_error}), cannot move it aside: {error.strerror}")
+    log.error("outbox: %s was corrupt (%s); moved to %s, starting a fresh one", path, corrupt_error, aside)
+    try:
+        fresh = Outbox(path, budgets, clock)
+    except (sqlite3.Error, OSError) as error:
+        return UnavailableOutbox(path, str(error), recovered_from=str(aside))
+    fresh.recovered_from = str(aside)
+    return fresh
+
+
+def _checked(outbox: Outbox) -> Outbox:
+    """The outbox, once SQLite's quick check finds its pages sound (a torn file can open and fail later)."""
+    with outbox._lock:
+        try:
+            verdict = outbox._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.DatabaseError:
+            outbox.close()
+            raise
+    if verdict != "ok":
+        outbox.close()
+        error = sqlite3.DatabaseError(f"quick_check: {verdict}")
+        error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+        raise error
+    return outbox
+
+
+def inspect(path: str | Path | None = None) -> dict:
+    """`doctor`'s view of the outbox file, read-only: sound or not, its counts, and the corrupt files a
+    daemon moved aside (their escalations were never sent)."""
+    path = Path(path) if path else default_path()
+    aside = sorted(str(p) for p in path.parent.glob(f"{path.name}.corrupt-*") if not p.name.endswith(("-wal", "-shm")))
+    report = {"path": str(path), "ok": True, "reason": None, "pending": 0, "dead": 0, "moved_aside": aside}
+    if path.exists():
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+                report["pending"] = db.execute("SELECT count(*) FROM requests WHERE state='pending'").fetchone()[0]
+                report["dead"] = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            corrupt = getattr(error, "sqlite_errorcode", None) in CORRUPT or "quick_check" in str(error)
+            then = "the daemon moves it aside at its next start" if corrupt else "escalations stay local"
+            report.update(ok=False, reason=f"{path} unreadable ({error}): {then}")
+    if aside:
+        report["ok"] = False
+        report["reason"] = report["reason"] or (
+            f"a corrupt outbox was moved aside to {aside[-1]}: its escalations were not sent (inspect, then delete it)"
+        )
+    return report

@@ -6,6 +6,10 @@ max_length tokens that overlap by OVERLAP tokens (a name on a window's edge is w
 and every span is widened to whole words, so no fragment of a name ("Mc" of "McAllister") is left
 behind. `find_spans` merges the scanner's spans with the tagger's into the non-overlapping list that
 redaction takes.
+
+The tagger reads the same normalised view of the text as the scanner (kernels.pure.pii.fold: NFKC,
+invisible format characters removed, Unicode spaces as spaces), and its spans map back to the original:
+a name written in full-width letters or split by a zero-width space is the name the model was trained on.
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ class PiiTagger:
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, kind) of every name and address in `text`, whole words, sorted, merged."""
-        if not text.strip():
+        view, origin = _normalised(text)
+        if not view.strip():
             return []
-        windows = self._windows(text)
+        windows = self._windows(view)
         found = []
-        for (start, _end), entities in zip(windows, self.model.entities([text[s:e] for s, e in windows])):
+        for (start, _end), entities in zip(windows, self.model.entities([view[s:e] for s, e in windows])):
             found += [(start + e.start, start + e.end, e.label) for e in entities if e.label in KINDS]
+        if origin is not None:
+            found = [(origin[s], origin[e - 1] + 1, kind) for s, e, kind in found]
         return merge([_whole_words(text, s, e, kind) for s, e, kind in found])
 
     def _windows(self, text: str) -> list[tuple[int, int]]:
@@ -57,6 +64,17 @@ class PiiTagger:
             if last == len(offsets) - 1:
                 break
         return windows
+
+
+def _normalised(text: str) -> tuple[str, list[int] | None]:
+    """(view, origin): the text as the scanner reads it, and the original index of each view character
+    (None when the view is the text itself: plain ASCII)."""
+    if text.isascii():
+        return text, None
+    from .kernels.pure.pii import normalise
+
+    codes, origin = normalise(text)
+    return "".join(map(chr, codes)), origin
 
 
 def _untruncated(tokenizer):

@@ -5,20 +5,28 @@ answer locally, or redact (egress) -> outbox -> uplink.
 `predict` dispatches and waits up to the deadline for the answers (a blocking caller). Without an uplink
 (no broker configured) escalations are written to the outbox and answered `deferred` at once: they go
 out when a broker is reachable. Without an outbox they stay local.
+
+An escalation the outbox cannot store (OutboxUnavailable: a full disk, a corrupt or unwritable file)
+stays local with reason `outbox_unavailable:<rule>` and no request id: `deferred` always names a
+request the outbox holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import nullcontext
 from dataclasses import replace
 
 from . import escalation
 from .egress import Egress, PrivacyUnavailable
+from .outbox import OutboxUnavailable
 from .redaction import PrivacyRefused
 from .results import DEFERRED, ESCALATE, LOCAL, Prediction
 from .router import Router
+
+STORE_WAIT_S = 5.0  # how long a caller whose deadline passed waits to learn whether its request was stored
 
 
 class Pipeline:
@@ -52,11 +60,15 @@ class Pipeline:
         if not any(p.decision == ESCALATE for p in predictions):
             return [(p, None) for p in predictions]
         one_commit = self.outbox.transaction() if self.outbox is not None and self.uplink is None else nullcontext()
-        with one_commit:
-            return [
-                self.send(text, prediction) if prediction.decision == ESCALATE else (prediction, None)
-                for text, prediction in zip(texts, predictions)
-            ]
+        sent: list[tuple[Prediction, Future | None]] = []
+        try:
+            with one_commit:
+                for text, prediction in zip(texts, predictions):
+                    sent.append(self.send(text, prediction) if prediction.decision == ESCALATE else (prediction, None))
+        except OutboxUnavailable:  # the batch's commit failed: none of its escalations is stored
+            done = [p for p, _ in sent] + predictions[len(sent) :]
+            return [(self._unstored(p) if p.decision in (DEFERRED, ESCALATE) else p, None) for p in done]
+        return sent
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """`dispatch`, then each upstream answer as it arrives within the deadline (else `deferred`)."""
@@ -91,14 +103,30 @@ class Pipeline:
             reason=prediction.reason,
             bundle=(self.model.name, self.model.version),
         )
-        self.outbox.add([(request_id, escalation.encode(message))])
+        self.outbox.add([(request_id, escalation.encode(message))])  # OutboxUnavailable: see dispatch
         return replace(prediction, decision=DEFERRED), None
 
+    def _unstored(self, prediction: Prediction) -> Prediction:
+        """An escalation the outbox could not store: answered locally, its mapping forgotten."""
+        if prediction.request_id:
+            self.egress.forget(prediction.request_id)
+        return replace(prediction, decision=LOCAL, reason=f"outbox_unavailable:{prediction.reason}", request_id=None)
+
     def resolve(self, prediction: Prediction, future, timeout: float | None = 0.0) -> Prediction:
-        """The upstream answer (re-identified) if the Future resolves within `timeout`, else `deferred`."""
+        """The upstream answer (re-identified) if the Future resolves within `timeout`, else `deferred` when
+        the request is stored, else local (`outbox_unavailable`)."""
         try:
             message = future.result(timeout=timeout)
-        except Exception:  # deadline passed or the request was dead-lettered
+        except OutboxUnavailable:
+            return self._unstored(prediction)
+        except FutureTimeout:
+            settled = getattr(future, "settled", None)
+            if settled is not None and not settled.wait(STORE_WAIT_S):
+                return self._unstored(prediction)  # not known to be stored: promise nothing
+            if future.done():
+                return self.resolve(prediction, future, 0.0)
+            return replace(prediction, decision=DEFERRED)
+        except Exception:  # the request was dead-lettered (refused by the broker, evicted by a budget)
             return replace(prediction, decision=DEFERRED)
         answer = self.egress.reidentify(prediction.request_id, message.get("answer") or {})
         if not answer.get("label"):

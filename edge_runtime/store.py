@@ -56,7 +56,15 @@ class Store:
     # --- reading ------------------------------------------------------------------------------
 
     def trusted_keys(self) -> dict:
-        return signing.trusted_keys(self.root)
+        """The keys trusted to sign bundles (the bundle role)."""
+        return signing.trusted_keys(self.root, "bundle")
+
+    def bundle_threshold(self) -> int:
+        return signing.threshold(self.root, "bundle")
+
+    def highest_release(self) -> int:
+        """The highest release number among the installed bundles (0 when none): the floor of anti-rollback."""
+        return max((m.release for m in self.versions()), default=0)
 
     def _installed(self) -> list[tuple[str, str, Path]]:
         found = []
@@ -120,9 +128,10 @@ class Store:
             raise StoreError(f"{name}: not installed")
         return candidates[-1]
 
-    def resolve(self, ref: str | Path | None = None) -> Path:
+    def resolve(self, ref: str | Path | None = None, allow_unsigned: bool = False) -> Path:
         """A bundle directory for: None (the active model), a path to a bundle dir or .erb archive,
-        NAME (the active version of NAME, else its latest release) or NAME@VERSION. Not verified."""
+        NAME (the active version of NAME, else its latest release) or NAME@VERSION. Not verified, except an
+        archive, which is verified as it is unpacked (so only verified bundles land in the cache)."""
         if ref is None:
             return self.active_path()
         text = str(ref)
@@ -136,7 +145,7 @@ class Store:
         if path.is_dir():
             return path
         if path.is_file():
-            return self._unpacked(path)
+            return self._unpacked(path, allow_unsigned)
         raise StoreError(f"{text}: no such bundle directory or archive")
 
     def _resolve_name(self, text: str) -> Path | None:
@@ -150,8 +159,9 @@ class Store:
         current = self.active()
         return self.path(*current) if current and current[0] == name else self.latest(name).path
 
-    def _unpacked(self, archive: Path) -> Path:
-        """Archives are unpacked once into cache/bundles/<sha256 prefix>/ (safe to delete)."""
+    def _unpacked(self, archive: Path, allow_unsigned: bool = False) -> Path:
+        """Archives are verified and unpacked once into cache/bundles/<sha256 prefix>/ (safe to delete);
+        a refused archive leaves nothing there."""
         digest = bundle.sha256_file(archive)[:24]
         cache = paths.cache_dir(self.root) / "bundles"
         target = cache / digest
@@ -160,7 +170,13 @@ class Store:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
         try:
-            bundle.unpack(archive, tmp / "b")
+            bundle.unpack(
+                archive,
+                tmp / "b",
+                self.trusted_keys(),
+                allow_unsigned=allow_unsigned,
+                threshold=self.bundle_threshold(),
+            )
             os.rename(tmp / "b", target)
         except OSError:
             if not target.is_dir():  # another process may have won the race
@@ -174,7 +190,9 @@ class Store:
     def _verify_installed(self, name: str, version: str, allow_unsigned: bool) -> Manifest:
         path = self.path(name, version)
         try:
-            manifest = bundle.verify(path, self.trusted_keys(), allow_unsigned=allow_unsigned)
+            manifest = bundle.verify(
+                path, self.trusted_keys(), allow_unsigned=allow_unsigned, threshold=self.bundle_threshold()
+            )
         except BundleError as error:
             raise BundleError(f"{name}@{version}: {error}") from None
         if (manifest.name, manifest.version) != (name, version):
@@ -183,10 +201,12 @@ class Store:
 
     def verify(self, ref: str | Path | None = None, allow_unsigned: bool = False) -> Manifest:
         """Verify what `ref` names (see resolve); installed bundles must also sit under their own name."""
-        path = self.resolve(ref)
+        path = self.resolve(ref, allow_unsigned)
         if path.parent.parent == self.models:
             return self._verify_installed(path.parent.name, path.name, allow_unsigned)
-        return bundle.verify(path, self.trusted_keys(), allow_unsigned=allow_unsigned)
+        return bundle.verify(
+            path, self.trusted_keys(), allow_unsigned=allow_unsigned, threshold=self.bundle_threshold()
+        )
 
     def verify_all(self, allow_unsigned: bool = False) -> list[tuple[str, str, bool, str]]:
         report = []
@@ -235,12 +255,13 @@ class Store:
             return self.install(bundle.write_new_version(source, manifest, Path(scratch) / "bundle", private_key))
 
     def _install_from(self, source: Path, staged: Path, allow_unsigned: bool) -> Manifest:
+        trusted, threshold = self.trusted_keys(), self.bundle_threshold()
         if source.is_dir():
             staged.mkdir()
             _copy_bundle(source, staged)
-        else:
-            bundle.unpack(source, staged)
-        manifest = bundle.verify(staged, self.trusted_keys(), allow_unsigned=allow_unsigned)
+            manifest = bundle.verify(staged, trusted, allow_unsigned=allow_unsigned, threshold=threshold)
+        else:  # verified while it is unpacked: nothing unverified is written beyond the small metadata
+            manifest = bundle.unpack(source, staged, trusted, allow_unsigned=allow_unsigned, threshold=threshold)
         if manifest.name == ACTIVE:
             raise StoreError(f"{manifest.name}: reserved name")
         target = self.models / manifest.name / manifest.version

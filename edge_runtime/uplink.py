@@ -5,6 +5,11 @@ callbacks into events. The pump group-commits new requests (one fsync per batch)
 them, publishes only while connected and at most `max_inflight` unanswered at a time (paho would
 flood its whole backlog on reconnect), and re-sends everything unanswered on reconnect and after
 `resend_after_s`. Ids make duplicates harmless: a second answer for an id is ignored.
+
+When the outbox cannot store a batch (OutboxUnavailable: a full disk, a corrupt or unwritable file) its
+requests are not sent: their futures fail at once with that error, so the caller answers locally
+instead of promising a deferred answer that nothing holds. Each future's `settled` event is set once
+the request is stored or finished, so a caller whose deadline passed can tell the two apart.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from paho.mqtt.properties import Properties
 from . import escalation
 from .errors import EdgeRuntimeError
 from .mqtt import BrokerConfig, Link, LinkHandlers, Subscription
-from .outbox import Outbox
+from .outbox import Outbox, OutboxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class PendingAnswer(Future):
     def __init__(self, request_id: str):
         super().__init__()
         self.request_id = request_id
+        self.settled = threading.Event()  # stored in the outbox, or finished (answered or failed)
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,9 @@ class Uplink:
                     next_budget = now + self.options.budget_every_s
                 if running:
                     self._dispatch()
+            except OutboxUnavailable as error:  # budgets or re-sends could not read it: counted, try again later
+                log.warning("uplink: %s", error)
+                time.sleep(0.1)
             except Exception:  # keep the pump alive; state is in SQLite
                 log.exception("uplink pump error")
                 time.sleep(0.1)
@@ -244,22 +253,28 @@ class Uplink:
             return running
         decoded = self._decode_answers(answers)
         rejected_ids = [(self._mids.pop(mid, None), code, reason) for mid, code, reason in rejected]
-        with self.outbox.transaction(durable=bool(submits or rejected)):
-            added = self.outbox.add([(rid, payload) for rid, payload in submits]) if submits else None
-            fresh = self.outbox.record_answers([(rid, raw) for rid, raw, _ in decoded]) if decoded else []
-            dead = [
-                (rid, code, reason)
-                for rid, code, reason in rejected_ids
-                if rid and self.outbox.dead_letter(rid, f"broker refused: {reason} ({code})")
-            ]
-            if self._sent:
-                self.outbox.mark_sent(self._sent)
-                self._sent = []
+        try:
+            with self.outbox.transaction(durable=bool(submits or rejected)):
+                added = self.outbox.add([(rid, payload) for rid, payload in submits]) if submits else None
+                fresh = self.outbox.record_answers([(rid, raw) for rid, raw, _ in decoded]) if decoded else []
+                dead = [
+                    (rid, code, reason)
+                    for rid, code, reason in rejected_ids
+                    if rid and self.outbox.dead_letter(rid, f"broker refused: {reason} ({code})")
+                ]
+                if self._sent:
+                    self.outbox.mark_sent(self._sent)
+        except OutboxUnavailable as error:
+            self._outbox_failed(submits, decoded, error)
+            return running
+        finally:
+            self._sent = []  # attempt counts are informative: not worth holding memory for
         if added:
             payloads = dict(submits)
             for request_id in added.new:
                 self._payloads[request_id] = payloads[request_id]
                 self._enqueue(request_id)
+                self._settle(request_id)
             for request_id, raw in added.already_answered.items():
                 self._finish(request_id, result=escalation.decode_answer(raw))
             for request_id, reason in added.evicted:
@@ -270,6 +285,21 @@ class Uplink:
             self.stats["rejected"] += 1
             self._finish(request_id, error=EscalationRejected(request_id, code, reason))
         return running
+
+    def _outbox_failed(self, submits, decoded, error: OutboxUnavailable) -> None:
+        """Nothing of the batch was stored: fail its new requests (sent nowhere, kept local by the caller)
+        and still hand the answers that arrived to whoever waits for them."""
+        for request_id, _ in submits:
+            self.stats["outbox_unavailable"] += 1
+            self._finish(request_id, error=OutboxUnavailable(f"escalation {request_id} not stored: {error}"))
+        waiting = {request_id for request_id, _, _ in decoded if request_id in self._futures}
+        self._deliver([d for d in decoded if d[0] in waiting], waiting, store_late=False)
+
+    def _settle(self, request_id: str) -> None:
+        with self._lock:
+            future = self._futures.get(request_id)
+        if future is not None:
+            future.settled.set()
 
     def _decode_answers(self, answers: list[tuple]) -> list[tuple[str, bytes, dict]]:
         decoded = []
@@ -287,7 +317,7 @@ class Uplink:
             decoded.append((message["id"], raw, message))
         return decoded
 
-    def _deliver(self, decoded, fresh: set[str]) -> None:
+    def _deliver(self, decoded, fresh: set[str], store_late: bool = True) -> None:
         late = 0
         for request_id, _, message in decoded:
             if request_id not in fresh:
@@ -300,7 +330,8 @@ class Uplink:
                 self.on_answer(request_id, message)
         if late:
             self.stats["answers_after_deadline"] += late
-            self.outbox.bump("answers_after_deadline", late)
+            if store_late:
+                self.outbox.bump("answers_after_deadline", late)
 
     def _finish(self, request_id: str, *, result=None, error=None) -> int:
         """Resolve the caller's future once and forget the request; returns 1 if it was deferred."""
@@ -319,6 +350,7 @@ class Uplink:
                     future.set_exception(error)
                 else:
                     future.set_result(result)
+                future.settled.set()
         return int(was_deferred)
 
     def _enqueue(self, request_id: str) -> None:

@@ -2,7 +2,10 @@
 
 Same state machine and rules as the pure twin (see its docstring): the text is copied once
 into a zero-padded UCS4 (uint32) buffer, then one nogil pass collects candidate spans into a C array,
-validates them in C (Luhn, mod-97, octets, entropy) and settles conflicts by kind priority.
+validates them in C (Luhn, mod-97, octets, entropy, keyword values) and settles conflicts by kind priority.
+ASCII text is copied as it is; other text is folded into the normalised view while it is copied, one
+code point at a time through a per-code-point cache of the pure twin's `fold` (BMP: two C tables,
+filled on first sight), and the spans are mapped back through the view's origin array.
 """
 cimport cython
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
@@ -10,12 +13,14 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memset
 
 from edge_runtime.kernels.pure.pii import (
-    CONTEXT_MIN_LENGTH, ENTROPY_BITS, ENTROPY_WINDOW, IBAN_LENGTHS, KINDS, PAD, SECRET_KEY_NAMES,
-    SECRET_MIN_LENGTH, SECRET_PREFIXES, XLOGX,
+    APOSTROPHES, CLOSE_QUOTES, CONTEXT_MIN_LENGTH, COPULA_CODES, ENTROPY_BITS, ENTROPY_WINDOW, IBAN_LENGTHS,
+    KEYWORD_CASE, KEYWORD_CODES, KEYWORD_FIRST, KINDS, OPEN_QUOTES, PAD, QUOTED_MAX, SECRET_KEY_NAMES,
+    SECRET_MIN_LENGTH, SECRET_PREFIXES, STOPWORD_CODES, VALUE_ENDS, VALUE_TRAILING, XLOGX, fold,
 )
 
 cdef extern from "Python.h":
     Py_UCS4* PyUnicode_AsUCS4(object u, Py_UCS4* buffer, Py_ssize_t buflen, int copy_null) except NULL
+    bint Py_UNICODE_ISALPHA(Py_UCS4 ch) nogil
 
 ctypedef const uint32_t* Buf
 
@@ -24,6 +29,14 @@ cdef enum:
     MAX_WORD = 16
     MAX_WORDS = 32
     WINDOW = 1024
+    KW_MAX = 24  # characters in a keyword, copula or stopword
+    KW_WORDS = 128
+    SET_MAX = 32  # members of a small character set
+    BMP = 65536
+    FOLD_UNKNOWN = 0
+    FOLD_ONE = 1
+    FOLD_REMOVED = 2
+    FOLD_SEVERAL = 3
 
 cdef struct Cand:
     Py_ssize_t kind
@@ -69,6 +82,68 @@ for _word_ in SECRET_KEY_NAMES:
 for _k, _v in enumerate(XLOGX):
     xlogx[_k] = _v
 
+# keyword secrets: the pure twin's tables as C arrays
+cdef struct Words:
+    uint32_t text[KW_WORDS][KW_MAX]
+    Py_ssize_t length[KW_WORDS]
+    Py_ssize_t count
+
+cdef struct CharSet:
+    uint32_t items[SET_MAX]
+    Py_ssize_t count
+
+cdef Words keywords, copulas, stopwords
+cdef CharSet open_quotes, close_quotes, apostrophes, value_trailing, value_ends, case_upper, case_lower
+cdef CharSet first_other  # non-ASCII code points a keyword can start with
+cdef bint first_ascii[128]
+# the keywords starting with each ASCII letter, in KEYWORD_CODES order (the first that matches wins)
+cdef Py_ssize_t by_first[128][KW_WORDS]
+cdef Py_ssize_t by_first_count[128]
+cdef Py_ssize_t quoted_max = QUOTED_MAX
+
+cdef void fill_words(Words* words, codes):
+    assert len(codes) <= KW_WORDS
+    words.count = 0
+    for _word_ in codes:
+        assert len(_word_) <= KW_MAX
+        for _k, _c in enumerate(_word_):
+            words.text[words.count][_k] = _c
+        words.length[words.count] = len(_word_)
+        words.count += 1
+
+cdef void fill_set(CharSet* chars, codes):
+    assert len(codes) <= SET_MAX
+    chars.count = 0
+    for _c in codes:
+        chars.items[chars.count] = _c
+        chars.count += 1
+
+fill_words(&keywords, KEYWORD_CODES)
+fill_words(&copulas, COPULA_CODES)
+fill_words(&stopwords, STOPWORD_CODES)
+fill_set(&open_quotes, [ord(_ch) for _ch in OPEN_QUOTES])
+fill_set(&close_quotes, [ord(_ch) for _ch in CLOSE_QUOTES])
+fill_set(&apostrophes, [ord(_ch) for _ch in APOSTROPHES])
+fill_set(&value_trailing, [ord(_ch) for _ch in VALUE_TRAILING])
+fill_set(&value_ends, [ord(_ch) for _ch in VALUE_ENDS])
+fill_set(&case_upper, list(KEYWORD_CASE.keys()))
+fill_set(&case_lower, list(KEYWORD_CASE.values()))
+fill_set(&first_other, sorted(_c for _c in KEYWORD_FIRST if _c >= 128))
+memset(first_ascii, 0, sizeof(first_ascii))
+memset(by_first_count, 0, sizeof(by_first_count))
+for _k, _word_ in enumerate(KEYWORD_CODES):
+    if _word_[0] < 128:
+        by_first[_word_[0]][by_first_count[_word_[0]]] = _k
+        by_first_count[_word_[0]] += 1
+for _c in KEYWORD_FIRST:
+    if _c < 128:
+        first_ascii[_c] = True
+
+# the normalised view: per BMP code point, what `fold` makes of it (learnt on first sight)
+cdef unsigned char fold_state[BMP]
+cdef uint32_t fold_one[BMP]
+memset(fold_state, FOLD_UNKNOWN, sizeof(fold_state))
+
 
 cdef inline bint is_digit(uint32_t c) noexcept nogil:
     return 48 <= c <= 57
@@ -78,6 +153,12 @@ cdef inline bint is_upper(uint32_t c) noexcept nogil:
 
 cdef inline bint is_lower(uint32_t c) noexcept nogil:
     return 97 <= c <= 122
+
+cdef inline bint is_alpha(uint32_t c) noexcept nogil:
+    return (65 <= c <= 90) or (97 <= c <= 122)
+
+cdef inline uint32_t upper_case(uint32_t c) noexcept nogil:
+    return c - 32 if is_lower(c) else c
 
 cdef inline bint is_alnum(uint32_t c) noexcept nogil:
     return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122)
@@ -450,9 +531,9 @@ cdef Py_ssize_t m_phone(Buf b, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
 cdef Py_ssize_t m_iban(Buf b, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     if i > 0 and is_word(b[i - 1]):
         return -1
-    if not (is_upper(b[i + 1]) and is_digit(b[i + 2]) and is_digit(b[i + 3])):
+    if not (is_alpha(b[i + 1]) and is_digit(b[i + 2]) and is_digit(b[i + 3])):
         return -1
-    cdef Py_ssize_t length = iban_length[b[i] - 65][b[i + 1] - 65], count = 0, j = i, k
+    cdef Py_ssize_t length = iban_length[upper_case(b[i]) - 65][upper_case(b[i + 1]) - 65], count = 0, j = i, k
     cdef uint32_t chars[40]
     cdef uint32_t c
     cdef int remainder = 0
@@ -460,11 +541,11 @@ cdef Py_ssize_t m_iban(Buf b, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
         return -1
     while count < length:
         c = b[j]
-        if is_upper(c) or is_digit(c):
-            chars[count] = c
+        if is_alpha(c) or is_digit(c):
+            chars[count] = upper_case(c)
             count += 1
             j += 1
-        elif c == 32 and count % 4 == 0 and (is_upper(b[j + 1]) or is_digit(b[j + 1])):
+        elif c == 32 and count % 4 == 0 and (is_alpha(b[j + 1]) or is_digit(b[j + 1])):
             j += 1
         else:
             return -1
@@ -625,6 +706,142 @@ cdef Py_ssize_t m_secret(Buf b, Py_ssize_t n, Py_ssize_t s, Py_ssize_t e,
     return -1
 
 
+# --- SECRET after a keyword ---------------------------------------------------------------
+
+cdef inline bint in_set(uint32_t c, const CharSet* chars) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(chars.count):
+        if chars.items[k] == c:
+            return True
+    return False
+
+cdef inline bint is_letter(uint32_t c) noexcept nogil:
+    return is_word(c) or (c >= 128 and Py_UNICODE_ISALPHA(c))
+
+cdef inline bint is_space(uint32_t c) noexcept nogil:
+    return c == 32 or c == 9
+
+cdef inline bint keyword_first(uint32_t c) noexcept nogil:
+    if c < 128:
+        return first_ascii[c]
+    return in_set(c, &first_other)
+
+cdef inline uint32_t lower_case(uint32_t c) noexcept nogil:
+    cdef Py_ssize_t k
+    if is_upper(c):
+        return c + 32
+    if c >= 128:
+        for k in range(case_upper.count):
+            if case_upper.items[k] == c:
+                return case_lower.items[k]
+    return c
+
+cdef Py_ssize_t word_at(Buf b, Py_ssize_t i, const uint32_t* word, Py_ssize_t length) noexcept nogil:
+    """The end of `word` matched case-insensitively at i and not followed by a letter, or -1."""
+    cdef Py_ssize_t j = i, x
+    cdef uint32_t w, c
+    for x in range(length):
+        w = word[x]
+        c = b[j]
+        if w == 32:
+            if not is_space(c):
+                return -1
+            while is_space(b[j + 1]):
+                j += 1
+        elif w == 39:
+            if not in_set(c, &apostrophes):
+                return -1
+        elif lower_case(c) != w:
+            return -1
+        j += 1
+    return -1 if is_letter(b[j]) else j
+
+cdef struct ValueMemo:  # see the pure twin's _value_end
+    Py_ssize_t start
+    Py_ssize_t run_end
+    Py_ssize_t stripped
+    Py_ssize_t last_digit
+
+cdef Py_ssize_t value_end(Buf b, Py_ssize_t n, Py_ssize_t k, ValueMemo* memo,
+                          Py_ssize_t* last_digit) noexcept nogil:
+    cdef Py_ssize_t e, p, d
+    if not (memo.start <= k <= memo.run_end):
+        e = k
+        while e < n and not in_set(b[e], &value_ends):
+            e += 1
+        p = e
+        while p > k and in_set(b[p - 1], &value_trailing):
+            p -= 1
+        d = p - 1
+        while d >= k and not is_digit(b[d]):
+            d -= 1
+        memo.start = k
+        memo.run_end = e
+        memo.stripped = p
+        memo.last_digit = d
+    last_digit[0] = memo.last_digit
+    return memo.stripped if memo.stripped > k else k
+
+cdef Py_ssize_t m_keyword(Buf b, Py_ssize_t n, Py_ssize_t i, Py_ssize_t* start,
+                          ValueMemo* memo) noexcept nogil:
+    cdef Py_ssize_t j = -1, k, m, q, e, w, x, last_digit
+    cdef bint copula = False, bare = False
+    cdef uint32_t first = lower_case(b[i]), second = lower_case(b[i + 1])
+    if first < 128:  # only the keywords with this first letter can match
+        for x in range(by_first_count[first]):
+            w = by_first[first][x]
+            if second != keywords.text[w][1] and is_lower(keywords.text[w][1]):
+                continue  # the common miss, without the call
+            j = word_at(b, i, keywords.text[w], keywords.length[w])
+            if j >= 0:
+                break
+    else:
+        for w in range(keywords.count):
+            j = word_at(b, i, keywords.text[w], keywords.length[w])
+            if j >= 0:
+                break
+    if j < 0:
+        return -1
+    k = j
+    while is_space(b[k]):
+        k += 1
+    if b[k] == 58 or b[k] == 61:
+        k += 1
+        while is_space(b[k]):
+            k += 1
+    elif k > j:
+        for w in range(copulas.count):
+            m = word_at(b, k, copulas.text[w], copulas.length[w])
+            if m >= 0 and is_space(b[m]):
+                copula = True
+                k = m
+                while is_space(b[k]):
+                    k += 1
+                break
+        bare = not copula
+    else:
+        return -1
+    if in_set(b[k], &open_quotes):
+        q = k + 1
+        while q < n and q - k <= quoted_max and b[q] != 10 and not in_set(b[q], &close_quotes):
+            q += 1
+        if q < n and q - k <= quoted_max and in_set(b[q], &close_quotes) and q > k + 1:
+            start[0] = k + 1
+            return q
+        k += 1
+    e = value_end(b, n, k, memo, &last_digit)
+    if e == k:
+        return -1
+    if bare and (e - k < 4 or last_digit < k):
+        return -1
+    if copula:
+        for w in range(stopwords.count):
+            if word_at(b, k, stopwords.text[w], stopwords.length[w]) == e:
+                return -1
+    start[0] = k
+    return e
+
+
 # --- the pass ------------------------------------------------------------------------------
 
 cdef inline void push(Cands* out, Py_ssize_t kind, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
@@ -644,6 +861,11 @@ cdef inline void push(Cands* out, Py_ssize_t kind, Py_ssize_t s, Py_ssize_t e) n
 cdef void candidates(Buf b, Py_ssize_t n, Cands* out) noexcept nogil:
     cdef Py_ssize_t i, e, s, run_end = 0
     cdef uint32_t c, p
+    cdef ValueMemo memo
+    memo.start = 1  # empty
+    memo.run_end = 0
+    memo.stripped = 0
+    memo.last_digit = -1
     for i in range(n):
         c = b[i]
         if c == 64:
@@ -660,7 +882,11 @@ cdef void candidates(Buf b, Py_ssize_t n, Cands* out) noexcept nogil:
         p = b[i - 1] if i > 0 else 0
         if is_word(p):
             continue
-        if is_upper(c):
+        if keyword_first(c) and not (p >= 128 and Py_UNICODE_ISALPHA(p)):
+            e = m_keyword(b, n, i, &s, &memo)
+            if e >= 0:
+                push(out, K_SECRET, s, e)
+        if is_alpha(c):
             e = m_iban(b, n, i)
             if e >= 0:
                 push(out, K_IBAN, i, e)
@@ -723,35 +949,128 @@ cdef Py_ssize_t resolve(Cands* found, unsigned char* taken) noexcept nogil:
     return kept
 
 
-def scan(text):
-    """PII spans [(start, end, kind)] in code points, sorted by start, never overlapping."""
-    if not isinstance(text, str):
-        raise TypeError(f"scan() needs a str, not {type(text).__name__}")
-    cdef Py_ssize_t n = len(text), kept = 0, m
-    cdef uint32_t* buf = <uint32_t*>malloc((n + c_pad) * sizeof(uint32_t))
+cdef Py_ssize_t scan_buffer(Buf buf, Py_ssize_t n, Cands* found) except -1:
+    """Candidates in buf[:n] (zero-padded), resolved; how many were kept (found.items[:kept])."""
+    cdef Py_ssize_t kept = 0
     cdef unsigned char* taken = <unsigned char*>calloc(n + 1, 1)
+    if taken == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            candidates(buf, n, found)
+            if not found.failed:
+                kept = resolve(found, taken)
+        if found.failed:
+            raise MemoryError()
+        return kept
+    finally:
+        free(taken)
+
+
+cdef int learn_fold(uint32_t c) except -1:
+    folded = fold(chr(c))
+    if len(folded) == 0:
+        fold_state[c] = FOLD_REMOVED
+    elif len(folded) == 1:
+        fold_one[c] = ord(folded)
+        fold_state[c] = FOLD_ONE
+    else:
+        fold_state[c] = FOLD_SEVERAL
+    return fold_state[c]
+
+
+cdef list scan_folded(text, Py_ssize_t n):
+    """Scans the normalised view of a non-ASCII text; spans in the original's code points."""
+    cdef uint32_t* src = <uint32_t*>malloc((n + 1) * sizeof(uint32_t))
+    cdef Py_ssize_t cap = n + c_pad
+    cdef uint32_t* view = <uint32_t*>malloc(cap * sizeof(uint32_t))
+    cdef Py_ssize_t* origin = <Py_ssize_t*>malloc(cap * sizeof(Py_ssize_t))
+    cdef Py_ssize_t k, m = 0, kept, x, need, start, end, previous_end = 0
+    cdef uint32_t c
+    cdef int state
+    cdef void* grown
     cdef Cands found
     found.items = NULL
     found.size = 0
     found.cap = 0
     found.failed = 0
-    if buf == NULL or taken == NULL:
-        free(buf)
-        free(taken)
+    spans = []
+    try:
+        if src == NULL or view == NULL or origin == NULL:
+            raise MemoryError()
+        PyUnicode_AsUCS4(text, <Py_UCS4*>src, n, 0)
+        for k in range(n):
+            c = src[k]
+            if c < 128:
+                state = FOLD_ONE
+            elif c < BMP:
+                state = fold_state[c]
+                if state == FOLD_UNKNOWN:
+                    state = learn_fold(c)
+                if state == FOLD_ONE:
+                    c = fold_one[c]
+            else:
+                state = FOLD_SEVERAL
+            if state == FOLD_ONE:  # one code point in, at most one out: the first cap always suffices
+                view[m] = c
+                origin[m] = k
+                m += 1
+            elif state == FOLD_SEVERAL:
+                folded = fold(chr(c))
+                need = m + len(folded) + (n - k) + c_pad
+                if need > cap:
+                    cap = need * 2
+                    grown = realloc(view, cap * sizeof(uint32_t))
+                    if grown == NULL:
+                        raise MemoryError()
+                    view = <uint32_t*>grown
+                    grown = realloc(origin, cap * sizeof(Py_ssize_t))
+                    if grown == NULL:
+                        raise MemoryError()
+                    origin = <Py_ssize_t*>grown
+                for ch in folded:
+                    view[m] = ord(ch)
+                    origin[m] = k
+                    m += 1
+        memset(view + m, 0, c_pad * sizeof(uint32_t))
+        kept = scan_buffer(view, m, &found)
+        for x in range(kept):  # same clipping as the pure twin's to_original
+            start = found.items[x].s
+            while start < found.items[x].e and origin[start] < previous_end:
+                start += 1
+            if start < found.items[x].e:
+                end = origin[found.items[x].e - 1] + 1
+                spans.append((origin[start], end, KINDS[found.items[x].kind]))
+                previous_end = end
+        return spans
+    finally:
+        free(src)
+        free(view)
+        free(origin)
+        free(found.items)
+
+
+def scan(text):
+    """PII spans [(start, end, kind)] in code points, sorted by start, never overlapping."""
+    if not isinstance(text, str):
+        raise TypeError(f"scan() needs a str, not {type(text).__name__}")
+    cdef Py_ssize_t n = len(text), kept, m
+    if not text.isascii():
+        return scan_folded(text, n)
+    cdef uint32_t* buf = <uint32_t*>malloc((n + c_pad) * sizeof(uint32_t))
+    cdef Cands found
+    found.items = NULL
+    found.size = 0
+    found.cap = 0
+    found.failed = 0
+    if buf == NULL:
         raise MemoryError()
     try:
         memset(buf + n, 0, c_pad * sizeof(uint32_t))
         if n:
             PyUnicode_AsUCS4(text, <Py_UCS4*>buf, n, 0)
-        with nogil:
-            candidates(buf, n, &found)
-            if not found.failed:
-                kept = resolve(&found, taken)
-        if found.failed:
-            raise MemoryError()
-        return [(found.items[m].s, found.items[m].e, KINDS[found.items[m].kind])
-                for m in range(kept)]
+        kept = scan_buffer(buf, n, &found)
+        return [(found.items[m].s, found.items[m].e, KINDS[found.items[m].kind]) for m in range(kept)]
     finally:
         free(buf)
-        free(taken)
         free(found.items)

@@ -11,9 +11,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_runtime import bundle, signing
 from edge_runtime.errors import BundleError
+from edge_runtime.tarstream import TarStream
 
 from support.bundle_factory import make_bundle, predict, trusted_signer
 
@@ -267,7 +270,9 @@ def test_archive_round_trip(signed, tmp_path, empty_home):
         names = tar.getnames()
     assert names[:2] == ["manifest.json", "signature.json"] and names[2:] == sorted(names[2:])
     assert bundle.read_manifest(archive).ref == "tiny@1.0.0"
-    out = bundle.unpack(archive, tmp_path / "out")
+    unpacked = bundle.unpack(archive, tmp_path / "out", signing.trusted_keys(empty_home))
+    assert unpacked.signers == verify(signed, empty_home).signers
+    out = unpacked.path
     assert verify(out, empty_home).ref == "tiny@1.0.0"
     for rel in ("model.onnx", "manifest.json", "signature.json"):
         assert (out / rel).read_bytes() == (signed / rel).read_bytes()
@@ -286,9 +291,12 @@ def test_pack_refuses_a_damaged_bundle(signed, tmp_path):
     assert not (tmp_path / "x.erb").exists()
 
 
-def evil_archive(path, *members):
-    """members: (TarInfo, bytes | None)."""
-    with tarfile.open(path, "w") as tar:
+def evil_archive(path, *members, head=None):
+    """members: (TarInfo, bytes | None), after `head` (a signed bundle dir whose manifest and signature
+    come first, as in a real archive)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in (bundle.MANIFEST, bundle.SIGNATURE) if head else ():
+            tar.add(head / name, arcname=name)
         for info, data in members:
             if data is not None:
                 info.size = len(data)
@@ -312,53 +320,127 @@ def member(name, kind=tarfile.REGTYPE, linkname=""):
         ([(member("hard", tarfile.LNKTYPE, "manifest.json"), None)], "links are not allowed"),
         ([(member("dev", tarfile.CHRTYPE), None)], "devices, fifos"),
         ([(member("fifo", tarfile.FIFOTYPE), None)], "devices, fifos"),
-        ([(member("a.txt"), b"1"), (member("a.txt"), b"2")], "duplicate entry"),
-        ([(member("big.bin"), b"x" * 2048)], "exceeds the 1024 limit"),
+        ([(member("labels.json"), b"[]")], "labels.json: size mismatch"),
+        ([(member("big.bin"), b"x" * 2048)], "not listed in manifest.json"),
+        ([(member("model.onnx"), b"x" * (1 << 20))], "larger than its manifest size"),
     ],
 )
-def test_malicious_archives_are_refused(tmp_path, members, reason):
-    archive = evil_archive(tmp_path / "evil.erb", *members)
+def test_malicious_archives_are_refused(tmp_path, signed, empty_home, members, reason):
+    archive = evil_archive(tmp_path / "evil.erb", *members, head=signed)
     dest = tmp_path / "deep" / "dest"
     with pytest.raises(BundleError, match=reason):
-        bundle.unpack(archive, dest, max_member_bytes=1024)
+        bundle.unpack(archive, dest, signing.trusted_keys(empty_home))
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "deep" / "evil.txt").exists()
-    assert not any(dest.rglob("link")) and not any(dest.rglob("dev"))
+    assert not dest.exists()  # nothing is left behind
 
 
-def test_symlink_then_write_through_it_is_refused(tmp_path):
+def test_a_listed_file_twice_is_refused(tmp_path, signed, empty_home):
+    labels = (signed / "labels.json").read_bytes()
+    archive = evil_archive(tmp_path / "twice.erb", *[(member("labels.json"), labels)] * 2, head=signed)
+    with pytest.raises(BundleError, match="labels.json: duplicate entry"):
+        bundle.unpack(archive, tmp_path / "dest", signing.trusted_keys(empty_home))
+    assert not (tmp_path / "dest").exists()
+
+
+def test_manifest_must_come_first(tmp_path, signed, empty_home):
+    archive = evil_archive(tmp_path / "late.erb", (member("labels.json"), (signed / "labels.json").read_bytes()))
+    with tarfile.open(archive, "a") as tar:
+        tar.add(signed / bundle.MANIFEST, arcname=bundle.MANIFEST)
+    with pytest.raises(BundleError, match="manifest.json must be the first member"):
+        bundle.unpack(archive, tmp_path / "dest", signing.trusted_keys(empty_home))
+    assert not (tmp_path / "dest").exists()
+
+
+def test_an_oversized_manifest_is_refused_before_it_is_parsed(tmp_path, empty_home):
+    archive = evil_archive(tmp_path / "fat.erb", (member("manifest.json"), b" " * (bundle.MAX_MANIFEST_BYTES + 1)))
+    with pytest.raises(BundleError, match=f"manifest.json: {bundle.MAX_MANIFEST_BYTES + 1} bytes exceeds"):
+        bundle.unpack(archive, tmp_path / "dest", signing.trusted_keys(empty_home))
+    with pytest.raises(BundleError, match="exceeds the 1048576 byte limit"):
+        bundle.read_manifest(archive)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_symlink_then_write_through_it_is_refused(tmp_path, signed, empty_home):
     # The classic two-step escape: a link member, then a file "through" the link.
     archive = evil_archive(
-        tmp_path / "evil.erb", (member("d", tarfile.SYMTYPE, str(tmp_path)), None), (member("d/evil.txt"), b"x")
+        tmp_path / "evil.erb",
+        (member("d", tarfile.SYMTYPE, str(tmp_path)), None),
+        (member("d/evil.txt"), b"x"),
+        head=signed,
     )
     with pytest.raises(BundleError, match="links are not allowed"):
-        bundle.unpack(archive, tmp_path / "dest")
+        bundle.unpack(archive, tmp_path / "dest", signing.trusted_keys(empty_home))
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_total_size_limit(tmp_path):
-    archive = evil_archive(tmp_path / "a.erb", (member("a"), b"x" * 600), (member("b"), b"y" * 600))
+def test_limits_are_checked_against_the_verified_manifest(tmp_path, signed, empty_home):
+    archive = bundle.pack(signed, tmp_path / "t.erb")
+    trusted = signing.trusted_keys(empty_home)
     with pytest.raises(BundleError, match="contents exceed the 1000 byte limit"):
-        bundle.unpack(archive, tmp_path / "dest", max_total_bytes=1000)
+        bundle.unpack(archive, tmp_path / "a", trusted, max_total_bytes=1000)
+    with pytest.raises(BundleError, match="exceeds the 1024 byte limit"):
+        bundle.unpack(archive, tmp_path / "b", trusted, max_member_bytes=1024)
+    with pytest.raises(BundleError, match="more than 2 files"):
+        bundle.unpack(archive, tmp_path / "c", trusted, max_members=2)
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
-def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, empty_home):
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_archive_made_by_tar_tools_with_dot_prefix(signed, tmp_path, empty_home, compression):
+    """GNU tar style './name' members, possibly compressed, manifest and signature first."""
     archive = tmp_path / "dot.erb"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(signed, arcname=".")
-    assert verify(bundle.unpack(archive, tmp_path / "out"), empty_home).ref == "tiny@1.0.0"
+    with tarfile.open(archive, f"w:{compression}", format=tarfile.GNU_FORMAT) as tar:
+        tar.add(signed, arcname=".", recursive=False)
+        for name in ["manifest.json", "signature.json", *sorted(bundle.read_manifest(signed).files)]:
+            tar.add(signed / name, arcname=f"./{name}")
+    unpacked = bundle.unpack(archive, tmp_path / "out", signing.trusted_keys(empty_home))
+    assert verify(unpacked.path, empty_home).ref == "tiny@1.0.0"
 
 
-def test_not_an_archive(tmp_path):
+def test_not_an_archive(tmp_path, empty_home):
     junk = tmp_path / "junk.erb"
     junk.write_bytes(np.random.default_rng(0).bytes(512))
     with pytest.raises(BundleError, match="not a bundle archive"):
-        bundle.unpack(junk, tmp_path / "out")
+        bundle.unpack(junk, tmp_path / "out", signing.trusted_keys(empty_home))
 
 
-def test_unpack_into_non_empty_dir_is_refused(signed, tmp_path):
+def test_unpack_into_non_empty_dir_is_refused(signed, tmp_path, empty_home):
     archive = bundle.pack(signed, tmp_path / "t.erb")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep").write_text("mine")
     with pytest.raises(BundleError, match="not empty"):
-        bundle.unpack(archive, tmp_path / "busy")
+        bundle.unpack(archive, tmp_path / "busy", signing.trusted_keys(empty_home))
     assert (tmp_path / "busy" / "keep").read_text() == "mine"
+
+
+# --- the bounded tar reader against tarfile's writer ----------------------------------------------
+
+_segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-é", min_size=1, max_size=40).filter(
+    lambda part: part not in (".", "..")
+)
+_members = st.dictionaries(
+    st.lists(_segment, min_size=1, max_size=4).map("/".join), st.binary(max_size=3000), min_size=1, max_size=6
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(members=_members, tar_format=st.sampled_from([tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT]))
+def test_tarstream_reads_what_tarfile_writes(members, tar_format):
+    """Names (long and non-ASCII ones go to PAX headers or the ustar prefix) and data come back exactly."""
+    buffer = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    except ValueError:  # ustar cannot hold this name (too long or not ASCII-splittable): not our case
+        return
+    buffer.seek(0)
+    stream, seen = TarStream(buffer), {}
+    while (item := stream.next()) is not None:
+        chunks = []
+        while chunk := stream.read(1000):
+            chunks.append(chunk)
+        seen[item.name] = b"".join(chunks)
+    assert seen == members

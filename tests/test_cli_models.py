@@ -148,3 +148,38 @@ def test_activate_rollback_remove(empty_home, tmp_path, signer):
 def test_rollback_with_nothing_to_roll_back(empty_home):
     one_line_failure(run(empty_home, "models", "rollback"), "nothing to roll back to")
     assert "no models installed" in run(empty_home, "models", "list").stdout
+
+
+def test_key_roles_and_thresholds(empty_home, tmp_path, signer):
+    """A key trusted before roles existed (keys/trusted) is a bundle signer only; fleet signers are added
+    with --role fleet, each role with its own threshold."""
+    key_path, kid = signer
+    listed = ok_json(run(empty_home, "keys", "list", "--json"))
+    assert [(row["key_id"], row["role"]) for row in listed["trusted"]] == [(kid, "bundle")]
+    assert listed["thresholds"] == {"bundle": 1, "fleet": 1}
+    second = tmp_path / "second.key"
+    ok_json(run(empty_home, "keys", "generate", "--out", str(second), "--json"))
+    for path in (key_path, second):
+        ok_json(run(empty_home, "keys", "trust", f"{path}.pub", "--role", "fleet", "--threshold", "2", "--json"))
+    listed = ok_json(run(empty_home, "keys", "list", "--json"))
+    assert sorted(row["role"] for row in listed["trusted"]) == ["bundle", "fleet", "fleet"]
+    assert listed["thresholds"] == {"bundle": 1, "fleet": 2}
+    assert set(signing.trusted_keys(empty_home, "fleet")) == {
+        kid,
+        signing.key_id(signing.load_private_key(second).public_key()),
+    }
+    assert set(signing.trusted_keys(empty_home, "bundle")) == {kid}
+    (empty_home / "keys" / "roles.json").write_text("{not json")
+    one_line_failure(run(empty_home, "keys", "list"), "roles.json: unreadable")  # fails closed
+
+
+def test_doctor_warns_about_a_private_signing_key_on_the_device(empty_home):
+    from edge_runtime.build.local_key import local_signing_key
+
+    before = json.loads(run(empty_home, "doctor", "--json").stdout)
+    assert before["warnings"] == []
+    local_signing_key(empty_home)
+    after = json.loads(run(empty_home, "doctor", "--json").stdout)
+    [warning] = after["warnings"]
+    assert "keys/signing/local.key" in warning and "private signing key" in warning
+    assert after["problems"] == before["problems"]  # a warning, not a failure

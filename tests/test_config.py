@@ -84,6 +84,11 @@ def test_file_then_environment_then_command_line(tmp_path):
         ('[uplink]\ndevice_id = "a/b"\n', "config.toml: uplink.device_id"),
         ("server = 3\n", "config.toml: server: must be a table"),
         ("[server\nport = 1\n", "config.toml: not valid TOML"),
+        ('[server]\ntoken = "a"\ntoken_file = "/etc/passwd"\n', "config.toml: server: set token or token_file"),
+        ('[server]\ntoken_file = "/no/such/token"\n', "config.toml: server.token_file: /no/such/token: cannot read"),
+        ("[server]\nprotect_status = true\n", "config.toml: server.protect_status: needs server.token"),
+        ("[server]\ntcp = false\n", "config.toml: server.tcp: false needs server.unix_socket"),
+        ("[server]\nmax_connections = 0\n", "config.toml: server.max_connections: must be an integer 1-65536"),
     ],
 )
 def test_bad_files_name_the_key(tmp_path, text, message):
@@ -175,3 +180,16 @@ def test_config_show_merges_the_layers(tmp_path):
     rendered = tmp_path / "rendered.toml"
     rendered.write_text(toml.stdout)
     assert dict(config.load(rendered, environ={})) == dict(config.load(path, environ={}))
+
+
+def test_config_show_never_prints_the_token(tmp_path):
+    path = write(tmp_path, '[server]\ntoken = "do-not-print-me-123"\n')
+    for args in (("--json",), ()):
+        done = cli("config", "show", "--config", str(path), *args)
+        assert done.returncode == 0 and "do-not-print-me-123" not in done.stdout and "<set>" in done.stdout
+    assert config.server_token(config.load(path, environ={})) == "do-not-print-me-123"
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    assert config.server_token(
+        config.load(write(tmp_path, f'[server]\ntoken_file = "{token_file}"\n'), environ={})
+    ) == ("from-a-file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ from edge_runtime import bundle, signing
 from edge_runtime.fleet import protocol
 from edge_runtime.fleet import release as releases
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+from edge_runtime.schema import SchemaError
 from edge_runtime.store import Store
 
 from support import mqtt_broker
@@ -65,7 +67,8 @@ def archives(tmp_path_factory, fleet_key):
         raw.update(version="1.3.0", release=4)
 
     failing = refinalize(Path(str(v2)[:-4]), src / "tiny-1.3.0", fleet_key, wrong_golden)
-    return {"v1": v1, "v2": v2, "escalating": escalating, "failing": failing}
+    v3 = tiny(src / "tiny-2.0.0", fleet_key, "2.0.0", 5)
+    return {"v1": v1, "v2": v2, "escalating": escalating, "failing": failing, "v3": v3}
 
 
 @pytest.fixture
@@ -125,7 +128,7 @@ def release_for(archives, name, key, group, tmp_path, **options) -> Path:
     folder.mkdir()
     copy = folder / archive.name
     copy.write_bytes(archive.read_bytes())
-    return make_release(copy, key, group, chunk_size=64 * 1024, **options)
+    return make_release(copy, key, group, **{"chunk_size": 64 * 1024, **options})
 
 
 def publish_raw(broker_url: str, topic: str, payload: bytes) -> None:
@@ -261,7 +264,8 @@ def test_tampered_bundle_bytes_are_refused_at_verification(device, served, archi
 
     dev = device().start()
     before = snapshot(dev.home)
-    unpacked = bundle.unpack(archives["v2"], tmp_path / "unpacked")
+    trusted = {signing.key_id(fleet_key.public_key()): fleet_key.public_key()}
+    unpacked = bundle.unpack(archives["v2"], tmp_path / "unpacked", trusted).path
     model = unpacked / "model.onnx"
     data = bytearray(model.read_bytes())
     data[-10] ^= 0xFF
@@ -420,3 +424,261 @@ def test_higher_escalation_rate_in_probation_rolls_back(device, served, reports,
     assert_serving(dev, ("tiny", "1.0.0"))
     report = reports.wait(lambda s: s["device"] == dev.id and s["phase"] == "rolled_back", 10, "rolled_back")
     assert report["active"] == "tiny@1.0.0" and report["installed_release"] == 3
+
+
+# --- key roles, anti-rollback floor, desired-state expiry and ordering -----------------------------
+
+
+def test_a_release_record_signed_only_by_a_bundle_key_is_refused(
+    device, served, reports, archives, fleet_key, group, tmp_path, broker
+):
+    """A key trusted to sign bundles cannot decide what a device installs: a release record (or a desired
+    state) it signs is refused, even inside a desired state the fleet key signed."""
+    dev = device()
+    bundle_key = signing.generate_keypair()[0]
+    signing.trust_key(dev.home, bundle_key.public_key(), "bundle")
+    dev.start()
+    reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
+    before = snapshot(dev.home)
+    record = releases.read(release_for(archives, "v2", bundle_key, group, tmp_path))
+    served.manager.fleet.add_release(record, releases.check_shape(record["signed"]), archives["v2"])
+    kid = signing.key_id(bundle_key.public_key())
+    topic = protocol.group_desired_topic(group)
+    publish_raw(broker.url, topic, desired_bytes([fleet_key], group, 1, record))
+    reports.wait(
+        lambda s: (
+            s["device"] == dev.id
+            and "release record: signature does not verify" in (s.get("last_error") or "")
+            and f"untrusted key {kid}" in s["last_error"]
+        ),
+        20,
+        "refusal of the bundle-key release record",
+    )
+    fleet_record = releases.read(release_for(archives, "v2", fleet_key, group, tmp_path))
+    publish_raw(broker.url, topic, desired_bytes([bundle_key], group, 2, fleet_record))
+    reports.wait(
+        lambda s: s["device"] == dev.id and "desired state: signature does not verify" in (s.get("last_error") or ""),
+        20,
+        "refusal of the bundle-key desired state",
+    )
+    assert dev.state()["phase"] == "idle"
+    assert snapshot(dev.home) == before
+    assert_serving(dev, ("tiny", "1.0.0"))
+
+
+def test_the_devices_local_build_key_cannot_steer_the_fleet(
+    device, served, reports, archives, fleet_key, group, tmp_path, broker
+):
+    """`build default` leaves keys/signing/local.key on a device (and on every clone of its image): it may sign
+    bundles for this device, never release records or desired states."""
+    import os
+    import sys
+
+    from edge_runtime.build.local_key import local_signing_key
+
+    from support import pythonpath
+
+    dev = device()
+    local = local_signing_key(dev.home)
+    public_text = signing.public_key_to_text(local.public_key()) + "\n"
+    # A copy of its public key planted among the fleet keys (by hand, or by an older runtime) does not count.
+    (signing.trusted_dir(dev.home, "fleet") / f"{signing.key_id(local.public_key())}.pub").write_text(public_text)
+    dev.start()
+    reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
+    before = snapshot(dev.home)
+    record = releases.read(release_for(archives, "v2", local, group, tmp_path))
+    served.manager.fleet.add_release(record, releases.check_shape(record["signed"]), archives["v2"])
+    publish_raw(broker.url, protocol.group_desired_topic(group), desired_bytes([local], group, 1, record))
+    reports.wait(
+        lambda s: s["device"] == dev.id and "desired state: signature does not verify" in (s.get("last_error") or ""),
+        20,
+        "refusal of the local key's desired state",
+    )
+    assert snapshot(dev.home) == before
+    assert_serving(dev, ("tiny", "1.0.0"))
+    # And `keys trust --role fleet` refuses it, with a one-line reason.
+    public_file = tmp_path / "local.pub"
+    public_file.write_text(public_text)
+    refused = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "keys", "trust", "--role", "fleet", str(public_file)],
+        env={**os.environ, "EDGE_RUNTIME_HOME": str(dev.home), "PYTHONPATH": pythonpath()},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1 and "local build key" in refused.stderr, refused
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_corrupt_update_state_refuses_updates_and_keeps_the_floor(
+    device, served, reports, archives, fleet_key, group, tmp_path
+):
+    import os
+    import sys
+
+    from support import pythonpath
+
+    dev = device()
+    state_file = dev.home / "state" / "fleet" / "update.json"
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_bytes(b'{"phase": "idle", "installed_release": 7, "seen_')  # torn by a bad disk
+    dev.start()
+    record = release_for(archives, "v2", fleet_key, group, tmp_path)
+    served.manager.publish(record, archives["v2"], group)
+    report = reports.wait(
+        lambda s: s["device"] == dev.id and "is unreadable" in (s.get("last_error") or ""), 30, "refusal"
+    )
+    assert "updates are refused" in report["last_error"] and report["state_error"]
+    assert report["installed_release"] == 1  # the store's highest installed release, not 0
+    time.sleep(2)  # give a wrong agent the time to start downloading
+    assert state_file.read_bytes() == b'{"phase": "idle", "installed_release": 7, "seen_'  # never overwritten
+    assert [m.ref for m in Store(dev.home).versions()] == ["tiny@1.0.0"]
+    env = {**os.environ, "EDGE_RUNTIME_HOME": str(dev.home), "PYTHONPATH": pythonpath()}
+    status = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "update", "status"], env=env, capture_output=True, text=True
+    )
+    assert status.returncode == 1 and "is unreadable" in status.stdout, status
+    doctor = subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "doctor", "--json"], env=env, capture_output=True, text=True
+    )
+    assert any("is unreadable" in problem for problem in json.loads(doctor.stdout)["problems"]), doctor.stdout
+    assert_serving(dev, ("tiny", "1.0.0"))
+
+
+def test_without_update_state_the_floor_is_the_stores_highest_release(
+    device, served, reports, archives, fleet_key, group, tmp_path
+):
+    dev = device(initial="v2").start()  # release 2 installed; no update.json yet
+    record = release_for(archives, "v1", fleet_key, group, tmp_path)
+    served.manager.publish(record, archives["v1"], group)
+    reports.wait(
+        lambda s: s["device"] == dev.id and "not newer than installed release 2" in (s.get("last_error") or ""),
+        30,
+        "rollback refusal",
+    )
+    assert dev.state()["installed_release"] == 2
+    assert_serving(dev, ("tiny", "1.1.0"))
+    assert [m.ref for m in Store(dev.home).versions()] == ["tiny@1.1.0"]
+
+
+def test_expired_or_never_expiring_desired_states_are_refused(
+    device, served, reports, archives, fleet_key, group, tmp_path, broker
+):
+    dev = device().start()
+    reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
+    before = snapshot(dev.home)
+    record = releases.read(release_for(archives, "v2", fleet_key, group, tmp_path))
+    served.manager.fleet.add_release(record, releases.check_shape(record["signed"]), archives["v2"])
+    topic = protocol.group_desired_topic(group)
+    stale = protocol.build_desired(
+        [fleet_key],
+        scope="group",
+        target=group,
+        seq=1,
+        action="install",
+        release=record,
+        ttl_s=60,
+        now=time.time() - 120,
+    )
+    publish_raw(broker.url, topic, protocol.encode(stale))
+    reports.wait(
+        lambda s: s["device"] == dev.id and "desired state seq 1 expired at" in (s.get("last_error") or ""),
+        20,
+        "expiry",
+    )
+    forever = dict(stale["signed"], seq=2)
+    forever.pop("expires_at")
+    publish_raw(broker.url, topic, protocol.encode(releases.sign_envelope(forever, [fleet_key])))
+    reports.wait(
+        lambda s: s["device"] == dev.id and "desired state seq 2 has no expiry" in (s.get("last_error") or ""),
+        20,
+        "no expiry",
+    )
+    assert snapshot(dev.home) == before
+    assert_serving(dev, ("tiny", "1.0.0"))
+
+
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
+def test_kill_9_between_receiving_and_recording_a_desired_state(device, served, archives, fleet_key, group, tmp_path):
+    dev = device()
+    marker = tmp_path / "paused"
+    dev.start(pause=("desired", marker))
+    record = release_for(archives, "v2", fleet_key, group, tmp_path)
+    served.manager.publish(record, archives["v2"], group)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert dev.process.poll() is None, dev.log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"never paused: {dev.log.read_text()[-2000:]}"
+        time.sleep(0.05)
+    dev.kill()
+    assert dev.process.returncode == -9
+    assert dev.state()["seen_seq"] == {}  # nothing recorded: the retained desired state is still new
+    dev.start()
+    final = dev.wait_phase("committed", "failed", "rolled_back", timeout=60)
+    assert final["phase"] == "committed" and final["installed_release"] == 2, final
+    assert_serving(dev, ("tiny", "1.1.0"))
+
+
+class StallingChunkServer:
+    """Answers only the first request for a release's chunks, with its first chunk: the device is then
+    mid-download, holding one chunk and waiting for the rest."""
+
+    def __init__(self, broker_url: str, device_id: str, archive: Path, chunk_size: int):
+        self.data, self.chunk_size, self.device_id = archive.read_bytes(), chunk_size, device_id
+        self.answered = threading.Event()
+        self.link = Link(
+            BrokerConfig.from_url(broker_url),
+            f"stall-{uuid.uuid4().hex[:6]}",
+            subscriptions=[Subscription(protocol.chunk_request_topic(device_id))],
+            handlers=LinkHandlers(on_message=self._on),
+            clean_start=True,
+            session_expiry_s=0,
+        )
+        self.link.start()
+        self.link.wait_ready(10)
+
+    def _on(self, message) -> None:
+        try:
+            request = protocol.parse_request(message.payload, self.device_id)
+        except SchemaError:
+            return
+        if self.answered.is_set():
+            return
+        self.answered.set()
+        payload = protocol.encode_chunk(request["sha256"], 0, self.data[: self.chunk_size])
+        self.link.client.publish(protocol.chunk_topic(self.device_id), payload, qos=1)
+
+    def close(self) -> None:
+        self.link.stop()
+
+
+@pytest.mark.kernels  # the self-test judges the new model by what the kernels compute
+def test_a_newer_desired_state_interrupts_a_download(device, reports, archives, fleet_key, group, tmp_path, broker):
+    dev = device().start()
+    reports.wait(lambda s: s["device"] == dev.id, 30, "initial report")
+    old = release_for(archives, "v2", fleet_key, group, tmp_path, chunk_size=1024)  # release 2, many chunks
+    staller = StallingChunkServer(broker.url, dev.id, archives["v2"], 1024)
+    try:
+        publish_raw(
+            broker.url, protocol.group_desired_topic(group), desired_bytes([fleet_key], group, 1, releases.read(old))
+        )
+        dev.wait(lambda d: d["phase"] == "downloading", 30, "downloading release 2")
+        assert staller.answered.wait(30)
+        partial = dev.home / "state" / "fleet" / "downloads"
+        deadline = time.monotonic() + 10
+        while not any(partial.rglob("*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(partial.rglob("*")), "the first chunk was never stored"
+    finally:
+        staller.close()
+    manager = ServedManager(broker.url, tmp_path / "fleet", [fleet_key])
+    try:
+        newer = releases.read(release_for(archives, "v3", fleet_key, group, tmp_path))  # release 5
+        manager.manager.fleet.add_release(newer, releases.check_shape(newer["signed"]), archives["v3"])
+        publish_raw(broker.url, protocol.group_desired_topic(group), desired_bytes([fleet_key], group, 2, newer))
+        reports.wait(lambda s: s["device"] == dev.id and "download stopped" in (s.get("note") or ""), 30, "the switch")
+        final = dev.wait_phase("committed", "failed", "rolled_back", timeout=90)
+    finally:
+        manager.close()
+    assert (final["phase"], final["installed_release"]) == ("committed", 5), final
+    assert_serving(dev, ("tiny", "2.0.0"))
+    assert [m.ref for m in Store(dev.home).versions()] == ["tiny@1.0.0", "tiny@2.0.0"]  # release 2 never installed

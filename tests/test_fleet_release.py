@@ -199,3 +199,21 @@ def test_cli_release_create(archive, keys, tmp_path, capsys):
     assert "duration 'soon'" in capsys.readouterr().err
     assert main(["fleet", "release", "create", str(archive), "--group", "lab"]) == 2
     assert main(["fleet", "release", "create", str(archive), "--group", "bad/group", "--key", str(key_file)]) == 1
+
+
+def test_desired_states_expire(archive, keys):
+    envelope = releases.create(archive, ["lab"], [keys[0]], 3600)
+    desired = protocol.build_desired(
+        [keys[0]], scope="group", target="lab", seq=3, action="install", release=envelope, ttl_s=600, now=1000.0
+    )
+    assert desired["signed"]["expires_at"] == 1600
+    data = protocol.encode(desired)
+    assert protocol.verify_desired(data, trusted(keys[0]), 1, "group", "lab", now=1599.0)["seq"] == 3
+    with pytest.raises(ReleaseError, match="desired state seq 3 expired at 1970-01-01T00:26:40Z"):
+        protocol.verify_desired(data, trusted(keys[0]), 1, "group", "lab", now=1601.0)
+    unbounded = dict(desired["signed"])
+    del unbounded["expires_at"]
+    with pytest.raises(ReleaseError, match="has no expiry"):
+        protocol.verify_desired(
+            protocol.encode(releases.sign_envelope(unbounded, [keys[0]])), trusted(keys[0]), 1, "group", "lab"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -140,3 +141,47 @@ def test_cli_list_retry_purge(tmp_path):
     assert json.loads(purged.output)["deleted"] == {"dead": 0, "answered": 1}
     with Outbox(db) as box:
         assert box.pending_ids() == ["b", "a"]
+
+
+def test_dead_letters_are_capped_oldest_dropped_and_counted(tmp_path):
+    clock = Clock()
+    with Outbox(tmp_path / "o.sqlite", budgets=Budgets(max_dead=3), clock=clock) as box:
+        box.add([(f"r{n}", b"{}") for n in range(5)])
+        for n in range(5):
+            clock.now += 1
+            assert box.dead_letter(f"r{n}", "broker refused")
+        assert [r["id"] for r in box.requests("dead")] == ["r2", "r3", "r4"]
+        assert box.summary()["dead"] == 3 and box.counters()["dead_dropped"] == 2
+        assert box.retry(["r4"]) == ["r4"]
+        clock.now += 1
+        assert box.dead_letter("r4", "again")  # back in, still within the cap: nothing more dropped
+        assert box.counters()["dead_dropped"] == 2 and box.summary()["dead"] == 3
+
+
+def test_open_outbox_moves_a_corrupt_file_aside_and_starts_fresh(tmp_path):
+    from edge_runtime.outbox import open_outbox
+
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as box:
+        box.add([("r1", b"{}")])
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the header survives, the pages do not
+    path.write_bytes(bytes(data))
+    box = open_outbox(path)
+    assert box.health()["state"] == "recovered"
+    aside = Path(box.health()["moved_aside"])
+    assert aside.name.startswith("outbox.sqlite.corrupt-") and aside.read_bytes() == bytes(data)
+    assert box.pending_ids() == [] and box.add([("r2", b"{}")]).new == ["r2"]
+    box.close()
+    assert open_outbox(path).health()["state"] == "ok"  # a sound file is left alone
+
+
+def test_open_outbox_that_cannot_be_opened_refuses_every_write(tmp_path):
+    from edge_runtime.outbox import OutboxUnavailable, open_outbox
+
+    (tmp_path / "outbox.sqlite").mkdir()
+    box = open_outbox(tmp_path / "outbox.sqlite")
+    assert box.health()["state"] == "unavailable"
+    with pytest.raises(OutboxUnavailable):
+        box.add([("r1", b"{}")])
+    assert box.pending_ids() == [] and box.answer("r1") is None and box.health()["write_failures"] == 1

@@ -68,6 +68,41 @@ def test_names_and_addresses_become_whole_word_spans(tagger):
         assert end == len(text) or not text[end].isalnum()
 
 
+@pytest.mark.parametrize("writing", ["nbsp", "narrow-nbsp", "fullwidth", "zero-width"])
+def test_names_in_unicode_writings_are_found_as_in_ascii(tagger, writing):
+    """The tagger reads the scanner's normalised view: a name between no-break spaces, in full-width letters
+    or split by zero-width characters is redacted exactly as its ASCII writing is."""
+    from faker import Faker
+
+    from edge_runtime.pii_tagger import find_spans
+    from edge_runtime.redaction import redact
+
+    from support.pii_variants import SPACES, ZERO_WIDTH, fullwidth, view
+
+    def written(text: str, name: str) -> str:
+        if writing == "fullwidth":
+            return text.replace(name, fullwidth(name))
+        if writing == "zero-width":
+            return text.replace(
+                name, "".join(c + (ZERO_WIDTH[k % 6] if c.isalpha() and k % 3 == 1 else "") for k, c in enumerate(name))
+            )
+        return text.replace(name, name.replace(" ", SPACES[writing]))
+
+    fake = Faker("en_GB")
+    fake.seed_instance(11)
+    frames = ["the engineer {n} signed off the repair", "escalate to {n} if the pump fails again"]
+    hidden_in_ascii = 0
+    for k in range(12):
+        name = f"{fake.first_name()} {fake.last_name()}"
+        ascii_text = frames[k % 2].format(n=name)
+        ascii_redacted = redact(ascii_text, find_spans(ascii_text, tagger)).text
+        hidden_in_ascii += not any(word in ascii_redacted for word in name.split())
+        text = written(ascii_text, name)
+        assert text != ascii_text
+        assert view(redact(text, find_spans(text, tagger)).text) == ascii_redacted, (writing, text)
+    assert hidden_in_ascii >= 11  # the comparison is only worth something when the ASCII names are found
+
+
 def test_long_text_is_tagged_in_overlapping_windows(tagger):
     names = ["Ingrid Vasquez-Holm", "Tobias Kleinschmidt", "Aurelie Fontaine"]
     text = (

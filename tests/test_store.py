@@ -295,3 +295,118 @@ def test_kill_during_install_leaves_no_half_version(store, make, tmp_path):
     assert [m.ref for m in store.versions()] == ["tiny@1.0.0", "tiny@2.0.0"]
     assert not any(name.startswith(".install-") for name in stray_dirs(store))
     assert store.verify("tiny@2.0.0").ref == "tiny@2.0.0"
+
+
+# --- crafted archives: refused before anything large is written, nothing left behind ----------------
+
+BIG = 8 << 20  # far above the file-size limit the installing process runs under
+
+
+def install_under_file_size_limit(home: Path, archive: Path, limit: int = 1 << 20):
+    """`edge-runtime models install ARCHIVE` in a process that cannot write any file larger than `limit`
+    (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a larger write fails with EFBIG): a refusal for the expected
+    reason proves the archive was refused before its large member was written."""
+    import resource
+    import subprocess
+    import sys
+
+    from support import pythonpath
+
+    def limit_writes():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime", "models", "install", str(archive)],
+        env={**os.environ, "EDGE_RUNTIME_HOME": str(home), "PYTHONPATH": pythonpath()},
+        preexec_fn=limit_writes,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def leftovers(store: Store) -> list[str]:
+    found = [p for p in store.models.rglob("*") if p.name != ".lock"] if store.models.exists() else []
+    cache = store.root / "cache" / "bundles"
+    found += list(cache.rglob("*")) if cache.exists() else []
+    return sorted(str(p) for p in found)
+
+
+def tar_with(path: Path, source: Path, names: list[str], extra: dict[str, bytes] | None = None) -> Path:
+    """A tar of SOURCE's files NAMES in that order, with EXTRA's members (name -> data) right after
+    signature.json."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            tar.add(source / name, arcname=name)
+            if name == bundle.SIGNATURE:
+                for extra_name, data in (extra or {}).items():
+                    info = tarfile.TarInfo(extra_name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_badly_signed_archive_is_refused_before_its_payload_is_written(store, make, tmp_path):
+    from edge_runtime import signing
+
+    source = make()
+    (source / "blob.bin").write_bytes(b"\0" * BIG)
+    raw = json.loads((source / bundle.MANIFEST).read_text())
+    untrusted = signing.generate_keypair()[0]
+    bundle.finalize(source, {k: v for k, v in raw.items() if k not in ("files", "created")}, untrusted)
+    archive = bundle.pack(source, tmp_path / "bad-signature.erb")
+    result = install_under_file_size_limit(store.root, archive)
+    assert result.returncode == 1, result
+    assert "signed by untrusted key" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert leftovers(store) == []
+    with pytest.raises(BundleError, match="untrusted key"):  # nor does a path load fill cache/bundles
+        store.resolve(archive)
+    assert leftovers(store) == []
+
+
+def test_member_not_in_the_manifest_is_refused_before_it_is_written(store, make, tmp_path):
+    source = make()
+    names = [bundle.MANIFEST, bundle.SIGNATURE, *sorted(bundle.read_manifest(source).files)]
+    archive = tar_with(tmp_path / "extra.erb", source, names, {"extra.bin": b"\0" * BIG})
+    result = install_under_file_size_limit(store.root, archive)
+    assert result.returncode == 1 and "extra.bin: not listed in manifest.json" in result.stderr, result
+    assert leftovers(store) == []
+
+
+def test_member_larger_than_its_manifest_size_is_refused_before_it_is_written(store, make, tmp_path):
+    source = make()
+    names = [bundle.MANIFEST, bundle.SIGNATURE, *sorted(bundle.read_manifest(source).files)]
+    names.remove("labels.json")
+    archive = tar_with(tmp_path / "long.erb", source, names, {"labels.json": b"[" + b" " * BIG + b"]"})
+    result = install_under_file_size_limit(store.root, archive)
+    assert result.returncode == 1 and "labels.json" in result.stderr, result
+    assert "larger than its manifest size" in result.stderr, result.stderr
+    assert leftovers(store) == []
+
+
+def test_huge_pax_header_is_refused_without_reading_it(store, make, tmp_path):
+    """tarfile would read the whole extended header into memory; the archive is otherwise valid and signed."""
+    import tarfile
+    import tracemalloc
+
+    source = make()
+    archive = tmp_path / "pax.erb"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in [bundle.MANIFEST, bundle.SIGNATURE, *sorted(bundle.read_manifest(source).files)]:
+            info = tar.gettarinfo(source / name, arcname=name)
+            if name == bundle.MANIFEST:
+                info.pax_headers = {"comment": "x" * (32 << 20)}
+            with open(source / name, "rb") as handle:
+                tar.addfile(info, handle)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match="PAX header of .* bytes exceeds"):
+            store.install(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes allocated while refusing"
+    assert leftovers(store) == []

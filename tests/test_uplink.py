@@ -310,3 +310,48 @@ def test_acl_device_reads_its_own_desired_state_not_another_devices(tls_broker, 
             made.loop_stop()
             made.disconnect()
     assert sorted(received) == ["fleet/devices/devA/desired", "fleet/groups/lab/desired"]
+
+
+def fill(directory) -> None:
+    """Write until the file system answers ENOSPC: the disk is full for real."""
+    with open(directory / "filler", "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KB tmpfs, filled up after the test's outbox was created in it."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not permitted'})")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_an_escalation_the_full_outbox_cannot_store_fails_at_once_and_is_not_sent(broker, full_disk):
+    from edge_runtime.outbox import OutboxUnavailable
+
+    received = []
+    with (
+        Worker(plain(broker), lambda request: received.append(request) or {"label": "x"}) as worker,
+        Uplink("dev-full", plain(broker), Outbox(full_disk / "o.sqlite")) as uplink,
+    ):
+        worker.wait_ready(5)
+        uplink.wait_ready(5)
+        assert uplink.submit("stored first").result(10)["answer"]["label"] == "x"
+        fill(full_disk)
+        futures = [uplink.submit(f"text {n} " + "x" * 20_000) for n in range(4)]
+        for future in futures:
+            with pytest.raises(OutboxUnavailable, match="not stored"):
+                future.result(5)  # before the fix: never resolved (the pump only logged the error)
+            assert future.settled.is_set()
+        assert uplink._futures == {} and uplink.stats["outbox_unavailable"] == 4  # released, counted
+        time.sleep(0.5)
+        assert len(received) == 1  # nothing unstored went upstream
+        assert uplink.outbox.failures >= 1

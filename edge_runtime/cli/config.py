@@ -34,8 +34,9 @@ def show(file, as_json):
     from .. import config as settings
 
     values = settings.load(file)
+    shown = settings.without_secrets(values)  # the token must not end up in a terminal's scrollback
     if as_json:
-        print_json({"source": values.source, **values})
+        print_json({"source": values.source, **shown})
     else:
         click.echo(f"# source: {values.source}")
-        click.echo(settings.to_toml(values), nl=False)
+        click.echo(settings.to_toml(shown), nl=False)

@@ -33,8 +33,27 @@ def cpu_features() -> dict[str, bool]:
     return {name: any(flag in flags for flag in names) for name, names in CPU_FEATURES.items()}
 
 
+def signing_key_warnings(root) -> list[str]:
+    """Private keys kept on this device: whoever copies the device image (or its disk) can sign with them."""
+    from .. import signing
+
+    directory = signing.signing_keys_dir(root)
+    found = sorted(p for p in directory.glob("*.key") if p.is_file()) if directory.is_dir() else []
+    return [
+        f"private signing key {path} is on this device: anyone with a copy of this disk can sign bundles "
+        "it trusts; build on a build machine and remove it (and its trusted public key) from device images"
+        for path in found
+    ]
+
+
+def update_state_problem(root) -> str | None:
+    from ..fleet.state import UpdateState, state_path
+
+    return UpdateState(state_path(root)).error
+
+
 def collect() -> dict:
-    from .. import kernels, paths, session
+    from .. import kernels, outbox, paths, session
     from ..pii_tagger import DEFAULT_BUNDLE
     from ..store import Store
 
@@ -57,12 +76,19 @@ def collect() -> dict:
     report["store"] = {"ok": all(c["ok"] for c in checks), "models": checks}
     tagger = [c["model"] for c in checks if c["model"].startswith(DEFAULT_BUNDLE + "@") and c["ok"]]
     report["pii_tagger"] = tagger[-1] if tagger else None
+    report["outbox"] = outbox.inspect(paths.state_dir(store.root) / "outbox.sqlite")
     problems = [f"{c['model']}: {c['reason']}" for c in checks if not c["ok"]]
+    if not report["outbox"]["ok"]:
+        problems.append(f"outbox: {report['outbox']['reason']}")
     if active is None:
         problems.append("no active model")
     if report["disk_free_mb"] < 200:
         problems.append(f"low disk space: {report['disk_free_mb']} MB free")
+    update_problem = update_state_problem(store.root)
+    if update_problem:
+        problems.append(update_problem)
     report["problems"] = problems
+    report["warnings"] = signing_key_warnings(store.root)
     return report
 
 
@@ -71,7 +97,8 @@ def collect() -> dict:
 def doctor(as_json):
     """Report CPU features, onnxruntime, the kernels in use, store integrity and disk space.
 
-    Exits 1 when a problem is found (a bundle fails verification, no active model, disk nearly full).
+    Exits 1 when a problem is found (a bundle fails verification, no active model, disk nearly full, an
+    unreadable update state). Warns (exit 0) when a private signing key sits on the device.
     """
     report = collect()
     if as_json:
@@ -87,9 +114,14 @@ def doctor(as_json):
         click.echo(f"active model   {report['active_model'] or '-'}")
         no_tagger = "- (names and addresses are not redacted: edge-runtime build pii-tagger)"
         click.echo(f"pii tagger     {report['pii_tagger'] or no_tagger}")
+        box = report["outbox"]
+        state = "ok" if box["ok"] else "BAD"
+        click.echo(f"outbox         {state}, {box['pending']} pending, {box['dead']} dead letters ({box['path']})")
         for check in report["store"]["models"]:
             click.echo(f"  {'ok ' if check['ok'] else 'BAD'} {check['model']}  {check['reason'] or ''}")
         for problem in report["problems"]:
             click.echo(f"problem: {problem}")
+        for warning in report["warnings"]:
+            click.echo(f"warning: {warning}")
     if report["problems"]:
         click.get_current_context().exit(1)

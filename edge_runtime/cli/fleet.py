@@ -46,16 +46,25 @@ key_option = click.option(
 )
 
 
+desired_ttl_option = click.option(
+    "--desired-ttl",
+    default="7d",
+    show_default=True,
+    help="How long the desired state this publishes stays valid (90s, 45m, 12h, 30d); devices refuse it after.",
+)
+
+
 def _keys(key_files) -> list:
     from .. import signing
 
     return [signing.load_private_key(Path(path)) for path in key_files]
 
 
-def _manager(broker, fleet, key_files=(), limits=None):
+def _manager(broker, fleet, key_files=(), desired_ttl="7d", limits=None):
     from ..fleet.manager import Manager
+    from ..fleet.release import parse_duration
 
-    return Manager(broker, fleet, _keys(key_files), limits=limits)
+    return Manager(broker, fleet, _keys(key_files), desired_ttl_s=parse_duration(desired_ttl), limits=limits)
 
 
 def _when(stamp) -> str:
@@ -145,9 +154,10 @@ def create(archive, groups, expires, key_files, number, chunk_size, out, as_json
     help="Seconds to collect device reports before choosing canaries.",
 )
 @key_option
+@desired_ttl_option
 @fleet_options
 @json_option
-def publish(release_file, group, canary_pct, archive, discover_s, key_files, broker, fleet, as_json):
+def publish(release_file, group, canary_pct, archive, discover_s, key_files, desired_ttl, broker, fleet, as_json):
     """Publish RELEASE_FILE as the group's desired state (retained)."""
     from ..fleet import release as releases
 
@@ -158,7 +168,9 @@ def publish(release_file, group, canary_pct, archive, discover_s, key_files, bro
         archive = release_file.with_name(name[: -len(releases.SUFFIX)])
         if not archive.is_file():
             raise click.UsageError(f"{archive}: not found; give --archive")
-    rollout = _manager(broker, fleet, key_files).publish(release_file, archive, group, canary_pct, discover_s)
+    rollout = _manager(broker, fleet, key_files, desired_ttl).publish(
+        release_file, archive, group, canary_pct, discover_s
+    )
     _show_rollout(rollout, as_json)
 
 
@@ -166,33 +178,36 @@ def publish(release_file, group, canary_pct, archive, discover_s, key_files, bro
 @click.option("--group", required=True)
 @click.option("--force", is_flag=True, help="Promote even if not every canary has committed.")
 @key_option
+@desired_ttl_option
 @fleet_options
 @json_option
-def promote(group, force, key_files, broker, fleet, as_json):
+def promote(group, force, key_files, desired_ttl, broker, fleet, as_json):
     """Send the canaries' release to the whole group (only once every canary committed)."""
-    _show_rollout(_manager(broker, fleet, key_files).promote(group, force), as_json)
+    _show_rollout(_manager(broker, fleet, key_files, desired_ttl).promote(group, force), as_json)
 
 
 @fleet.command()
 @click.option("--group", required=True)
 @click.option("--reason", default="halted by operator", show_default=True)
 @key_option
+@desired_ttl_option
 @fleet_options
 @json_option
-def halt(group, reason, key_files, broker, fleet, as_json):
+def halt(group, reason, key_files, desired_ttl, broker, fleet, as_json):
     """Stop the group's rollout: devices that have not started do not start."""
-    _show_rollout(_manager(broker, fleet, key_files).halt(group, reason), as_json)
+    _show_rollout(_manager(broker, fleet, key_files, desired_ttl).halt(group, reason), as_json)
 
 
 @fleet.command()
 @click.option("--group", required=True)
 @click.option("--reason", default="rolled back by operator", show_default=True)
 @key_option
+@desired_ttl_option
 @fleet_options
 @json_option
-def rollback(group, reason, key_files, broker, fleet, as_json):
+def rollback(group, reason, key_files, desired_ttl, broker, fleet, as_json):
     """Devices running the group's release roll back to their previous model."""
-    _show_rollout(_manager(broker, fleet, key_files).rollback(group, reason), as_json)
+    _show_rollout(_manager(broker, fleet, key_files, desired_ttl).rollback(group, reason), as_json)
 
 
 def _age(now: float, stamp) -> str:
@@ -236,7 +251,7 @@ def status(group, wait_s, broker, fleet, as_json):
             d.get("release") or "",
             _age(now, d.get("reported_at")),
             percent(d.get("escalation_rate")),
-            (d.get("last_error") or d.get("note") or "")[:70],
+            _note(d)[:70],
         ]
         for d in report["devices"]
     ]
@@ -268,6 +283,14 @@ def status(group, wait_s, broker, fleet, as_json):
 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+
+
+def _note(device: dict) -> str:
+    """What needs the operator first: an update state the device cannot read (it refuses every update until
+    it is repaired), then its last error, then its note."""
+    if device.get("state_error"):
+        return f"updates refused: {device['state_error']}"
+    return device.get("last_error") or device.get("note") or ""
 
 
 def _serve_line(metrics: dict, now: float) -> str:
@@ -302,8 +325,9 @@ def _limit_option(name: str, field: str, help_text: str):
 @_limit_option("--message-rate", "message_rate", "Messages per second one device may send (requests, reports).")
 @_limit_option("--message-burst", "message_burst", "Messages one device may send at once after a pause.")
 @key_option
+@desired_ttl_option
 @fleet_options
-def serve(auto_promote, no_auto_halt, key_files, broker, fleet, **limits):
+def serve(auto_promote, no_auto_halt, key_files, desired_ttl, broker, fleet, **limits):
     """Answer devices' chunk requests and watch their reports until SIGTERM/SIGINT. Chunks go only to
     devices of a group the release is for; over-budget and malformed messages are dropped and counted."""
     import logging
@@ -313,7 +337,7 @@ def serve(auto_promote, no_auto_halt, key_files, broker, fleet, **limits):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    manager = _manager(broker, fleet, key_files, ServeLimits(**limits))
+    manager = _manager(broker, fleet, key_files, desired_ttl, ServeLimits(**limits))
     if not manager.keys:
         click.echo("no --key: serving chunks only (no automatic halt/promote)", err=True)
     started = time.monotonic()

@@ -1,4 +1,5 @@
-"""`edge-runtime keys`: generate ed25519 signing keys and manage the keys this device trusts."""
+"""`edge-runtime keys`: generate ed25519 signing keys and manage the keys this device trusts, by role
+(bundle: signs bundles; fleet: signs release records and desired states; see signing.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,23 @@ from pathlib import Path
 
 import click
 
-from .. import paths, signing
+from .. import signing
 from ..errors import BundleError
 from ..fsutil import atomic_write_bytes
 from .output import json_option, print_json, print_table
 
+role_option = click.option(
+    "--role",
+    type=click.Choice(signing.ROLES),
+    default="bundle",
+    show_default=True,
+    help="bundle: may sign bundles; fleet: may sign release records and desired states (what a device installs).",
+)
+
 
 @click.group()
 def keys():
-    """Generate signing keys and manage trusted keys ($EDGE_RUNTIME_HOME/keys/trusted)."""
+    """Generate signing keys and manage trusted keys and their roles ($EDGE_RUNTIME_HOME/keys)."""
 
 
 @keys.command()
@@ -24,10 +33,11 @@ def keys():
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the private key (PEM, mode 0600); the public key goes to OUT.pub.",
 )
-@click.option("--trust", is_flag=True, help="Also trust the new key on this device.")
+@click.option("--trust", is_flag=True, help="Also trust the new key on this device (for --role).")
+@role_option
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
 @json_option
-def generate(out, trust, force, as_json):
+def generate(out, trust, role, force, as_json):
     """Create an ed25519 key pair for signing bundles."""
     if out.exists() and not force:
         raise BundleError(f"{out}: already exists (pass --force to overwrite)")
@@ -37,7 +47,7 @@ def generate(out, trust, force, as_json):
     public_file = out.with_name(out.name + signing.PUBLIC_SUFFIX)
     atomic_write_bytes(public_file, (public_text + "\n").encode())
     if trust:
-        signing.trust_key(None, public_key)
+        signing.trust_key(None, public_key, role)
     kid = signing.key_id(public_key)
     if as_json:
         print_json(
@@ -47,19 +57,30 @@ def generate(out, trust, force, as_json):
                 "private_key_file": str(out),
                 "public_key_file": str(public_file),
                 "trusted": trust,
+                "role": role if trust else None,
             }
         )
         return
     click.echo(f"key id:     {kid}")
     click.echo(f"public key: {public_text}")
-    click.echo(f"wrote {out} (private, 0600) and {public_file}" + ("; trusted on this device" if trust else ""))
+    click.echo(f"wrote {out} (private, 0600) and {public_file}" + (f"; trusted as a {role} signer" if trust else ""))
 
 
 @keys.command()
 @click.argument("public_key")
+@role_option
+@click.option(
+    "--threshold",
+    type=click.IntRange(1, 16),
+    help="Also set how many trusted keys of this role must sign (k of n; default 1).",
+)
 @json_option
-def trust(public_key, as_json):
-    """Trust PUBLIC_KEY (base64 raw ed25519, or a file holding it) for verifying bundles."""
+def trust(public_key, role, threshold, as_json):
+    """Trust PUBLIC_KEY (base64 raw ed25519, or a file holding it) for one role.
+
+    A fleet manager's key usually needs both: `--role bundle` for the bundles it signs and `--role fleet` for
+    its release records and desired states. This device's own build key (keys/signing/local.key) is refused
+    for the fleet role."""
     source = Path(public_key)
     text = public_key
     if source.is_file():
@@ -68,22 +89,32 @@ def trust(public_key, as_json):
         key = signing.public_key_from_text(text)
     except BundleError as error:
         raise BundleError(f"{public_key}: {error}") from None
-    kid = signing.trust_key(None, key)
+    kid = signing.trust_key(None, key, role)
+    if threshold is not None:
+        signing.set_threshold(None, role, threshold)
+    k = signing.threshold(None, role)
     if as_json:
-        print_json({"key_id": kid, "public_key": signing.public_key_to_text(key)})
+        print_json({"key_id": kid, "public_key": signing.public_key_to_text(key), "role": role, "threshold": k})
     else:
-        click.echo(f"trusted {kid}")
+        click.echo(f"trusted {kid} as a {role} signer ({k} of {len(signing.trusted_keys(None, role))} must sign)")
 
 
 @keys.command("list")
 @json_option
 def list_(as_json):
-    """Keys this device trusts."""
-    trusted = signing.trusted_keys(None)
-    rows = [{"key_id": kid, "public_key": signing.public_key_to_text(key)} for kid, key in sorted(trusted.items())]
+    """Keys this device trusts, by role, and each role's threshold."""
+    rows = [
+        {"key_id": kid, "role": role, "public_key": signing.public_key_to_text(key)}
+        for role in signing.ROLES
+        for kid, key in sorted(signing.trusted_keys(None, role).items())
+    ]
+    thresholds = {role: signing.threshold(None, role) for role in signing.ROLES}
     if as_json:
-        print_json({"trusted": rows, "directory": str(paths.keys_dir() / "trusted")})
-    elif rows:
-        print_table(["key id", "public key"], [[row["key_id"], row["public_key"]] for row in rows])
+        directories = {role: str(signing.trusted_dir(None, role)) for role in signing.ROLES}
+        print_json({"trusted": rows, "thresholds": thresholds, "directories": directories})
+        return
+    if rows:
+        print_table(["key id", "role", "public key"], [[row["key_id"], row["role"], row["public_key"]] for row in rows])
     else:
-        click.echo("no trusted keys; add one with `edge-runtime keys trust PUBKEY_OR_FILE`")
+        click.echo("no trusted keys; add one with `edge-runtime keys trust PUBKEY_OR_FILE [--role bundle|fleet]`")
+    click.echo("thresholds: " + ", ".join(f"{role} {k}" for role, k in thresholds.items()))

@@ -23,7 +23,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def fetch_status(url: str | None, unix_socket: str | None, timeout: float = 5.0) -> dict:
+def fetch_status(url: str | None, unix_socket: str | None, timeout: float = 5.0, token: str | None = None) -> dict:
     if unix_socket:
         connection, where = _UnixConnection(unix_socket, timeout), unix_socket
     else:
@@ -32,7 +32,7 @@ def fetch_status(url: str | None, unix_socket: str | None, timeout: float = 5.0)
             raise click.BadParameter("must look like http://host:port", param_hint="--url")
         connection, where = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout), url
     try:
-        connection.request("GET", "/v1/status")
+        connection.request("GET", "/v1/status", headers={"Authorization": f"Bearer {token}"} if token else {})
         response = connection.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException) as error:
@@ -40,6 +40,8 @@ def fetch_status(url: str | None, unix_socket: str | None, timeout: float = 5.0)
         raise ConnectionError(f"no daemon answering at {where}: {reason}") from None
     finally:
         connection.close()
+    if response.status == 401:
+        raise ConnectionError(f"{where}: /v1/status needs the daemon's token: pass --config with its [server] token")
     if response.status != 200:
         raise ConnectionError(f"{where}: /v1/status answered HTTP {response.status}")
     return json.loads(body)
@@ -53,19 +55,20 @@ def fetch_status(url: str | None, unix_socket: str | None, timeout: float = 5.0)
     "config_file",
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="Read host/port from this config (default: /etc/edge-runtime/config.toml if present).",
+    help="Read host/port and the token from this config (default: /etc/edge-runtime/config.toml if present).",
 )
 @json_option
 def status(url, unix_socket, config_file, as_json):
     """Model, version, uptime, queue, counters, kernels and outbox of the running daemon."""
-    if not url and not unix_socket:
-        from .. import config
+    from .. import config
 
-        server = config.load(config_file)["server"]
+    settings = config.load(config_file)
+    if not url and not unix_socket:
+        server = settings["server"]
         host = "127.0.0.1" if server["host"] in ("0.0.0.0", "::", "") else server["host"]
         url = f"http://{host}:{server['port']}"
     try:
-        data = fetch_status(url, unix_socket)
+        data = fetch_status(url, unix_socket, token=config.server_token(settings))
     except ConnectionError as error:
         fail(str(error), as_json)
     if as_json:
@@ -83,7 +86,7 @@ def status(url, unix_socket, config_file, as_json):
             "rejected": data["counters"]["rejected"],
             "reloads": data["counters"]["reloads"],
             "escalation_rate": round(data["escalation_rate"], 4),
-            "outbox": data["outbox"],
+            "outbox": data["outbox"],  # with its state: ok, recovered (moved aside) or unavailable
             "uplink": data["uplink"] or "offline (outbox only)",
             "privacy": _privacy_line(data["privacy"]),
         }

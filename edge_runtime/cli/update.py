@@ -26,7 +26,8 @@ def update():
     type=click.IntRange(1, 16),
     default=1,
     show_default=True,
-    help="Trusted fleet signatures a release needs (k of n).",
+    help="Trusted fleet-role signatures a release and a desired state need (k of n); the higher of this and "
+    "the fleet threshold set with `keys trust --role fleet --threshold`.",
 )
 @click.option("--daemon-url", help="Ask this daemon to reload after activation, e.g. http://127.0.0.1:8080.")
 @click.option(
@@ -77,6 +78,7 @@ def run(
     import logging
 
     from .. import paths
+    from ..config import server_token
     from ..fleet.agent import Agent, AgentConfig
     from ..fleet.fetch import FetchConfig
     from ..fleet.probation import ProbationConfig
@@ -92,6 +94,7 @@ def run(
         root=paths.home(),
         download_dir=download_dir,
         daemon_url=daemon_url,
+        daemon_token=server_token(device.config),  # the daemon's [server] token, from the same --config
         broker=device.broker(default_url=LOCAL_BROKER),
         threshold=threshold,
         latency_budget_ms=latency_budget_ms,
@@ -115,12 +118,15 @@ def run(
 @update.command()
 @json_option
 def status(as_json):
-    """This device's persisted update state (phase, release, last error)."""
+    """This device's persisted update state (phase, release, last error). Exits 1 when it is unreadable
+    (updates are then refused)."""
     from ..fleet.state import UpdateState, state_path
 
-    data = UpdateState(state_path()).data
+    state = UpdateState(state_path())
+    data = state.data
     signed = (data.get("release") or {}).get("signed") or {}
     summary = {
+        "state_error": state.error,
         "phase": data["phase"],
         "installed_release": data["installed_release"],
         "release": signed.get("release"),
@@ -130,6 +136,8 @@ def status(as_json):
         "probation": data.get("probation"),
     }
     if as_json:
-        print_json({**data, "release": signed or None})
+        print_json({**data, "release": signed or None, "state_error": state.error})
     else:
         print_fields({k: v for k, v in summary.items() if v is not None})
+    if state.error:  # updates are refused until the state file is repaired
+        click.get_current_context().exit(1)

@@ -5,6 +5,11 @@ Each step is written to disk before it runs and is idempotent, so after a crash 
 persisted step again: a download continues from its bitmap, verification and install are repeated
 (the store's install is idempotent), activation is skipped if active.json already points at the
 target, probation restarts, a rollback finishes.
+
+Release records and desired states must verify with keys of the fleet role (signing.py), at the fleet
+threshold; bundles themselves with the bundle role (the store). A desired state's seq is marked seen in
+the same atomic write that records what it started (or why it was refused), so a crash in between leaves
+it unseen and the retained copy is acted on after a restart.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, paths
-from ..errors import EdgeRuntimeError, StoreError
+from .. import __version__, paths, signing
+from ..errors import BundleError, EdgeRuntimeError, StoreError
 from ..mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 from ..store import Store
 from . import probation, protocol, selftest
@@ -41,7 +46,8 @@ class AgentConfig:
     root: Path
     download_dir: Path | None = None
     daemon_url: str | None = None
-    threshold: int = 1
+    daemon_token: str | None = None  # the daemon's [server] token: /v1/admin/reload needs it when one is set
+    threshold: int = 1  # at least this many fleet signatures, and at least keys/roles.json's fleet threshold
     latency_budget_ms: float = 1000.0
     heartbeat_s: float = 30.0
     probation: ProbationConfig = field(default_factory=ProbationConfig)
@@ -58,6 +64,7 @@ class Agent:
         self.config = config
         self.store = Store(config.root)
         self.state = UpdateState(state_path(config.root))
+        self.state.seed(self.store.highest_release())  # anti-rollback never starts below what is installed
         self.download_dir = Path(config.download_dir or paths.state_dir(config.root) / "fleet" / "downloads")
         self.inbox: queue.Queue = queue.Queue()
         self.pending: list = []
@@ -100,6 +107,9 @@ class Agent:
 
     def resume(self) -> None:
         """Finish (or abort) what a killed agent left in progress."""
+        if self.state.error:
+            log.error("%s", self.state.error)
+            return
         if self.state.phase not in TERMINAL:
             log.info("resuming update in phase %s", self.state.phase)
             self.drive()
@@ -123,6 +133,7 @@ class Agent:
             release=signed.get("release"),
             target=_ref((signed["bundle"]["name"], signed["bundle"]["version"])) if signed.get("bundle") else None,
             installed_release=data["installed_release"],
+            state_error=self.state.error,
             last_error=data["last_error"],
             refused=data["refused"],
             note=data.get("note"),
@@ -134,18 +145,48 @@ class Agent:
             protocol.state_topic(self.config.device_id), protocol.encode(message), qos=1, retain=True
         )
 
-    def refuse(self, number, reason: str) -> None:
+    def refuse(self, number, reason: str, **record) -> None:
+        """Record a refusal (and `record`, e.g. the seq it answers) in one write, then report it."""
         log.warning("refused: %s", reason)
-        self.state.save(refused={"release": number, "reason": reason, "at": time.time()}, last_error=reason)
+        self.state.save(refused={"release": number, "reason": reason, "at": time.time()}, last_error=reason, **record)
         self.report()
+
+    def _fleet_trust(self) -> tuple[dict, int]:
+        """The fleet role's keys and threshold (never the device's local build key)."""
+        try:
+            keys = signing.trusted_keys(self.config.root, "fleet")
+            threshold = max(self.config.threshold, signing.threshold(self.config.root, "fleet"))
+        except BundleError as error:
+            raise ReleaseError(f"fleet keys: {error}") from None
+        return keys, threshold
+
+    def _verify_record(self, envelope) -> releases.Release:
+        keys, threshold = self._fleet_trust()
+        signed = releases.verify_envelope(envelope, keys, threshold, "release record")
+        return releases.check_shape(signed)
+
+    def _verify_full(self, envelope) -> releases.Release:
+        keys, threshold = self._fleet_trust()
+        return releases.verify(
+            envelope,
+            keys,
+            group=self.config.group,
+            installed_release=self.state.installed_release,
+            threshold=threshold,
+            runtime=__version__,
+        )
 
     # --- desired state ----------------------------------------------------------------------------
     def _verify_desired(self, message) -> tuple[str, dict] | None:
         scope = protocol.scope_of(message.topic)
         if scope is None:
             return None
+        if self.state.error:
+            self.refuse(None, self.state.error)
+            return None
         try:
-            desired = protocol.verify_desired(message.payload, self.store.trusted_keys(), self.config.threshold, *scope)
+            keys, threshold = self._fleet_trust()
+            desired = protocol.verify_desired(message.payload, keys, threshold, *scope)
         except ReleaseError as error:
             self.refuse(None, str(error))
             return None
@@ -164,42 +205,37 @@ class Agent:
         if checked is None:
             return
         key, desired = checked
-        self.state.save(seen_seq={**self.state.data["seen_seq"], key: desired["seq"]})
+        # Marked seen only together with what the desired state started (one atomic write below).
+        seen = {**self.state.data["seen_seq"], key: desired["seq"]}
         action = desired["action"]
         if action == "halt":
-            self.state.save(note=f"halted by the fleet manager: {desired.get('reason') or 'no reason given'}")
+            reason = desired.get("reason") or "no reason given"
+            self.state.save(note=f"halted by the fleet manager: {reason}", seen_seq=seen)
             self.report()
         elif action == "rollback":
-            self._fleet_rollback(desired)
+            self._fleet_rollback(desired, seen)
         elif desired["stage"] == "canary" and self.config.device_id not in desired["canaries"]:
-            self.state.save(note="waiting: release is with the canaries")
+            self.state.save(note="waiting: release is with the canaries", seen_seq=seen)
             self.report()
         else:
-            self._install(desired["release"])
+            self._install(desired["release"], seen)
 
-    def _install(self, envelope: dict) -> None:
-        trusted = self.store.trusted_keys()
+    def _install(self, envelope: dict, seen: dict) -> None:
         try:
-            signed = releases.verify_envelope(envelope, trusted, self.config.threshold, "release record")
-            current = releases.check_shape(signed)
+            current = self._verify_record(envelope)
             if current.number == self.state.installed_release and self.store.active() == (
                 current.name,
                 current.version,
             ):
+                self.state.save(seen_seq=seen)
                 return  # already running it (e.g. the promotion of a release this canary committed)
-            releases.verify(
-                envelope,
-                trusted,
-                group=self.config.group,
-                installed_release=self.state.installed_release,
-                threshold=self.config.threshold,
-                runtime=__version__,
-            )
+            self._verify_full(envelope)
         except ReleaseError as error:
-            self.refuse(((envelope or {}).get("signed") or {}).get("release"), str(error))
+            self.refuse(((envelope or {}).get("signed") or {}).get("release"), str(error), seen_seq=seen)
             return
         self.state.transition(
             "downloading",
+            seen_seq=seen,
             release=envelope,
             last_error=None,
             refused=None,
@@ -212,21 +248,19 @@ class Agent:
         )
         self.drive()
 
-    def _fleet_rollback(self, desired: dict) -> None:
+    def _fleet_rollback(self, desired: dict, seen: dict) -> None:
         try:
-            signed = releases.verify_envelope(
-                desired["release"], self.store.trusted_keys(), self.config.threshold, "release record"
-            )
-            target = releases.check_shape(signed)
+            target = self._verify_record(desired["release"])
         except ReleaseError as error:
-            self.refuse(None, str(error))
+            self.refuse(None, str(error), seen_seq=seen)
             return
         if self.store.active() != (target.name, target.version):
-            self.state.save(note=f"fleet rollback of {target.ref}: not active here, nothing to do")
+            self.state.save(note=f"fleet rollback of {target.ref}: not active here, nothing to do", seen_seq=seen)
             self.report()
             return
         self.state.transition(
             "rolling_back",
+            seen_seq=seen,
             release=desired["release"],
             previous=list(self.store.previous() or []),
             last_error=f"rolled back by the fleet manager: {desired.get('reason') or target.ref}",
@@ -306,14 +340,7 @@ class Agent:
         return "verifying", {"download": {**counters, "chunks": download.total, "bytes": target.size}}
 
     def _verify(self):
-        target = releases.verify(
-            self.state.release,
-            self.store.trusted_keys(),
-            group=self.config.group,
-            installed_release=self.state.installed_release,
-            threshold=self.config.threshold,
-            runtime=__version__,
-        )
+        target = self._verify_full(self.state.release)
         archive = Download(self.download_dir, target).open().finish()
         manifest = self.store.install(archive)  # verifies the bundle's own signature and every file's hash
         if (manifest.name, manifest.version) != (target.name, target.version):
@@ -377,13 +404,19 @@ class Agent:
                 pass
         self.state.save(staged=None)
 
+    def _daemon_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.config.daemon_token:
+            headers["Authorization"] = f"Bearer {self.config.daemon_token}"
+        return headers
+
     def _reload_daemon(self) -> None:
         if not self.config.daemon_url:
             return
         url = self.config.daemon_url.rstrip("/") + "/v1/admin/reload"
         try:
             with urllib.request.urlopen(
-                urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}),
+                urllib.request.Request(url, data=b"{}", method="POST", headers=self._daemon_headers()),
                 timeout=60,
             ) as response:
                 body = response.read()

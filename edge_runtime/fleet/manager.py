@@ -64,9 +64,11 @@ class Manager:
         timeout_s: float = 15.0,
         limits: ServeLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        desired_ttl_s: int = protocol.DEFAULT_DESIRED_TTL_S,
     ):
         self.broker, self.fleet, self.keys, self.timeout_s = broker, fleet_dir, list(keys), timeout_s
         self.limits = limits or ServeLimits()
+        self.desired_ttl_s = desired_ttl_s  # devices refuse a desired state older than this
         self.bytes_served = 0
         self.chunks_served = 0
         self.invalid: collections.Counter[str] = collections.Counter()  # "<message kind>/<reason>"
@@ -130,6 +132,7 @@ class Manager:
             stage=stage,
             canaries=rollout["canaries"],
             reason=reason,
+            ttl_s=self.desired_ttl_s,
         )
         link = self._link()
         try:

@@ -7,7 +7,9 @@ edge/<id>/chunks/request     {"indices": [...]} for one archive                 
 edge/<id>/chunks             one chunk per message: "ERC1" + header length + JSON header + bytes
 
 Desired states are signed like release records and carry a sequence number per scope; devices refuse
-any seq lower than the highest they have seen (replay), and ignore the one they already handled.
+any seq lower than the highest they have seen (replay), and ignore the one they already handled. Each
+carries an expiry (expires_at, set when published): a device refuses an expired one, so a retained desired
+state cannot be replayed forever.
 
 What devices send (state reports, chunk requests) is not signed and may come from a hostile or broken
 device: `parse_state` and `parse_request` check it against a strict schema with bounds (schema.py) and
@@ -24,7 +26,7 @@ import time
 from .. import schema
 from ..schema import SchemaError
 from .errors import ReleaseError
-from .release import GROUP_RE, check_group, sign_envelope, verify_envelope
+from .release import GROUP_RE, check_group, iso, sign_envelope, verify_envelope
 from .state import PHASES
 
 DESIRED_TYPE = "fleet.desired"
@@ -34,6 +36,7 @@ ACTIONS = ("install", "halt", "rollback")
 STAGES = ("canary", "all")
 CHUNK_MAGIC = b"ERC1"
 MAX_REQUEST_INDICES = 16  # a device keeps 8 in flight; 16 x 200 KiB bounds what one request can cost
+DEFAULT_DESIRED_TTL_S = 7 * 86400
 MAX_CHUNK_INDEX = 2**31 - 1
 MAX_STATE_BYTES = 16 * 1024
 MAX_REQUEST_BYTES = 4 * 1024
@@ -92,9 +95,14 @@ def build_desired(
     stage: str = "all",
     canaries: list[str] | None = None,
     reason: str = "",
+    ttl_s: int = DEFAULT_DESIRED_TTL_S,
+    now: float | None = None,
 ) -> dict:
     if action not in ACTIONS or stage not in STAGES or scope not in ("group", "device"):
         raise ValueError(f"bad desired state: {scope}/{action}/{stage}")
+    if ttl_s <= 0:
+        raise ValueError("a desired state needs a positive time to live")
+    now = time.time() if now is None else now
     signed = {
         "type": DESIRED_TYPE,
         "schema": 1,
@@ -106,7 +114,8 @@ def build_desired(
         "stage": stage,
         "canaries": sorted(canaries or []),
         "reason": reason,
-        "issued_at": time.time(),
+        "issued_at": now,
+        "expires_at": int(now + ttl_s),
     }
     return sign_envelope(signed, keys)
 
@@ -115,8 +124,10 @@ def encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def verify_desired(data: bytes, trusted: dict, threshold: int, scope: str, target: str) -> dict:
-    """The signed part of a desired-state message, after checking signature, shape and addressee."""
+def verify_desired(
+    data: bytes, trusted: dict, threshold: int, scope: str, target: str, now: float | None = None
+) -> dict:
+    """The signed part of a desired-state message, after checking signature, shape, expiry and addressee."""
     try:
         envelope = json.loads(data)
     except (UnicodeDecodeError, ValueError):
@@ -135,6 +146,11 @@ def verify_desired(data: bytes, trusted: dict, threshold: int, scope: str, targe
         ok = False
     if not ok:
         raise ReleaseError("desired state: malformed")
+    expires_at = signed.get("expires_at")
+    if not isinstance(expires_at, int) or isinstance(expires_at, bool):
+        raise ReleaseError(f"desired state seq {signed['seq']} has no expiry (published by an older fleet manager?)")
+    if (time.time() if now is None else now) > expires_at:
+        raise ReleaseError(f"desired state seq {signed['seq']} expired at {iso(expires_at)}")
     if (signed["scope"], signed["target"]) != (scope, target):
         raise ReleaseError(
             f"desired state is addressed to {signed['scope']} {signed['target']}, "
@@ -173,6 +189,7 @@ STATE_SCHEMA = schema.record(
         "target": _REF,
         "installed_release": _RELEASE_NUMBER,
         "last_error": _TEXT,
+        "state_error": _TEXT,  # update.json unreadable: the device refuses updates until it is repaired
         "refused": schema.nullable(
             schema.record(
                 {"release": schema.nullable(_RELEASE_NUMBER), "reason": schema.string(4096)},

@@ -61,11 +61,12 @@ def sign_envelope(signed: dict, keys) -> dict:
 
 
 def verify_envelope(envelope, trusted: dict, threshold: int, what: str) -> dict:
+    """The signed part, once `threshold` of the `trusted` keys (the device's fleet role) sign it."""
     if not (isinstance(envelope, dict) and isinstance(envelope.get("signed"), dict)):
         raise ReleaseError(f'{what}: malformed (expected {{"signed": ..., "signatures": [...]}})')
     try:
         signing.verify_signatures(
-            bundle.canonical_json(envelope["signed"]), envelope.get("signatures"), trusted, threshold
+            bundle.canonical_json(envelope["signed"]), envelope.get("signatures"), trusted, threshold, role="fleet"
         )
     except BundleError as error:
         raise ReleaseError(f"{what}: {error}") from None

@@ -1,8 +1,15 @@
-"""The aiohttp application: routes, JSON errors, per-route metrics. Handlers stay thin: the work is in
-Service (admission, batching, deadlines) and v2 (protocol mapping)."""
+"""The aiohttp application: routes, JSON errors, per-route metrics, the bearer token. Handlers stay thin:
+the work is in Service (admission, batching, deadlines) and v2 (protocol mapping).
+
+With a token configured ([server] token or token_file), `/v1/admin/*` and `/v1/requests/{id}` (it
+returns re-identified text) answer 401 without `Authorization: Bearer <token>`, and so do `/metrics` and
+`/v1/status` with protect_status. The compare is constant-time; refusals are counted
+(edge_runtime_rejected_total{reason="unauthorized"})."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import re
@@ -20,6 +27,8 @@ SERVICE = web.AppKey("service", object)
 LIMITS = web.AppKey("limits", Limits)
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 V1_FIELDS = {"text", "texts", "top_k"}
+PRIVATE_ROUTES = frozenset({"v1_reload", "v1_request"})  # and every /v1/admin/ path
+STATUS_ROUTES = frozenset({"v1_status", "metrics"})
 
 
 def json_response(data, status: int = 200, headers=None) -> web.Response:
@@ -56,6 +65,27 @@ async def errors_and_metrics(request: web.Request, handler):
     metrics.requests.labels(route, str(response.status)).inc()
     metrics.latency.labels(route).observe(time.perf_counter() - started)
     return response
+
+
+def bearer_token(token: str | None, protect_status: bool = False):
+    """Middleware: the private routes (and with protect_status the status routes) need the token."""
+    expected = token.encode() if token else None
+    routes = PRIVATE_ROUTES | (STATUS_ROUTES if protect_status else frozenset())
+
+    @web.middleware
+    async def require_token(request: web.Request, handler):
+        if expected is not None and (request.match_info.route.name in routes or request.path.startswith("/v1/admin/")):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+                request.app[SERVICE].metrics.rejected.labels("unauthorized").inc()
+                return error_response(
+                    401,
+                    "unauthorized: this route needs the daemon's bearer token (Authorization: Bearer ...)",
+                    headers={"WWW-Authenticate": 'Bearer realm="edge-runtime"'},
+                )
+        return await handler(request)
+
+    return require_token
 
 
 # -- shared helpers --------------------------------------------------------------------------------
@@ -143,7 +173,7 @@ async def v1_request(request):
     request_id = request.match_info["id"]
     if not REQUEST_ID.match(request_id):
         raise RequestError(404, "unknown request id")
-    state, answer = request.app[SERVICE].answer(request_id)
+    state, answer = await asyncio.to_thread(request.app[SERVICE].answer, request_id)  # SQLite: off the loop
     if state == "unknown":
         raise RequestError(404, "unknown request id")
     if state == "pending":
@@ -152,7 +182,7 @@ async def v1_request(request):
 
 
 async def v1_status(request):
-    return json_response(request.app[SERVICE].status())
+    return json_response(await asyncio.to_thread(request.app[SERVICE].status))  # SQLite counts: off the loop
 
 
 async def v1_reload(request):
@@ -162,11 +192,14 @@ async def v1_reload(request):
 
 async def metrics(request):
     service = request.app[SERVICE]
-    return web.Response(body=service.metrics.render(), headers={"Content-Type": service.metrics.content_type})
+    body = await asyncio.to_thread(service.metrics.render)  # the outbox gauges count in SQLite: off the loop
+    return web.Response(body=body, headers={"Content-Type": service.metrics.content_type})
 
 
-def build_app(service, limits: Limits) -> web.Application:
-    app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[errors_and_metrics])
+def build_app(service, limits: Limits, token: str | None = None, protect_status: bool = False) -> web.Application:
+    app = web.Application(
+        client_max_size=limits.max_body_bytes, middlewares=[errors_and_metrics, bearer_token(token, protect_status)]
+    )
     app[SERVICE], app[LIMITS] = service, limits
     get, post = web.get, web.post
     routes = [

@@ -3,6 +3,10 @@
 Order matters for systemd: READY=1 only once the model is loaded and the sockets listen; STOPPING=1
 as soon as SIGTERM arrives; the listeners close first, in-flight requests finish (up to
 server.drain_timeout_s), then the batcher, the uplink and the outbox stop; the exit code is 0.
+
+The edge: idle connections, and clients slow to send their headers, are closed after
+server.keepalive_timeout_s; beyond server.max_connections a new connection gets a 503 JSON answer and
+is closed (counted as edge_runtime_rejected_total{reason="connections"}).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 
 from aiohttp import web
 
+from ..config import server_token
 from ..errors import ConfigError
 from .app import build_app
 from .inputs import Limits
@@ -37,8 +42,36 @@ def run(config) -> int:
         notifier.close()
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: 53\r\n\r\n"
+    b'{"error": "busy: too many connections, retry later"}\n'
+)
+
+
+def cap_connections(server: web.Server, limit: int, on_refused) -> None:
+    """Beyond `limit` open connections, answer a new one 503 and close it. aiohttp has no such option;
+    its Server registers each connection in connection_made, so the cap wraps that one method."""
+    admit = server.connection_made
+
+    def connection_made(handler, transport) -> None:
+        admit(handler, transport)
+        if len(server.connections) > limit:
+            on_refused()
+            transport.write(TOO_MANY)
+            # next tick: the handler's task starts first, then sees the close (closing now trips its assert)
+            asyncio.get_running_loop().call_soon(handler.force_close)
+
+    server.connection_made = connection_made
+
+
 async def _listen(runner: web.AppRunner, server: dict) -> list[str]:
-    sites = [(web.TCPSite(runner, server["host"], server["port"], backlog=1024), f"{server['host']}:{server['port']}")]
+    sites = []
+    if server["tcp"]:
+        sites.append(
+            (web.TCPSite(runner, server["host"], server["port"], backlog=1024), f"{server['host']}:{server['port']}")
+        )
     if server["unix_socket"]:
         _remove_stale_socket(server["unix_socket"])
         sites.append((web.UnixSite(runner, server["unix_socket"]), server["unix_socket"]))
@@ -76,13 +109,18 @@ async def _watchdog(service, notifier: Notifier) -> None:
 async def _serve(service, config, notifier: Notifier) -> int:
     server = config["server"]
     loop = asyncio.get_running_loop()
+    token = server_token(config)
+    if token is None and server["tcp"] and server["host"] not in LOOPBACK:
+        log.warning("listening on %s without a token: /v1/admin/reload and /v1/requests are open", server["host"])
     runner = web.AppRunner(
-        build_app(service, Limits.from_config(config)),
+        build_app(service, Limits.from_config(config), token, server["protect_status"]),
         handle_signals=False,
         access_log=logging.getLogger("aiohttp.access") if server["access_log"] else None,
         shutdown_timeout=server["drain_timeout_s"],
+        keepalive_timeout=server["keepalive_timeout_s"],
     )
     await runner.setup()
+    cap_connections(runner.server, server["max_connections"], service.metrics.rejected.labels("connections").inc)
     service.start(loop)
     try:
         where = await _listen(runner, server)

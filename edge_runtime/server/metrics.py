@@ -59,6 +59,17 @@ class Metrics:
         self.queue_depth = Gauge("edge_runtime_queue_depth", "Texts admitted and not yet answered", registry=r)
         self.outbox_pending = Gauge("edge_runtime_outbox_pending", "Escalations waiting in the outbox", registry=r)
         self.outbox_dead = Gauge("edge_runtime_outbox_dead_letters", "Escalations in dead letters", registry=r)
+        self.outbox_available = Gauge(
+            "edge_runtime_outbox_available", "1 when the outbox can store escalations, 0 when not", registry=r
+        )
+        self.outbox_recovered = Gauge(
+            "edge_runtime_outbox_recovered", "1 when a corrupt outbox was moved aside at start", registry=r
+        )
+        self.outbox_failures = Gauge(
+            "edge_runtime_outbox_write_failures",
+            "Outbox transactions SQLite refused since start (those escalations stayed local)",
+            registry=r,
+        )
         self.escalation_rate = Gauge(
             "edge_runtime_escalation_rate", "Share of escalations over the router's window", registry=r
         )

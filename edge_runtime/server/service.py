@@ -9,12 +9,10 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import replace
 
 from .. import __version__, kernels
 from ..device import Device
 from ..errors import EdgeRuntimeError
-from ..results import DEFERRED
 from .batching import Batcher, QueueFull, Stopped
 from .errors import RequestError
 from .metrics import Metrics
@@ -47,6 +45,7 @@ class Service:
             max_queue=batching["max_queue"],
             on_batch=self.metrics.on_batch,
         )
+        self._summary: tuple[float, dict] = (float("-inf"), {})
         self._wire_gauges()
 
     # -- engines ---------------------------------------------------------------------------------
@@ -67,11 +66,23 @@ class Service:
     def _wire_gauges(self) -> None:
         m = self.metrics
         m.queue_depth.set_function(lambda: self.batcher.depth)
-        m.outbox_pending.set_function(lambda: self.outbox.summary()["pending"])
-        m.outbox_dead.set_function(lambda: self.outbox.summary()["dead"])
+        m.outbox_pending.set_function(lambda: self._outbox_summary()["pending"])
+        m.outbox_dead.set_function(lambda: self._outbox_summary()["dead"])
+        m.outbox_available.set_function(lambda: int(self.outbox.health()["state"] != "unavailable"))
+        m.outbox_recovered.set_function(lambda: int(self.outbox.health()["moved_aside"] is not None))
+        m.outbox_failures.set_function(lambda: self.outbox.health()["write_failures"])
         m.escalation_rate.set_function(lambda: self.swap.current.pipeline.router.escalation_rate)
         m.uptime.set_function(lambda: time.time() - self.started)
         m.privacy_available.set_function(lambda: self.egress.unavailable is None)
+
+    def _outbox_summary(self) -> dict:
+        """The outbox's counts, scanned at most once a second: one scrape reads two gauges from one scan.
+        Called from worker threads only (/metrics and /v1/status render off the event loop)."""
+        taken_at, summary = self._summary
+        if time.monotonic() - taken_at > 1.0:
+            summary = self.outbox.summary()
+            self._summary = (time.monotonic(), summary)
+        return summary
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -145,8 +156,9 @@ class Service:
         wait = min(pipeline.deadline_s, max(0.0, deadline - time.monotonic()))
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(outcome.pending)), wait)
-        except Exception:  # deadline, eviction, broker refusal: answered later
-            return replace(outcome.prediction, decision=DEFERRED)
+        except Exception:  # deadline (deferred, if stored), eviction, broker refusal, outbox unavailable
+            if not outcome.pending.done():  # may wait for the uplink to store it: off the event loop
+                return await asyncio.to_thread(pipeline.resolve, outcome.prediction, outcome.pending)
         return pipeline.resolve(outcome.prediction, outcome.pending)  # done: returns at once
 
     def answer(self, request_id: str) -> tuple[str, dict | None]:
@@ -160,7 +172,7 @@ class Service:
 
     def status(self) -> dict:
         engine = self.swap.current
-        summary = self.outbox.summary()
+        summary = self._outbox_summary()
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -193,7 +205,12 @@ class Service:
                 "connected": self.uplink.connected,
                 "stats": dict(self.uplink.stats),
             },
-            "outbox": {"pending": summary["pending"], "answered": summary["answered"], "dead": summary["dead"]},
+            "outbox": {
+                "pending": summary["pending"],
+                "answered": summary["answered"],
+                "dead": summary["dead"],
+                **self.outbox.health(),
+            },
             "privacy": {
                 "tagger": self.egress.tagger.name if self.egress.tagger else None,
                 "required_tagger": self.egress.required_tagger or None,

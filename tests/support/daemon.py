@@ -19,12 +19,21 @@ class Daemon:
 
     `tagger` is the [privacy] tagger the device is configured with. The default, none, is a device that
     sends with the scanner's redaction alone: the small test stores hold no tagger, and with one configured
-    but missing every escalation would stay local (privacy_unavailable). The tagger tests name it."""
+    but missing every escalation would stay local (privacy_unavailable). The tagger tests name it (None:
+    whatever the config says). `port`: the port a --config file in `args` names (then no --port is passed);
+    else a free one."""
 
     def __init__(
-        self, home: Path, *args: str, env: dict | None = None, log_dir: Path | None = None, tagger: str | None = ""
+        self,
+        home: Path,
+        *args: str,
+        env: dict | None = None,
+        log_dir: Path | None = None,
+        port: int | None = None,
+        tagger: str | None = "",
     ):
-        self.port = free_port()
+        self.port = port or free_port()
+        port_args = () if port else ("--port", str(self.port))
         self.log_path = (log_dir or home) / f"daemon-{self.port}.log"
         environment = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         if tagger is not None:  # None: whatever the config file says
@@ -32,7 +41,7 @@ class Daemon:
         environment.update(EDGE_RUNTIME_HOME=str(home), **(env or {}))
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "edge_runtime", "serve", *port_args, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=environment,

@@ -67,14 +67,16 @@ def make_release(archive: Path, key, group: str = "lab", expires_s: int = 3600, 
 
 
 class Device:
-    """One simulated device: a store at BASE/ID trusting the fleet key, and an agent process."""
+    """One simulated device: a store at BASE/ID trusting the fleet key (bundle and fleet roles), and an agent
+    process."""
 
     def __init__(
         self, base: Path, device_id: str, group: str, broker_url: str, fleet_public, initial: Path, *args: str
     ):
         self.id, self.group, self.broker_url, self.args = device_id, group, broker_url, list(args)
         self.home = base / device_id
-        signing.trust_key(self.home, fleet_public)
+        signing.trust_key(self.home, fleet_public, "bundle")  # it signs the bundles
+        signing.trust_key(self.home, fleet_public, "fleet")  # and the release records and desired states
         store = Store(self.home)
         manifest = store.install(initial)
         store.activate(manifest.name, manifest.version)

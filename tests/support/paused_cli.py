@@ -9,6 +9,8 @@ product keeps no test hook. Points:
   store-install    right before the rename that makes a newly installed bundle version visible
   store-activate   right before models/active.json is written (activate, roll back)
   chunk            right after the first chunk of a download is stored, while others are still missing
+  desired          right after the update agent received and verified a desired state to install, before
+                   it records anything about it
   PHASE            right after the update agent has persisted PHASE (fleet.state.PHASES: verifying, ...)
 """
 
@@ -42,7 +44,7 @@ def _pause(point: str, marker: Path) -> None:
 
 def pause_at(point: str, marker: Path) -> None:
     """Wraps the product function where POINT is, in this process."""
-    from edge_runtime.fleet import chunks, state
+    from edge_runtime.fleet import agent, chunks, state
     from edge_runtime.store import Store
 
     if point == "store-install":
@@ -72,6 +74,14 @@ def pause_at(point: str, marker: Path) -> None:
                 _pause(point, marker)
 
         chunks.Download.write = write_then_pause
+    elif point == "desired":
+        install = agent.Agent._install
+
+        def paused_install(self, *args, **kwargs):
+            _pause(point, marker)
+            return install(self, *args, **kwargs)
+
+        agent.Agent._install = paused_install
     elif point in state.PHASES:
         transition = state.UpdateState.transition
 

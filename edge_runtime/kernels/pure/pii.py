@@ -10,26 +10,42 @@ last; at equal kind the earlier start wins): a candidate is kept only if it over
 kept before it.
 
 Decisions (both twins):
-- Character classes are ASCII: non-ASCII letters and digits are plain separators.
+- Unicode: the matchers read a normalised view of the text and every span is mapped back to the
+  original code points (it covers orig[start of its first character : end of its last], so the
+  separators and invisible characters inside a value are redacted with it). Per code point (`fold`):
+  category Cf and U+00AD are removed; otherwise NFKC (full-width -> ASCII, ligatures, ...), then
+  category Zs -> ' ', category Pd and U+2212 -> '-', category Nd -> its ASCII digit. Tabs and
+  newlines stay what they are. ASCII text is scanned as it is (no view, no map).
+- Character classes of the matchers are ASCII: non-ASCII letters that survive `fold` are plain separators
+  (except around secret keywords, whose boundaries are any letter).
 - CARD: 13-19 digits (12 for Maestro: IIN 50, 56-69), first digit not 0, one separator kind (' ' or '-')
   between groups of 3-6 digits (the last 1-6), Luhn; the longest valid prefix of the groups wins.
 - PHONE: '+' or '00' then 8-15 digits; or a trunk '0' then 9-12 digits (9-11 when written
   as one plain block); or North American 3-3-4 / 1-3-3-4 groups, or 10 plain digits whose
   area code and exchange start with 2-9. A number never starts right after 'digit + space'. Separators ' ', '-', '.',
   one parenthesised group ('(0)' does not count after a country code), extension 'x123'.
-- IBAN: upper-case country code with a known length, 2 check digits, spaces only every 4.
+- IBAN: country code with a known length in any case, 2 check digits, BBAN letters in any case, spaces only
+  every 4; mod-97 on the upper-cased characters.
 - SECRET: known key prefixes (sk-, sk_live_, ghp_, github_pat_, AKIA/ASIA, xox?-, AIza,
   glpat-), JWTs, the token after 'Bearer ', values of key=/token=/secret=/password=, or a
   token of >= 20 characters with lower, upper and digit, not hex-only, not path-like (a
   leading '/'), with < 40% of adjacent pairs being two lower-case (or two upper-case)
   letters (words, CamelCase, paths) and with Shannon entropy >= 3.5 bits/char. A 40-hex git sha or a UUID is
   not a secret by itself (hex-only); only a key-like prefix or context makes a hex token a secret (never a UUID).
+- SECRET after a keyword (SECRET_KEYWORDS: password, PIN, token, ... in the tagger corpus's languages, matched
+  case-insensitively, not inside a longer word): `keyword: value`, `keyword = value`, `keyword <copula> value`
+  (COPULAS: is, ist, est, es, ...; not when the value is one of COPULA_STOPWORDS, e.g. "is incorrect"), and
+  `keyword value` only when the value looks like a secret (a digit, >= 4 characters). The value runs to the next
+  space; trailing sentence punctuation and quotes (VALUE_TRAILING) are not part of it; a value in quotes
+  (OPEN_QUOTES ... CLOSE_QUOTES, one line, <= QUOTED_MAX characters) is taken whole, quotes excluded.
 - Dates, times, versions, UUIDs, order numbers and short numbers match no rule.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import unicodedata
 
 KINDS = ("EMAIL", "IBAN", "CARD", "IPV6", "MAC", "IPV4", "PHONE", "SECRET")
 EMAIL, IBAN, CARD, IPV6, MAC, IPV4, PHONE, SECRET = range(8)
@@ -137,6 +153,168 @@ ENTROPY_WINDOW = 1024  # entropy is measured on a token's first 1024 characters
 XLOGX = [0] + [int(k * math.log2(k) * 1024.0) for k in range(1, ENTROPY_WINDOW + 1)]
 PAD = 8  # zero code points after the text: look-ahead never needs a bounds check
 
+# Keywords whose value is a secret, lower-case; ' ' matches a run of spaces, "'" a straight or curly apostrophe.
+# English plus the languages of the tagger corpus's Faker locales (de fr es it nl pt pl sv da cs).
+SECRET_KEYWORDS = (
+    "password",
+    "passcode",
+    "passwd",
+    "pwd",
+    "pin",
+    "pin code",
+    "token",
+    "passphrase",
+    "passwort",
+    "kennwort",
+    "geheimzahl",
+    "mot de passe",
+    "code pin",
+    "code secret",
+    "contraseña",
+    "clave",
+    "parola d'ordine",
+    "wachtwoord",
+    "pincode",
+    "senha",
+    "palavra-passe",
+    "hasło",
+    "haslo",
+    "lösenord",
+    "lösenordet",
+    "losenord",
+    "pinkod",
+    "pinkoden",
+    "adgangskode",
+    "adgangskoden",
+    "kodeord",
+    "kodeordet",
+    "heslo",
+)
+COPULAS = ("is", "ist", "lautet", "est", "es", "è", "é", "jest", "är", "er", "je", "was")
+# `keyword is <stopword>` talks about the secret, it does not give it ("the password is incorrect")
+COPULA_STOPWORDS = (
+    "a",
+    "an",
+    "the",
+    "not",
+    "too",
+    "very",
+    "still",
+    "now",
+    "being",
+    "incorrect",
+    "wrong",
+    "invalid",
+    "expired",
+    "required",
+    "correct",
+    "missing",
+    "empty",
+    "weak",
+    "strong",
+    "reset",
+    "changed",
+    "locked",
+    "same",
+    "different",
+    "needed",
+    "for",
+    "to",
+    "on",
+    "in",
+    "of",
+    "at",
+    "and",
+    "or",
+    "my",
+    "your",
+    "our",
+    "this",
+    "that",
+    "what",
+    "it",
+    "für",
+    "pour",
+    "para",
+    "per",
+    "voor",
+    "nicht",
+    "falsch",
+    "abgelaufen",
+    "pas",
+    "no",
+    "niet",
+    "nie",
+    "inte",
+    "ikke",
+    "ne",
+)
+OPEN_QUOTES = "\"'`\u201c\u201e\u2018\u201a\u00ab\u2039"
+CLOSE_QUOTES = "\"'`\u201d\u201c\u2019\u2018\u00bb\u203a"
+APOSTROPHES = "'\u2019\u2018\u02bc"
+VALUE_TRAILING = ".,;:!?)]}>\"'`\u201d\u201c\u2019\u2018\u00bb\u203a\u3002\u3001"
+VALUE_ENDS = " \t\n\r\x0b\x0c\x00\x85\u2028\u2029"  # a value runs to one of these
+QUOTED_MAX = 128
+# upper -> lower for the non-ASCII letters of the keywords (ASCII letters fold by +32)
+KEYWORD_CASE = {
+    ord(c.upper()): ord(c) for word in SECRET_KEYWORDS + COPULAS for c in word if not c.isascii() and c.isalpha()
+}
+KEYWORD_FIRST = frozenset(
+    code for word in SECRET_KEYWORDS for code in (ord(word[0]), ord(word[0].upper()))
+)  # code points a keyword can start with
+
+# --- the normalised view -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def fold(ch: str) -> str:
+    """What one code point is in the scanned view ('' when it is removed)."""
+    if ch == "\u00ad" or unicodedata.category(ch) == "Cf":
+        return ""
+    out = []
+    for c in unicodedata.normalize("NFKC", ch):
+        category = unicodedata.category(c)
+        if category == "Cf":
+            continue
+        if category == "Zs":
+            out.append(" ")
+        elif category == "Pd" or c == "\u2212":
+            out.append("-")
+        elif category == "Nd":
+            out.append(chr(48 + unicodedata.decimal(c)))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def normalise(text: str) -> tuple[list[int], list[int]]:
+    """(view, origin): the view's code points, and for each the index of the original code point it came from."""
+    view: list[int] = []
+    origin: list[int] = []
+    for k, ch in enumerate(text):
+        if ch < "\x80":
+            view.append(ord(ch))
+            origin.append(k)
+            continue
+        for c in fold(ch):
+            view.append(ord(c))
+            origin.append(k)
+    return view, origin
+
+
+def to_original(spans, origin):
+    """View spans -> original spans; a span never starts before the previous one ends (an expanded code point
+    split between two spans belongs to the first)."""
+    out = []
+    previous_end = 0
+    for s, e, kind in spans:
+        while s < e and origin[s] < previous_end:
+            s += 1  # starts on a character the view holds, never on a removed one
+        if s < e:
+            out.append((origin[s], origin[e - 1] + 1, kind))
+            previous_end = origin[e - 1] + 1
+    return out
+
 
 def _digit(c):
     return 48 <= c <= 57
@@ -148,6 +326,10 @@ def _upper(c):
 
 def _lower(c):
     return 97 <= c <= 122
+
+
+def _alpha(c):
+    return 65 <= c <= 90 or 97 <= c <= 122
 
 
 def _alnum(c):
@@ -529,22 +711,26 @@ def _phone(b, n, i):
 # --- IBAN ----------------------------------------------------------------------------------
 
 
+def _upper_case(c):
+    return c - 32 if _lower(c) else c
+
+
 def _iban(b, n, i):
     if i > 0 and _word(b[i - 1]):
         return -1
-    if not (_upper(b[i + 1]) and _digit(b[i + 2]) and _digit(b[i + 3])):
+    if not (_alpha(b[i + 1]) and _digit(b[i + 2]) and _digit(b[i + 3])):
         return -1
-    length = IBAN_LENGTHS.get(chr(b[i]) + chr(b[i + 1]), 0)
+    length = IBAN_LENGTHS.get(chr(_upper_case(b[i])) + chr(_upper_case(b[i + 1])), 0)
     if length == 0:
         return -1
     chars = []
     j = i
     while len(chars) < length:
         c = b[j]
-        if _upper(c) or _digit(c):
-            chars.append(c)
+        if _alpha(c) or _digit(c):
+            chars.append(_upper_case(c))
             j += 1
-        elif c == 32 and len(chars) % 4 == 0 and (_upper(b[j + 1]) or _digit(b[j + 1])):
+        elif c == 32 and len(chars) % 4 == 0 and (_alpha(b[j + 1]) or _digit(b[j + 1])):
             j += 1
         else:
             return -1
@@ -688,12 +874,127 @@ def _secret(b, n, s, e):
     return -1, -1
 
 
+# --- SECRET after a keyword ---------------------------------------------------------------
+
+# as code points, longest first ("pin code" before "pin"); the compiled twin reads these tables too
+KEYWORD_CODES = tuple(tuple(map(ord, word)) for word in sorted(SECRET_KEYWORDS, key=len, reverse=True))
+COPULA_CODES = tuple(tuple(map(ord, word)) for word in sorted(COPULAS, key=len, reverse=True))
+STOPWORD_CODES = tuple(tuple(map(ord, word)) for word in COPULA_STOPWORDS)
+_OPEN_QUOTES = frozenset(map(ord, OPEN_QUOTES))
+_CLOSE_QUOTES = frozenset(map(ord, CLOSE_QUOTES))
+_APOSTROPHES = frozenset(map(ord, APOSTROPHES))
+_VALUE_TRAILING = frozenset(map(ord, VALUE_TRAILING))
+_VALUE_ENDS = frozenset(map(ord, VALUE_ENDS))
+
+
+def _letter(c):
+    """A word character for keyword boundaries: ASCII alnum, '_', or any Unicode letter."""
+    return _word(c) or (c >= 128 and chr(c).isalpha())
+
+
+def _space(c):
+    return c == 32 or c == 9
+
+
+def _lower_case(c):
+    if _upper(c):
+        return c + 32
+    return KEYWORD_CASE.get(c, c)
+
+
+def _word_at(b, i, word):
+    """The end of `word` matched case-insensitively at i and not followed by a letter, or -1."""
+    j = i
+    for w in word:
+        c = b[j]
+        if w == 32:
+            if not _space(c):
+                return -1
+            while _space(b[j + 1]):
+                j += 1
+        elif w == 39:
+            if c not in _APOSTROPHES:
+                return -1
+        elif _lower_case(c) != w:
+            return -1
+        j += 1
+    return -1 if _letter(b[j]) else j
+
+
+def _value_end(b, n, k, memo):
+    """(end, last digit) of the unquoted value starting at k: end is before trailing punctuation, the last digit is
+    the position of the last digit before it (< k: none). `memo` [from, run end, stripped end, last digit] holds
+    the previous answer, still true for any k in [from, run end]: keywords after keywords ("password:password:...",
+    no space) share one value run, and each is looked at once, so the scan stays linear."""
+    if not memo[0] <= k <= memo[1]:
+        e = k
+        while e < n and b[e] not in _VALUE_ENDS:
+            e += 1
+        p = e
+        while p > k and b[p - 1] in _VALUE_TRAILING:
+            p -= 1
+        d = p - 1
+        while d >= k and not _digit(b[d]):
+            d -= 1
+        memo[:] = [k, e, p, d]
+    return max(memo[2], k), memo[3]
+
+
+def _keyword_value(b, n, i, memo):
+    """(start, end) of the secret value given after a keyword at i, or (-1, -1)."""
+    j = -1
+    for word in KEYWORD_CODES:
+        j = _word_at(b, i, word)
+        if j >= 0:
+            break
+    if j < 0:
+        return -1, -1
+    k = j
+    while _space(b[k]):
+        k += 1
+    copula = bare = False
+    if b[k] == 58 or b[k] == 61:  # ':' '='
+        k += 1
+        while _space(b[k]):
+            k += 1
+    elif k > j:
+        for word in COPULA_CODES:
+            m = _word_at(b, k, word)
+            if m >= 0 and _space(b[m]):
+                copula = True
+                k = m
+                while _space(b[k]):
+                    k += 1
+                break
+        bare = not copula
+    else:
+        return -1, -1
+    if b[k] in _OPEN_QUOTES:
+        q = k + 1
+        while q < n and q - k <= QUOTED_MAX and b[q] != 10 and b[q] not in _CLOSE_QUOTES:
+            q += 1
+        if q < n and q - k <= QUOTED_MAX and b[q] in _CLOSE_QUOTES and q > k + 1:
+            return k + 1, q
+        k += 1
+    e, last_digit = _value_end(b, n, k, memo)
+    if e == k:
+        return -1, -1
+    if bare and (e - k < 4 or last_digit < k):
+        return -1, -1  # `keyword value` only when the value looks like a secret
+    if copula:
+        for word in STOPWORD_CODES:
+            if _word_at(b, k, word) == e:
+                return -1, -1
+    return k, e
+
+
 # --- the pass ------------------------------------------------------------------------------
 
 
 def _candidates(b, n):
     found = []
     run_end = 0
+    value_memo = [1, 0, 0, 0]  # _value_end's: empty
     for i in range(n):
         c = b[i]
         if c == 64:
@@ -710,7 +1011,11 @@ def _candidates(b, n):
         p = b[i - 1] if i > 0 else 0
         if _word(p):
             continue
-        if _upper(c):
+        if c in KEYWORD_FIRST and not (p >= 128 and chr(p).isalpha()):
+            s, e = _keyword_value(b, n, i, value_memo)
+            if s >= 0:
+                found.append((SECRET, s, e))
+        if _alpha(c):
             e = _iban(b, n, i)
             if e >= 0:
                 found.append((IBAN, i, e))
@@ -739,8 +1044,15 @@ def _candidates(b, n):
 def scan(text: str) -> list[tuple[int, int, str]]:
     if not isinstance(text, str):
         raise TypeError(f"scan() needs a str, not {type(text).__name__}")
-    n = len(text)
-    b = [ord(c) for c in text] + [0] * PAD
+    if text.isascii():
+        return _scan([ord(c) for c in text])
+    view, origin = normalise(text)
+    return to_original(_scan(view), origin)
+
+
+def _scan(codes: list[int]) -> list[tuple[int, int, str]]:
+    n = len(codes)
+    b = codes + [0] * PAD
     found = _candidates(b, n)
     found.sort()
     taken = bytearray(n)

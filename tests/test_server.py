@@ -502,9 +502,12 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory, sma
             status = running.get("/v1/status")[2]
             return {"pending": status["outbox"]["pending"], **status["uplink"]["stats"]}
 
-        wait_for(lambda: in_flight().get("published", 0) >= 3, 30, "three escalations published")
-        evidence = in_flight()
-        assert evidence["pending"] == 3 and evidence.get("answered", 0) == 0, evidence
+        def held() -> bool:  # the status's outbox counts may be up to a second old
+            evidence = in_flight()
+            assert evidence.get("answered", 0) == 0, evidence  # the paused worker answers nothing
+            return evidence.get("published", 0) >= 3 and evidence["pending"] == 3
+
+        wait_for(held, 30, "three escalations committed to the outbox and published")
         assert all(thread.is_alive() for thread in threads) and results == {}  # no client has an answer yet
         sigterm_at = time.time()
         running.process.send_signal(signal.SIGTERM)

@@ -5,7 +5,7 @@ bundle whose manifest has a `postprocess.combine` section answers an escalated r
 
     d(l) = device probability of l when l is in the top-k, else max((1 - sum top-k) / (C - k), 1e-6)
     u    = softmax(upstream logits / temperature)
-    s(l) = W * log d(l) + (1 - W) * log u(l) + B * [l == oos_label]       (logs floored at 1e-12)
+    s(l) = W * log d(l) + (1 - W) * log u(l) + B * [l == oos_label]       (log x is log(x + 1e-12))
     q    = softmax(s) over the upstream's C labels
     answer = oos_label if max q < R else argmax q;  score = max q
 

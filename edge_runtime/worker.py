@@ -3,12 +3,17 @@
 Start more workers with the same group to split the load (`$share/<group>/edge/+/escalations`).
 Answers go to the device's own answer topic with the request's correlation data; a request id
 seen recently gets the cached answer again, so device re-sends are harmless.
+Whatever a peer sends never stops the worker: a request off the schema gets an error answer when it has
+an id or correlation data to answer under (`bad_requests`), is `ignored` when it has neither or names
+another answer topic, and is `dropped` when no answer can carry it back; `stats` counts each, and
+`edge-runtime upstream` prints them (with the Link's `callback_errors`, if any) when it stops.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from .mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 log = logging.getLogger(__name__)
 
 Responder = Callable[[dict], dict]  # escalation request -> answer body
+MAX_REQUEST_ID_CHARS = 128  # devices send 32 hex digits (escalation.new_request_id)
 
 
 def model_responder(model) -> Responder:
@@ -112,6 +118,8 @@ class Worker:
         self.link.wait_ready(timeout)
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
+        # Whatever a peer sends is answered, ignored or dropped here, and counted; what this does not foresee
+        # the Link's guard catches (counted in link.callback_errors), so paho's network thread lives on.
         device = escalation.device_of_topic(message.topic)
         response_topic = getattr(message.properties, "ResponseTopic", None)
         if device is None or response_topic != escalation.answer_topic(device):
@@ -122,28 +130,51 @@ class Worker:
         correlation = getattr(message.properties, "CorrelationData", None)
         try:
             request = escalation.decode_request(message.payload)
+            request_id = _checked_request_id(request["id"])
         except escalation.EscalationError as error:
-            if correlation is None:
-                self.stats["ignored"] += 1
-                return
-            request_id = correlation.decode(errors="replace")
-            payload = escalation.encode(escalation.build_answer(request_id, None, worker=self.name, error=str(error)))
-            self.stats["bad_requests"] += 1
+            self._refuse(response_topic, correlation, None, str(error))
+            return
+        if correlation is None:
+            correlation = request_id.encode()
+        try:
+            _check_prediction(request["prediction"])
+        except escalation.EscalationError as error:
+            self._refuse(response_topic, correlation, request_id, str(error))
+            return
+        key = (device, request_id)
+        payload = self.cache.get(key)
+        if payload is None:
+            payload = self._answer(request)
+            self.cache.put(key, payload)
+            self.stats["answered"] += 1
         else:
-            request_id = request["id"]
-            key = (device, request_id)
-            payload = self.cache.get(key)
-            if payload is None:
-                payload = self._answer(request)
-                self.cache.put(key, payload)
-                self.stats["answered"] += 1
-            else:
-                self.stats["cache_hits"] += 1
+            self.stats["cache_hits"] += 1
+        self._publish(response_topic, correlation, payload)
+
+    def _refuse(self, response_topic: str, correlation: bytes | None, request_id: str | None, reason: str) -> None:
+        """A request off the schema: an error answer when the sender can match it (its id, or correlation data),
+        else nothing; counted either way."""
+        if correlation is None:
+            log.warning("worker: request for %s ignored (no id to answer): %s", response_topic, reason)
+            self.stats["ignored"] += 1
+            return
+        if request_id is None:
+            request_id = correlation.decode(errors="replace")
+        try:
+            payload = escalation.encode(escalation.build_answer(request_id, None, worker=self.name, error=reason))
+        except escalation.EscalationError:  # e.g. 64 KB of correlation data: no answer can carry it back
+            log.warning("worker: request for %s dropped: its error answer would exceed the size limit", response_topic)
+            self.stats["dropped"] += 1
+            return
+        self.stats["bad_requests"] += 1
+        self._publish(response_topic, correlation, payload)
+
+    def _publish(self, topic: str, correlation: bytes, payload: bytes) -> None:
         props = Properties(PacketTypes.PUBLISH)
-        props.CorrelationData = correlation if correlation is not None else request_id.encode()
+        props.CorrelationData = correlation
         props.MessageExpiryInterval = self.answer_expiry_s
         props.ContentType = "application/json"
-        self.link.client.publish(response_topic, payload, qos=1, properties=props)
+        self.link.client.publish(topic, payload, qos=1, properties=props)
 
     def _answer(self, request: dict) -> bytes:
         try:
@@ -158,3 +189,37 @@ class Worker:
             return escalation.encode(
                 escalation.build_answer(request["id"], None, worker=self.name, error=f"answer not encodable: {failure}")
             )
+
+
+def _checked_request_id(request_id: str) -> str:
+    """The id goes back in the answer and as correlation data: bounded, and encodable as UTF-8."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise escalation.EscalationError(
+            f"request id is {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}"
+        )
+    try:
+        request_id.encode()
+    except UnicodeEncodeError:
+        raise escalation.EscalationError("request id is not valid Unicode (a lone surrogate)") from None
+    return request_id
+
+
+def _check_prediction(prediction) -> None:
+    """The device's prediction, as escalation.build_request writes it: null, or an object whose top_k (if any)
+    is a list of {"label": str, "score": number} (the responder pools them: combine.py)."""
+    if prediction is None:
+        return
+    if not isinstance(prediction, dict):
+        raise escalation.EscalationError("escalation.request prediction must be an object or null")
+    top_k = prediction.get("top_k")
+    if top_k is None:
+        return
+    if not isinstance(top_k, list) or not all(
+        isinstance(item, dict)
+        and isinstance(item.get("label"), str)
+        and isinstance(item.get("score"), (int, float))
+        and not isinstance(item.get("score"), bool)
+        and math.isfinite(item["score"])
+        for item in top_k
+    ):
+        raise escalation.EscalationError('escalation.request prediction.top_k must be a list of {"label", "score"}')

@@ -20,6 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
 from edge_runtime.build import GateError, evaluate, graph, ortrun, textenc  # noqa: E402
+from edge_runtime.build.gate import classifier_gate  # noqa: E402
 from edge_runtime.build.head import LinearHead  # noqa: E402
 
 from support import REPO  # noqa: E402
@@ -100,11 +101,76 @@ def test_folded_graph_is_exact_in_fp32(encoder, tmp_path):
     np.testing.assert_allclose(ortrun.run(folded, ids), head.logits(features), atol=1e-4)
 
 
-def test_gate_refuses_and_nothing_is_emitted(tmp_path, cache):
-    out = tmp_path / "out.erb"
+def scores(in_scope: float, accuracy: float, oos_recall: float | None = None) -> dict:
+    return {"in_scope_accuracy": in_scope, "accuracy": accuracy, "oos_recall": oos_recall}
+
+
+@pytest.mark.parametrize(
+    "fp32, int8, max_drop, passes",
+    [
+        # INT8 loses 3 points: refused just under 3, passed at exactly 3 (the gate refuses "more than"),
+        # so `>=` for `>` fails the second case and an inverted comparison fails both
+        (scores(90.0, 88.0), scores(87.0, 88.0), 2.99, False),
+        (scores(90.0, 88.0), scores(87.0, 88.0), 3.0, True),
+        (scores(90.0, 88.0), scores(87.0, 88.0), 3.01, True),
+        # INT8 *gains* 3 points: passes even with no drop allowed; int8 - fp32 (the wrong pair) would be +3
+        (scores(87.0, 85.0), scores(90.0, 88.0), 0.0, True),
+        # ... and the wrong pair would let a 3-point loss through a 0-point gate
+        (scores(90.0, 88.0), scores(87.0, 85.0), 0.0, False),
+        # the worse of in-scope and overall accuracy is gated, whichever it is
+        (scores(90.0, 88.0), scores(89.5, 85.0), 1.0, False),
+        (scores(90.0, 88.0), scores(87.0, 87.5), 1.0, False),
+        (scores(90.0, 88.0), scores(89.5, 87.5), 0.5, True),
+        # OOS recall is reported, not gated (one example is a point or more)
+        (scores(90.0, 88.0, oos_recall=80.0), scores(90.0, 88.0, oos_recall=60.0), 1.0, True),
+    ],
+)
+def test_gate_compares_fp32_minus_int8_with_max_drop(fp32, int8, max_drop, passes):
+    if passes:
+        report = classifier_gate(fp32, int8, max_drop)
+        assert report["passed"] is True and report["forced"] is False
+    else:
+        with pytest.raises(GateError, match="INT8 gate failed") as refused:
+            classifier_gate(fp32, int8, max_drop)
+        report = refused.value.report
+        assert report["passed"] is False
+        forced = classifier_gate(fp32, int8, max_drop, force=True)  # --force emits, and says so
+        assert forced["passed"] is False and forced["forced"] is True
+    assert report["drops"]["in_scope_accuracy"] == pytest.approx(fp32["in_scope_accuracy"] - int8["in_scope_accuracy"])
+    assert report["drops"]["accuracy"] == pytest.approx(fp32["accuracy"] - int8["accuracy"])
+
+
+def test_gate_refuses_a_build_just_past_its_measured_drop_and_nothing_is_emitted(tmp_path, cache):
+    """A real build, gated twice: at the drop it measured it passes; 0.01 points tighter the same build refuses and
+    leaves nothing behind. The INT8 accuracy in the report is checked against the emitted model, run here."""
+    from edge_runtime.build.data import subsample
+    from edge_runtime.datasets import read_jsonl
+
+    passed = build_small_bundle(tmp_path / "passed", n_labels=3, per_label=10, cache_dir=cache, max_drop=100.0)
+    manifest = json.loads((passed / "manifest.json").read_text())
+    metrics, gate = manifest["metrics"], manifest["metrics"]["gate"]
+    labels = json.loads((passed / "labels.json").read_text())
+    chosen = sorted(label for label in labels if label != "oos") + ["oos"]
+    val = subsample(read_jsonl(CLINC / "val.jsonl"), chosen, 10, 0)  # the build's val split (small_bundle.py)
+    predicted = _int8_logits(passed, val.texts).argmax(1)
+    accuracy = 100.0 * np.mean([labels[i] == gold for i, gold in zip(predicted, val.labels)])
+    assert metrics["int8"]["accuracy"] == pytest.approx(accuracy, abs=0.01)
+    worst = max(
+        metrics["fp32"]["in_scope_accuracy"] - metrics["int8"]["in_scope_accuracy"],
+        metrics["fp32"]["accuracy"] - metrics["int8"]["accuracy"],
+    )
+    assert gate["passed"] is True and max(gate["drops"]["in_scope_accuracy"], gate["drops"]["accuracy"]) == (
+        pytest.approx(worst, abs=0.01)
+    )
+
+    at_the_drop = build_small_bundle(
+        tmp_path / "at", n_labels=3, per_label=10, cache_dir=cache, max_drop=round(worst, 2)
+    )
+    assert json.loads((at_the_drop / "manifest.json").read_text())["metrics"]["gate"]["passed"] is True
+    out = tmp_path / "refused" / "out.erb"
     with pytest.raises(GateError, match="INT8 gate failed"):
-        build_small_bundle(out, n_labels=3, per_label=10, cache_dir=cache, max_drop=-50.0)
-    assert list(tmp_path.iterdir()) == []  # no archive, no staging dir left behind
+        build_small_bundle(out, n_labels=3, per_label=10, cache_dir=cache, max_drop=round(worst, 2) - 0.01)
+    assert list(out.parent.iterdir()) == []  # no archive, no staging dir left behind
 
 
 def test_reject_threshold_trades_in_scope_for_oos():

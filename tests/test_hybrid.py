@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import edge_runtime
 from edge_runtime import escalation
@@ -203,15 +205,86 @@ def test_combine_follows_the_formula_on_a_hand_built_case():
     )
 
 
-def test_combine_matches_the_vectorised_version(bundle_home, val_file):
+def reference_combine(combination: Combination, top_k, logits_row, labels) -> tuple[str, float, list[float]]:
+    """combine() as edge_runtime/combine.py's docstring states it, one label at a time in plain floats:
+    (answer, score, q). Independent of the module's numpy code, so the vectorised path is checked against it."""
+    pairs = [(item["label"], item["score"]) if isinstance(item, dict) else tuple(item) for item in top_k]
+    device = {label: float(p) for label, p in pairs}
+    free = len(labels) - len(device)
+    residual = max((1.0 - sum(device.values())) / free, 1e-6) if free else None
+    d = [device.get(label, residual) for label in labels]
+    z = [float(x) / combination.temperature for x in logits_row]
+    e = [math.exp(v - max(z)) for v in z]
+    u = [v / sum(e) for v in e]
+    w, bias = combination.device_weight, combination.oos_bias
+    s = [
+        w * math.log(d_l + 1e-12) + (1 - w) * math.log(u_l + 1e-12) + (bias if label == combination.oos_label else 0.0)
+        for label, d_l, u_l in zip(labels, d, u)
+    ]
+    e = [math.exp(v - max(s)) for v in s]
+    q = [v / sum(e) for v in e]
+    best = max(range(len(labels)), key=lambda i: q[i])
+    rejected = combination.oos_label in labels and q[best] < combination.reject_threshold
+    return (combination.oos_label if rejected else labels[best]), q[best], q
+
+
+def unambiguous(combination: Combination, q: list[float]) -> bool:
+    """No near-tie for the argmax and no max q on the reject threshold: float rounding cannot flip the answer."""
+    first, second = sorted(q, reverse=True)[:2]
+    return first - second > 1e-9 and abs(first - combination.reject_threshold) > 1e-9
+
+
+@st.composite
+def escalations(draw):
+    """A label set (with or without oos), a combination, and 1-6 escalated requests: the device's top-k (k distinct
+    labels, probabilities from one distribution, as tuples or wire-format dicts) and a row of upstream logits."""
+    n_labels = draw(st.integers(2, 8))
+    labels = [f"intent_{i}" for i in range(n_labels - 1)] + [draw(st.sampled_from(["oos", "other"]))]
+    combination = Combination(
+        device_weight=draw(st.floats(0.0, 1.0)),
+        oos_bias=draw(st.floats(-2.0, 5.0)),
+        reject_threshold=draw(st.floats(0.0, 1.0)),
+        temperature=draw(st.floats(0.05, 5.0)),
+        oos_label="oos",
+    )
+    requests = []
+    for _ in range(draw(st.integers(1, 6))):
+        weights = draw(st.lists(st.floats(0.0, 10.0), min_size=n_labels, max_size=n_labels))
+        probs = [(x + 1e-3) / (sum(weights) + 1e-3 * n_labels) for x in weights]
+        order = draw(st.permutations(range(n_labels)))[: draw(st.integers(1, n_labels))]
+        wire = draw(st.booleans())
+        top_k = [{"label": labels[i], "score": probs[i]} if wire else (labels[i], probs[i]) for i in order]
+        logits = draw(st.lists(st.floats(-20.0, 20.0), min_size=n_labels, max_size=n_labels))
+        requests.append((top_k, logits))
+    return labels, combination, requests
+
+
+@settings(max_examples=300, deadline=None)
+@given(escalations())
+def test_combine_and_combine_many_agree_with_a_scalar_reference(case):
+    labels, combination, requests = case
+    expected = [reference_combine(combination, top_k, logits, labels) for top_k, logits in requests]
+    assume(all(unambiguous(combination, q) for _, _, q in expected))
+    answers, scores = combine_many(
+        combination, [top_k for top_k, _ in requests], np.array([logits for _, logits in requests]), labels
+    )
+    assert answers == [answer for answer, _, _ in expected]
+    assert list(map(float, scores)) == pytest.approx([score for _, score, _ in expected], rel=1e-9, abs=1e-12)
+    for (top_k, logits), (answer, score, _) in zip(requests, expected):
+        assert combine(combination, top_k, logits, labels) == (answer, pytest.approx(score, rel=1e-9, abs=1e-12))
+
+
+def test_combine_many_agrees_with_the_reference_on_the_real_model(bundle_home, val_file):
+    """The same check on the small real bundle's top-5 and logits over the val subset."""
     texts = read_jsonl(val_file).texts
     model = edge_runtime.load("clinc-small", root=bundle_home, threads=1)
     predictions, logits = model.predict(texts), model.logits(texts)
     combination = Combination(0.4, 1.5, 0.45, temperature=0.8)
     labels, scores = combine_many(combination, [p.top_k for p in predictions], logits, model.labels)
-    one = [combine(combination, p.top_k, row, model.labels) for p, row in zip(predictions, logits)]
-    assert labels == [label for label, _ in one]
-    assert np.allclose(scores, [score for _, score in one], atol=1e-9)
+    expected = [reference_combine(combination, p.top_k, row, model.labels) for p, row in zip(predictions, logits)]
+    assert all(unambiguous(combination, q) for _, _, q in expected)
+    assert labels == [answer for answer, _, _ in expected]
+    assert list(map(float, scores)) == pytest.approx([score for _, score, _ in expected], rel=1e-9)
     assert "oos" in labels and len(set(labels)) > 3  # the reject and several labels are exercised
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from edge_runtime import bundle, signing
+from edge_runtime.outbox import Outbox
 from edge_runtime.store import Store
 
 from support import REPO, free_port, mqtt_broker
 from support.daemon import Daemon
 from support.stores import store_with
+from support.upstream import Upstream, wait_for
 
 pytestmark = pytest.mark.kernels  # the daemon answers with what the kernels compute
 
@@ -464,34 +466,73 @@ def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp
     assert running.stop() == 0
 
 
-def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory):
-    running = daemon_home_factory()
-    results, lock = [], threading.Lock()
+def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory, small_bundle, build_key, tmp_path):
+    """Requests held by a paused component: the upstream worker (a real `edge-runtime upstream` process) is
+    SIGSTOPped, so escalated requests wait for its answer inside the daemon. SIGTERM arrives while they provably
+    wait (committed to the outbox and published, unanswered, their clients still waiting); the worker resumes
+    only after the daemon has logged that it is draining, and the requests are answered by it, not deferred."""
+    if not mqtt_broker.available():
+        pytest.skip("mosquitto is not installed")
+    broker = mqtt_broker.Broker().start()
+    upstream_home = store_with(tmp_path / "upstream-home", small_bundle, build_key)
+    worker = Upstream(upstream_home, "clinc-small", broker.url)
+    try:
+        worker.wait_ready()
+        running = daemon_home_factory(
+            env={
+                "EDGE_RUNTIME_UPLINK_BROKER": broker.url,
+                "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-drain",
+                "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "120000",  # wait for the upstream answer, never defer
+                "EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "120000",
+                "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0",  # escalate every text
+            }
+        )
+        wait_for(lambda: running.get("/v1/status")[2]["uplink"]["connected"], 30, "the daemon's uplink")
+        worker.process.send_signal(signal.SIGSTOP)
+        results = {}
 
-    def client():
-        got = running.post("/v1/predict", {"texts": [TEXTS[i % 5] for i in range(64)]})
-        with lock:
-            results.append(got[0])
+        def client(text):
+            results[text] = running.post("/v1/predict", {"text": text})
 
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for thread in threads:
-        thread.start()
+        threads = [threading.Thread(target=client, args=(text,)) for text in TEXTS[:3]]
+        for thread in threads:
+            thread.start()
 
-    def admitted() -> int:  # texts queued or in flight, plus texts already answered
-        status = running.get("/v1/status")[2]
-        return status["queue"]["depth"] + sum(status["counters"]["predictions"].values())
+        def in_flight() -> dict:
+            status = running.get("/v1/status")[2]
+            return {"pending": status["outbox"]["pending"], **status["uplink"]["stats"]}
 
-    deadline = time.monotonic() + 30
-    while admitted() < 6 * 64:  # every client's request is in: a later one would be refused
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    running.process.send_signal(signal.SIGTERM)
-    for thread in threads:
-        thread.join(120)
-    assert running.process.wait(60) == 0
-    assert results == [200] * 6
+        def held() -> bool:  # the status's outbox counts may be up to a second old
+            evidence = in_flight()
+            assert evidence.get("answered", 0) == 0, evidence  # the paused worker answers nothing
+            return evidence.get("published", 0) >= 3 and evidence["pending"] == 3
+
+        wait_for(held, 30, "three escalations committed to the outbox and published")
+        assert all(thread.is_alive() for thread in threads) and results == {}  # no client has an answer yet
+        sigterm_at = time.time()
+        running.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: '"msg": "stopping: draining in-flight requests"' in running.log(), 30, "the drain")
+        assert running.process.poll() is None and results == {}  # draining, still holding the three
+        worker.process.send_signal(signal.SIGCONT)
+        for thread in threads:
+            thread.join(120)
+        assert running.process.wait(60) == 0
+    finally:
+        worker.close()
+        broker.close()
+    assert sorted(results) == sorted(TEXTS[:3])
+    for status, _, body in results.values():
+        assert status == 200, body
+        assert body["decision"] == "escalate" and body["request_id"], body  # the upstream's answer, not deferred
     log = running.log()
-    assert '"msg": "stopping: draining in-flight requests"' in log and '"msg": "stopped"' in log
+    assert log.index('"msg": "stopping: draining in-flight requests"') < log.index('"msg": "stopped"')
+    with Outbox(running.home / "state" / "outbox.sqlite") as outbox:
+        answers = {body["request_id"]: outbox.answer(body["request_id"]) for _, _, body in results.values()}
+    for _, _, body in results.values():
+        answer = answers[body["request_id"]]
+        # the worker's own clock stamps each answer: made after the SIGTERM, and it is what the client got
+        assert answer is not None and answer["answered_at"] > sigterm_at, answer
+        assert body["label"] == answer["answer"]["label"]
 
 
 @pytest.fixture
@@ -501,6 +542,7 @@ def daemon_home_factory(tmp_path, small_bundle, build_key):
     def start(*args, env=None):
         home = store_with(tmp_path / f"home{len(started)}", small_bundle, build_key)
         running = Daemon(home, *args, env=env)
+        running.home = home
         started.append(running)
         return running.wait_ready()
 

@@ -235,30 +235,41 @@ def test_acl_device_cannot_publish_as_another_device(tls_broker, pki, tmp_path):
 
 
 def test_acl_device_cannot_read_another_devices_answers(tls_broker, pki, tmp_path):
+    """A spy with devA's certificate subscribes to devB's answers and, as the positive control, to devA's own: it
+    must get devA's answer (so it works, and the ACL lets it read what it may) and never devB's."""
     received = []
+    subscribed = []
     spy = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="devA-spy", protocol=paho.MQTTv5)
     spy.tls_set(
         ca_certs=str(pki / "ours" / "ca.crt"),
         certfile=str(pki / "ours" / "devA.crt"),
         keyfile=str(pki / "ours" / "devA.key"),
     )
-    spy.on_message = lambda c, u, m: received.append(m.topic)
+    spy.on_message = lambda c, u, m: received.append((m.topic, m.payload))
+    spy.on_subscribe = lambda c, u, mid, codes, props: subscribed.append(codes)
     spy.connect("localhost", tls_broker.port)
-    spy.subscribe("edge/devB/answers", qos=1)
+    spy.subscribe([("edge/devB/answers", 1), ("edge/devA/answers", 1)])
     spy.loop_start()
     try:
+        wait_for(lambda: subscribed)
         with (
             Worker(tls(tls_broker, pki, "worker"), echo) as worker,
             Uplink("devB", tls(tls_broker, pki, "devB"), Outbox(tmp_path / "b.sqlite")) as device_b,
+            Uplink("devA", tls(tls_broker, pki, "devA"), Outbox(tmp_path / "a.sqlite")) as device_a,
         ):
             worker.wait_ready(5)
             device_b.wait_ready(5)
+            device_a.wait_ready(5)
             assert device_b.escalate("private", deadline_s=10)["answer"]["label"] == "PRIVATE"
-            time.sleep(0.3)
+            # devA's answer is published after devB's, by the same worker: once the spy has it, devB's answer
+            # would have reached it before, had the ACL let it through
+            assert device_a.escalate("own", deadline_s=10)["answer"]["label"] == "OWN"
+            wait_for(lambda: received)
     finally:
         spy.loop_stop()
         spy.disconnect()
-    assert received == []
+    assert [topic for topic, _ in received] == ["edge/devA/answers"]
+    assert escalation.decode_answer(received[0][1])["answer"]["label"] == "OWN"
 
 
 def test_certificate_from_another_ca_is_refused(tls_broker, pki, tmp_path):

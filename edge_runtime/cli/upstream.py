@@ -59,4 +59,5 @@ def upstream(bundle, config_file, uplink, group, device_pattern, client_id, thre
         done.wait()
     finally:
         worker.stop()
-    click.echo(f"stopped: {dict(worker.stats)}", err=True)
+    errors = dict(worker.link.callback_errors)  # what the worker did not foresee, dropped by the Link's guard
+    click.echo(f"stopped: {dict(worker.stats) | ({'callback_errors': errors} if errors else {})}", err=True)

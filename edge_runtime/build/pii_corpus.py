@@ -290,6 +290,51 @@ TECHNICAL = [
     "{date} {time} {device} {code}",
     "spec: {voltage}, {current}, {temp} max",
 ]
+# Technical text as it is written in the corpus's other languages (nouns capitalised in German, a
+# sentence that opens on a measured quantity), and log lines that open on a program or module name:
+# a capitalised or line-initial word there is a noun or a daemon, not a surname.
+TECHNICAL += [
+    "Neue Firmware {version} in Steuerung {device} eingespielt",
+    "Anzugsmoment für {thread} Schrauben beträgt {torque}",
+    "Verdichter in {site} meldet Fehler {code}",
+    "Vorlauftemperatur {temp}, Rücklauf {temp2}",
+    "Ersatzteil {part} für die Pumpe bestellt",
+    "Bestellung {po} wird am {date} geliefert",
+    "Messwert {voltage} an Klemme X{count2}",
+    "Wartung an der Presse bis {time} geplant",
+    "Mise à jour du firmware {version} sur l'automate {device}",
+    "Couple de serrage {torque} pour les vis {thread}",
+    "Défaut {code} sur le compresseur, {site}",
+    "Pression d'huile {pressure} à la sortie de la pompe",
+    "Commande {po} livrée le {date}",
+    "Actualizado el firmware a {version} en el equipo {device}",
+    "Par de apriete {torque} en los tornillos {thread}",
+    "Alarma {code} en la bomba de {site}",
+    "Aggiornato il firmware {version} sul controllore {device}",
+    "Coppia di serraggio {torque} per le viti {thread}",
+    "Allarme {code} sul compressore della {site}",
+    "Firmware {version} geïnstalleerd op besturing {device}",
+    "Storing {code} op de compressor in {site}",
+    "Aktualizacja oprogramowania {version} na sterowniku {device}",
+    "Alarm {code} na sprężarce, ciśnienie {pressure}",
+    "Firmware {version} instalado no controlador {device}",
+    "Larm {code} på kompressorn i {site}",
+    "Fejl {code} på pumpen, tryk {pressure}",
+    "Chyba {code} na kompresoru, tlak {pressure}",
+    "{daemon}: {log_message}",
+    "{daemon}[{count}]: {log_message}",
+    "[{module}] {log_message}",
+    "{date} {time} {daemon} {log_level} {log_message}",
+    "{module}: {count} retries, giving up ({code})",
+    "{brand} module {product_model} reports {code}",
+    "use {brand} {part} on the {thread} threads",
+    "{bus} link to {device} restored after {count} s",
+]
+# Ordinary words of the text's language (Faker's word lists: de, fr, es, it, nl, pl, da, cs, en) around
+# codes and places: in the corpus, most non-English words otherwise sit next to a name or an address, and
+# the tagger learned that a foreign capitalised word is one. Five copies: a quarter of the hard negatives.
+ORDINARY = ["{words}", "{words} ({code})", "{words}, {site}", "{words} {version}", "{code}: {words}"]
+TECHNICAL += ORDINARY * 5
 TECHNICAL_HELD_OUT = [
     "controller {device} now runs firmware {version}",
     "apply {torque} to each {thread} nut",
@@ -306,6 +351,14 @@ TECHNICAL_HELD_OUT = [
     "{site} needs a new {equipment} by {date}",
     "{pipe} valve on {site} leaks at {pressure}",
     "{product_model} stuck at {version}",
+    "{words}?",
+    "{site}: {words} - {code}",
+    "Steuerung {device} läuft jetzt mit {version}",
+    "Panne {code} encore sur la ligne, {site}",
+    "Temperatura de salida {temp} en {site}",
+    "Errore {code} dopo l'aggiornamento a {version}",
+    "{daemon} restarted: {log_message}",
+    "[{module}] {log_level}: {log_message}",
 ]
 # first names that are also ordinary words: a query holding them is still a negative example
 COMMON_WORDS = {
@@ -542,6 +595,70 @@ def _site(rng: random.Random) -> str:
 
 
 _TECHNICAL_SLOTS = {
+    "daemon": _pick(
+        "systemd",
+        "sshd",
+        "kernel",
+        "dockerd",
+        "containerd",
+        "kubelet",
+        "nginx",
+        "postgres",
+        "mosquitto",
+        "chronyd",
+        "NetworkManager",
+        "dnsmasq",
+        "redis",
+        "grafana",
+        "prometheus",
+        "telegraf",
+        "influxd",
+        "node-red",
+        "haproxy",
+        "cron",
+        "rsyslogd",
+        "udevd",
+        "wpa_supplicant",
+        "modbusd",
+        "edge-agent",
+    ),  # fmt: skip
+    "module": _pick("ota", "net", "mqtt", "db", "sched", "io", "hal", "fw", "ui", "plc", "can0", "eth0", "wifi"),
+    "log_level": _pick("INFO", "WARN", "ERROR", "DEBUG", "info", "warn", "err"),
+    "log_message": _pick(
+        "connection refused, retrying in 5 s",
+        "Started Daily apt upgrade and clean activities.",
+        "disk usage above 90% on /var",
+        "certificate expires in 12 days",
+        "reloading configuration",
+        "out of memory: killed process",
+        "link is up, 1000 Mbps full duplex",
+        "Back-off pulling image",
+        "write timeout on socket",
+        "checksum mismatch, dropping frame",
+        "MISCONF snapshot failed",
+        "sync complete",
+    ),  # fmt: skip
+    "brand": _pick(
+        "Siemens",
+        "Loctite",
+        "Festo",
+        "Bosch Rexroth",
+        "Schneider",
+        "Omron",
+        "Beckhoff",
+        "Phoenix Contact",
+        "WAGO",
+        "SKF",
+        "Danfoss",
+        "Endress+Hauser",
+        "Sick",
+        "Pilz",
+        "Rittal",
+        "Yaskawa",
+        "Fanuc",
+        "Eaton",
+    ),  # fmt: skip
+    "temp2": lambda rng: f"{rng.randint(10, 90)} °C",
     "version": _version,
     "version2": _version,
     "device": lambda rng: (
@@ -715,6 +832,8 @@ def _value(slot: str, fake, rng: random.Random, language: str) -> tuple[str, str
         value = str(rng.randint(1, 28))
     elif slot == "order":
         value = f"#{rng.randint(10000, 999999)}"
+    elif slot == "words":  # a sentence of ordinary words in the locale's language, no final period
+        value = fake.sentence(nb_words=rng.randint(3, 9)).rstrip(".")
     elif slot in _TECHNICAL_SLOTS:
         value = _TECHNICAL_SLOTS[slot](rng)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -402,7 +403,8 @@ def test_recipe_variants_lay_their_tables_over_the_recipe(tmp_path):
     assert quick.get("head", "max_steps") == 20 and quick.get("head", "encoder_lr") == 1.5e-4
     # a smoke build cannot reach the real tagger's precision and recall: the quick variant measures, never refuses
     assert quick.get("gate", "min_value_recall") == {} and quick.get("gate", "max_technical_false_share") == 1.0
-    assert load_recipe(TAGGER_RECIPE).get("gate", "min_value_recall") == {"PERSON": 98.9, "ADDRESS": 97.6}
+    shipped = load_recipe(TAGGER_RECIPE).get("gate", "min_value_recall")  # the base keeps its own floors
+    assert set(shipped) == {"PERSON", "ADDRESS"} and min(shipped.values()) > 90
     with pytest.raises(BuildError, match=r"no \[variants.fast\] \(variants: quick\)"):
         load_recipe(TAGGER_RECIPE).with_variant("fast")
 
@@ -514,8 +516,9 @@ def test_build_pii_tagger_installs_without_activating_then_is_a_no_op(tmp_path):
     reason = refused.stderr.splitlines()[-1]  # after the progress lines
     assert reason.startswith("edge-runtime: precision gate failed: "), refused.stderr
     assert "value recall" in reason and not (home / "models" / "tiny-tagger").exists()
-    relaxed = recipe.replace("max_technical_false_share = 0.02", "max_technical_false_share = 1.0")
-    relaxed = relaxed.replace("min_value_recall = { PERSON = 98.9, ADDRESS = 97.6 }", "min_value_recall = {}")
+    relaxed = re.sub(r"(?m)^max_technical_false_share = .*$", "max_technical_false_share = 1.0", recipe)
+    relaxed = re.sub(r"(?m)^min_value_recall = .*$", "min_value_recall = {}", relaxed)
+    assert relaxed.count("= 1.0") > recipe.count("= 1.0") and "min_value_recall = {}" in relaxed
     (tmp_path / "tagger.toml").write_text(relaxed)
     first = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=800)
     assert first.returncode == 0, first.stderr

@@ -119,13 +119,7 @@ class Outbox:
 
     def health(self) -> dict:
         """What `status`, `/v1/status`, `/metrics` and `doctor` report of the outbox."""
-        return {
-            "state": "recovered" if self.recovered_from else "ok",
-            "path": str(self.path),
-            "moved_aside": self.recovered_from,
-            "write_failures": self.failures,
-            "last_error": self.last_error,
-        }
+        return _health(self, "recovered" if self.recovered_from else "ok")
 
     @contextmanager
     def transaction(self, durable: bool = True):
@@ -399,6 +393,17 @@ class Outbox:
         )
 
 
+def _health(outbox, state: str) -> dict:
+    """The health report both outboxes give (Outbox.health)."""
+    return {
+        "state": state,
+        "path": str(outbox.path),
+        "moved_aside": outbox.recovered_from,
+        "write_failures": outbox.failures,
+        "last_error": outbox.last_error,
+    }
+
+
 class UnavailableOutbox:
     """Stands in for an outbox that cannot be opened: nothing is stored, every write raises
     OutboxUnavailable (the escalation stays local), every read finds nothing."""
@@ -409,13 +414,7 @@ class UnavailableOutbox:
         self.last_error = error
 
     def health(self) -> dict:
-        return {
-            "state": "unavailable",
-            "path": str(self.path),
-            "moved_aside": self.recovered_from,
-            "write_failures": self.failures,
-            "last_error": self.last_error,
-        }
+        return _health(self, "unavailable")
 
     @contextmanager
     def transaction(self, durable: bool = True):

@@ -12,6 +12,8 @@ import pytest
 
 from support.stores import store_with
 
+pytest_plugins = ["support.pii_twins"]  # the `scan` fixture: each PII scanner twin in turn
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

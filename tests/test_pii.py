@@ -8,25 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.kernels import compiled_module, pure_module
+from support.pii_twins import COMPILED, NOT_BUILT, PURE, found
 
-PURE = pure_module("pii")
-COMPILED = compiled_module("pii")
-NOT_BUILT = "the Cython extension edge_runtime.kernels._pii is not built (pip install -e .)"
 KINDS = {"EMAIL", "PHONE", "CARD", "IBAN", "IPV4", "IPV6", "MAC", "SECRET"}
-
-
-@pytest.fixture(params=["python", "cython"])
-def scan(request):
-    if request.param == "cython":
-        if COMPILED is None:
-            pytest.skip(NOT_BUILT)
-        return COMPILED.scan
-    return PURE.scan
-
-
-def found(scan, text):
-    return [(text[s:e], kind) for s, e, kind in scan(text)]
 
 
 POSITIVES = [

@@ -13,30 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.build import pii_corpus
-from edge_runtime.kernels import compiled_module, pure_module
 from edge_runtime.redaction import redact
 
 from support import pii_variants
+from support.pii_twins import COMPILED, NOT_BUILT, PURE, found
 
 pytestmark = pytest.mark.kernels  # scripts/test.sh reruns these on the pure twins
 
-PURE = pure_module("pii")
-COMPILED = compiled_module("pii")
-NOT_BUILT = "the Cython extension edge_runtime.kernels._pii is not built (pip install -e .)"
 SEEDS = (1, 2, 3, 4, 5)
-
-
-@pytest.fixture(params=["python", "cython"])
-def scan(request):
-    if request.param == "cython":
-        if COMPILED is None:
-            pytest.skip(NOT_BUILT)
-        return COMPILED.scan
-    return PURE.scan
-
-
-def found(scan, text):
-    return [(text[s:e], kind) for s, e, kind in scan(text)]
 
 
 # --- the user's report, one case per line --------------------------------------------------

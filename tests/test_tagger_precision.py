@@ -16,6 +16,8 @@ from edge_runtime.build.tagger import false_lines, precision_gate, read_negative
 from support import REPO
 
 NEGATIVES = REPO / "datasets" / "technical" / "negatives.txt"
+TECHNICAL_SETS = sorted((REPO / "datasets" / "technical").glob("*.txt"))  # the development, test and blind sets
+UI_STRINGS = REPO / "datasets" / "ui-strings"
 SLOT = re.compile(r"\{(\w+)\}")
 
 
@@ -45,8 +47,9 @@ def test_the_technical_negative_set_is_hand_written_and_large_enough():
     assert (NEGATIVES.parent / "README.md").read_text().count("evaluation only") >= 1
 
 
-def test_no_technical_negative_line_is_in_the_training_corpus(training_texts):
-    lines = read_negative_lines(NEGATIVES)
+@pytest.mark.parametrize("path", TECHNICAL_SETS, ids=lambda path: path.name)
+def test_no_technical_negative_line_is_in_the_training_corpus(training_texts, path):
+    lines = read_negative_lines(path)
     texts = {text.lower() for text in training_texts}
     inside = [line for line in lines if line.lower() in texts]
     assert not inside, inside[:10]
@@ -165,3 +168,21 @@ def test_unreadable_negatives_file_is_a_build_error(tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(BuildError, match="no lines"):
         read_negative_lines(tmp_path / "empty.txt")
+
+
+def test_ui_string_negatives_are_split_per_language_and_drop_lines_with_a_first_name(corpus, tmp_path):
+    """Real sentences in each corpus language (datasets/ui-strings): the same number from each file, training
+    and held-out lines disjoint, and a line holding a first name Faker knows is never a negative."""
+    files = sorted(UI_STRINGS.glob("*.txt"))
+    assert len(files) == 11 and all(len(read_negative_lines(path)) >= 300 for path in files)
+    train, held_out = corpus.ui_negatives(UI_STRINGS, 30, 10, seed=3)
+    assert len(train) == 30 * len(files) and len(held_out) == 10 * len(files)
+    assert not set(train) & set(held_out)
+    for path in files:
+        lines = set(read_negative_lines(path))
+        assert len(lines & set(train)) == 30 and len(lines & set(held_out)) == 10, path.name
+
+    (tmp_path / "de.txt").write_text("Bitte rufen Sie Jürgen wegen der Wartung an.\nDie Datei wurde gespeichert.\n")
+    (tmp_path / "pl.txt").write_text("Awarię zgłosiła Agnieszka z drugiej zmiany.\nNie znaleziono pliku.\n")
+    train, held_out = corpus.ui_negatives(tmp_path, 5, 5, seed=0)
+    assert sorted(train) == ["Die Datei wurde gespeichert.", "Nie znaleziono pliku."] and held_out == []

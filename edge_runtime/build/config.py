@@ -34,6 +34,7 @@ class BuildConfig:
     max_drop: float = 1.0  # classifier: points of accuracy fp32 -> int8
     min_cosine: float = 0.98  # embedder: mean cosine int8 vs fp32
     force: bool = False
+    quantization: str = "dynamic"  # or "static" (QDQ, activation ranges from training texts): build/quantize.py
     exclude_nodes: list[str] = field(default_factory=list)
     fallback_exclude: list[str] = field(default_factory=list)  # retried when the gate fails
     private_key: object = None  # None: unsigned output

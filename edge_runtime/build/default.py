@@ -38,6 +38,11 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         model_dir = check_model_dir(REPO / source["model_dir"])
     else:
         raise BuildError(f"{recipe.path}: [source] needs `package` or `model_dir`")
+    if source.get("layers"):  # a smaller student: only these layers of the source encoder
+        from .source import truncated_model_dir
+
+        cache = Path(cache_dir) if cache_dir else paths.cache_dir(root) / "build"
+        model_dir = truncated_model_dir(model_dir, [int(i) for i in source["layers"]], cache)
     head = recipe.section("head")
     tune = FinetuneConfig(**{key: head[key] for key in FinetuneConfig.__dataclass_fields__ if key in head})
     gate = recipe.section("gate")
@@ -50,6 +55,7 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         out=out,
         max_length=int(head.get("max_length", 64)),
         max_drop=float(gate.get("max_drop", 1.0)),
+        quantization=str(recipe.get("quantize", "method", "dynamic")),
         exclude_nodes=list(gate.get("exclude_nodes", [])),
         fallback_exclude=list(gate.get("fallback_exclude", [])),
         head=head.get("mode", "finetune"),
@@ -74,6 +80,7 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         cache_dir=Path(cache_dir) if cache_dir else paths.cache_dir(root) / "build",
         source={
             "model": source.get("package") or source.get("model_dir"),
+            **({"layers": list(source["layers"])} if source.get("layers") else {}),
             "dataset": recipe.get("dataset", "attribution", recipe.get("dataset", "name")),
             "recipe": str(recipe.path),
             **({"variant": recipe.variant} if recipe.variant else {}),

@@ -41,3 +41,35 @@ def fingerprint(folder: Path) -> str:
             stat = path.stat()
             digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def truncated_model_dir(folder: Path, layers: list[int], cache_dir: Path) -> Path:
+    """A copy of the encoder in `folder` that keeps only the transformer `layers` (indices, in order), e.g.
+    [1, 3, 5] of MiniLM-L6: a smaller, faster student that fine-tuning and distillation then train. Cached in
+    `cache_dir/truncated/<key>` (written to a temporary folder and renamed, so a crash leaves no half copy)."""
+    import hashlib
+    import json
+    import shutil
+
+    from transformers import AutoModel
+
+    folder = check_model_dir(folder)
+    key = hashlib.sha256(f"{fingerprint(folder)}:{layers}".encode()).hexdigest()[:16]
+    out = Path(cache_dir) / "truncated" / key
+    if (out / "config.json").is_file():
+        return out
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    total = model.config.num_hidden_layers
+    if not layers or sorted(set(layers)) != list(layers) or layers[0] < 0 or layers[-1] >= total:
+        raise BuildError(f"layers {layers}: need increasing indices between 0 and {total - 1}")
+    model.encoder.layer = type(model.encoder.layer)([model.encoder.layer[i] for i in layers])
+    model.config.num_hidden_layers = len(layers)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(str(partial))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, partial / name)
+    (partial / "truncated.json").write_text(json.dumps({"source": str(folder), "layers": list(layers)}) + "\n")
+    partial.rename(out)
+    return out

@@ -38,14 +38,21 @@ def emit(bundle_dir: Path, manifest: dict, config: BuildConfig) -> Path:
     return out
 
 
-def quantize_and_gate(fp32_path: Path, int8_path: Path, config: BuildConfig, progress: Progress, evaluate_pair):
-    """Quantize, gate; on failure retry once with `fallback_exclude` kept fp32."""
+def quantize_and_gate(
+    fp32_path: Path, int8_path: Path, config: BuildConfig, progress: Progress, evaluate_pair, calibration=None
+):
+    """Quantize (config.quantization: dynamic, or static on the `calibration` token ids), gate; on failure
+    retry once with `fallback_exclude` kept fp32."""
     attempts = [config.exclude_nodes]
     if config.fallback_exclude and set(config.fallback_exclude) != set(config.exclude_nodes):
         attempts.append(sorted(set(config.exclude_nodes) | set(config.fallback_exclude)))
     for number, exclude in enumerate(attempts, 1):
-        with progress.step("quantize (int8, per-channel)" + (f", fp32: {', '.join(exclude)}" if exclude else "")):
-            section = quantize.quantize(fp32_path, int8_path, exclude=exclude)
+        kept = f", fp32: {', '.join(exclude)}" if exclude else ""
+        what = f"quantize (int8 {config.quantization}, per-channel{kept})"
+        with progress.step(what):
+            section = quantize.quantize(
+                fp32_path, int8_path, exclude=exclude, method=config.quantization, calibration=calibration
+            )
         try:
             return section, evaluate_pair()
         except GateError as error:

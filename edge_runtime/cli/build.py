@@ -171,6 +171,18 @@ def build(ctx):
     type=click.Path(dir_okay=False, exists=True),
     help="Extra texts (one per line, or JSONL with text) learnt from the teacher's labels only.",
 )
+@click.option(
+    "--layers",
+    metavar="LIST",
+    help="Keep only these encoder layers (comma-separated indices, e.g. 1,3,5): a smaller, faster student.",
+)
+@click.option(
+    "--quantization",
+    type=click.Choice(["dynamic", "static"]),
+    default="dynamic",
+    show_default=True,
+    help="static: QDQ with activation ranges from training texts (scores independent of the batch).",
+)
 def classifier(
     train,
     val,
@@ -185,6 +197,8 @@ def classifier(
     distill_temperature,
     distill_weight,
     unlabelled,
+    layers,
+    quantization,
     as_json,
     **common,
 ):
@@ -200,8 +214,18 @@ def classifier(
     if teacher:
         extra = Path(unlabelled) if unlabelled else None
         distillation = Distillation(teacher, distill_temperature, distill_weight, extra)
+    if layers:
+        from ..build.source import check_model_dir, truncated_model_dir
+
+        try:
+            kept = [int(index) for index in layers.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{layers!r}: comma-separated layer indices", param_hint="--layers") from None
+        cache = Path(common["cache_dir"]) if common["cache_dir"] else Path(common["out"]).parent / ".build-cache"
+        common["model_dir"] = str(truncated_model_dir(check_model_dir(Path(common["model_dir"])), kept, cache))
     config = _config(
         **common,
+        quantization=quantization,
         head=head,
         max_drop=max_drop,
         oos_label=oos_label,

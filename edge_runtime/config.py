@@ -112,6 +112,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "require_tagger": Key(
             bool, True, help="escalations stay local while the tagger is not loaded (false: send with the scanner only)"
         ),
+        "tagger_lazy": Key(
+            bool, True, help="the daemon loads the tagger on the first escalation that needs it, not at start"
+        ),
+        "tagger_idle_unload_s": Key(
+            float, 300.0, 0, 86_400, "a lazily loaded tagger is unloaded after this many seconds unused (0: never)"
+        ),
         "refuse": Key(list, [], help="PII kinds whose texts never leave the device (escalation refused)"),
         "drop": Key(list, [], help="PII kinds removed without a placeholder mapping"),
     },

@@ -66,13 +66,16 @@ class Device:
             RoutingPolicy.from_dict(model.manifest.raw.get("routing"), configuration.routing_overrides(self.config))
         )
 
-    def tagger(self, ref: str | None = None, *, required: bool = False):
+    def tagger(self, ref: str | None = None, *, required: bool = False, lazy: bool = False):
         """The PII tagger ([privacy] tagger, or `ref`), or None when none is configured or it cannot be
-        loaded; `required` raises instead (an explicit `--tagger` on the command line)."""
+        loaded; `required` raises instead (an explicit `--tagger` on the command line). `lazy` (the daemon,
+        with [privacy] tagger_lazy): verified now, loaded on first use, unloaded after tagger_idle_unload_s."""
         from .pii_tagger import load_tagger
 
-        ref = self.config["privacy"]["tagger"] if ref is None else ref
-        tagger = load_tagger(ref, required=required)
+        privacy = self.config["privacy"]
+        ref = privacy["tagger"] if ref is None else ref
+        idle = float(privacy["tagger_idle_unload_s"]) if lazy and privacy["tagger_lazy"] else None
+        tagger = load_tagger(ref, required=required, idle_unload_s=idle)
         if tagger is None and ref:
             consequence = (
                 "escalations stay on the device until it is (privacy_unavailable)"

@@ -15,7 +15,9 @@ a name written in full-width letters or split by a zero-width space is the name 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 
 from .errors import BundleError, EdgeRuntimeError, StoreError
 
@@ -34,6 +36,7 @@ class PiiTagger:
         if unknown:
             raise BundleError(f"{model.name} tags {', '.join(sorted(unknown))}; redaction knows {', '.join(KINDS)}")
         self.model = model
+        self.path = model.path
         self.name = f"{model.name}@{model.version}"
         tokenizer = model.preprocessor.tokenizer
         self._window = max(8, model.preprocessor.max_length - 2)  # [CLS] and [SEP]
@@ -64,6 +67,65 @@ class PiiTagger:
             if last == len(offsets) - 1:
                 break
         return windows
+
+
+class LazyTagger:
+    """A verified tagger bundle whose session is created on the first text that needs it, and dropped again
+    after `idle_unload_s` seconds without use (0: kept once loaded). A device that escalates a few texts an
+    hour does not keep the tagger's ~40 MB in memory between them; the first text after a pause waits for the
+    load (~0.1 s). The bundle is resolved and verified at once, so a missing or untrusted tagger is reported
+    at start, as with an eager load. Presents PiiTagger's `name`, `path` and `spans`."""
+
+    def __init__(
+        self,
+        ref: str,
+        *,
+        threads: int = 1,
+        root=None,
+        idle_unload_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        from .store import Store
+
+        store = Store(root)
+        self.path = store.resolve(ref)
+        manifest = store.verify(self.path)
+        if manifest.task != "token-classification":
+            raise BundleError(f"{manifest.name} is a {manifest.task} model, not a token-classification tagger")
+        self.name = f"{manifest.name}@{manifest.version}"
+        self.idle_unload_s = idle_unload_s
+        self.loads = self.unloads = 0
+        self._threads, self._root, self._clock = threads, root, clock
+        self._tagger: PiiTagger | None = None
+        self._last_used = clock()
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._tagger is not None
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        with self._lock:
+            if self._tagger is None:
+                from .model import load
+
+                self._tagger = PiiTagger(load(self.path, threads=self._threads, root=self._root, max_batch=8))
+                self.loads += 1
+            self._last_used = self._clock()
+            tagger = self._tagger  # a call in flight keeps its own reference through an unload
+        return tagger.spans(text)
+
+    def unload_if_idle(self) -> bool:
+        """Drop the session when it has not been used for idle_unload_s; True when it did."""
+        with self._lock:
+            if self._tagger is None or self.idle_unload_s <= 0:
+                return False
+            if self._clock() - self._last_used < self.idle_unload_s:
+                return False
+            self._tagger = None
+            self.unloads += 1
+        log.info("PII tagger %s unloaded after %.0f s idle", self.name, self.idle_unload_s)
+        return True
 
 
 def _normalised(text: str) -> tuple[str, list[int] | None]:
@@ -125,15 +187,20 @@ def find_spans(text: str, tagger: PiiTagger | None = None) -> list[tuple[int, in
     return merge(list(spans) + tagger.spans(text))
 
 
-def load_tagger(ref: str, *, required: bool = False, threads: int = 1, root=None) -> PiiTagger | None:
+def load_tagger(
+    ref: str, *, required: bool = False, threads: int = 1, root=None, idle_unload_s: float | None = None
+) -> PiiTagger | LazyTagger | None:
     """The tagger bundle `ref` from the store; None when `ref` is empty, or cannot be loaded and is not
     required (not installed, not a tagger, not trusted...): then the text goes out with the scanner's
-    redaction only, and the log says why."""
+    redaction only, and the log says why. With `idle_unload_s` (a number, 0 included) the tagger is a
+    LazyTagger: verified now, loaded on first use, unloaded when idle."""
     if not ref:
         return None
     from .model import load
 
     try:
+        if idle_unload_s is not None:
+            return LazyTagger(ref, threads=threads, root=root, idle_unload_s=idle_unload_s)
         return PiiTagger(load(ref, threads=threads, root=root, max_batch=8))
     except EdgeRuntimeError as error:
         if required:

@@ -399,7 +399,7 @@ def test_recipe_variants_lay_their_tables_over_the_recipe(tmp_path):
     quick = load_recipe(TAGGER_RECIPE).with_variant("quick")
     assert quick.variant == "quick" and "variants" not in quick.raw
     assert quick.get("bundle", "name") == "pii-tagger-minilm"  # kept from the recipe
-    assert quick.get("bundle", "version") == "1.1.0-quick"  # laid over it
+    assert quick.get("bundle", "version").endswith("-quick")  # laid over it
     assert quick.get("head", "max_steps") == 20 and quick.get("head", "encoder_lr") == 1.5e-4
     # a smoke build cannot reach the real tagger's precision and recall: the quick variant measures, never refuses
     assert quick.get("gate", "min_value_recall") == {} and quick.get("gate", "max_technical_false_share") == 1.0

@@ -702,9 +702,9 @@ def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, bui
         Store(home).install(pii_tagger_bundle)
         code, _, reloaded = running.post("/v1/admin/reload", {})
         assert code == 200 and reloaded["result"] == "unchanged", reloaded  # the same classifier
-        assert reloaded["tagger"] == "pii-tagger-minilm@1.1.0"
+        assert reloaded["tagger"] == _tagger_ref(pii_tagger_bundle)
         privacy = running.get("/v1/status")[2]["privacy"]
-        assert privacy["tagger"] == "pii-tagger-minilm@1.1.0" and privacy["escalations_allowed"] is True
+        assert privacy["tagger"] == _tagger_ref(pii_tagger_bundle) and privacy["escalations_allowed"] is True
         code, _, body = running.post("/v1/predict", {"text": text})
         assert code == 200 and body["decision"] == "deferred", body
     finally:
@@ -714,22 +714,42 @@ def test_reload_loads_a_tagger_installed_after_start(tmp_path, small_bundle, bui
     assert "<PERSON_1>" in sent and "Featherstonehaugh" not in sent
 
 
+def _tagger_ref(bundle: Path) -> str:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return f"{manifest['name']}@{manifest['version']}"
+
+
 def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, build_key, pii_tagger_bundle):
-    """The shipped config loads the PII tagger by name; escalations waiting in the outbox hold no name."""
+    """The shipped config loads the PII tagger by name, lazily: verified at start, its session created by the
+    first escalation and dropped after [privacy] tagger_idle_unload_s unused, then created again by the next
+    one. Escalations waiting in the outbox hold no name, before and after the unload."""
     from edge_runtime.outbox import Outbox
 
     home = store_with(tmp_path / "home", small_bundle, build_key)
     Store(home).install(pii_tagger_bundle)
-    running = Daemon(home, tagger=None, env={"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0"}).wait_ready()  # escalate all
+    env = {"EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0", "EDGE_RUNTIME_PRIVACY_TAGGER_IDLE_UNLOAD_S": "2"}
+    running = Daemon(home, tagger=None, env=env).wait_ready()  # escalate all
+    bodies = []
     try:
-        status = running.get("/v1/status")[2]
-        assert status["privacy"]["tagger"] == "pii-tagger-minilm@1.1.0"
-        text = f"hi it's Rosalind Featherstonehaugh, my card was stolen {MARKER}"
-        code, _, body = running.post("/v1/predict", {"text": text})
-        assert code == 200 and body["decision"] == "deferred", body
+        privacy = running.get("/v1/status")[2]["privacy"]
+        assert privacy["tagger"] == _tagger_ref(pii_tagger_bundle) and privacy["escalations_allowed"] is True
+        assert privacy["tagger_loaded"] is False and privacy["tagger_loads"] == 0  # nothing escalated yet
+        assert "edge_runtime_tagger_loaded 0.0" in running.get("/metrics")[2].decode()
+        for name in ("Rosalind Featherstonehaugh", "Ottoline Wolstenholme"):
+            text = f"hi it's {name}, my card was stolen {MARKER}"
+            code, _, body = running.post("/v1/predict", {"text": text})
+            assert code == 200 and body["decision"] == "deferred", body
+            bodies.append((name, body["request_id"]))
+            assert running.get("/v1/status")[2]["privacy"]["tagger_loads"] == len(bodies)
+            deadline = time.monotonic() + 60
+            while running.get("/v1/status")[2]["privacy"]["tagger_loaded"]:  # idle for 2 s: unloaded
+                assert time.monotonic() < deadline, "the idle tagger was never unloaded"
+                time.sleep(0.2)
     finally:
         assert running.stop() == 0
     with Outbox(home / "state" / "outbox.sqlite") as outbox:
-        sent = outbox.payload(body["request_id"]).decode()
-    assert "<PERSON_1>" in sent and "Rosalind" not in sent and "Featherstonehaugh" not in sent
+        for name, request_id in bodies:
+            sent = outbox.payload(request_id).decode()
+            assert "<PERSON_1>" in sent and not any(word in sent for word in name.split()), sent
     assert MARKER not in running.log() and "Featherstonehaugh" not in running.log()
+    assert "unloaded after 2 s idle" in running.log()

@@ -106,6 +106,12 @@ async def _watchdog(service, notifier: Notifier) -> None:
             notifier.watchdog()
 
 
+async def _unload_idle_tagger(service, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        service.unload_idle_tagger()
+
+
 async def _serve(service, config, notifier: Notifier) -> int:
     server = config["server"]
     loop = asyncio.get_running_loop()
@@ -146,6 +152,9 @@ async def _serve(service, config, notifier: Notifier) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watchdog = loop.create_task(_watchdog(service, notifier)) if notifier.watchdog_s else None
+    idle_s = config["privacy"]["tagger_idle_unload_s"]
+    # checked a few times per idle period, so a tagger is unloaded at most a quarter period late
+    unloader = loop.create_task(_unload_idle_tagger(service, min(30.0, idle_s / 4))) if idle_s > 0 else None
     notifier.ready(_status_line(service, where))
     log.info("ready", extra={"listen": where, "pid": os.getpid()})
     await stop.wait()
@@ -154,8 +163,9 @@ async def _serve(service, config, notifier: Notifier) -> int:
     log.info("stopping: draining in-flight requests")
     service.draining = True
     await runner.cleanup()  # closes the listeners, waits for in-flight handlers
-    if watchdog:
-        watchdog.cancel()
+    for task in (watchdog, unloader):
+        if task:
+            task.cancel()
     for task in list(reloading):
         await task
     await asyncio.to_thread(service.stop)

@@ -82,6 +82,11 @@ class Metrics:
             "1 when escalations may leave the device, 0 while the required PII tagger is not loaded",
             registry=r,
         )
+        self.tagger_loaded = Gauge(
+            "edge_runtime_tagger_loaded",
+            "1 while the PII tagger's session is in memory (a lazy tagger loads on use, unloads when idle)",
+            registry=r,
+        )
         self.kept_local = Counter(
             "edge_runtime_kept_local",
             "Escalations kept on the device to protect personal data, by reason",

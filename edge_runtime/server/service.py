@@ -33,7 +33,7 @@ class Service:
         self.draining = False
         # The long-lived parts first, then the engine: every engine's pipeline gets the same ones.
         self.outbox = self.device.outbox()
-        self.egress = self.device.egress(tagger=self.device.tagger())
+        self.egress = self.device.egress(tagger=self.device.tagger(lazy=True))
         self.uplink = self.device.uplink(self.outbox)
         self.swap = HotSwap(self._load_engine, self._active, on_swap=self._on_swap)
         self._on_swap(self.swap.current)
@@ -74,6 +74,17 @@ class Service:
         m.escalation_rate.set_function(lambda: self.swap.current.pipeline.router.escalation_rate)
         m.uptime.set_function(lambda: time.time() - self.started)
         m.privacy_available.set_function(lambda: self.egress.unavailable is None)
+        m.tagger_loaded.set_function(lambda: int(self._tagger_loaded()))
+
+    def _tagger_loaded(self) -> bool:
+        tagger = self.egress.tagger
+        return tagger is not None and getattr(tagger, "loaded", True)  # an eager PiiTagger is always loaded
+
+    def unload_idle_tagger(self) -> bool:
+        """Drop a lazy tagger's session when it has been idle long enough (the daemon calls this
+        periodically); True when it did."""
+        unload = getattr(self.egress.tagger, "unload_if_idle", None)
+        return bool(unload and unload())
 
     def _outbox_summary(self) -> dict:
         """The outbox's counts, scanned at most once a second: one scrape reads two gauges from one scan.
@@ -114,9 +125,9 @@ class Service:
             wanted = Store().resolve(ref)
         except EdgeRuntimeError:
             return current  # still not installed: keep what there is
-        if current is not None and current.model.path == wanted:
+        if current is not None and current.path == wanted:
             return current
-        tagger = self.device.tagger(required=False)  # a bad new tagger must not stop the serving one
+        tagger = self.device.tagger(required=False, lazy=True)  # a bad new tagger must not stop the serving one
         if tagger is not None:
             self.egress.tagger = tagger  # one attribute store: the next escalation uses it
             log.info("PII tagger %s loaded", tagger.name)
@@ -213,6 +224,8 @@ class Service:
             },
             "privacy": {
                 "tagger": self.egress.tagger.name if self.egress.tagger else None,
+                "tagger_loaded": self._tagger_loaded(),
+                "tagger_loads": getattr(self.egress.tagger, "loads", None),  # a lazy tagger's loads since start
                 "required_tagger": self.egress.required_tagger or None,
                 "escalations_allowed": self.egress.unavailable is None,
                 "unavailable": self.egress.unavailable,

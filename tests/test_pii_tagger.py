@@ -265,3 +265,32 @@ def test_the_training_corpus_is_the_same_in_every_process():
         for seed in ("1", "2", "3")
     }
     assert len(digests) == 1
+
+
+def test_a_lazy_tagger_loads_on_first_use_and_unloads_when_idle(tagger_home, tagger):
+    """The daemon's tagger ([privacy] tagger_lazy): verified at once, its session created by the first text and
+    dropped after idle_unload_s without use, then created again. The clock is a double (time cannot be made to
+    pass here); the bundle, the store and the sessions are real."""
+    from edge_runtime.errors import StoreError
+    from edge_runtime.pii_tagger import LazyTagger
+
+    now = [1000.0]
+    lazy = LazyTagger(tagger.name, root=tagger_home, idle_unload_s=60.0, clock=lambda: now[0])
+    assert lazy.name == tagger.name and not lazy.loaded and lazy.loads == 0
+    text = "please ask Jonas Abernathy to call me back about the invoice"
+    assert lazy.spans(text) == tagger.spans(text) and lazy.loaded and lazy.loads == 1
+    now[0] += 59.0
+    assert lazy.unload_if_idle() is False and lazy.loaded  # not idle long enough
+    lazy.spans("thanks")
+    now[0] += 59.0
+    assert lazy.unload_if_idle() is False  # the last use restarted the idle clock
+    now[0] += 1.0
+    assert lazy.unload_if_idle() is True and not lazy.loaded and lazy.unloads == 1
+    assert lazy.spans(text) == tagger.spans(text) and lazy.loads == 2
+    kept = LazyTagger(tagger.name, root=tagger_home, idle_unload_s=0.0, clock=lambda: now[0])
+    kept.spans(text)
+    now[0] += 1e6
+    assert kept.unload_if_idle() is False and kept.loaded  # 0: never unloaded
+    with pytest.raises(StoreError):
+        LazyTagger("no-such-tagger", root=tagger_home)  # missing: known at start, not at the first escalation
+    assert load_tagger("no-such-tagger", root=tagger_home, idle_unload_s=60.0) is None

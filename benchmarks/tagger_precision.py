@@ -7,7 +7,10 @@
 The tagger runs as egress runs it (edge_runtime.pii_tagger.PiiTagger: windows, whole-word spans).
 - CLINC150 val texts (real queries; a few hold a first name, e.g. "send a text to joe"): lines given a span
   and spans, per 1,000 lines; also on the lines that hold no first name Faker knows (pii_corpus.real_negatives).
-- datasets/technical/negatives.txt (hand-written, never trained on, no personal data): the same.
+- Files of lines without personal data (`--technical`, repeatable; default datasets/technical/negatives.txt,
+  hand-written, never trained on): the same, with the 95% interval of the share of lines given a span.
+  `--technical datasets/technical/blind2.txt --technical datasets/ui-strings/de.txt` for the blind set and
+  real German software messages.
 - Held-out PERSON / ADDRESS value recall (every character of the value covered by some span) on the held-out
   clauses of a recipe (`--held-out-recipe`, default the shipped one; pass an older recipe to compare a tagger
   on the held-out set it was built with).
@@ -20,8 +23,11 @@ import json
 import sys
 from pathlib import Path
 
+from crossfit import wilson  # benchmarks/crossfit.py
+
 REPO = Path(__file__).resolve().parent.parent
 TAGGER_RECIPE = REPO / "models" / "pii-tagger-minilm" / "recipe.toml"
+DEVELOPMENT_SET = REPO / "datasets" / "technical" / "negatives.txt"
 
 
 def false_span_rates(tagger, lines: list[str]) -> dict:
@@ -33,6 +39,7 @@ def false_span_rates(tagger, lines: list[str]) -> dict:
         "lines": len(lines),
         "lines_with_spans": flagged,
         "lines_with_spans_per_1000": round(1000 * flagged / len(lines), 1),
+        "lines_with_spans_interval": wilson(flagged, len(lines)),  # percent
         "spans_per_1000_lines": round(1000 * spans / len(lines), 1),
         "examples": [[line, [line[s:e] for s, e, _ in spans]] for line, spans in zip(lines, found) if spans][:8],
     }
@@ -59,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ref", nargs="?", default="pii-tagger-minilm", help="bundle path, name or name@version")
     parser.add_argument("--root", type=Path, help="the store (EDGE_RUNTIME_HOME) that trusts the bundle's signer")
-    parser.add_argument("--technical", type=Path, default=REPO / "datasets" / "technical" / "negatives.txt")
+    parser.add_argument(
+        "--technical",
+        type=Path,
+        action="append",
+        help="a file of lines without personal data (repeatable); default: datasets/technical/negatives.txt",
+    )
     parser.add_argument("--clinc", type=Path, default=REPO / "datasets" / "clinc150" / "val.jsonl")
     parser.add_argument("--held-out-recipe", type=Path, action="append", help="repeatable; default: the shipped one")
     parser.add_argument("--json", action="store_true")
@@ -75,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tagger = PiiTagger(edge_runtime.load(str(args.ref), root=args.root, threads=1))
         clinc = read_jsonl(args.clinc).texts
-        technical = read_negative_lines(args.technical)
+        technical = {path: read_negative_lines(path) for path in args.technical or [DEVELOPMENT_SET]}
     except EdgeRuntimeError as error:
         print(f"tagger_precision: {error}", file=sys.stderr)
         return 1
@@ -83,18 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         "tagger": tagger.name,
         "clinc150_val": false_span_rates(tagger, clinc),
         "clinc150_val_without_first_names": false_span_rates(tagger, real_negatives(clinc, len(clinc), 0)),
-        "technical_negatives": false_span_rates(tagger, technical),
+        "technical_negatives": {str(path): false_span_rates(tagger, lines) for path, lines in technical.items()},
         "held_out": [held_out_recall(tagger, path) for path in args.held_out_recipe or [TAGGER_RECIPE]],
     }
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     print(f"tagger {report['tagger']}")
-    for what in ("clinc150_val", "clinc150_val_without_first_names", "technical_negatives"):
-        row = report[what]
+    rows = {what: report[what] for what in ("clinc150_val", "clinc150_val_without_first_names")}
+    rows.update({Path(path).name: row for path, row in report["technical_negatives"].items()})
+    for what, row in rows.items():
         print(
             f"  {what:34} {row['lines']:5} lines: {row['lines_with_spans_per_1000']:6.1f} lines with a span and "
-            f"{row['spans_per_1000_lines']:6.1f} spans per 1,000 lines"
+            f"{row['spans_per_1000_lines']:6.1f} spans per 1,000 lines (lines with a span: 95% interval "
+            f"{row['lines_with_spans_interval'][0]}-{row['lines_with_spans_interval'][1]}%)"
         )
     for held in report["held_out"]:
         print(

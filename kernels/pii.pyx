@@ -434,6 +434,8 @@ cdef bint phone_valid(const int* digits, Py_ssize_t count, const Py_ssize_t* len
         if trunk_paren:
             return False
         return 9 <= count <= (11 if groups == 1 else 12)
+    if groups == 1 and digits[0] == 3 and 9 <= count <= 11:  # Italian mobile, no country code: 3xx then 6-8 digits
+        return True
     if groups == 1 and count == 10:
         return digits[0] >= 2 and digits[3] >= 2
     if groups == 3 and lengths[0] == 3 and lengths[1] == 3 and lengths[2] == 4:

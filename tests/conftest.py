@@ -99,7 +99,7 @@ def small_val_rows(small_bundle) -> list[str]:
 
 @pytest.fixture(scope="session")
 def pii_tagger_bundle(tmp_path_factory, build_key) -> Path:
-    """The PII tagger exactly as its recipe ships (models/pii-tagger-minilm). Fine-tuning takes ~6 minutes
+    """The PII tagger exactly as its recipe ships (models/pii-tagger-minilm). Fine-tuning takes ~11 minutes
     on 2 cores; with $EDGE_RUNTIME_TEST_CACHE set (scripts/test.sh sets it) the second pytest run of
     `make test` reuses it from there."""
     pytest.importorskip("optimum", reason="building a bundle needs the [build] extra")

@@ -26,6 +26,8 @@ POSITIVES = [
     ("ruf an: 030 12345678", "030 12345678", "PHONE"),
     ("ruf an: +49 30 1234567.", "+49 30 1234567", "PHONE"),
     ("bel +31(0)20 1234567", "+31(0)20 1234567", "PHONE"),
+    ("chiamami al 3420837783, grazie", "3420837783", "PHONE"),  # Italian mobiles: no trunk 0, often no +39
+    ("il mio cellulare 329924188.", "329924188", "PHONE"),
     ("pay with 4111 1111 1111 1111 please", "4111 1111 1111 1111", "CARD"),
     ("pay with 4111-1111-1111-1111 please", "4111-1111-1111-1111", "CARD"),
     ("amex 378282246310005.", "378282246310005", "CARD"),

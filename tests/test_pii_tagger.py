@@ -52,7 +52,10 @@ def test_the_shipped_recipe_builds_a_gated_int8_tagger(pii_tagger_bundle):
     # did not buy it with false alarms on texts that hold no personal data
     assert shipped["all"]["value_recall"] >= metrics["int8"]["all"]["value_recall"]
     assert shipped["PERSON"]["value_recall"] >= 97 and shipped["ADDRESS"]["value_recall"] >= 95
-    assert manifest["postprocess"]["outside_bias"] > 0
+    from edge_runtime.build.recipe import TAGGER_RECIPE, load_recipe
+
+    cap = load_recipe(TAGGER_RECIPE).get("gate", "max_outside_bias")  # the fit alone would go higher
+    assert 0 < manifest["postprocess"]["outside_bias"] <= cap
     assert shipped["negatives"]["with_false_spans"] <= 0.015 * shipped["negatives"]["texts"]
     assert [row["entities"] for row in map(json.loads, (pii_tagger_bundle / "golden.jsonl").open())]
     precision = metrics["precision_gate"]  # technical text left alone, recall kept (recipe [gate])

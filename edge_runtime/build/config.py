@@ -50,6 +50,7 @@ class BuildConfig:
     distillation: Distillation | None = None  # a teacher's soft labels mixed into fine-tuning (build/distill.py)
     # tagger only
     max_false_share: float = 0.015  # outside_bias: most held-out texts without PII given a false span
+    max_outside_bias: float = 6.0  # and never more than this (the held-out negatives are easier than real text)
     # the precision gate: a text file of lines without PII (never trained on), the most of them that may get
     # a span, and the least held-out value recall per kind ({"PERSON": 98.9, ...}; shipped: INT8 with bias)
     technical_negatives: Path | None = None

@@ -74,6 +74,7 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         else None,
         private_key=local_signing_key(root),
         max_false_share=float(gate.get("max_false_share", 0.015)),
+        max_outside_bias=float(gate.get("max_outside_bias", 6.0)),
         technical_negatives=REPO / gate["technical_negatives"] if gate.get("technical_negatives") else None,
         max_technical_false_share=float(gate.get("max_technical_false_share", 0.02)),
         min_value_recall={kind: float(value) for kind, value in gate.get("min_value_recall", {}).items()},
@@ -146,6 +147,7 @@ def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, l
             int(corpus.get("ui_strings_per_language", 0)),
             int(corpus.get("ui_strings_val_per_language", 0)),
             seed,
+            int(corpus.get("ui_strings_max_words", 12)),
         )
         real_train, real_val = real_train + ui_train, real_val + ui_val
     technical = float(corpus.get("technical", 0.0))  # 0: no technical clauses at all (the 1.0.0 corpus)

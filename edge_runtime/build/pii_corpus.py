@@ -897,7 +897,9 @@ def real_negatives(texts: list[str], count: int, seed: int) -> list[str]:
     return random.Random(seed).sample(clean, min(count, len(clean)))
 
 
-def ui_negatives(folder: Path, per_language: int, per_language_val: int, seed: int) -> tuple[list[str], list[str]]:
+def ui_negatives(
+    folder: Path, per_language: int, per_language_val: int, seed: int, max_words: int = 12
+) -> tuple[list[str], list[str]]:
     """(train, held-out) lines of real software messages in the corpus's languages (datasets/ui-strings,
     from Django's and Sphinx's translations): up to `per_language` and `per_language_val` different lines
     of each language file, none holding a first name that Faker knows in any of LOCALES (common words
@@ -914,7 +916,8 @@ def ui_negatives(folder: Path, per_language: int, per_language_val: int, seed: i
     rng = random.Random(seed)
     train, held_out = [], []
     for path in sorted(Path(folder).glob("*.txt")):
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line for line in lines if line and len(line.split()) <= max_words]
         clean = sorted(line for line in lines if not set(re.findall(r"\w+", line.lower())) & names)
         rng.shuffle(clean)
         train += clean[:per_language]

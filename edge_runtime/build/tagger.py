@@ -91,7 +91,7 @@ def build_tagger(
             work / "fp32.onnx", stage / "model.onnx", config, progress, evaluate_pair
         )
         with progress.step("fit the bias against O (recall first)"):
-            bias = fit_outside_bias(state["batches"], tags, val, config.max_false_share)
+            bias = fit_outside_bias(state["batches"], tags, val, config.max_false_share, config.max_outside_bias)
             state["spans"] = _decode(state["batches"], tags, bias)
             biased = span_scores(state["spans"], val)
         precision = None
@@ -185,13 +185,18 @@ def _decode(batches: list[tuple], tags: list[str], outside_bias: float = 0.0) ->
 
 
 def fit_outside_bias(
-    batches: list[tuple], tags: list[str], examples: list, max_false_texts: float = 0.015, min_precision: float = 90.0
+    batches: list[tuple],
+    tags: list[str],
+    examples: list,
+    max_false_texts: float = 0.015,
+    max_bias: float = 6.0,
+    min_precision: float = 90.0,
 ) -> float:
-    """The largest bias against O (more redaction) that keeps false spans on at most `max_false_texts`
-    of the texts without PII and span precision >= `min_precision`. Redaction prefers recall: a
-    missed name leaves the device, an extra placeholder only costs the upstream a word."""
+    """The largest bias against O (more redaction), up to `max_bias`, that keeps false spans on at most
+    `max_false_texts` of the texts without PII and span precision >= `min_precision`. Redaction prefers
+    recall: a missed name leaves the device, an extra placeholder only costs the upstream a word."""
     best = 0.0
-    for bias in np.arange(0.0, 6.01, 0.5):
+    for bias in np.arange(0.0, max_bias + 0.01, 0.5):
         scores = span_scores(_decode(batches, tags, float(bias)), examples)
         negatives = scores["negatives"]
         false_share = negatives["with_false_spans"] / max(1, negatives["texts"])

@@ -22,8 +22,9 @@ Decisions (both twins):
   between groups of 3-6 digits (the last 1-6), Luhn; the longest valid prefix of the groups wins.
 - PHONE: '+' or '00' then 8-15 digits; or a trunk '0' then 9-12 digits (9-11 when written
   as one plain block); or North American 3-3-4 / 1-3-3-4 groups, or 10 plain digits whose
-  area code and exchange start with 2-9. A number never starts right after 'digit + space'. Separators ' ', '-', '.',
-  one parenthesised group ('(0)' does not count after a country code), extension 'x123'.
+  area code and exchange start with 2-9; or an Italian mobile, 9-11 plain digits starting with 3.
+  A number never starts right after 'digit + space'. Separators ' ', '-', '.', one parenthesised group
+  ('(0)' does not count after a country code), extension 'x123'.
 - IBAN: country code with a known length in any case, 2 check digits, BBAN letters in any case, spaces only
   every 4; mod-97 on the upper-cased characters.
 - SECRET: known key prefixes (sk-, sk_live_, ghp_, github_pat_, AKIA/ASIA, xox?-, AIza,
@@ -620,6 +621,8 @@ def _phone_valid(digits, count, lengths, parens, groups, plus):
         if trunk_paren:
             return False
         return 9 <= count <= (11 if groups == 1 else 12)
+    if groups == 1 and digits[0] == 3 and 9 <= count <= 11:  # Italian mobile, no country code: 3xx then 6-8 digits
+        return True
     if groups == 1 and count == 10:  # plain North American: area code and exchange 2-9
         return digits[0] >= 2 and digits[3] >= 2
     if groups == 3 and lengths[0] == 3 and lengths[1] == 3 and lengths[2] == 4:

@@ -10,7 +10,8 @@ The tagger runs as egress runs it (edge_runtime.pii_tagger.PiiTagger: windows, w
 - Files of lines without personal data (`--technical`, repeatable; default datasets/technical/negatives.txt,
   hand-written, never trained on): the same, with the 95% interval of the share of lines given a span.
   `--technical datasets/technical/blind2.txt --technical datasets/ui-strings/de.txt` for the blind set and
-  real German software messages.
+  real German software messages; `--unseen-ui-strings` for every language's software messages that the
+  shipped recipe never trains on.
 - Held-out PERSON / ADDRESS value recall (every character of the value covered by some span) on the held-out
   clauses of a recipe (`--held-out-recipe`, default the shipped one; pass an older recipe to compare a tagger
   on the held-out set it was built with).
@@ -62,6 +63,32 @@ def held_out_recall(tagger, recipe_path: Path) -> dict:
     }
 
 
+def unseen_ui_strings(recipe_path: Path) -> dict[str, list[str]]:
+    """Per language, the lines of datasets/ui-strings that the recipe's corpus never uses (neither training nor
+    held-out): real software messages the tagger has not seen."""
+    from edge_runtime.build import pii_corpus
+    from edge_runtime.build.recipe import load_recipe
+
+    corpus = load_recipe(recipe_path).section("corpus")
+    folder = REPO / corpus.get("ui_strings", "datasets/ui-strings")
+    used: set[str] = set()
+    if corpus.get("ui_strings"):
+        train, held_out = pii_corpus.ui_negatives(
+            folder,
+            int(corpus.get("ui_strings_per_language", 0)),
+            int(corpus.get("ui_strings_val_per_language", 0)),
+            int(corpus.get("seed", 1)),
+            int(corpus.get("ui_strings_max_words", 12)),
+        )
+        used = set(train) | set(held_out)
+    return {
+        path.stem: [
+            line for line in map(str.strip, path.read_text(encoding="utf-8").splitlines()) if line and line not in used
+        ]
+        for path in sorted(folder.glob("*.txt"))
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ref", nargs="?", default="pii-tagger-minilm", help="bundle path, name or name@version")
@@ -74,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clinc", type=Path, default=REPO / "datasets" / "clinc150" / "val.jsonl")
     parser.add_argument("--held-out-recipe", type=Path, action="append", help="repeatable; default: the shipped one")
+    parser.add_argument(
+        "--unseen-ui-strings",
+        action="store_true",
+        help="also the datasets/ui-strings lines the shipped recipe never trains on, per language",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -98,12 +130,26 @@ def main(argv: list[str] | None = None) -> int:
         "technical_negatives": {str(path): false_span_rates(tagger, lines) for path, lines in technical.items()},
         "held_out": [held_out_recall(tagger, path) for path in args.held_out_recipe or [TAGGER_RECIPE]],
     }
+    if args.unseen_ui_strings:
+        languages = {lang: false_span_rates(tagger, lines) for lang, lines in unseen_ui_strings(TAGGER_RECIPE).items()}
+        others = [row for lang, row in languages.items() if lang != "en"]
+        flagged, lines = sum(r["lines_with_spans"] for r in others), sum(r["lines"] for r in others)
+        report["unseen_ui_strings"] = {
+            "per_language": languages,
+            "other_languages": {"lines": lines, "lines_with_spans": flagged, "interval": wilson(flagged, lines)},
+        }
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     print(f"tagger {report['tagger']}")
     rows = {what: report[what] for what in ("clinc150_val", "clinc150_val_without_first_names")}
     rows.update({Path(path).name: row for path, row in report["technical_negatives"].items()})
+    rows.update(
+        {
+            f"unseen ui-strings/{lang}": row
+            for lang, row in report.get("unseen_ui_strings", {}).get("per_language", {}).items()
+        }
+    )
     for what, row in rows.items():
         print(
             f"  {what:34} {row['lines']:5} lines: {row['lines_with_spans_per_1000']:6.1f} lines with a span and "

@@ -6,7 +6,8 @@ Why: the tagger's hard negatives were written in English, plus a few translated 
 random words. Text in other languages, with its capitalised first words and unfamiliar compounds, still
 drew false names. Software messages are real sentences written by native speakers, full of the words
 of technical text ("Geben Sie eine gültige Zahl ein", "Nie znaleziono pliku"), and they hold no personal
-data. The tagger corpus uses them as negatives (recipe [corpus] ui_strings).
+data. The tagger corpus uses some as negatives (recipe [corpus] ui_strings); the lines it never trains on
+measure its false spans in each language.
 
 Run once by hand to refresh the files (needs network access to PyPI for `pip download`, and polib):
 

@@ -66,25 +66,15 @@ def held_out_recall(tagger, recipe_path: Path) -> dict:
 def unseen_ui_strings(recipe_path: Path) -> dict[str, list[str]]:
     """Per language, the lines of datasets/ui-strings that the recipe's corpus never uses (neither training nor
     held-out): real software messages the tagger has not seen."""
-    from edge_runtime.build import pii_corpus
+    from edge_runtime.build.default import ui_strings_split
     from edge_runtime.build.recipe import load_recipe
+    from edge_runtime.build.tagger import read_negative_lines
 
-    corpus = load_recipe(recipe_path).section("corpus")
-    folder = REPO / corpus.get("ui_strings", "datasets/ui-strings")
-    used: set[str] = set()
-    if corpus.get("ui_strings"):
-        train, held_out = pii_corpus.ui_negatives(
-            folder,
-            int(corpus.get("ui_strings_per_language", 0)),
-            int(corpus.get("ui_strings_val_per_language", 0)),
-            int(corpus.get("seed", 1)),
-            int(corpus.get("ui_strings_max_words", 12)),
-        )
-        used = set(train) | set(held_out)
+    recipe = load_recipe(recipe_path)
+    folder = REPO / recipe.get("corpus", "ui_strings", "datasets/ui-strings")
+    used = set().union(*ui_strings_split(recipe)) if recipe.get("corpus", "ui_strings") else set()
     return {
-        path.stem: [
-            line for line in map(str.strip, path.read_text(encoding="utf-8").splitlines()) if line and line not in used
-        ]
+        path.stem: [line for line in read_negative_lines(path) if line not in used]
         for path in sorted(folder.glob("*.txt"))
     }
 

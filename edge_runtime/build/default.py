@@ -129,6 +129,21 @@ def build_pii_tagger(
     return _build_and_install(recipe, make, force, progress, cache_dir, activate=False)
 
 
+def ui_strings_split(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """The (train, held-out) software-message lines that the recipe's [corpus] ui_strings takes; the other
+    lines of those files are never trained on (benchmarks/tagger_precision.py measures on them)."""
+    from . import pii_corpus
+
+    corpus = recipe.section("corpus")
+    return pii_corpus.ui_negatives(
+        REPO / corpus["ui_strings"],
+        int(corpus.get("ui_strings_per_language", 0)),
+        int(corpus.get("ui_strings_val_per_language", 0)),
+        int(corpus.get("seed", 1)),
+        int(corpus.get("ui_strings_max_words", 12)),
+    )
+
+
 def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, list]:
     """(train, held-out) examples as the recipe's [corpus] and optional [dataset] (real negatives) say."""
     from . import pii_corpus
@@ -142,13 +157,7 @@ def tagger_corpus(recipe: Recipe, datasets: Path | None = None) -> tuple[list, l
         chosen = pii_corpus.real_negatives(texts, sum(wanted), seed)
         real_train, real_val = chosen[: wanted[0]], chosen[wanted[0] :]
     if corpus.get("ui_strings"):  # real sentences in the other languages, also negatives
-        ui_train, ui_val = pii_corpus.ui_negatives(
-            REPO / corpus["ui_strings"],
-            int(corpus.get("ui_strings_per_language", 0)),
-            int(corpus.get("ui_strings_val_per_language", 0)),
-            seed,
-            int(corpus.get("ui_strings_max_words", 12)),
-        )
+        ui_train, ui_val = ui_strings_split(recipe)
         real_train, real_val = real_train + ui_train, real_val + ui_val
     technical = float(corpus.get("technical", 0.0))  # 0: no technical clauses at all (the 1.0.0 corpus)
     train = pii_corpus.generate(

@@ -4,8 +4,9 @@ The regex scanner (kernels.pii) finds structured identifiers; names and addresse
 runs the tagger over text of any length: the text is cut into windows of at most the bundle's
 max_length tokens that overlap by OVERLAP tokens (a name on a window's edge is whole in the next one),
 and every span is widened to whole words, so no fragment of a name ("Mc" of "McAllister") is left
-behind. `find_spans` merges the scanner's spans with the tagger's into the non-overlapping list that
-redaction takes.
+behind. Spans that no name or address can be (a measurement tagged as an address, an acronym as a name)
+are taken back (pii_vetoes). `find_spans` merges the scanner's spans with the tagger's into the
+non-overlapping list that redaction takes.
 
 The tagger reads the same normalised view of the text as the scanner (kernels.pure.pii.fold: NFKC,
 invisible format characters removed, Unicode spaces as spaces), and its spans map back to the original:
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from .errors import BundleError, EdgeRuntimeError, StoreError
+from .pii_vetoes import plausible
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class PiiTagger:
             found += [(start + e.start, start + e.end, e.label) for e in entities if e.label in KINDS]
         if origin is not None:
             found = [(origin[s], origin[e - 1] + 1, kind) for s, e, kind in found]
-        return merge([_whole_words(text, s, e, kind) for s, e, kind in found])
+        return merge(plausible(text, [_whole_words(text, s, e, kind) for s, e, kind in found]))
 
     def _windows(self, text: str) -> list[tuple[int, int]]:
         offsets = [o for o in self._tokenizer.encode(text, add_special_tokens=False).offsets if o[1] > o[0]]

@@ -61,7 +61,7 @@ def test_the_shipped_recipe_builds_a_gated_int8_tagger(pii_tagger_bundle):
     precision = metrics["precision_gate"]  # technical text left alone, recall kept (recipe [gate])
     assert precision["passed"] and not precision["forced"]
     allowed = precision["max_false_share"] * precision["technical_negatives"]["lines"]
-    assert precision["technical_negatives"]["with_spans"] <= allowed <= 0.03 * precision["technical_negatives"]["lines"]
+    assert precision["technical_negatives"]["with_spans"] <= allowed <= 0.02 * precision["technical_negatives"]["lines"]
 
 
 def test_the_tagger_leaves_technical_text_alone_and_still_finds_held_out_names(tagger):

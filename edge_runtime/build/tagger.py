@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import kernels
+from ..pii_vetoes import plausible
 from ..preprocess import case_flags, token_positions
 from . import export, graph, metrics, ortrun, textenc
 from .config import BuildConfig, BuildResult
@@ -93,7 +94,8 @@ def build_tagger(
         with progress.step("fit the bias against O (recall first)"):
             bias = fit_outside_bias(state["batches"], tags, val, config.max_false_share, config.max_outside_bias)
             state["spans"] = _decode(state["batches"], tags, bias)
-            biased = span_scores(state["spans"], val)
+            # recall and false spans as redaction sees them: with the spans no name or address can be taken back
+            biased = span_scores([plausible(ex.text, spans) for ex, spans in zip(val, state["spans"])], val)
         precision = None
         if config.technical_negatives is not None:
             with progress.step("precision gate: technical negatives and held-out recall"):
@@ -101,7 +103,7 @@ def build_tagger(
                 encoded = tokenizer.encode_batch(lines)
                 batches = _tag(stage / "model.onnx", encoded, lines if case_feature else None, progress, "negatives")
                 precision = precision_gate(
-                    false_lines(lines, _decode(batches, tags, bias)),
+                    false_lines(lines, [plausible(t, spans) for t, spans in zip(lines, _decode(batches, tags, bias))]),
                     biased,
                     config.max_technical_false_share,
                     config.min_value_recall,

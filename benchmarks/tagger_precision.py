@@ -9,7 +9,7 @@ The tagger runs as egress runs it (edge_runtime.pii_tagger.PiiTagger: windows, w
   and spans, per 1,000 lines; also on the lines that hold no first name Faker knows (pii_corpus.real_negatives).
 - Files of lines without personal data (`--technical`, repeatable; default datasets/technical/negatives.txt,
   hand-written, never trained on): the same, with the 95% interval of the share of lines given a span.
-  `--technical datasets/technical/blind2.txt --technical datasets/ui-strings/de.txt` for the blind set and
+  `--technical datasets/technical/blind4.txt --technical datasets/ui-strings/de.txt` for the blind set and
   real German software messages; `--unseen-ui-strings` for every language's software messages that the
   shipped recipe never trains on.
 - Held-out PERSON / ADDRESS value recall (every character of the value covered by some span) on the held-out

@@ -100,18 +100,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_daemon(home: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
+def start_daemon(home: Path, max_batch: int, keep_local: bool = True) -> tuple[subprocess.Popen, int]:
+    """`edge-runtime serve` on a free port; with `keep_local` the router answers every text on the device."""
     port = free_port()
     env = {
         **os.environ,
         "EDGE_RUNTIME_HOME": str(home),
         "EDGE_RUNTIME_BATCHING_MAX_BATCH": str(max_batch),
-        "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "0",
-        "EDGE_RUNTIME_ROUTING_MIN_MARGIN": "0",
-        "EDGE_RUNTIME_ROUTING_MAX_ENTROPY": "1",
         "EDGE_RUNTIME_LOGGING_LEVEL": "warning",
         "EDGE_RUNTIME_BATCHING_MAX_QUEUE": "4096",
     }
+    if keep_local:
+        env |= {
+            "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "0",
+            "EDGE_RUNTIME_ROUTING_MIN_MARGIN": "0",
+            "EDGE_RUNTIME_ROUTING_MAX_ENTROPY": "1",
+        }
     process = subprocess.Popen(
         [sys.executable, "-m", "edge_runtime", "serve", "--port", str(port)],
         env=env,

@@ -9,6 +9,7 @@ outbox), and its resident set (VmRSS of /proc/PID/status) is read:
 - idle: ready, nothing served yet;
 - after batch 1: `--requests` single-text requests (everyday queries the device answers itself);
 - after batch 32: `--requests` requests of 32 texts each;
+- batch 1 after batch 32: one single-text request once the large batches are over;
 - after an escalation: one text the router sends upstream (it loads the lazy tagger and redacts);
 - peak: VmHWM, the most the process ever held.
 
@@ -61,6 +62,8 @@ def stages(port: int, pid: int, requests: int) -> dict:
     for _ in range(requests):
         post(port, {"texts": batch})
     result["after_batch32"] = rss_mb(pid)
+    post(port, {"text": TEXTS[0]})
+    result["batch1_after_batch32"] = rss_mb(pid)
     answer = post(port, {"text": HARD_TEXT})
     result["escalated"] = answer.get("decision") != "local"
     result["after_escalation"] = rss_mb(pid)
@@ -105,11 +108,12 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"RSS in MB, {args.requests} requests per stage, home {home}")
-    print(f"{'setting':<26} {'idle':>6} {'batch 1':>8} {'batch 32':>9} {'escalation':>11} {'peak':>6}")
+    print(f"{'setting':<26} {'idle':>6} {'batch 1':>8} {'batch 32':>9} {'then 1':>7} {'escalation':>11} {'peak':>6}")
     for r in rows:
         mark = "" if r["escalated"] else " (not escalated)"
         print(
             f"{r['setting']:<26} {r['idle']:>6.0f} {r['after_batch1']:>8.0f} {r['after_batch32']:>9.0f} "
+            f"{r['batch1_after_batch32']:>7.0f} "
             f"{r['after_escalation']:>11.0f} {r['peak']:>6.0f}{mark}"
         )
 

@@ -126,6 +126,9 @@ class LazyTagger:
                 return False
             self._tagger = None
             self.unloads += 1
+        from .session import release_free_memory
+
+        release_free_memory()  # the session's memory went back to the heap, not to the system
         log.info("PII tagger %s unloaded after %.0f s idle", self.name, self.idle_unload_s)
         return True
 

@@ -8,6 +8,8 @@ over the verified model.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -34,6 +36,13 @@ class SessionSettings:
     spinning: bool = True  # spinning threads cost CPU but save ~1 ms at batch 1
 
 
+# A run over at most this many tokens (rows x columns) that follows a larger one hands the arena's spare
+# chunks back to the system. onnxruntime's arena keeps the peak of every run for good: one batch of 32
+# texts leaves ~60 MB behind on a board that mostly answers one text at a time. Shrinking on every run
+# would cost large batches ~15% (benchmarks/memory.py); shrinking once the load has dropped costs one
+# small run the unmapping, and a busy daemon, whose batches stay large, nothing.
+SMALL_RUN_TOKENS = 256
+
 # EXTENDED, not ALL: the saved graph must stay portable across CPUs of the fleet; the remaining layout
 # passes are cheap and run at every load. Part of the cache key: another level is another graph.
 CACHE_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -54,19 +63,21 @@ class GraphCache:
         self.graph = Path(cache_dir) / f"{key}.onnx"
         self.digest_file = self.graph.with_name(f"{key}.sha256")
 
-    def read(self) -> bytes | None:
-        """The cached graph's bytes when they hash to the recorded digest; else None (and the bad files go)."""
+    def read(self) -> PrivateCopy | None:
+        """The cached graph, copied where no other process can change it, when its bytes hash to the
+        recorded digest; else None (and the bad files go). The caller closes the copy."""
         try:
             expected = self.digest_file.read_text(encoding="ascii").strip()
-            data = self.graph.read_bytes()
+            copy = PrivateCopy(self.graph)
         except (OSError, UnicodeDecodeError):
             self.discard()
             return None
-        if hashlib.sha256(data).hexdigest() != expected:
+        if copy.sha256 != expected:
+            copy.close()
             log.warning("optimised-graph cache %s does not match its hash; rebuilding it", self.graph.name)
             self.discard()
             return None
-        return data
+        return copy
 
     def store(self, written: Path) -> None:
         """Adopt the graph onnxruntime wrote to `written`: fsync and rename it, then its digest."""
@@ -112,6 +123,11 @@ class Session:
             self._session = ort.InferenceSession(str(model_path), _options(settings), providers=PROVIDERS)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._arena_grown = False  # a large run happened since the last shrink (a benign race between threads)
+        self.shrinks = 0
+        release_free_memory()  # parsing and optimising the graph left free heap behind
 
     @staticmethod
     def _from_cache(cache: GraphCache, settings: SessionSettings):
@@ -121,11 +137,13 @@ class Session:
         options = _options(settings)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            return _session_from_bytes(graph, options)
+            return ort.InferenceSession(graph.source, options, providers=PROVIDERS)
         except Exception as error:  # onnxruntime raises its own types: any failure means rebuild
             log.warning("optimised-graph cache %s does not load (%s); rebuilding it", cache.graph.name, error)
             cache.discard()
             return None
+        finally:
+            graph.close()
 
     @staticmethod
     def _building_cache(model_path: Path, cache: GraphCache, settings: SessionSettings):
@@ -140,24 +158,69 @@ class Session:
 
     def run(self, tensors: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         feeds = {name: tensors[name] for name in self.input_names}
+        if next(iter(feeds.values())).size > SMALL_RUN_TOKENS:
+            self._arena_grown = True
+        elif self._arena_grown:
+            self._arena_grown = False
+            self.shrinks += 1
+            result = self._session.run(outputs, feeds, self._shrink)
+            release_free_memory()
+            return result
         return self._session.run(outputs, feeds)
 
 
-def _session_from_bytes(graph: bytes, options: ort.SessionOptions) -> ort.InferenceSession:
-    """A session over exactly these bytes. Through a memfd where Linux has one: onnxruntime keeps ~22 MB
-    more resident for a 23 MB model handed over as bytes than for the same model read from a file
-    (benchmarks/memory.py), and a memfd is a file only this process can reach, so the bytes that were
-    hashed are still the bytes loaded."""
-    if not hasattr(os, "memfd_create"):
-        return ort.InferenceSession(graph, options, providers=PROVIDERS)
-    fd = os.memfd_create("edge-runtime-graph", os.MFD_CLOEXEC)
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing). The
+    arena's shrinkage and a dropped session free their memory into the heap, where it would stay
+    resident: 22 MB after a few batches of 32 with the default model (benchmarks/memory.py)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
     try:
-        view = memoryview(graph)
-        while view:
-            view = view[os.write(fd, view) :]
-        return ort.InferenceSession(f"/proc/self/fd/{fd}", options, providers=PROVIDERS)
-    finally:
-        os.close(fd)
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
+
+
+class PrivateCopy:
+    """A file's bytes, copied where no other process can change them, and their sha256. `source` is what
+    InferenceSession loads: on Linux the path of a memfd holding the bytes (streamed through in chunks),
+    elsewhere the bytes themselves. Through a memfd onnxruntime keeps ~22 MB less resident for the 23 MB
+    default model than when handed the bytes, and the load peaks one copy of the file lower
+    (benchmarks/memory.py)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, path: Path):
+        digest = hashlib.sha256()
+        self._fd: int | None = None
+        if not hasattr(os, "memfd_create"):
+            self.source: str | bytes | None = Path(path).read_bytes()
+            digest.update(self.source)
+        else:
+            self._fd = os.memfd_create("edge-runtime-graph", os.MFD_CLOEXEC)
+            try:
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(self.CHUNK):
+                        digest.update(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(self._fd, view) :]
+            except BaseException:
+                self.close()
+                raise
+            self.source = f"/proc/self/fd/{self._fd}"
+        self.sha256 = digest.hexdigest()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.source = None
 
 
 def version() -> str:

@@ -85,7 +85,7 @@ def main() -> None:
         ("no tagger, no batching", {"EDGE_RUNTIME_PRIVACY_TAGGER": "", "EDGE_RUNTIME_BATCHING_MAX_BATCH": "1"}),
     ]
     if args.max_memory_mb:
-        budget = {"EDGE_RUNTIME_SERVER_MAX_MEMORY_MB": str(args.max_memory_mb)}
+        budget = {"EDGE_RUNTIME_BATCHING_MAX_MEMORY_MB": str(args.max_memory_mb)}
         settings += [(f"tagger, budget {args.max_memory_mb} MB", budget)]
     rows = []
     for label, env in settings:

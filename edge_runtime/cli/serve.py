@@ -18,7 +18,12 @@ import click
 @click.option("--unix-socket", metavar="PATH", help="Also listen on this Unix socket.")
 @click.option("--max-batch", type=int, help="Most texts per inference run (1 = no batching).")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads (0 = one per core).")
-def serve(config_file, host, port, unix_socket, max_batch, threads):
+@click.option(
+    "--max-memory-mb",
+    type=int,
+    help="Cap the batch so the daemon's resident memory stays under this many MB (measured at start).",
+)
+def serve(config_file, host, port, unix_socket, max_batch, threads, max_memory_mb):
     """Serve the active model of $EDGE_RUNTIME_HOME over HTTP until SIGTERM (SIGHUP reloads it)."""
     from .. import config
     from ..server import daemon, logs
@@ -27,7 +32,7 @@ def serve(config_file, host, port, unix_socket, max_batch, threads):
         config_file,
         cli={
             "server": {"host": host, "port": port, "unix_socket": unix_socket, "threads": threads},
-            "batching": {"max_batch": max_batch},
+            "batching": {"max_batch": max_batch, "max_memory_mb": max_memory_mb},
         },
     )
     logs.setup(settings["logging"]["level"])

@@ -15,6 +15,7 @@ from ..device import Device
 from ..errors import EdgeRuntimeError
 from .batching import Batcher, QueueFull, Stopped
 from .errors import RequestError
+from .memory_budget import resident_mb
 from .metrics import Metrics
 from .swap import Engine, HotSwap
 
@@ -35,12 +36,14 @@ class Service:
         self.outbox = self.device.outbox()
         self.egress = self.device.egress(tagger=self.device.tagger(lazy=True))
         self.uplink = self.device.uplink(self.outbox)
-        self.swap = HotSwap(self._load_engine, self._active, on_swap=self._on_swap)
-        self._on_swap(self.swap.current)
         batching = config["batching"]
+        self.max_batch = batching["max_batch"]
+        self.swap = HotSwap(self._load_engine, self._active, on_swap=self._on_swap)
+        self.memory_budget = self._fit_memory_budget(batching["max_memory_mb"])
+        self._on_swap(self.swap.current)
         self.batcher = Batcher(
             self.swap.run,
-            max_batch=batching["max_batch"],
+            max_batch=self.max_batch,
             max_delay_s=batching["max_delay_ms"] / 1000.0,
             max_queue=batching["max_queue"],
             on_batch=self.metrics.on_batch,
@@ -55,8 +58,21 @@ class Service:
         return Store().active()
 
     def _load_engine(self) -> Engine:
-        model = self.device.load_model(max_batch=self.config["batching"]["max_batch"])
+        model = self.device.load_model(max_batch=self.max_batch)
         return Engine(self.device.pipeline(model, egress=self.egress, outbox=self.outbox, uplink=self.uplink))
+
+    def _fit_memory_budget(self, budget_mb: int) -> dict | None:
+        """Cap the batch so the resident set stays under `budget_mb` (measured with the model loaded at
+        start; a later hot swap keeps the cap)."""
+        if not budget_mb:
+            return None
+        from .memory_budget import fit_max_batch, tagger_reserve_mb
+
+        model = self.swap.current.model
+        fitted = fit_max_batch(model, budget_mb, tagger_reserve_mb(self.egress.tagger), self.max_batch)
+        self.max_batch = model.max_batch = fitted["max_batch"]
+        log.info("batch capped at %d texts for a %d MB memory budget", self.max_batch, budget_mb, extra=fitted)
+        return fitted
 
     def _on_swap(self, engine: Engine) -> None:
         self.metrics.set_model(engine.name, engine.version, engine.release)
@@ -196,6 +212,7 @@ class Service:
             },
             "uptime_s": round(time.time() - self.started, 3),
             "draining": self.draining,
+            "memory": {"resident_mb": round(resident_mb(), 1), "budget": self.memory_budget},
             "queue": {
                 "depth": self.batcher.depth,
                 "max": self.batcher.max_queue,

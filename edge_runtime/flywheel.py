@@ -357,8 +357,9 @@ class DatasetWriter:
                     self._open()
                     good = 0
                 data = b"".join(lines)
-                self._file.write(data)
-                self._file.flush()
+                view = memoryview(data)
+                while view:  # a short write (the disk or the file size limit reached) goes on until it raises
+                    view = view[os.write(self._file.fileno(), view) :]
                 os.fsync(self._file.fileno())
             except OSError as error:
                 self.stats["write_errors"] += len(lines)

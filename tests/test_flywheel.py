@@ -187,6 +187,7 @@ def publish_raw(broker, device_id: str, messages: list[tuple[bytes, bytes]]) -> 
     return got
 
 
+@pytest.mark.kernels  # what is dropped is what the PII scanner finds
 @pytest.mark.mqtt
 def test_malformed_escalations_are_answered_but_never_written(tiny_home, broker, tmp_path):
     dataset = tmp_path / "dataset"
@@ -404,6 +405,7 @@ def test_normalise_folds_text_but_not_placeholders():
     assert flywheel.normalise("<PERSON_1>") != flywheel.normalise("<person_1>")
 
 
+@pytest.mark.kernels  # what is dropped is what the PII scanner finds
 def test_export_drops_and_counts_text_holding_personal_data(tmp_path):
     dataset = tmp_path / "dataset"
     rows = [

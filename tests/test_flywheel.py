@@ -84,12 +84,13 @@ def records(directory: Path) -> tuple[list[dict], Counter]:
     return list(flywheel.read_records(directory, stats)), stats
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
+    home_env = {"EDGE_RUNTIME_HOME": str(home)} if home else {}
     return subprocess.run(
         [sys.executable, "-m", "edge_runtime", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": pythonpath()},
+        env={**os.environ, "PYTHONPATH": pythonpath(), **home_env},
         cwd=REPO,
         timeout=120,
     )
@@ -208,13 +209,16 @@ def test_malformed_escalations_are_answered_but_never_written(tiny_home, broker,
         b"card": request(id="card", text="my card 4111 1111 1111 1111 was charged twice"),
     }
     try:
-        answers = publish_raw(broker, "dev-h", [*bad.items(), (b"good", request(id="good"))])
+        # the good one sent twice (a device re-send): answered from the cache the second time, kept once
+        good = [(b"good", request(id="good")), (b"good-again", request(id="good"))]
+        answers = publish_raw(broker, "dev-h", [*bad.items(), *good])
         code, stats = upstream.stop()
     finally:
         upstream.close()
     # every one was answered (the device is not punished for what the dataset does not take)
     assert all(answers[key]["error"] is None and answers[key]["answer"]["label"] for key in answers), answers
-    assert code == 0 and stats["answered"] == len(bad) + 1
+    assert len(answers) == len(bad) + 2 and answers[b"good"] == answers[b"good-again"]
+    assert code == 0 and stats["answered"] == len(bad) + 1 and stats["cache_hits"] == 1
     assert stats["dataset_rejected"] == 6 and stats["dataset_pii"] == 2
     assert stats["dataset"]["written"] == 1
     kept, read = records(dataset)
@@ -319,6 +323,20 @@ def test_a_full_disk_costs_records_not_answers(tiny_home, broker, tmp_path, smal
     order = {text: k for k, text in enumerate(texts)}
     kept_order = [order[record["text"]] for record in kept]
     assert kept_order == sorted(set(kept_order)) and kept_order[0] == 0
+
+
+def test_upstream_refuses_a_dataset_directory_it_cannot_make(tiny_home, tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    under_a_file = str(taken / "dataset")
+    result = run_cli(
+        "upstream", "--bundle", str(tiny_home / "tiny"), "--broker", "mqtt://127.0.0.1:9", "--dataset", under_a_file,
+        home=tiny_home,
+    )  # fmt: skip
+    assert result.returncode == 1 and "--dataset" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    bad_size = run_cli("upstream", "--bundle", "x", "--dataset", str(tmp_path), "--dataset-max-mb", "0")
+    assert bad_size.returncode == 2 and "--dataset-max-mb" in bad_size.stderr
 
 
 # --------------------------------------------------------------------------------------------- the export

@@ -7,6 +7,8 @@ Whatever a peer sends never stops the worker: a request off the schema gets an e
 an id or correlation data to answer under (`bad_requests`), is `ignored` when it has neither or names
 another answer topic, and is `dropped` when no answer can carry it back; `stats` counts each, and
 `edge-runtime upstream` prints them (with the Link's `callback_errors`, if any) when it stops.
+With a `dataset` (edge_runtime/flywheel.py), every answered escalation is also kept as a training record;
+what cannot be kept is counted (`dataset_rejected`, `dataset_pii`), and the device gets its answer either way.
 """
 
 from __future__ import annotations
@@ -84,8 +86,12 @@ class Worker:
         client_id: str | None = None,
         cache_size: int = 10_000,
         answer_expiry_s: int = 86400,
+        dataset=None,
+        teacher: tuple[str, str] = ("", ""),
     ):
         self.responder = responder
+        self.dataset = dataset  # a flywheel.DatasetWriter, or None
+        self.teacher = teacher  # the answering bundle's (name, version), recorded with each kept answer
         self.name = client_id or f"worker-{socket.gethostname()}-{os.getpid()}"
         self.subscription = f"$share/{group}/edge/{device_pattern}/escalations"
         self.answer_expiry_s = answer_expiry_s
@@ -144,7 +150,7 @@ class Worker:
         key = (device, request_id)
         payload = self.cache.get(key)
         if payload is None:
-            payload = self._answer(request)
+            payload = self._answer(request, device)
             self.cache.put(key, payload)
             self.stats["answered"] += 1
         else:
@@ -176,7 +182,7 @@ class Worker:
         props.ContentType = "application/json"
         self.link.client.publish(topic, payload, qos=1, properties=props)
 
-    def _answer(self, request: dict) -> bytes:
+    def _answer(self, request: dict, device: str = "") -> bytes:
         try:
             body, error = self.responder(request), None
         except Exception as failure:  # the device gets a reason, not silence
@@ -184,11 +190,30 @@ class Worker:
             body, error = None, f"{type(failure).__name__}: {failure}"
             self.stats["errors"] += 1
         try:
-            return escalation.encode(escalation.build_answer(request["id"], body, worker=self.name, error=error))
+            payload = escalation.encode(escalation.build_answer(request["id"], body, worker=self.name, error=error))
         except (escalation.EscalationError, TypeError, ValueError) as failure:
             return escalation.encode(
                 escalation.build_answer(request["id"], None, worker=self.name, error=f"answer not encodable: {failure}")
             )
+        if self.dataset is not None and error is None:
+            self._keep(device, request, body)
+        return payload
+
+    def _keep(self, device: str, request: dict, body: dict) -> None:
+        """The answered escalation into the dataset; one that is off its schema or still holds what the PII
+        scanner finds is dropped and counted (its reason logged, never its text)."""
+        from .flywheel import LeftoverPII, RecordError, record_from_escalation
+
+        try:
+            record = record_from_escalation(device, request, body, teacher=self.teacher)
+            if not self.dataset.append(record):
+                log.warning("worker: escalation %.128s not kept in the dataset: its queue is full", request["id"])
+        except RecordError as reason:
+            log.warning("worker: escalation %.128s from %s not kept in the dataset: %s", request["id"], device, reason)
+            self.stats["dataset_pii" if isinstance(reason, LeftoverPII) else "dataset_rejected"] += 1
+        except Exception:  # whatever else goes wrong here, the device still gets its answer
+            log.exception("worker: escalation %.128s not kept in the dataset", request["id"])
+            self.stats["dataset_errors"] += 1
 
 
 def _checked_request_id(request_id: str) -> str:

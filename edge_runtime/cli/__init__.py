@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "redact": ("redact", "redact", "Redact personal data from stdin lines."),
     "outbox": ("outbox", "outbox", "Inspect the escalation outbox: list, retry dead letters, purge."),
     "upstream": ("upstream", "upstream", "Run an upstream worker that answers escalations with a larger bundle."),
+    "flywheel": ("flywheel", "flywheel", "Export what upstream workers kept (--dataset) as training data."),
     "serve": ("serve", "serve", "Run the device daemon: HTTP inference (KServe V2 + /v1), batching, hot swap."),
     "status": ("status", "status", "Show the running daemon's model, queue, counters and outbox."),
     "config": ("config", "config", "Check or show the daemon's TOML configuration."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 import click
 
@@ -31,7 +32,31 @@ def _deprecated(name: str):
 @click.option("--client-id", help="MQTT client id (default: worker-<host>-<pid>).")
 @click.option("--threads", type=click.IntRange(0, 256), help="onnxruntime intra-op threads (0: one per core).")
 @click.option("--allow-unsigned", is_flag=True, help="Developers only: accept an unsigned bundle.")
-def upstream(bundle, config_file, uplink, group, device_pattern, client_id, threads, allow_unsigned, **old):
+@click.option(
+    "--dataset",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep every answered escalation in this directory (append-only JSONL: `edge-runtime flywheel export`).",
+)
+@click.option(
+    "--dataset-max-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=64.0,
+    show_default=True,
+    help="Start a new dataset file when the current one would grow past this size.",
+)
+def upstream(
+    bundle,
+    config_file,
+    uplink,
+    group,
+    device_pattern,
+    client_id,
+    threads,
+    allow_unsigned,
+    dataset,
+    dataset_max_mb,
+    **old,
+):
     """Answer escalations with BUNDLE until interrupted (start more to scale out)."""
     from ..worker import Worker, model_responder
 
@@ -47,8 +72,24 @@ def upstream(bundle, config_file, uplink, group, device_pattern, client_id, thre
     broker = device.broker()
     if broker is None:
         raise click.UsageError("no broker: pass --broker URL (or set uplink.broker in --config)")
-    responder = model_responder(device.load_model(bundle, allow_unsigned=allow_unsigned))
-    worker = Worker(broker, responder, group=group, device_pattern=device_pattern, client_id=client_id)
+    model = device.load_model(bundle, allow_unsigned=allow_unsigned)
+    writer = None
+    if dataset is not None:
+        from ..flywheel import DatasetWriter
+
+        try:
+            writer = DatasetWriter(dataset, max_bytes=max(1, int(dataset_max_mb * 1024 * 1024)))
+        except OSError as error:
+            raise click.ClickException(f"--dataset {dataset}: {error.strerror or error}") from None
+    worker = Worker(
+        broker,
+        model_responder(model),
+        group=group,
+        device_pattern=device_pattern,
+        client_id=client_id,
+        dataset=writer,
+        teacher=(model.name, model.version),
+    )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -59,5 +100,10 @@ def upstream(bundle, config_file, uplink, group, device_pattern, client_id, thre
         done.wait()
     finally:
         worker.stop()
+        if writer is not None:
+            writer.close()
     errors = dict(worker.link.callback_errors)  # what the worker did not foresee, dropped by the Link's guard
-    click.echo(f"stopped: {dict(worker.stats) | ({'callback_errors': errors} if errors else {})}", err=True)
+    stats = dict(worker.stats) | ({"callback_errors": errors} if errors else {})
+    if writer is not None:
+        stats["dataset"] = dict(writer.stats)
+    click.echo(f"stopped: {stats}", err=True)

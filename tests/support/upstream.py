@@ -25,15 +25,18 @@ def wait_for(condition, timeout: float, what: str) -> None:
 class Upstream:
     """`python -m edge_runtime upstream` in a subprocess; its stderr goes to a file the test reads."""
 
-    def __init__(self, home: Path, bundle: str, broker_url: str):
-        self.stderr_path = home / "upstream.stderr"
+    def __init__(self, home: Path, bundle: str, broker_url: str, *args: str, preexec_fn=None, stderr_name=None):
+        """`args`: more options for the command (e.g. --dataset DIR); `preexec_fn` runs in the child before the
+        command (e.g. a resource limit)."""
+        self.stderr_path = home / (stderr_name or "upstream.stderr")
         self._stderr = open(self.stderr_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "upstream", "--bundle", bundle, "--broker", broker_url],
+            [sys.executable, "-m", "edge_runtime", "upstream", "--bundle", bundle, "--broker", broker_url, *args],
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
             env={**os.environ, "EDGE_RUNTIME_HOME": str(home), "PYTHONPATH": pythonpath()},
             cwd=REPO,
+            preexec_fn=preexec_fn,
         )
 
     def stderr(self) -> str:

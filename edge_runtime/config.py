@@ -85,6 +85,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_batch": Key(int, 32, 1, 1024, "most texts per inference run (1 = batching off)"),
         "max_delay_ms": Key(float, 2.0, 0, 1000, "how long a batch may wait to fill up"),
         "max_queue": Key(int, 1024, 1, 1_000_000, "texts admitted at once (503 + Retry-After above)"),
+        "workers": Key(int, 1, 1, 64, "inference runs at once, each on server.threads intra-op threads"),
         "max_memory_mb": Key(
             int, 0, 0, 1_000_000, "cap the batch so the daemon's resident memory stays under this (0 = no cap)"
         ),

@@ -753,3 +753,39 @@ def test_daemon_redacts_names_with_the_installed_tagger(tmp_path, small_bundle, 
             assert "<PERSON_1>" in sent and not any(word in sent for word in name.split()), sent
     assert MARKER not in running.log() and "Featherstonehaugh" not in running.log()
     assert "unloaded after 2 s idle" in running.log()
+
+
+def test_two_batch_workers_give_every_client_the_answers_to_its_own_texts(home, small_bundle, tmp_path):
+    """[batching] workers = 2: two inference runs at once. Each of 8 clients sends texts of its own; every
+    answer must be its text's (a mix-up between concurrent batches scrambles labels: agreement near 1 in
+    11), as the model answers it alone, allowing the near-ties that dynamic INT8 flips with the batch."""
+    import edge_runtime
+    from edge_runtime.datasets import read_jsonl
+
+    from support.small_bundle import datasets_dir
+
+    texts = read_jsonl(datasets_dir() / "clinc150" / "val.jsonl").texts[::23][:120]
+    model = edge_runtime.load(small_bundle)
+    alone = {text: model.predict([text])[0] for text in texts}
+    running = Daemon(home, env={"EDGE_RUNTIME_BATCHING_WORKERS": "2"}, log_dir=tmp_path).wait_ready()
+    answers: dict[str, str] = {}
+
+    def client(mine):
+        for text in mine:
+            status, _, answer = running.post("/v1/predict", {"text": text})
+            assert status == 200, answer
+            answers[text] = answer["top_k"][0]["label"]
+
+    try:
+        threads = [threading.Thread(target=client, args=(texts[n::8],)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert running.get("/v1/status")[2]["queue"]["batches"] < len(texts)  # some runs held several texts
+    finally:
+        running.stop()
+    assert len(answers) == len(texts)
+    agree = sum(answers[text] == alone[text].top_k[0][0] for text in texts)
+    assert agree >= 0.85 * len(texts)
+    assert all(answers[text] in [label for label, _ in alone[text].top_k[:3]] for text in texts)

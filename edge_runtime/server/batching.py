@@ -51,8 +51,10 @@ class Batcher:
         max_delay_s: float = 0.002,
         max_queue: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
+        workers: int = 1,
     ):
         self.run, self.max_batch, self.max_delay_s, self.max_queue = run, max_batch, max_delay_s, max_queue
+        self.workers = workers  # inference runs at once: each worker takes its own batch
         self.on_batch = on_batch
         self._jobs: collections.deque[Job] = collections.deque()
         self._queued_texts = 0  # waiting for the worker
@@ -61,18 +63,21 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.batches = 0
 
     # -- event loop side -------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{n}", daemon=True) for n in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     @property
     def depth(self) -> int:
@@ -97,8 +102,8 @@ class Batcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     # -- worker thread ---------------------------------------------------------------------------
     def _take(self) -> list[Job] | None:
@@ -140,7 +145,6 @@ class Batcher:
                 except Exception as error:  # delivered to each request of the batch
                     log.exception("batch of %d texts failed", len(texts))
                     outcome = error
-                self.batches += 1
                 if self.on_batch:
                     self.on_batch(len(texts), time.perf_counter() - started)
             self._expected = max(len(texts), self._expected // 2, 1)
@@ -158,6 +162,7 @@ class Batcher:
                     pass
             with self._cond:
                 self._admitted -= sum(len(job.texts) for job in jobs)
+                self.batches += bool(texts)
 
 
 def _deliver(deliveries) -> None:

@@ -47,6 +47,7 @@ class Service:
             max_delay_s=batching["max_delay_ms"] / 1000.0,
             max_queue=batching["max_queue"],
             on_batch=self.metrics.on_batch,
+            workers=batching["workers"],
         )
         self._summary: tuple[float, dict] = (float("-inf"), {})
         self._wire_gauges()

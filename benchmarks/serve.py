@@ -1,6 +1,6 @@
 """Daemon throughput and latency over loopback, against in-process `model.predict`, in one run.
 
-    python benchmarks/serve.py [--seconds 4] [--json]
+    python benchmarks/serve.py [--seconds 4] [--threads N] [--workers N] [--json]
 
 Uses the active bundle of $EDGE_RUNTIME_HOME (else the checkout's .edge-runtime if it has one, else it
 builds the small test bundle with the tests' helpers: then run it as
@@ -67,10 +67,10 @@ def pick_home() -> Path:
     return home
 
 
-def in_process(home: Path, seconds: float) -> dict:
+def in_process(home: Path, seconds: float, threads: int = 0) -> dict:
     import edge_runtime
 
-    model = edge_runtime.load(root=home)
+    model = edge_runtime.load(root=home, threads=threads)
     for text in TEXTS:
         model.predict([text])
     latencies = []
@@ -191,10 +191,14 @@ def peak_rss_mb(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measured time per point")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads, daemon and in-process (0 = per core)")
+    parser.add_argument("--workers", type=int, default=1, help="the daemon's batching.workers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    os.environ["EDGE_RUNTIME_SERVER_THREADS"] = str(args.threads)  # the daemons inherit the environment
+    os.environ["EDGE_RUNTIME_BATCHING_WORKERS"] = str(args.workers)
     home = pick_home()
-    reference = in_process(home, args.seconds)
+    reference = in_process(home, args.seconds, args.threads)
     points, peaks = [], {}
     for label, max_batch in (("batching", 32), ("no batching", 1)):
         process, port = start_daemon(home, max_batch)
@@ -211,6 +215,8 @@ def main() -> None:
         "reference": reference,
         "points": points,
         "peak_rss_mb": peaks,
+        "threads": args.threads,
+        "workers": args.workers,
         "speedup_32_batching_vs_off": by[("batching", 32)]["per_s"] / by[("no batching", 32)]["per_s"],
         "share_32_of_in_process_batch32": by[("batching", 32)]["per_s"] / reference["batch32_per_s"],
         "p50_1_client_minus_in_process_ms": by[("batching", 1)]["p50_ms"] - reference["batch1_p50_ms"],
@@ -218,7 +224,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"model {reference['model']}, {os.cpu_count()} CPUs, {args.seconds:g} s per point, answers kept local")
+    print(
+        f"model {reference['model']}, {os.cpu_count()} CPUs, threads {args.threads or 'per core'}, "
+        f"workers {args.workers}, {args.seconds:g} s per point, answers kept local"
+    )
     print(
         f"in-process: batch-1 p50 {reference['batch1_p50_ms']:.2f} ms, "
         f"batch-32 {reference['batch32_per_s']:.0f} texts/s"

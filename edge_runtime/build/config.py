@@ -48,6 +48,10 @@ class BuildConfig:
     reject_max_in_scope_drop: float = 0.3
     routing: dict = field(default_factory=dict)
     distillation: Distillation | None = None  # a teacher's soft labels mixed into fine-tuning (build/distill.py)
+    # the regression gate (build/regression.py): the bundle this one replaces (store ref or path), and the most
+    # points of val accuracy the new INT8 bundle may lose against it, both scored by the runtime
+    replaces: str | None = None
+    max_regression: float = 0.5
     # tagger only
     max_false_share: float = 0.015  # outside_bias: most held-out texts without PII given a false span
     max_outside_bias: float = 6.0  # and never more than this (the held-out negatives are easier than real text)

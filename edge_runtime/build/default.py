@@ -55,6 +55,8 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         out=out,
         max_length=int(head.get("max_length", 64)),
         max_drop=float(gate.get("max_drop", 1.0)),
+        replaces=gate.get("replaces"),  # the regression gate (build/regression.py): off unless set
+        max_regression=float(gate.get("max_regression", 0.5)),
         quantization=str(recipe.get("quantize", "method", "dynamic")),
         exclude_nodes=list(gate.get("exclude_nodes", [])),
         fallback_exclude=list(gate.get("fallback_exclude", [])),

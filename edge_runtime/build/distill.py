@@ -52,8 +52,14 @@ class Teaching:
 
 def read_unlabelled(path: Path) -> list[str]:
     """Non-empty lines of a text file (or the "text" of each line of a .jsonl file), de-duplicated in order."""
+    return _read_unlabelled(path)[0]
+
+
+def _read_unlabelled(path: Path) -> tuple[list[str], str]:
+    """(the texts, as read_unlabelled), and the sha256 of the very bytes they were read from."""
     try:
-        raw = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
+        raw = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise BuildError(f"unlabelled texts {path}: {error}") from None
     if Path(path).suffix == ".jsonl":
@@ -63,7 +69,7 @@ def read_unlabelled(path: Path) -> list[str]:
             raise BuildError(f"unlabelled texts {path}: each line must be a JSON object with a text: {error}") from None
     else:
         lines = [line.strip() for line in raw.splitlines() if line.strip()]
-    return list(dict.fromkeys(lines))
+    return list(dict.fromkeys(lines)), hashlib.sha256(data).hexdigest()
 
 
 def teach(
@@ -74,7 +80,7 @@ def teach(
     from ..errors import EdgeRuntimeError
     from ..model import load
 
-    unlabelled = read_unlabelled(distillation.unlabelled) if distillation.unlabelled else []
+    unlabelled, unlabelled_sha256 = _read_unlabelled(distillation.unlabelled) if distillation.unlabelled else ([], "")
     known = set(texts)
     unlabelled = [text for text in unlabelled if text not in known]  # a labelled text keeps its gold label
     try:
@@ -99,7 +105,11 @@ def teach(
         "temperature": distillation.temperature,
         "weight": distillation.weight,
         "unlabelled_texts": len(unlabelled),
-        **({"unlabelled_file": str(distillation.unlabelled)} if distillation.unlabelled else {}),
+        **(
+            {"unlabelled_file": str(distillation.unlabelled), "unlabelled_sha256": unlabelled_sha256}
+            if distillation.unlabelled
+            else {}
+        ),
         "teacher_logits_key": key,
     }
     return Teaching(soft.astype(np.float32), unlabelled, provenance)

@@ -55,6 +55,13 @@ def _summary(result: dict) -> None:
     gate = metrics.get("gate", {})
     if "mean_cosine" in gate:
         click.echo(f"  int8 vs fp32: mean cosine {gate['mean_cosine']:.4f}, min {gate['min_cosine']:.4f}")
+    regression = metrics.get("regression")
+    if regression:
+        forced = " (forced)" if regression["forced"] else ""
+        click.echo(
+            f"  vs {regression['replaces']}: val accuracy {regression['replaced']['accuracy']:.2f} -> "
+            f"{regression['new']['accuracy']:.2f} (allowed drop {regression['max_regression']:.2f}){forced}"
+        )
     if "int8_size_mb" in metrics:
         click.echo(
             f"  int8 size {metrics['int8_size_mb']} MB, batch-1 latency {metrics.get('int8_latency_ms_batch1')} ms"
@@ -172,6 +179,18 @@ def build(ctx):
     help="Extra texts (one per line, or JSONL with text) learnt from the teacher's labels only.",
 )
 @click.option(
+    "--replaces",
+    metavar="PATH|NAME[@VERSION]",
+    help="The bundle this one replaces (in the store, or a path): the regression gate scores both on --val "
+    "with the runtime and refuses the new one if its accuracy is lower by more than --max-regression.",
+)
+@click.option(
+    "--max-regression",
+    type=click.FloatRange(0),
+    metavar="POINTS",
+    help="Val accuracy points the new bundle may lose against --replaces (default 0.5).",
+)
+@click.option(
     "--layers",
     metavar="LIST",
     help="Keep only these encoder layers (comma-separated indices, e.g. 1,3,5): a smaller, faster student.",
@@ -197,6 +216,8 @@ def classifier(
     distill_temperature,
     distill_weight,
     unlabelled,
+    replaces,
+    max_regression,
     layers,
     quantization,
     as_json,
@@ -210,6 +231,8 @@ def classifier(
 
     if unlabelled and not teacher:
         raise click.UsageError("--unlabelled texts need a --teacher to label them")
+    if max_regression is not None and not replaces:
+        raise click.UsageError("--max-regression needs --replaces (the bundle to compare with)")
     distillation = None
     if teacher:
         extra = Path(unlabelled) if unlabelled else None
@@ -231,6 +254,8 @@ def classifier(
         oos_label=oos_label,
         finetune=FinetuneConfig(epochs=epochs, encoder_lr=encoder_lr, head_lr=head_lr, seed=seed),
         distillation=distillation,
+        replaces=replaces,
+        max_regression=0.5 if max_regression is None else max_regression,
     )
     result = build_classifier(config, read_jsonl(Path(train)), read_jsonl(Path(val)), _progress(as_json))
     report = {

@@ -1,4 +1,5 @@
-"""Build a text classifier: encoder + linear head (logreg or fine-tuned) folded into one INT8 logits graph."""
+"""Build a text classifier: encoder + linear head (logreg or fine-tuned) folded into one INT8 logits graph,
+with the out-of-scope score fitted on the INT8 model's pooled embeddings (build/ood.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import kernels
+from ..calibration import joint_reject_thresholds, ood_reject_threshold
 from . import evaluate, export, golden, graph, metrics, ortrun, textenc
+from . import ood as ood_fit
 from .config import DEFAULT_ROUTING, BuildConfig, BuildResult
 from .data import Split, encode_labels, label_list
 from .errors import BuildError
@@ -59,17 +63,33 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             work / "fp32.onnx", stage / "model.onnx", config, progress, evaluate_pair, calibration
         )
         int8_logits, int8_scores = state["logits"], state["scores"]
-        threshold = (
-            evaluate.fit_reject_threshold(int8_logits, y_val, labels, oos, config.reject_max_in_scope_drop)
-            if oos
-            else None
-        )
+        oos_index = labels.index(oos) if oos else None
+        with progress.bar("pooled embeddings of the training texts (int8)", len(ids_train)) as advance:
+            pooled_train = ortrun.run(stage / "model.onnx", ids_train, output=graph.POOLED, advance=advance)
+        pooled_val = ortrun.run(stage / "model.onnx", ids_val, output=graph.POOLED)
+        with progress.step("fit the out-of-scope score"):
+            exclude = (oos_index,) if oos_index is not None else ()
+            in_scope_val = pooled_val[~np.isin(y_val, exclude)]
+            ood_parameters, ood_summary = ood_fit.fit_mahalanobis(pooled_train, y_train, exclude, in_scope_val)
+            ood_parameters.write(stage / "ood.npz")
+
+        def ood_scores(model_path: Path, ids, batch_size: int = 64, pooled=None):
+            if pooled is None:
+                pooled = ortrun.run(model_path, ids, batch_size=batch_size, output=graph.POOLED)
+            p = ood_parameters
+            return kernels.ood.ood_scores(pooled, p.whiten, p.centers, p.location, p.scale)
+
+        fp32_ood = ood_scores(work / "fp32.onnx", ids_val)
+        int8_ood = ood_scores(stage / "model.onnx", ids_val, pooled=pooled_val)
+        threshold, ood_threshold = _reject_thresholds(config, int8_logits, int8_ood, y_val, oos_index)
         with_reject = (
             {
-                "fp32": evaluate.scores(evaluate.predict(fp32_logits, labels, oos, threshold), y_val, labels, oos),
-                "int8": evaluate.scores(evaluate.predict(int8_logits, labels, oos, threshold), y_val, labels, oos),
+                name: evaluate.scores(
+                    evaluate.predict(logits, labels, oos, threshold, far, ood_threshold), y_val, labels, oos
+                )
+                for name, logits, far in (("fp32", fp32_logits, fp32_ood), ("int8", int8_logits, int8_ood))
             }
-            if threshold is not None
+            if threshold is not None or ood_threshold is not None
             else None
         )
         (stage / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
@@ -80,10 +100,15 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
                 ids_val,
                 y_val,
                 labels,
-                lambda ids: ortrun.run(stage / "model.onnx", ids, batch_size=1),
+                lambda ids: (
+                    ortrun.run(stage / "model.onnx", ids, batch_size=1),
+                    ood_scores(stage / "model.onnx", ids, batch_size=1),
+                ),
                 oos,
                 threshold,
                 batch_logits=int8_logits,
+                batch_ood=int8_ood,
+                ood_threshold=ood_threshold,
             ),
         )
         with progress.step("measure size and batch-1 latency"):
@@ -99,7 +124,7 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
         manifest["model"] = {
             "file": "model.onnx",
             "inputs": ["input_ids", "attention_mask", "token_type_ids"],
-            "outputs": ["logits"],
+            "outputs": [graph.LOGITS, graph.POOLED],
             "quantization": quant_section,
         }
         manifest["postprocess"] = {
@@ -109,7 +134,13 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             "pooling": "mean",
             "normalize": head.normalize,
             "reject_threshold": threshold,
-            "reject_label": oos if threshold is not None else None,
+            "reject_label": oos if threshold is not None or ood_threshold is not None else None,
+            "ood": {
+                "file": "ood.npz",
+                "output": graph.POOLED,
+                "method": ood_fit.METHOD,
+                "reject_threshold": ood_threshold,
+            },
         }
         manifest["routing"] = {**DEFAULT_ROUTING, "oos_label": oos, **config.routing}
         manifest["metrics"] = {
@@ -118,6 +149,11 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             "fp32": fp32_scores,
             "int8": int8_scores,
             "with_reject_threshold": with_reject,
+            "reject_signal": config.reject_signal,
+            "ood": {
+                **ood_summary,
+                "val_auroc": _val_auroc(int8_logits, int8_ood, y_val, oos_index),
+            },
             "gate": gate_report,
             **perf,
             "build_seconds": round(time.perf_counter() - began, 1),
@@ -128,6 +164,38 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BuildResult(path, manifest, round(time.perf_counter() - began, 1))
+
+
+def _reject_thresholds(config: BuildConfig, logits, ood, targets, oos_index: int | None):
+    """(max-probability threshold, ood threshold) for the reject label, fitted on val by the recipe's
+    reject_signal within reject_max_in_scope_drop points of in-scope accuracy; either may be None."""
+    if oos_index is None:
+        return None, None
+    budget = config.reject_max_in_scope_drop / 100.0
+    probs = evaluate.softmax(logits.astype(np.float64))
+    argmax = probs.argmax(axis=1)
+    if config.reject_signal == "confidence":  # the build's rule before the ood score, unchanged
+        labels = [str(i) for i in range(logits.shape[1])]
+        oos = labels[oos_index]
+        return evaluate.fit_reject_threshold(logits, targets, labels, oos, config.reject_max_in_scope_drop), None
+    if config.reject_signal == "ood":
+        return None, ood_reject_threshold(ood, argmax, targets, oos_index, budget)
+    if config.reject_signal == "both":
+        return joint_reject_thresholds(probs.max(axis=1), ood, argmax, targets, oos_index, budget)
+    raise BuildError(f"unknown reject signal {config.reject_signal!r} (confidence, ood or both)")
+
+
+def _val_auroc(logits, ood, targets, oos_index: int | None) -> dict | None:
+    """How well each signal alone tells val's out-of-scope texts from the rest (1.0: perfectly)."""
+    if oos_index is None:
+        return None
+    positive = targets == oos_index
+    confidence = ood_fit.auroc(-evaluate.softmax(logits.astype(np.float64)).max(axis=1), positive)
+    far = ood_fit.auroc(np.asarray(ood, dtype=np.float64), positive)
+    return {
+        "confidence": None if confidence is None else round(confidence, 4),
+        "ood": None if far is None else round(far, 4),
+    }
 
 
 def _train_head(

@@ -105,6 +105,20 @@ class Model:
             return np.empty((0, len(self.labels)), dtype=np.float32), np.empty(0, np.float32) if self.ood else None
         return out, far
 
+    def pooled(self, texts: Sequence[str]) -> np.ndarray:
+        """The pooled embeddings (N, d) a classifier's head reads, from its graph's `pooled` output (bundles built
+        with the out-of-scope score have it): what the score measures, for analysis and benchmarks."""
+        self._require("text-classification")
+        name = self.ood.output if self.ood else "pooled"
+        if name not in self.session.output_names:
+            raise InputError(f"{self.name} {self.version} has no {name!r} output (built before the out-of-scope score)")
+        out = None
+        for rows, (vectors,), _ in self._forward(texts, [name]):
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
     def predict(self, texts: Sequence[str], top_k: int | None = None) -> list[Prediction]:
         self._require("text-classification")
         started = time.perf_counter()

@@ -17,6 +17,7 @@ Signals (--signal, repeatable; default: every one the bundle has):
   ood         the out-of-scope score of the pooled embedding, for bundles that ship one
               (edge_runtime/ood.py; fitted by calibration.ood_reject_threshold)
   both        either one rejects, the two cuts fitted together (calibration.joint_reject_thresholds)
+The halves and the fits are the build's own (edge_runtime/build/reject.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = Path(os.environ.get("EDGE_RUNTIME_DATASETS", REPO / "datasets")) / "clinc150"
-SIGNALS = ("confidence", "ood", "both")
+SIGNALS = ("confidence", "ood", "both")  # edge_runtime/build/reject.py
 
 
 def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -43,17 +44,6 @@ def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return (round(100 * (centre - half), 1), round(100 * (centre + half), 1))
-
-
-def halves(labels: list[str], seed: int = 0) -> np.ndarray:
-    """0 or 1 for each example: every label split as evenly as it can be between the two halves."""
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(labels), dtype=int)
-    for label in sorted(set(labels)):
-        members = np.flatnonzero(np.asarray(labels) == label)
-        rng.shuffle(members)
-        fold[members[1::2]] = 1
-    return fold
 
 
 def counts(predicted: np.ndarray, targets: np.ndarray, oos_index: int) -> dict:
@@ -89,22 +79,6 @@ def spread(pooled: list[dict]) -> dict:
     }
 
 
-def fit_reject(
-    signal: str, logits: np.ndarray, ood: np.ndarray | None, targets: np.ndarray, labels: list[str], oos: str, max_drop
-) -> tuple[float | None, float | None]:
-    """(max-probability threshold, ood threshold) fitted on these rows by `signal`'s rule (max_drop in points)."""
-    from edge_runtime.build.evaluate import fit_reject_threshold, softmax
-    from edge_runtime.calibration import joint_reject_thresholds, ood_reject_threshold
-
-    if signal == "confidence":
-        return fit_reject_threshold(logits, targets, labels, oos, max_drop), None
-    argmax, oos_index = logits.argmax(axis=1), labels.index(oos)
-    if signal == "ood":
-        return None, ood_reject_threshold(ood, argmax, targets, oos_index, max_drop / 100)
-    top = softmax(logits.astype(np.float64)).max(axis=1)
-    return joint_reject_thresholds(top, ood, argmax, targets, oos_index, max_drop / 100)
-
-
 def cross_fit(
     logits: np.ndarray,
     targets: np.ndarray,
@@ -116,14 +90,15 @@ def cross_fit(
     ood: np.ndarray | None = None,
 ):
     from edge_runtime.build.evaluate import predict
+    from edge_runtime.build.reject import fit, halves
 
     fold = halves([labels[t] for t in targets], seed)
     oos_index = labels.index(oos)
     folds, pooled = [], None
     for fit_on in (0, 1):
-        fit, score = fold == fit_on, fold != fit_on
-        far = ood[fit] if ood is not None else None
-        threshold, ood_threshold = fit_reject(signal, logits[fit], far, targets[fit], labels, oos, max_drop)
+        part, score = fold == fit_on, fold != fit_on
+        far = ood[part] if ood is not None else None
+        threshold, ood_threshold = fit(signal, logits[part], far, targets[part], labels, oos, max_drop)
         far = ood[score] if ood is not None else None
         tally = counts(predict(logits[score], labels, oos, threshold, far, ood_threshold), targets[score], oos_index)
         cuts = {"threshold": threshold, "ood_threshold": ood_threshold}

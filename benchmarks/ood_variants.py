@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from crossfit import DATASET, counts, figures, halves  # benchmarks/crossfit.py
+from crossfit import DATASET, counts, figures  # benchmarks/crossfit.py
 
 
 def shrunk(centered: np.ndarray, share: float | None) -> tuple[np.ndarray, float]:
@@ -93,6 +93,7 @@ def fpr_at_95(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def cross_fitted(scores, argmax, targets, oos_index, labels, max_drop, seed=0) -> dict:
+    from edge_runtime.build.reject import halves
     from edge_runtime.calibration import ood_reject_threshold
 
     fold = halves([labels[t] for t in targets], seed)

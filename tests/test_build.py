@@ -65,7 +65,10 @@ def test_bundle_has_the_manifest_contract(small_bundle):
     assert manifest["model"]["outputs"] == ["logits", "pooled"]
     ood = manifest["postprocess"]["ood"]
     assert (ood["file"], ood["output"], ood["method"]) == ("ood.npz", "pooled", "mahalanobis")
-    assert manifest["metrics"]["reject_signal"] == "ood"
+    # the reject signal the build picked by cross-fitting on val, and what each one got there
+    selection = manifest["metrics"]["reject_signal_selection"]
+    assert set(selection) == {"confidence", "ood", "both"}
+    assert manifest["metrics"]["reject_signal"] == max(selection, key=lambda s: selection[s]["right"])
     assert manifest["model"]["quantization"]["per_channel"] is True
     labels = json.loads((small_bundle / "labels.json").read_text())
     assert len(labels) == 11 and "oos" in labels

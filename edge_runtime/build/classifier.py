@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import kernels
-from ..calibration import joint_reject_thresholds, ood_reject_threshold
-from . import evaluate, export, golden, graph, metrics, ortrun, textenc
+from . import evaluate, export, golden, graph, metrics, ortrun, reject, textenc
 from . import ood as ood_fit
 from .config import DEFAULT_ROUTING, BuildConfig, BuildResult
 from .data import Split, encode_labels, label_list
@@ -32,6 +31,8 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     y_train = np.asarray(encode_labels(train, labels, "training data"))
     y_val = np.asarray(encode_labels(val, labels, "validation data"))
     oos = config.oos_label if config.oos_label in labels else None
+    if config.reject_signal not in (*reject.SIGNALS, reject.AUTO):
+        raise BuildError(f"reject signal {config.reject_signal!r}: one of {', '.join(reject.SIGNALS)} or auto")
     work, stage = make_staging_dir(config.out)
     try:
         tokenizer = textenc.stage_tokenizer(config.model_dir, stage, config.max_length)
@@ -81,7 +82,17 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
 
         fp32_ood = ood_scores(work / "fp32.onnx", ids_val)
         int8_ood = ood_scores(stage / "model.onnx", ids_val, pooled=pooled_val)
-        threshold, ood_threshold = _reject_thresholds(config, int8_logits, int8_ood, y_val, oos_index)
+        signal, selection = config.reject_signal, None
+        if oos and signal == reject.AUTO:
+            with progress.step("choose the reject signal (cross-fitted on val)"):
+                signal, selection = reject.choose(
+                    int8_logits, int8_ood, y_val, labels, oos, config.reject_max_in_scope_drop
+                )
+        threshold, ood_threshold = (
+            reject.fit(signal, int8_logits, int8_ood, y_val, labels, oos, config.reject_max_in_scope_drop)
+            if oos
+            else (None, None)
+        )
         with_reject = (
             {
                 name: evaluate.scores(
@@ -149,7 +160,8 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             "fp32": fp32_scores,
             "int8": int8_scores,
             "with_reject_threshold": with_reject,
-            "reject_signal": config.reject_signal,
+            "reject_signal": signal if oos else None,
+            "reject_signal_selection": selection,
             "ood": {
                 **ood_summary,
                 "val_auroc": _val_auroc(int8_logits, int8_ood, y_val, oos_index),
@@ -164,25 +176,6 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BuildResult(path, manifest, round(time.perf_counter() - began, 1))
-
-
-def _reject_thresholds(config: BuildConfig, logits, ood, targets, oos_index: int | None):
-    """(max-probability threshold, ood threshold) for the reject label, fitted on val by the recipe's
-    reject_signal within reject_max_in_scope_drop points of in-scope accuracy; either may be None."""
-    if oos_index is None:
-        return None, None
-    budget = config.reject_max_in_scope_drop / 100.0
-    probs = evaluate.softmax(logits.astype(np.float64))
-    argmax = probs.argmax(axis=1)
-    if config.reject_signal == "confidence":  # the build's rule before the ood score, unchanged
-        labels = [str(i) for i in range(logits.shape[1])]
-        oos = labels[oos_index]
-        return evaluate.fit_reject_threshold(logits, targets, labels, oos, config.reject_max_in_scope_drop), None
-    if config.reject_signal == "ood":
-        return None, ood_reject_threshold(ood, argmax, targets, oos_index, budget)
-    if config.reject_signal == "both":
-        return joint_reject_thresholds(probs.max(axis=1), ood, argmax, targets, oos_index, budget)
-    raise BuildError(f"unknown reject signal {config.reject_signal!r} (confidence, ood or both)")
 
 
 def _val_auroc(logits, ood, targets, oos_index: int | None) -> dict | None:

@@ -47,8 +47,9 @@ class BuildConfig:
     oos_label: str = "oos"
     reject_max_in_scope_drop: float = 0.3
     # what answers the OOS label on the device: "ood" (the out-of-scope score, build/ood.py), "confidence" (the
-    # top probability) or "both" (either); fitted on val within reject_max_in_scope_drop points of in-scope
-    reject_signal: str = "ood"
+    # top probability), "both" (either), or "auto": the one of them with the most right answers cross-fitted on
+    # val (build/reject.py); fitted on val within reject_max_in_scope_drop points of in-scope accuracy
+    reject_signal: str = "auto"
     routing: dict = field(default_factory=dict)
     distillation: Distillation | None = None  # a teacher's soft labels mixed into fine-tuning (build/distill.py)
     # tagger only

@@ -155,11 +155,12 @@ def build(ctx):
 @click.option("--oos-label", default="oos", show_default=True, help="The out-of-scope class, if present.")
 @click.option(
     "--reject-signal",
-    type=click.Choice(["ood", "confidence", "both"]),
-    default="ood",
+    type=click.Choice(["auto", "ood", "confidence", "both"]),
+    default="auto",
     show_default=True,
     help="What answers the out-of-scope class on the device, fitted on --val: the out-of-scope score of the "
-    "pooled embedding, the top probability, or either.",
+    "pooled embedding, the top probability, either, or (auto) the one of these with the most right answers "
+    "cross-fitted on --val.",
 )
 @click.option(
     "--teacher",

@@ -152,6 +152,33 @@ def pooling_rows(rng) -> list[dict]:
     ]
 
 
+def ood_rows(rng) -> list[dict]:
+    """The default bundle's shapes: a 384-d pooled embedding, 384 x 384 whitening, 150 in-scope classes."""
+    pure, compiled = pure_module("ood"), compiled_module("ood")
+    whiten = (rng.normal(size=(384, 384)) / 20).astype(np.float32)
+    centers = rng.normal(size=(150, 384)).astype(np.float32)
+    one = rng.normal(size=(1, 384)).astype(np.float32)
+    many = rng.normal(size=(32, 384)).astype(np.float32)
+    return [
+        row(
+            "ood_scores",
+            "(1,384) x 150 means",
+            "NumPy twin",
+            lambda: pure.ood_scores(one, whiten, centers, 7.0, 0.35),
+            lambda: compiled.ood_scores(one, whiten, centers, 7.0, 0.35),
+            2.0,
+        ),
+        row(
+            "ood_scores",
+            "(32,384) x 150 means",
+            "NumPy twin",
+            lambda: pure.ood_scores(many, whiten, centers, 7.0, 0.35),
+            lambda: compiled.ood_scores(many, whiten, centers, 7.0, 0.35),
+            None,
+        ),
+    ]
+
+
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
 
@@ -280,7 +307,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
-    missing = [name for name in ("batching", "classify", "pooling", "tokencls") if compiled_module(name) is None]
+    missing = [name for name in ("batching", "classify", "pooling", "tokencls", "ood") if compiled_module(name) is None]
     if missing:
         print(
             f"error: Cython kernels not built: {', '.join(missing)} (pip install -e . --no-build-isolation)",
@@ -288,7 +315,8 @@ def main(argv=None) -> int:
         )
         return 1
     rng = np.random.default_rng(0)
-    rows = classify_rows(rng) + batching_rows(rng) + pooling_rows(rng) + tokencls_rows(rng) + pii_rows(rng)
+    rows = classify_rows(rng) + batching_rows(rng) + pooling_rows(rng) + ood_rows(rng)
+    rows += tokencls_rows(rng) + pii_rows(rng)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -139,6 +139,12 @@ def validate_manifest(raw) -> None:
     tokenizer = raw.get("preprocess", {}).get("tokenizer")
     _require(tokenizer is None or tokenizer in files, "preprocess.tokenizer must name a listed file")
     labels = raw.get("postprocess", {}).get("labels")
+    ood = raw.get("postprocess", {}).get("ood")
+    if ood is not None:  # its parameters file must be listed, so the manifest's signature covers it
+        _require(
+            isinstance(ood, dict) and ood.get("file", "ood.npz") in files,
+            "postprocess.ood.file must name a listed file",
+        )
     if raw["task"] in LABELLED_TASKS:
         _require(labels in files, f"postprocess.labels must name a listed file for {raw['task']}")
 

@@ -7,8 +7,13 @@ Everything works on raw logits (N, C) and gold class indices from a labelled val
   escalation_threshold / accuracy_threshold   the min_confidence the router escalates below
   per_class_thresholds                        the same per predicted class, where data allows
   reject_threshold                            below it the device answers the out-of-scope label
+  ood_reject_threshold / joint_reject_thresholds   the same on the bundle's out-of-scope score
+                                              (edge_runtime/ood.py: above it, the OOS label), or on both
+                                              signals at once (either one rejects)
   signal="entropy"                            route on the kernel's normalised entropy (routing.max_entropy)
                                               instead of the top probability (routing.min_confidence)
+  signal="ood"                                route on the out-of-scope score (routing.max_ood)
+  signal="confidence+ood"                     both: escalate when either is past its cut (joint_escalation)
 Figures fitted on data are optimistic on that same data: evaluate on held-out examples.
 """
 
@@ -156,6 +161,80 @@ def per_class_thresholds(
     return result
 
 
+def _best_upper_cut(
+    score: np.ndarray,
+    argmax: np.ndarray,
+    targets: np.ndarray,
+    oos_index: int,
+    max_in_scope_drop: float,
+    already: np.ndarray | None = None,
+) -> tuple[float | None, int, int]:
+    """The cut t (reject when score > t) that, together with the rows `already` rejected, catches the most OOS
+    examples while losing at most `max_in_scope_drop` (a share) of the in-scope answers that were right; ties go
+    to the cut that rejects least. Returns (t or None for no cut, OOS caught, in-scope answers lost)."""
+    already = np.zeros(len(score), dtype=bool) if already is None else already
+    in_scope, oos = targets != oos_index, targets == oos_index
+    right = in_scope & (argmax == targets)
+    budget = int(np.floor(max_in_scope_drop * in_scope.sum() + 1e-9))  # answers that may be lost
+    caught0 = int((oos & ((argmax == oos_index) | already)).sum())
+    lost0 = int((right & already).sum())
+    order = np.argsort(-score, kind="stable")
+    ranked = score[order]
+    free = ~already[order]
+    caught = caught0 + np.cumsum(oos[order] & (argmax[order] != oos_index) & free)
+    lost = lost0 + np.cumsum(right[order] & free)
+    # a cut may only fall between two different scores: rejecting the first m rows, m in `ends`
+    ends = np.flatnonzero(np.append(ranked[1:] < ranked[:-1], True)) + 1
+    best_m, best_caught, best_lost = 0, caught0, lost0
+    for m in ends:
+        if lost[m - 1] > budget:
+            break  # lower cuts only reject more in-scope answers
+        if caught[m - 1] > best_caught:
+            best_m, best_caught, best_lost = int(m), int(caught[m - 1]), int(lost[m - 1])
+    if best_m == 0:
+        return None, best_caught, best_lost
+    below = ranked[best_m] if best_m < len(ranked) else ranked[-1] - 1.0
+    return float((ranked[best_m - 1] + below) / 2), best_caught, best_lost
+
+
+def ood_reject_threshold(
+    ood: np.ndarray, argmax: np.ndarray, targets: np.ndarray, oos_index: int, max_in_scope_drop: float = 0.003
+) -> float | None:
+    """The out-of-scope score threshold (above it: the OOS label) with the best OOS recall that costs at most
+    `max_in_scope_drop` (a share) of in-scope accuracy; None when none helps. The rule of reject_threshold."""
+    if not (targets == oos_index).any() or not (targets != oos_index).any():
+        return None
+    return _best_upper_cut(np.asarray(ood, dtype=np.float64), argmax, targets, oos_index, max_in_scope_drop)[0]
+
+
+def joint_reject_thresholds(
+    scores: np.ndarray,
+    ood: np.ndarray,
+    argmax: np.ndarray,
+    targets: np.ndarray,
+    oos_index: int,
+    max_in_scope_drop: float = 0.003,
+    grid: int = 101,
+) -> tuple[float | None, float | None]:
+    """(max-probability threshold, ood threshold): the OOS label when the top probability is below the first
+    OR the out-of-scope score above the second, the pair with the best OOS recall costing at most
+    `max_in_scope_drop` of in-scope accuracy (ties: the pair that rejects fewer right answers). The
+    probability cut is searched over quantiles of `scores` up to the median (`grid` of them), the ood cut
+    exactly for each."""
+    if not (targets == oos_index).any() or not (targets != oos_index).any():
+        return None, None
+    scores, ood = np.asarray(scores, dtype=np.float64), np.asarray(ood, dtype=np.float64)
+    best = (-1, 0, None, None)  # (caught, -lost, confidence cut, ood cut)
+    for cut in [None, *np.unique(np.quantile(scores, np.linspace(0.0, 0.5, grid)))]:
+        already = scores < cut if cut is not None else None
+        ood_cut, caught, lost = _best_upper_cut(ood, argmax, targets, oos_index, max_in_scope_drop, already)
+        if lost > np.floor(max_in_scope_drop * (targets != oos_index).sum() + 1e-9):
+            continue  # the probability cut alone is over the budget
+        if (caught, -lost) > best[:2]:
+            best = (caught, -lost, None if cut is None else float(cut), ood_cut)
+    return best[2], best[3]
+
+
 def reject_threshold(probs: np.ndarray, targets: np.ndarray, oos_index: int, max_in_scope_drop: float = 0.003):
     """The max-probability threshold (below it: the OOS label) with the best OOS recall that costs at most
     `max_in_scope_drop` (a share, 0.003 = 0.3 points) of in-scope accuracy; None when none helps."""
@@ -194,6 +273,9 @@ class Calibration:
     n: int = 0
     signal: str = "confidence"
     max_entropy: float | None = None
+    max_ood: float | None = None
+    reject_signal: str = "confidence"
+    ood_reject_threshold: float | None = None  # above this out-of-scope score: the reject label
     # per example, for a risk-coverage plot: the top probability after T, and whether the answer is right
     scores: np.ndarray | None = field(default=None, repr=False)
     correct: np.ndarray | None = field(default=None, repr=False)
@@ -209,7 +291,8 @@ def _check(logits: np.ndarray, targets: np.ndarray) -> None:
         raise InputError("calibration logits hold NaN or infinity")
 
 
-SIGNALS = ("confidence", "entropy")
+SIGNALS = ("confidence", "entropy", "ood", "confidence+ood")
+REJECT_SIGNALS = ("confidence", "ood", "both")
 
 
 def normalised_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -218,6 +301,67 @@ def normalised_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
 
     result = kernels.classify.classify_logits(np.ascontiguousarray(logits, dtype=np.float32), temperature, 1, False)
     return np.asarray(result.entropy, dtype=np.float64)
+
+
+def _upper_cut(ood: np.ndarray, m: int) -> float | None:
+    """A cut escalating (ood > cut) the `m` highest of `ood` (sorted descending), fewer when scores tie at the
+    cut (as escalation_threshold); None for m = 0."""
+    if m <= 0:
+        return None
+    below = ood[m] if m < len(ood) else ood[-1] - 1.0
+    return float((ood[m - 1] + below) / 2) if ood[m - 1] > below else float(ood[m - 1])
+
+
+def joint_escalation(
+    scores: np.ndarray,
+    ood: np.ndarray,
+    correct: np.ndarray,
+    target_escalation: float | None = None,
+    target_accuracy: float | None = None,
+    grid: int = 21,
+) -> tuple[float | None, float | None]:
+    """(min_confidence, max_ood): escalate when the top probability is below the first OR the out-of-scope
+    score above the second. For a target escalation share R: the split of R between the two signals (on a
+    grid of `grid` shares) that keeps the most accurate answers; for a target kept accuracy A: the pair that
+    reaches A escalating least (probability cuts at quantiles up to the median, the ood cut exact for each).
+    (1.0, None) (escalate everything) when no pair reaches A."""
+    scores, ood = np.asarray(scores, dtype=np.float64), np.asarray(ood, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    n = len(scores)
+    best = None  # (key, min_confidence, max_ood)
+    if target_escalation is not None:
+        wanted = int(round(target_escalation * n))
+        cuts = [escalation_threshold(scores, share * wanted / n) for share in np.linspace(0.0, 1.0, grid)]
+    else:
+        cuts = [0.0, *np.unique(np.quantile(scores, np.linspace(0.0, 0.5, 101)))]
+    for cut in cuts:
+        by_confidence = scores < cut
+        rest = np.flatnonzero(~by_confidence)
+        order = rest[np.argsort(-ood[rest], kind="stable")]
+        ranked = ood[order]
+        if target_escalation is not None:
+            m = max(0, wanted - int(by_confidence.sum()))
+        else:
+            # escalating the first m of `order` keeps order[m:]; m = 0, or a cut between two different scores
+            kept_right = correct[order][::-1].cumsum()[::-1]
+            kept = len(order) - np.arange(len(order))
+            cuttable = np.concatenate([[True], ranked[1:] < ranked[:-1]])[: len(order)]
+            reaching = np.flatnonzero(cuttable & (kept_right / np.maximum(kept, 1) >= target_accuracy - 1e-12))
+            if reaching.size == 0:
+                continue
+            m = int(reaching[0])
+        ood_cut = _upper_cut(ranked, m)
+        escalated = by_confidence | (ood > ood_cut if ood_cut is not None else False)
+        kept_accuracy = float(correct[~escalated].mean()) if (~escalated).any() else 0.0
+        if target_escalation is not None:
+            key = (-kept_accuracy, int(escalated.sum()))
+        else:
+            key = (int(escalated.sum()), -kept_accuracy)
+        if best is None or key < best[0]:
+            best = (key, float(cut) if cut > 0 else None, ood_cut)
+    if best is None:
+        return 1.0, None
+    return best[1], best[2]
 
 
 def calibrate(
@@ -233,16 +377,27 @@ def calibrate(
     max_in_scope_drop: float = 0.003,
     per_class_min: int = 20,
     signal: str = "confidence",
+    ood: np.ndarray | None = None,
+    reject_signal: str = "confidence",
 ) -> Calibration:
-    """Fit T, the reject threshold and routing thresholds for one target (escalation share or kept accuracy).
+    """Fit T, the reject threshold(s) and routing thresholds for one target (escalation share or kept accuracy).
 
     signal "confidence": the cut is routing.min_confidence on the top probability; "entropy": the cut is
     routing.max_entropy on the normalised entropy (fitted as 1 - entropy, so the same code finds both cuts;
-    no per-class thresholds)."""
+    no per-class thresholds); "ood": routing.max_ood on the out-of-scope score `ood` (fitted as 1 - ood);
+    "confidence+ood": both cuts together (joint_escalation). reject_signal "confidence": reject_threshold on
+    the top probability; "ood": ood_reject_threshold on `ood`; "both": joint_reject_thresholds."""
     if (target_escalation is None) == (target_accuracy is None):
         raise InputError("give exactly one target: an escalation rate or a kept accuracy")
     if signal not in SIGNALS:
         raise InputError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
+    if reject_signal not in REJECT_SIGNALS:
+        raise InputError(f"reject signal must be one of {', '.join(REJECT_SIGNALS)}, got {reject_signal!r}")
+    if ood is None and ("ood" in signal or (fit_reject and reject_signal != "confidence")):
+        raise InputError(
+            "the bundle has no out-of-scope score (postprocess.ood and a `pooled` output): "
+            "rebuild it with this toolchain, or use the confidence signal"
+        )
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted(set(gold) - set(index))
     if unknown:
@@ -250,26 +405,60 @@ def calibrate(
     logits = np.asarray(logits, dtype=np.float64)
     targets = np.array([index[g] for g in gold])
     _check(logits, targets)
+    if ood is not None:
+        ood = np.asarray(ood, dtype=np.float64)
+        if ood.shape != (len(targets),) or not np.isfinite(ood).all():
+            raise InputError("calibration needs one finite out-of-scope score per example")
     before = softmax(logits, current_temperature)
     temperature = fit_temperature(logits, targets)
     probs = softmax(logits, temperature)
     argmax, scores = probs.argmax(axis=1), probs.max(axis=1)
     oos_index = index.get(oos_label) if oos_label else None
-    reject = (
-        reject_threshold(probs, targets, oos_index, max_in_scope_drop) if fit_reject and oos_index is not None else None
-    )
-    predicted = np.where(scores < reject, oos_index, argmax) if reject is not None else argmax
+    reject, ood_reject = None, None
+    if fit_reject and oos_index is not None:
+        if reject_signal == "confidence":
+            reject = reject_threshold(probs, targets, oos_index, max_in_scope_drop)
+        elif reject_signal == "ood":
+            ood_reject = ood_reject_threshold(ood, argmax, targets, oos_index, max_in_scope_drop)
+        else:
+            reject, ood_reject = joint_reject_thresholds(scores, ood, argmax, targets, oos_index, max_in_scope_drop)
+    rejected = np.zeros(len(targets), dtype=bool)
+    if reject is not None:
+        rejected |= scores < reject
+    if ood_reject is not None:
+        rejected |= ood > ood_reject
+    predicted = np.where(rejected, oos_index, argmax) if oos_index is not None else argmax
     correct = predicted == targets
     per_class: dict[str, float] = {}
-    routed = scores if signal == "confidence" else 1.0 - normalised_entropy(logits, temperature)
-    if target_escalation is not None:
-        threshold = escalation_threshold(routed, target_escalation)
+    min_confidence = max_entropy = max_ood = None
+    if signal == "confidence+ood":
+        min_confidence, max_ood = joint_escalation(scores, ood, correct, target_escalation, target_accuracy)
+        escalated = (scores < min_confidence) if min_confidence is not None else np.zeros(len(scores), dtype=bool)
+        if max_ood is not None:
+            escalated |= ood > max_ood
+        curve_rows = []  # two cuts: no single score to rank by
     else:
-        threshold = accuracy_threshold(routed, correct, target_accuracy)
-        if per_class_min > 0 and signal == "confidence":
-            per_class = per_class_thresholds(scores, correct, argmax, labels, target_accuracy, per_class_min)
-    limits = np.array([per_class.get(labels[i], threshold) for i in argmax])
-    escalated = routed < limits
+        routed = {
+            "confidence": lambda: scores,
+            "entropy": lambda: 1.0 - normalised_entropy(logits, temperature),
+            "ood": lambda: 1.0 - ood,
+        }[signal]()
+        if target_escalation is not None:
+            threshold = escalation_threshold(routed, target_escalation)
+        else:
+            threshold = accuracy_threshold(routed, correct, target_accuracy)
+            if per_class_min > 0 and signal == "confidence":
+                per_class = per_class_thresholds(scores, correct, argmax, labels, target_accuracy, per_class_min)
+        limits = np.array([per_class.get(labels[i], threshold) for i in argmax])
+        escalated = routed < limits
+        curve_rows = risk_coverage(routed, correct)
+        if signal == "confidence":
+            min_confidence = round(threshold, 6)
+        elif signal == "entropy":
+            max_entropy = round(1.0 - threshold, 6)
+        else:
+            # not rounded: high scores crowd near 1, and 6 decimals could move the cut past one of them
+            max_ood = 1.0 - threshold
     return Calibration(
         temperature=temperature,
         nll_before=nll(logits, targets, current_temperature),
@@ -277,17 +466,20 @@ def calibrate(
         ece_before=ece(before.max(axis=1), before.argmax(axis=1) == targets),
         ece_after=ece(scores, argmax == targets),
         reject_threshold=reject,
-        reject_label=oos_label if reject is not None else None,
-        min_confidence=round(threshold, 6) if signal == "confidence" else None,
+        reject_label=oos_label if (reject is not None or ood_reject is not None) else None,
+        min_confidence=min_confidence,
         per_class=per_class,
         target={"escalation": target_escalation} if target_escalation is not None else {"accuracy": target_accuracy},
         expected_escalation_rate=float(escalated.mean()),
         kept_accuracy=float(correct[~escalated].mean()) if (~escalated).any() else None,
         accuracy=float(correct.mean()),
-        risk_coverage=risk_coverage(routed, correct),
+        risk_coverage=curve_rows,
         n=len(targets),
         signal=signal,
-        max_entropy=round(1.0 - threshold, 6) if signal == "entropy" else None,
+        max_entropy=max_entropy,
+        max_ood=max_ood,
+        reject_signal=reject_signal,
+        ood_reject_threshold=ood_reject,
         scores=scores,
         correct=correct,
     )
@@ -300,11 +492,14 @@ def calibrated_manifest(raw: dict, result: Calibration) -> dict:
     post["temperature"] = result.temperature
     post["reject_threshold"] = result.reject_threshold
     post["reject_label"] = result.reject_label
+    if isinstance(post.get("ood"), dict):
+        post["ood"] = {**post["ood"], "reject_threshold": result.ood_reject_threshold}
     routing = manifest.setdefault("routing", {})
     routing.update(
         min_confidence=result.min_confidence,
         min_margin=None,
         max_entropy=result.max_entropy,
+        max_ood=result.max_ood,
         per_class=dict(result.per_class),
     )
     summary = {k: v for k, v in result.to_dict().items() if k != "risk_coverage"}

@@ -94,6 +94,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_confidence": Key(float, -1.0, -1, 1, "override the bundle's threshold (-1 = bundle's)"),
         "min_margin": Key(float, -1.0, -1, 1, "override the bundle's threshold (-1 = bundle's)"),
         "max_entropy": Key(float, -1.0, -1, 1, "override the bundle's threshold (-1 = bundle's)"),
+        "max_ood": Key(float, -1.0, -1, 1, "override the bundle's out-of-scope threshold (-1 = bundle's)"),
         "budget": Key(float, -1.0, -1, 1, "max share of escalations (-1 = bundle's)"),
         "private_label_floor": Key(
             float, -1.0, -1, 1, "a private label this probable in the top-k keeps the text local (-1 = bundle's, 0.05)"

@@ -16,6 +16,7 @@ import numpy as np
 from . import postprocess
 from .bundle import TASKS
 from .errors import BundleError, InputError, StoreError
+from .ood import OodScorer
 from .paths import cache_dir
 from .preprocess import Preprocessor, token_positions
 from .results import Entity, Prediction
@@ -54,6 +55,14 @@ class Model:
             if self.task == "text-classification"
             else None
         )
+        # The out-of-scope score, when the bundle ships one (edge_runtime/ood.py); the session then returns the
+        # logits and the pooled embedding, and nothing else.
+        self.ood = (
+            OodScorer.from_manifest(self.path, post.get("ood"), self.session.output_names)
+            if self.task == "text-classification"
+            else None
+        )
+        self._classifier_outputs = [self.session.output_names[0], self.ood.output] if self.ood else None
         self.max_batch = max_batch
         self.max_tokens = max_tokens
 
@@ -62,36 +71,61 @@ class Model:
 
     # -- the request path -------------------------------------------------------------------
 
-    def _forward(self, texts: Sequence[str], want_mask: bool = False):
-        """Run the session over texts in length buckets; yields (row indices, outputs, batch)."""
+    def _forward(self, texts: Sequence[str], outputs: list[str] | None = None):
+        """Run the session over texts in length buckets; yields (row indices, outputs, batch). `outputs`: the
+        graph outputs to fetch, in order (None: all of them)."""
         if isinstance(texts, str):
             raise InputError("expected a list of texts, got one string")
         encodings = self.preprocessor.encode(texts)
         if len(encodings) <= self.max_batch:
             batch = self.preprocessor.tensors(encodings, texts)
-            yield np.arange(len(encodings)), self.session.run(batch.tensors), batch
+            yield np.arange(len(encodings)), self.session.run(batch.tensors, outputs), batch
             return
         order, boundaries, _ = self.preprocessor.buckets(encodings, self.max_batch, self.max_tokens)
         for start, end in zip(boundaries[:-1], boundaries[1:]):
             rows = order[start:end]
             batch = self.preprocessor.tensors([encodings[i] for i in rows], [texts[i] for i in rows])
-            yield rows, self.session.run(batch.tensors), batch
+            yield rows, self.session.run(batch.tensors, outputs), batch
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self.logits_and_ood(texts)[0]
+
+    def logits_and_ood(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (N, C) and, when the bundle ships an out-of-scope score, the scores (N,) from the same run."""
         self._require("text-classification")
-        out = None
-        for rows, outputs, _ in self._forward(texts):
+        out, far = None, None
+        for rows, outputs, _ in self._forward(texts, self._classifier_outputs):
             if out is None:
                 out = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
+                far = np.empty(len(texts), dtype=np.float32) if self.ood else None
             out[rows] = outputs[0]
-        return out if out is not None else np.empty((0, len(self.labels)), dtype=np.float32)
+            if self.ood:
+                far[rows] = self.ood.scores(outputs[1])
+        if out is None:
+            return np.empty((0, len(self.labels)), dtype=np.float32), np.empty(0, np.float32) if self.ood else None
+        return out, far
+
+    def pooled(self, texts: Sequence[str]) -> np.ndarray:
+        """The pooled embeddings (N, d) a classifier's head reads, from its graph's `pooled` output (bundles built
+        with the out-of-scope score have it): what the score measures, for analysis and benchmarks."""
+        self._require("text-classification")
+        name = self.ood.output if self.ood else "pooled"
+        if name not in self.session.output_names:
+            raise InputError(f"{self.name} {self.version} has no {name!r} output (built before the out-of-scope score)")
+        out = None
+        for rows, (vectors,), _ in self._forward(texts, [name]):
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
     def predict(self, texts: Sequence[str], top_k: int | None = None) -> list[Prediction]:
         self._require("text-classification")
         started = time.perf_counter()
         predictions: list[Prediction | None] = [None] * len(texts)
-        for rows, outputs, _ in self._forward(texts):
-            for row, prediction in zip(rows, postprocess.classify(outputs[0], self.classification, top_k)):
+        for rows, outputs, _ in self._forward(texts, self._classifier_outputs):
+            far = self.ood.scores(outputs[1]) if self.ood else None
+            for row, prediction in zip(rows, postprocess.classify(outputs[0], self.classification, top_k, far)):
                 predictions[row] = prediction
         latency = (time.perf_counter() - started) * 1000.0
         for prediction in predictions:

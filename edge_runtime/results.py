@@ -16,6 +16,7 @@ class Prediction:
     top_k: list[tuple[str, float]] = field(default_factory=list)
     margin: float = 0.0  # top-1 minus top-2 probability
     entropy: float = 0.0  # normalised to 0..1
+    ood: float | None = None  # out-of-scope score 0..1 from the pooled embedding; None: the bundle has none
     decision: str = LOCAL  # local | escalate | deferred
     reason: str = ""  # the routing rule that decided
     latency_ms: float = 0.0

@@ -5,9 +5,12 @@ Rules, first match wins:
                                           label of the top-k with probability >= private_label_floor
   2. never-escalate label     -> local
   3. always-escalate label    -> escalate
-  4. per-class min confidence -> escalate when the score is below the class's threshold
-  5. min confidence / min margin / max entropy -> escalate when any is violated
-  6. otherwise                -> local ("confident")
+  4. max ood                  -> escalate when the out-of-scope score (edge_runtime/ood.py) is above it: a
+                                 text far from every class the device knows, however confident its softmax
+  5. per-class min confidence -> escalate when the score is below the class's threshold
+  6. min confidence / min margin / max entropy -> escalate when any is violated
+  7. otherwise                -> local ("confident")
+A prediction without an ood score (a bundle that ships none) passes rule 4.
 An escalation budget caps the share of escalations over a sliding window; past it the answer stays
 local and its reason says which rule wanted to escalate ("budget_exhausted:<rule>").
 """
@@ -27,6 +30,7 @@ class RoutingPolicy:
     min_confidence: float | None = None
     min_margin: float | None = None
     max_entropy: float | None = None
+    max_ood: float | None = None
     per_class: dict[str, float] = field(default_factory=dict)
     always_escalate: frozenset[str] = frozenset()
     never_escalate: frozenset[str] = frozenset()
@@ -59,7 +63,7 @@ class RoutingPolicy:
         return policy
 
     def validate(self) -> None:
-        for name in ("min_confidence", "min_margin", "max_entropy", "budget", "private_label_floor"):
+        for name in ("min_confidence", "min_margin", "max_entropy", "max_ood", "budget", "private_label_floor"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"routing.{name} must be between 0 and 1, got {value}")
@@ -90,6 +94,8 @@ class Router:
             return LOCAL, f"never_escalate:{top}"
         if top in policy.always_escalate:
             return ESCALATE, f"always_escalate:{top}"
+        if policy.max_ood is not None and prediction.ood is not None and prediction.ood > policy.max_ood:
+            return ESCALATE, f"max_ood>{policy.max_ood:g}"
         threshold = policy.per_class.get(top)
         if threshold is not None:
             if prediction.score < threshold:

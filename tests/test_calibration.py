@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import edge_runtime
 from edge_runtime import calibration
@@ -227,3 +229,152 @@ def test_cli_usage_errors(small_bundle, bundle_home, val_file):
     assert (
         run("--bundle", small_bundle, "--data", val_file, "--target-escalation", "1.5", home=bundle_home).exit_code == 2
     )
+
+
+# ---------------------------------------------------------------- the out-of-scope score
+
+
+def _brute_force_best_recall(score, argmax, targets, oos, budget_share):
+    """The most OOS caught by any cut `score > t` (or none) losing at most budget_share of the right in-scope
+    answers: every cut tried."""
+    in_scope = targets != oos
+    right = in_scope & (argmax == targets)
+    allowed = int(np.floor(budget_share * in_scope.sum() + 1e-9))
+    best = int(((argmax == oos) & ~in_scope).sum())
+    for t in np.unique(score):
+        rejected = score >= t
+        if (right & rejected).sum() <= allowed:
+            best = max(best, int((((argmax == oos) | rejected) & ~in_scope).sum()))
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), n=st.integers(2, 40), budget=st.sampled_from([0.0, 0.05, 0.2, 0.5]))
+def test_ood_reject_threshold_is_the_best_cut_within_the_budget(data, n, budget):
+    targets = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+    argmax = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+    score = np.array(data.draw(st.lists(st.sampled_from([0.1, 0.2, 0.5, 0.7, 0.9, 0.95]), min_size=n, max_size=n)))
+    cut = calibration.ood_reject_threshold(score, argmax, targets, 0, budget)
+    if not (targets == 0).any() or not (targets != 0).any():
+        assert cut is None
+        return
+    best = _brute_force_best_recall(score, argmax, targets, 0, budget)
+    baseline = int(((argmax == 0) & (targets == 0)).sum())
+    if cut is None:
+        assert best == baseline  # no cut helps
+        return
+    predicted = np.where(score > cut, 0, argmax)
+    in_scope = targets != 0
+    lost = int(((argmax == targets) & in_scope & (predicted != targets)).sum())
+    assert lost <= np.floor(budget * in_scope.sum() + 1e-9)
+    assert int((predicted[~in_scope] == 0).sum()) == best > baseline
+
+
+def test_joint_reject_is_within_budget_and_catches_at_least_what_the_ood_cut_alone_does():
+    rng = np.random.default_rng(5)
+    n_in, n_oos = 600, 120
+    targets = np.concatenate([rng.integers(1, 6, n_in), np.zeros(n_oos, int)])
+    argmax = np.where(
+        (targets == 0) | (rng.uniform(size=len(targets)) < 0.05), rng.integers(1, 6, len(targets)), targets
+    )
+    # each signal sees part of the OOS texts: the far ones (ood) and the unsure ones (confidence)
+    ood = np.where(targets == 0, rng.uniform(0.3, 1.0, len(targets)), rng.uniform(0.0, 0.7, len(targets)))
+    confidence = np.where(targets == 0, rng.uniform(0.2, 0.9, len(targets)), rng.uniform(0.5, 1.0, len(targets)))
+    wrong = argmax != targets
+    confidence[wrong] = rng.uniform(0.2, 0.6, wrong.sum())
+    budget = 0.01
+    low, high = calibration.joint_reject_thresholds(confidence, ood, argmax, targets, 0, budget)
+    alone = calibration.ood_reject_threshold(ood, argmax, targets, 0, budget)
+    rejected = (confidence < low if low is not None else False) | (ood > high if high is not None else False)
+    predicted = np.where(rejected, 0, argmax)
+    in_scope = targets != 0
+    right = (argmax == targets) & in_scope
+    assert (right & (predicted != targets)).sum() <= budget * in_scope.sum()
+    caught = (predicted[~in_scope] == 0).mean()
+    caught_alone = (np.where(ood > alone, 0, argmax)[~in_scope] == 0).mean()
+    assert caught >= caught_alone and low is not None  # here the confidence cut adds OOS texts the ood cut misses
+
+
+@pytest.fixture(scope="module")
+def signals(model, val):
+    texts, gold = val
+    logits, ood = model.logits_and_ood(texts)
+    assert ood is not None  # the toolchain now ships the score with every classifier
+    return logits, ood, gold
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("rate", [0.1, 0.25])
+def test_routing_on_ood_alone_or_with_confidence_hits_the_escalation_target(model, signals, rate):
+    logits, ood, gold = signals
+    alone = calibration.calibrate(logits, gold, model.labels, target_escalation=rate, signal="ood", ood=ood)
+    assert alone.max_ood is not None and 0 <= alone.max_ood <= 1 and alone.min_confidence is None
+    assert abs((ood > alone.max_ood).sum() - rate * len(gold)) <= 1
+    both = calibration.calibrate(logits, gold, model.labels, target_escalation=rate, signal="confidence+ood", ood=ood)
+    assert abs(both.expected_escalation_rate * len(gold) - rate * len(gold)) <= 1
+    confidence = calibration.calibrate(logits, gold, model.labels, target_escalation=rate, ood=ood)
+    # the search includes "all by confidence": on its own data it never keeps worse answers than that
+    assert both.kept_accuracy >= confidence.kept_accuracy
+
+
+@pytest.mark.kernels
+def test_an_accuracy_target_on_both_signals_keeps_that_accuracy(model, signals):
+    logits, ood, gold = signals
+    result = calibration.calibrate(
+        logits, gold, model.labels, target_accuracy=0.99, signal="confidence+ood", ood=ood, reject_signal="ood"
+    )
+    assert result.kept_accuracy >= 0.99 and result.expected_escalation_rate < 1
+
+
+@pytest.mark.kernels
+def test_the_ood_signals_need_a_bundle_that_ships_the_score(model, signals):
+    logits, _, gold = signals
+    for kwargs in ({"signal": "ood"}, {"signal": "confidence+ood"}, {"reject_signal": "both"}):
+        with pytest.raises(InputError, match="no out-of-scope score"):
+            calibration.calibrate(logits, gold, model.labels, target_escalation=0.1, **kwargs)
+    with pytest.raises(InputError, match="reject signal"):
+        calibration.calibrate(logits, gold, model.labels, target_escalation=0.1, reject_signal="entropy")
+
+
+@pytest.mark.kernels
+def test_cli_fits_max_ood_and_the_ood_reject_that_the_router_and_postprocess_read_back(
+    small_bundle, bundle_home, build_key, val, val_file, tmp_path
+):
+    out = tmp_path / "calibrated"
+    result = run(
+        "--bundle",
+        small_bundle,
+        "--data",
+        val_file,
+        "--target-escalation",
+        "0.15",
+        "--signal",
+        "ood",
+        "--reject-signal",
+        "ood",
+        "--key",
+        build_key,
+        "--out",
+        out,
+        "--json",
+        home=bundle_home,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    new = edge_runtime.load(out, root=bundle_home)
+    raw = new.manifest.raw
+    assert raw["routing"]["max_ood"] == pytest.approx(report["max_ood"]) and raw["routing"]["min_confidence"] is None
+    cut = raw["postprocess"]["ood"]["reject_threshold"]
+    assert cut == pytest.approx(report["ood_reject_threshold"]) and raw["postprocess"]["reject_threshold"] is None
+    assert raw["postprocess"]["ood"]["file"] == "ood.npz" and "ood.npz" in raw["files"]  # still listed and signed
+    texts, gold = val
+    predictions = new.predict(texts)
+    assert all((p.label == "oos") == (p.ood > cut or p.top_k[0][0] == "oos") for p in predictions)
+    routed = Router(RoutingPolicy.from_dict(raw["routing"])).route_all(predictions)
+    escalated = [p for p in routed if p.decision == "escalate"]
+    assert all(p.reason.startswith("max_ood>") for p in escalated)
+    assert abs(len(escalated) - 0.15 * len(texts)) <= 1
+    # the fitted reject catches more of val's OOS texts than the bundle without it
+    old = edge_runtime.load(small_bundle, root=bundle_home).predict(texts)
+    recall = [sum(p.label == "oos" for p, g in zip(ps, gold) if g == "oos") for ps in (old, predictions)]
+    assert recall[1] >= recall[0]

@@ -1,4 +1,4 @@
-"""The numeric kernels (batching, classify, pooling, tokencls): behaviour of each twin, and twin agreement.
+"""The numeric kernels (batching, classify, pooling, tokencls, ood): behaviour of each twin, and twin agreement.
 
 Behaviour tests run once per implementation ("pure", "compiled"); agreement tests compare the two twins
 directly. Compiled cases skip, saying why, when the Cython extension is not built.
@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from edge_runtime.kernels import compiled_module, pure_module
 
-NAMES = ("batching", "classify", "pooling", "tokencls")
+NAMES = ("batching", "classify", "pooling", "tokencls", "ood")
 NOT_BUILT = "Cython extension edge_runtime.kernels._{} is not built (pip install -e . --no-build-isolation)"
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -514,3 +514,91 @@ def test_tokencls_twins_agree(inputs, strategy, scheme):
             assert [type(value) for value in g] == [type(value) for value in w] == [int, int, str, float]
             assert g[3] == pytest.approx(w[3], rel=1e-9)
             assert 0.0 < g[3] <= 1.0 and g[0] <= g[1]
+
+
+# ---------------------------------------------------------------- ood
+
+
+def _whitening(covariance: np.ndarray) -> np.ndarray:
+    """W with W @ W.T = inverse(covariance), as the build writes it (symmetric inverse square root)."""
+    values, vectors = np.linalg.eigh(covariance)
+    return vectors / np.sqrt(values)
+
+
+def test_ood_distance_is_the_mahalanobis_distance_to_the_nearest_mean(kind):
+    ood = _twin(kind, "ood")
+    rng = np.random.default_rng(3)
+    root = rng.normal(size=(6, 6))
+    covariance = root @ root.T + 0.5 * np.eye(6)
+    means = rng.normal(size=(4, 6)) * 3
+    x = rng.normal(size=(5, 6)).astype(np.float32)
+    whiten = _whitening(covariance)
+    got = ood.nearest_distance(x, whiten.astype(np.float32), (means @ whiten).astype(np.float32))
+    inverse = np.linalg.inv(covariance)
+    want = [min((row - mean) @ inverse @ (row - mean) for mean in means) for row in x.astype(np.float64)]
+    assert got.dtype == np.float64 and got.shape == (5,)
+    np.testing.assert_allclose(got, want, rtol=1e-5)  # float32 parameters: ~1e-7 each, summed
+
+
+def test_ood_scores_squash_the_log_distance(kind):
+    ood = _twin(kind, "ood")
+    identity = np.eye(2, dtype=np.float32)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0]], dtype=np.float32)
+    x = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 1.0], [-30.0, 40.0]], dtype=np.float32)
+    assert ood.nearest_distance(x, identity, centers).tolist() == [0.0, 25.0, 1.0, 2500.0]
+    scores = ood.ood_scores(x, identity, centers, location=math.log(25.0), scale=0.5)
+    assert scores.dtype == np.float32
+    assert scores[0] == 0.0  # on a class mean: log 0 = -inf
+    assert scores[1] == pytest.approx(0.5)  # at exp(location)
+    assert scores[2] == pytest.approx(1 / (1 + 25.0**2), rel=1e-6)  # (distance / e^location) ** (1 / scale)
+    assert scores[3] == pytest.approx(1 / (1 + 100.0**-2), rel=1e-6)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_ood_empty_batch_and_bad_input(kind):
+    ood = _twin(kind, "ood")
+    identity, centers = np.eye(3, dtype=np.float32), np.zeros((2, 3), dtype=np.float32)
+    assert ood.ood_scores(np.zeros((0, 3), dtype=np.float32), identity, centers, 0.0, 1.0).shape == (0,)
+    bad = np.zeros((3, 3), dtype=np.float32)
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="row 2"):
+        ood.nearest_distance(bad, identity, centers)
+    with pytest.raises(ValueError):
+        ood.nearest_distance(np.zeros((1, 4), dtype=np.float32), identity, centers)  # width != whiten rows
+    with pytest.raises(ValueError):
+        ood.nearest_distance(np.zeros((1, 3), dtype=np.float32), identity, np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError):
+        ood.nearest_distance(np.zeros((1, 3), dtype=np.float32), identity, np.zeros((0, 3), dtype=np.float32))
+    with pytest.raises(ValueError):
+        ood.nearest_distance(np.zeros(3, dtype=np.float32), identity, centers)
+    for location, scale in ((0.0, 0.0), (0.0, -1.0), (math.inf, 1.0), (0.0, math.nan)):
+        with pytest.raises(ValueError):
+            ood.ood_scores(np.zeros((1, 3), dtype=np.float32), identity, centers, location, scale)
+
+
+@SETTINGS
+@given(
+    shape=st.tuples(st.integers(0, 5), st.integers(1, 40), st.integers(1, 40), st.integers(1, 20)),
+    data=st.data(),
+    scale=st.sampled_from([1.0, 1e-3, 1e3]),
+    squash=st.tuples(st.floats(-5, 15), st.floats(0.05, 5)),
+    as_float64=st.booleans(),
+)
+def test_ood_twins_agree(shape, data, scale, squash, as_float64):
+    pure, compiled = _both("ood")
+    batch, hidden, width, classes = shape
+    values = st.floats(-1, 1, width=32)
+    pooled = data.draw(hnp.arrays(np.float32, (batch, hidden), elements=values)) * np.float32(scale)
+    whiten = data.draw(hnp.arrays(np.float32, (hidden, width), elements=values))
+    centers = data.draw(hnp.arrays(np.float32, (classes, width), elements=values)) * np.float32(scale)
+    if as_float64:  # the non-float32 path of both twins converts, and must agree too
+        pooled = pooled.astype(np.float64)
+    want = pure.nearest_distance(pooled, whiten, centers)
+    got = compiled.nearest_distance(pooled, whiten, centers)
+    assert got.dtype == want.dtype == np.float64 and got.shape == want.shape == (batch,)
+    assert_close(got, want, scale=scale * scale)
+    want_scores = pure.ood_scores(pooled, whiten, centers, *squash)
+    got_scores = compiled.ood_scores(pooled, whiten, centers, *squash)
+    assert got_scores.dtype == np.float32
+    assert_close(got_scores, want_scores)
+    assert ((got_scores >= 0) & (got_scores <= 1)).all()

@@ -7,9 +7,14 @@ from edge_runtime.results import Prediction
 from edge_runtime.router import Router, RoutingPolicy
 
 
-def prediction(label="balance", score=0.9, margin=0.8, entropy=0.1, top=None):
+def prediction(label="balance", score=0.9, margin=0.8, entropy=0.1, top=None, ood=None):
     return Prediction(
-        label=label, score=score, top_k=[(top or label, score), ("other", 1 - score)], margin=margin, entropy=entropy
+        label=label,
+        score=score,
+        top_k=[(top or label, score), ("other", 1 - score)],
+        margin=margin,
+        entropy=entropy,
+        ood=ood,
     )
 
 
@@ -28,6 +33,7 @@ def test_confident_prediction_stays_local():
         ({"min_confidence": 0.5}, {"score": 0.4}, "min_confidence<0.5"),
         ({"min_margin": 0.3}, {"margin": 0.1}, "min_margin<0.3"),
         ({"max_entropy": 0.5}, {"entropy": 0.7}, "max_entropy>0.5"),
+        ({"max_ood": 0.8}, {"ood": 0.81}, "max_ood>0.8"),
         ({"always_escalate": ["balance"]}, {"score": 0.99}, "always_escalate:balance"),
         ({"min_confidence": 0.5, "per_class": {"balance": 0.95}}, {"score": 0.9}, "per_class_confidence:balance<0.95"),
     ],
@@ -35,6 +41,20 @@ def test_confident_prediction_stays_local():
 def test_each_rule_escalates_with_its_reason(policy, kwargs, reason):
     decided = route(policy, **kwargs)
     assert (decided.decision, decided.reason) == ("escalate", reason)
+
+
+def test_max_ood_escalates_a_confident_answer_far_from_every_class():
+    policy = {"min_confidence": 0.5, "max_ood": 0.8}
+    assert route(policy, score=0.99, ood=0.8).reason == "confident"  # at the cut stays: "above" escalates
+    assert route(policy, score=0.99, ood=0.95).reason == "max_ood>0.8"
+    # a far text is not a known class: a per-class confidence cut does not keep it local
+    assert route({**policy, "per_class": {"balance": 0.5}}, score=0.99, ood=0.95).reason == "max_ood>0.8"
+    # a bundle without the score: the rule cannot fire, the others still do
+    assert route(policy, score=0.99, ood=None).reason == "confident"
+    assert route(policy, score=0.3, ood=None).reason == "min_confidence<0.5"
+    # labels that never leave, or never escalate, still win
+    assert route({**policy, "never_escalate": ["balance"]}, ood=0.99).reason == "never_escalate:balance"
+    assert route({**policy, "private_labels": ["balance"]}, ood=0.99).reason == "private_label:balance"
 
 
 def test_per_class_threshold_overrides_the_global_one():
@@ -100,7 +120,8 @@ def test_budget_caps_the_share_of_escalations_over_the_window():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"min_confidence": 1.5}, {"budget": -0.1}, {"per_class": {"x": 2}}, {"budget_window": 0}]
+    "bad",
+    [{"min_confidence": 1.5}, {"budget": -0.1}, {"per_class": {"x": 2}}, {"budget_window": 0}, {"max_ood": 1.2}],
 )
 def test_invalid_policy_is_refused_with_the_field_named(bad):
     with pytest.raises(ConfigError, match="routing"):

@@ -1,4 +1,5 @@
-"""Build a text classifier: encoder + linear head (logreg or fine-tuned) folded into one INT8 logits graph."""
+"""Build a text classifier: encoder + linear head (logreg or fine-tuned) folded into one INT8 logits graph,
+with the out-of-scope score fitted on the INT8 model's pooled embeddings (build/ood.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluate, export, golden, graph, metrics, ortrun, textenc
+from .. import kernels
+from . import evaluate, export, golden, graph, metrics, ortrun, reject, textenc
+from . import ood as ood_fit
 from .config import DEFAULT_ROUTING, BuildConfig, BuildResult
 from .data import Split, encode_labels, label_list
 from .errors import BuildError
@@ -34,6 +37,8 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
 
         replaced = load_replaced(config.replaces)
         config.source["replaces"] = config.replaces
+    if config.reject_signal not in (*reject.SIGNALS, reject.AUTO):
+        raise BuildError(f"reject signal {config.reject_signal!r}: one of {', '.join(reject.SIGNALS)} or auto")
     work, stage = make_staging_dir(config.out)
     try:
         tokenizer = textenc.stage_tokenizer(config.model_dir, stage, config.max_length)
@@ -65,17 +70,43 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             work / "fp32.onnx", stage / "model.onnx", config, progress, evaluate_pair, calibration
         )
         int8_logits, int8_scores = state["logits"], state["scores"]
-        threshold = (
-            evaluate.fit_reject_threshold(int8_logits, y_val, labels, oos, config.reject_max_in_scope_drop)
+        oos_index = labels.index(oos) if oos else None
+        with progress.bar("pooled embeddings of the training texts (int8)", len(ids_train)) as advance:
+            pooled_train = ortrun.run(stage / "model.onnx", ids_train, output=graph.POOLED, advance=advance)
+        pooled_val = ortrun.run(stage / "model.onnx", ids_val, output=graph.POOLED)
+        with progress.step("fit the out-of-scope score"):
+            exclude = (oos_index,) if oos_index is not None else ()
+            in_scope_val = pooled_val[~np.isin(y_val, exclude)]
+            ood_parameters, ood_summary = ood_fit.fit_mahalanobis(pooled_train, y_train, exclude, in_scope_val)
+            ood_parameters.write(stage / "ood.npz")
+
+        def ood_scores(model_path: Path, ids, batch_size: int = 64, pooled=None):
+            if pooled is None:
+                pooled = ortrun.run(model_path, ids, batch_size=batch_size, output=graph.POOLED)
+            p = ood_parameters
+            return kernels.ood.ood_scores(pooled, p.whiten, p.centers, p.location, p.scale)
+
+        fp32_ood = ood_scores(work / "fp32.onnx", ids_val)
+        int8_ood = ood_scores(stage / "model.onnx", ids_val, pooled=pooled_val)
+        signal, selection = config.reject_signal, None
+        if oos and signal == reject.AUTO:
+            with progress.step("choose the reject signal (cross-fitted on val)"):
+                signal, selection = reject.choose(
+                    int8_logits, int8_ood, y_val, labels, oos, config.reject_max_in_scope_drop
+                )
+        threshold, ood_threshold = (
+            reject.fit(signal, int8_logits, int8_ood, y_val, labels, oos, config.reject_max_in_scope_drop)
             if oos
-            else None
+            else (None, None)
         )
         with_reject = (
             {
-                "fp32": evaluate.scores(evaluate.predict(fp32_logits, labels, oos, threshold), y_val, labels, oos),
-                "int8": evaluate.scores(evaluate.predict(int8_logits, labels, oos, threshold), y_val, labels, oos),
+                name: evaluate.scores(
+                    evaluate.predict(logits, labels, oos, threshold, far, ood_threshold), y_val, labels, oos
+                )
+                for name, logits, far in (("fp32", fp32_logits, fp32_ood), ("int8", int8_logits, int8_ood))
             }
-            if threshold is not None
+            if threshold is not None or ood_threshold is not None
             else None
         )
         (stage / "labels.json").write_text(json.dumps(labels, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
@@ -86,10 +117,15 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
                 ids_val,
                 y_val,
                 labels,
-                lambda ids: ortrun.run(stage / "model.onnx", ids, batch_size=1),
+                lambda ids: (
+                    ortrun.run(stage / "model.onnx", ids, batch_size=1),
+                    ood_scores(stage / "model.onnx", ids, batch_size=1),
+                ),
                 oos,
                 threshold,
                 batch_logits=int8_logits,
+                batch_ood=int8_ood,
+                ood_threshold=ood_threshold,
             ),
         )
         with progress.step("measure size and batch-1 latency"):
@@ -105,7 +141,7 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
         manifest["model"] = {
             "file": "model.onnx",
             "inputs": ["input_ids", "attention_mask", "token_type_ids"],
-            "outputs": ["logits"],
+            "outputs": [graph.LOGITS, graph.POOLED],
             "quantization": quant_section,
         }
         manifest["postprocess"] = {
@@ -115,7 +151,13 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             "pooling": "mean",
             "normalize": head.normalize,
             "reject_threshold": threshold,
-            "reject_label": oos if threshold is not None else None,
+            "reject_label": oos if threshold is not None or ood_threshold is not None else None,
+            "ood": {
+                "file": "ood.npz",
+                "output": graph.POOLED,
+                "method": ood_fit.METHOD,
+                "reject_threshold": ood_threshold,
+            },
         }
         manifest["routing"] = {**DEFAULT_ROUTING, "oos_label": oos, **config.routing}
         manifest["metrics"] = {
@@ -124,6 +166,12 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
             "fp32": fp32_scores,
             "int8": int8_scores,
             "with_reject_threshold": with_reject,
+            "reject_signal": signal if oos else None,
+            "reject_signal_selection": selection,
+            "ood": {
+                **ood_summary,
+                "val_auroc": _val_auroc(int8_logits, int8_ood, y_val, oos_index),
+            },
             "gate": gate_report,
             **perf,
             "build_seconds": round(time.perf_counter() - began, 1),
@@ -147,6 +195,19 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BuildResult(path, manifest, round(time.perf_counter() - began, 1))
+
+
+def _val_auroc(logits, ood, targets, oos_index: int | None) -> dict | None:
+    """How well each signal alone tells val's out-of-scope texts from the rest (1.0: perfectly)."""
+    if oos_index is None:
+        return None
+    positive = targets == oos_index
+    confidence = ood_fit.auroc(-evaluate.softmax(logits.astype(np.float64)).max(axis=1), positive)
+    far = ood_fit.auroc(np.asarray(ood, dtype=np.float64), positive)
+    return {
+        "confidence": None if confidence is None else round(confidence, 4),
+        "ood": None if far is None else round(far, 4),
+    }
 
 
 def _train_head(

@@ -46,6 +46,10 @@ class BuildConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     oos_label: str = "oos"
     reject_max_in_scope_drop: float = 0.3
+    # what answers the OOS label on the device: "ood" (the out-of-scope score, build/ood.py), "confidence" (the
+    # top probability), "both" (either), or "auto": the one of them with the most right answers cross-fitted on
+    # val (build/reject.py); fitted on val within reject_max_in_scope_drop points of in-scope accuracy
+    reject_signal: str = "auto"
     routing: dict = field(default_factory=dict)
     distillation: Distillation | None = None  # a teacher's soft labels mixed into fine-tuning (build/distill.py)
     # the regression gate (build/regression.py): the bundle this one replaces (store ref or path), and the most

@@ -65,6 +65,7 @@ def config_from_recipe(recipe: Recipe, root: Path, out: Path, cache_dir: Path | 
         finetune=tune,
         oos_label=recipe.get("oos", "label", "oos"),
         reject_max_in_scope_drop=float(recipe.get("oos", "reject_max_in_scope_drop", 0.3)),
+        reject_signal=str(recipe.get("oos", "reject_signal", "auto")),
         routing=recipe.section("routing"),
         distillation=Distillation(
             teacher=distill["teacher"],

@@ -12,12 +12,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict(
-    logits: np.ndarray, labels: list[str], oos_label: str | None = None, threshold: float | None = None
+    logits: np.ndarray,
+    labels: list[str],
+    oos_label: str | None = None,
+    threshold: float | None = None,
+    ood: np.ndarray | None = None,
+    ood_threshold: float | None = None,
 ) -> np.ndarray:
-    """Predicted class indices; with a threshold, low-confidence answers become `oos_label`."""
+    """Predicted class indices; with a threshold, low-confidence answers become `oos_label`, and with an ood
+    threshold so do answers whose out-of-scope score `ood` is above it (as the runtime's postprocess)."""
     predicted = logits.argmax(axis=1)
-    if threshold is not None and oos_label in labels:
+    if oos_label not in labels:
+        return predicted
+    if threshold is not None:
         predicted = np.where(softmax(logits).max(axis=1) < threshold, labels.index(oos_label), predicted)
+    if ood is not None and ood_threshold is not None:
+        predicted = np.where(np.asarray(ood) > ood_threshold, labels.index(oos_label), predicted)
     return predicted
 
 

@@ -22,9 +22,12 @@ def pick_indices(
     threshold: float | None = None,
     count: int = 12,
     per_label: int = 1,
+    ood: np.ndarray | None = None,
+    ood_threshold: float | None = None,
 ) -> list[int]:
-    """Right and confident examples of `count` labels spread over the set (+ the OOS label), in file order."""
-    predicted = predict(logits, labels, oos_label, threshold)
+    """Right and confident examples of `count` labels spread over the set (+ the OOS label), in file order.
+    Right as the device answers: with the reject threshold, and the ood reject threshold when there is one."""
+    predicted = predict(logits, labels, oos_label, threshold, ood, ood_threshold)
     confident = softmax(logits).max(axis=1) >= 0.5
     wanted = set(range(0, len(labels), max(1, len(labels) // count)))
     if oos_label in labels:
@@ -48,14 +51,21 @@ def classifier_rows(
     oos_label: str | None = None,
     threshold: float | None = None,
     batch_logits=None,
+    batch_ood=None,
+    ood_threshold: float | None = None,
 ) -> list[dict]:
-    """Candidates from the batched evaluation, kept only if still right when run alone (`run_single`)."""
-    candidates = pick_indices(targets, batch_logits, labels, oos_label, threshold, per_label=3)
+    """Candidates from the batched evaluation, kept only if still right when run alone (`run_single`: token
+    ids -> (logits, ood scores or None))."""
+    candidates = pick_indices(
+        targets, batch_logits, labels, oos_label, threshold, per_label=3, ood=batch_ood, ood_threshold=ood_threshold
+    )
     if not candidates:  # a model that gets nothing right with confidence (a few-step smoke build)
         return []
-    single = run_single([ids[i] for i in candidates])
+    single, single_ood = run_single([ids[i] for i in candidates])
     subset_targets = np.asarray([targets[i] for i in candidates])
-    kept = pick_indices(subset_targets, single, labels, oos_label, threshold, per_label=1)
+    kept = pick_indices(
+        subset_targets, single, labels, oos_label, threshold, per_label=1, ood=single_ood, ood_threshold=ood_threshold
+    )
     probs = softmax(single)
     return [
         {

@@ -1,5 +1,6 @@
 """Fold the linear head (after pooling, or on every token) into the encoder graph, so the bundle maps
-token ids to logits."""
+token ids to logits. A sentence classifier also outputs the pooled embedding the head reads (`pooled`):
+the out-of-scope score (edge_runtime/ood.py) measures how far it lies from the training classes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .head import LinearHead
 
 HIDDEN = "last_hidden_state"
 LOGITS = "logits"
+POOLED = "pooled"
 
 
 def _const(name: str, values, dtype):
@@ -21,7 +23,8 @@ def _const(name: str, values, dtype):
 
 
 def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
-    """encoder (-> last_hidden_state) + masked mean pooling [+ L2 norm] + linear head -> `logits` (B, C)."""
+    """encoder (-> last_hidden_state) + masked mean pooling [+ L2 norm] + linear head -> `logits` (B, C), and
+    the pooled features the head reads -> `pooled` (B, H), second."""
     from onnx import TensorProto, helper
 
     model = _load_encoder(encoder_path)
@@ -57,8 +60,14 @@ def fold_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
         ]
         pooled = p + "unit"
     nodes += _linear(pooled, head, p)
+    # a named copy, not the internal tensor: the output keeps its name whatever the pooling above is called
+    nodes.append(helper.make_node("Identity", [pooled], [POOLED], name=p + "pooled"))
     graph.node.extend(nodes)
-    return _save(model, ["batch_size", head.weight.shape[0]], out_path)
+    return _save(
+        model,
+        [(LOGITS, ["batch_size", head.weight.shape[0]]), (POOLED, ["batch_size", head.weight.shape[1]])],
+        out_path,
+    )
 
 
 def fold_token_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Path:
@@ -68,7 +77,7 @@ def fold_token_head(encoder_path: Path, head: LinearHead, out_path: Path) -> Pat
         [_const("head/weight_t", head.weight.T, np.float32), _const("head/bias", head.bias, np.float32)]
     )
     model.graph.node.extend(_linear(HIDDEN, head, "head/"))
-    return _save(model, ["batch_size", "sequence_length", head.weight.shape[0]], out_path)
+    return _save(model, [(LOGITS, ["batch_size", "sequence_length", head.weight.shape[0]])], out_path)
 
 
 def _load_encoder(encoder_path: Path):
@@ -92,14 +101,15 @@ def _linear(features: str, head: LinearHead, p: str) -> list:
     ]
 
 
-def _save(model, logits_shape: list, out_path: Path) -> Path:
-    """Make `logits` the only output, check, save."""
+def _save(model, outputs: list[tuple[str, list]], out_path: Path) -> Path:
+    """Make `outputs` ((name, shape), logits first) the graph's outputs, check, save."""
     import onnx
     from onnx import TensorProto, helper
 
     while len(model.graph.output):
         model.graph.output.pop()
-    model.graph.output.append(helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, logits_shape))
+    for name, shape in outputs:
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return Path(out_path)

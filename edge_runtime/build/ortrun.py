@@ -33,15 +33,22 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarr
 
 
 def run(
-    path: Path, ids: list[list[int]], batch_size: int = 64, pool: bool = False, normalize: bool = False, advance=None
+    path: Path,
+    ids: list[list[int]],
+    batch_size: int = 64,
+    pool: bool = False,
+    normalize: bool = False,
+    advance=None,
+    output: str | None = None,
 ) -> np.ndarray:
-    """First output of the model for every sequence, in the caller's order.
+    """The first output of the model (or the one named `output`) for every sequence, in the caller's order.
 
-    With `pool`, the first output is a hidden-state tensor, mean-pooled over the attention mask."""
+    With `pool`, that output is a hidden-state tensor, mean-pooled over the attention mask."""
     sess = session(path)
     out = None
+    wanted = [output] if output else None
     for chosen, input_ids, mask, type_ids in textenc.batches(ids, batch_size):
-        result = sess.run(None, _feeds(sess, input_ids, mask, type_ids))[0]
+        result = sess.run(wanted, _feeds(sess, input_ids, mask, type_ids))[0]
         if pool:
             result = mean_pool(result, mask, normalize)
         if out is None:

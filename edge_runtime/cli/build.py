@@ -161,6 +161,15 @@ def build(ctx):
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="Accuracy points INT8 may lose.")
 @click.option("--oos-label", default="oos", show_default=True, help="The out-of-scope class, if present.")
 @click.option(
+    "--reject-signal",
+    type=click.Choice(["auto", "ood", "confidence", "both"]),
+    default="auto",
+    show_default=True,
+    help="What answers the out-of-scope class on the device, fitted on --val: the out-of-scope score of the "
+    "pooled embedding, the top probability, either, or (auto) the one of these with the most right answers "
+    "cross-fitted on --val.",
+)
+@click.option(
     "--teacher",
     metavar="PATH|NAME[@VERSION]",
     help="Distil from this classifier bundle (in the store, or a path): its soft labels join the gold ones.",
@@ -212,6 +221,7 @@ def classifier(
     seed,
     max_drop,
     oos_label,
+    reject_signal,
     teacher,
     distill_temperature,
     distill_weight,
@@ -252,6 +262,7 @@ def classifier(
         head=head,
         max_drop=max_drop,
         oos_label=oos_label,
+        reject_signal=reject_signal,
         finetune=FinetuneConfig(epochs=epochs, encoder_lr=encoder_lr, head_lr=head_lr, seed=seed),
         distillation=distillation,
         replaces=replaces,

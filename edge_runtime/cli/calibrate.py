@@ -73,13 +73,28 @@ def _report(result, ref: str, new_ref: str | None) -> None:
     click.echo(f"ECE (15 bins)      {result.ece_before:.4f} -> {result.ece_after:.4f}")
     reject = "-" if result.reject_threshold is None else f"{result.reject_threshold:g} -> {result.reject_label}"
     click.echo(f"reject threshold   {reject}")
+    if result.reject_signal != "confidence":
+        ood_reject = (
+            "-"
+            if result.ood_reject_threshold is None
+            else f"{result.ood_reject_threshold:.6g} -> {result.reject_label}"
+        )
+        click.echo(f"ood reject above   {ood_reject}  (reject signal: {result.reject_signal})")
     if result.signal == "entropy":
         click.echo(f"max_entropy        {result.max_entropy:g}  (routing on normalised entropy)")
+    elif result.signal == "ood":
+        click.echo(f"max_ood            {result.max_ood:.6g}  (routing on the out-of-scope score)")
+    elif result.signal == "confidence+ood":
+        cuts = [f"min_confidence {result.min_confidence:g}" if result.min_confidence is not None else None]
+        cuts.append(f"max_ood {result.max_ood:.6g}" if result.max_ood is not None else None)
+        click.echo(f"routing            {', '.join(c for c in cuts if c) or 'none'}  (either escalates)")
     else:
         click.echo(f"min_confidence     {result.min_confidence:g}  (+{len(result.per_class)} per-class thresholds)")
     click.echo(f"escalation rate    {percent(result.expected_escalation_rate)} expected (on this data)")
     click.echo(f"kept accuracy      {percent(result.kept_accuracy)}   device accuracy {percent(result.accuracy)}")
-    signal = "1 - entropy" if result.signal == "entropy" else "threshold"
+    if not result.risk_coverage:
+        return  # two cuts: no single score to rank the answers by
+    signal = {"entropy": "1 - entropy", "ood": "1 - ood"}.get(result.signal, "threshold")
     click.echo(f"\ncoverage  {signal:>9}  kept accuracy")
     for row in result.risk_coverage:
         click.echo(f"{percent(row['coverage']):>8}  {row['threshold']:>9.4f}  {percent(row['kept_accuracy']):>13}")
@@ -96,11 +111,20 @@ def _report(result, ref: str, new_ref: str | None) -> None:
 @click.option("--target-escalation", type=click.FloatRange(0, 1), help="Share of requests to escalate, e.g. 0.10.")
 @click.option(
     "--signal",
-    type=click.Choice(["confidence", "entropy"]),
+    type=click.Choice(["confidence", "entropy", "ood", "confidence+ood"]),
     default="confidence",
     show_default=True,
-    help="Route on the top probability (routing.min_confidence) or on the normalised entropy "
-    "(routing.max_entropy; no per-class thresholds).",
+    help="Route on the top probability (routing.min_confidence), the normalised entropy (routing.max_entropy), "
+    "the out-of-scope score of bundles that ship one (routing.max_ood), or the top probability and the "
+    "out-of-scope score together (either escalates). Per-class thresholds only with confidence.",
+)
+@click.option(
+    "--reject-signal",
+    type=click.Choice(["confidence", "ood", "both"]),
+    default="confidence",
+    show_default=True,
+    help="What answers the OOS label locally: a low top probability (postprocess.reject_threshold), a high "
+    "out-of-scope score (postprocess.ood.reject_threshold), or either (both fitted together).",
 )
 @click.option(
     "--device",
@@ -139,6 +163,7 @@ def calibrate(
     data,
     target_escalation,
     signal,
+    reject_signal,
     device,
     target_accuracy,
     oos_label,
@@ -175,7 +200,7 @@ def calibrate(
     model = load_device(server={"threads": threads}).load_model(bundle, allow_unsigned=allow_unsigned)
     if model.task != "text-classification":
         raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are calibrated")
-    logits = model.logits(texts)
+    logits, ood = model.logits_and_ood(texts)
     result = fit(
         logits,
         gold,
@@ -187,6 +212,8 @@ def calibrate(
         fit_reject=not no_reject,
         per_class_min=per_class_min,
         signal=signal,
+        ood=ood,
+        reject_signal=reject_signal,
     )
     new_manifest = calibrated_manifest(model.manifest.raw, result)
     written = None

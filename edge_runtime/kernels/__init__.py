@@ -14,7 +14,7 @@ import importlib
 import os
 from types import ModuleType
 
-MODULES = ("batching", "classify", "pooling", "tokencls", "pii")
+MODULES = ("batching", "classify", "pooling", "tokencls", "pii", "ood")
 
 
 def _pure_forced() -> bool:
@@ -48,6 +48,7 @@ classify = _ACTIVE["classify"]
 pooling = _ACTIVE["pooling"]
 tokencls = _ACTIVE["tokencls"]
 pii = _ACTIVE["pii"]
+ood = _ACTIVE["ood"]
 
 __all__ = [
     "IMPLEMENTATION",
@@ -57,6 +58,7 @@ __all__ = [
     "pooling",
     "tokencls",
     "pii",
+    "ood",
     "pure_module",
     "compiled_module",
 ]

@@ -38,8 +38,9 @@ def _vocab_size(tokenizer_json: Path) -> int:
     return len(vocab)
 
 
-def onnx_classifier(vocab_size: int, n_labels: int, seed: int = 0) -> bytes:
-    """logits = mean over unmasked tokens of E[input_ids], times W, plus b."""
+def onnx_classifier(vocab_size: int, n_labels: int, seed: int = 0, pooled_output: bool = False) -> bytes:
+    """logits = mean over unmasked tokens of E[input_ids], times W, plus b; with `pooled_output`, that mean is
+    the graph's second output `pooled` (what the build's classifiers output for the out-of-scope score)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -71,7 +72,8 @@ def onnx_classifier(vocab_size: int, n_labels: int, seed: int = 0) -> bytes:
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
         ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_labels])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_labels])]
+        + ([helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", DIM])] if pooled_output else []),
         initializer=init,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edge-runtime-tests")
@@ -139,19 +141,47 @@ def make_bundle(
     labels: tuple[str, ...] = ("negative", "neutral", "positive"),
     seed: int = 0,
     manifest_updates: dict | None = None,
+    pooled_output: bool = False,
+    ood=None,
 ) -> bundle.Manifest:
-    """Write a finalized (and signed, when a key is given) bundle directory at `dest`."""
+    """Write a finalized (and signed, when a key is given) bundle directory at `dest`. `ood`: OodParameters
+    (edge_runtime/ood.py) to ship as ood.npz with a postprocess.ood section (implies `pooled_output`);
+    `manifest_updates` are laid over the manifest after that."""
     tokenizer = require_tokenizer()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=False)
     shutil.copyfile(tokenizer, dest / "tokenizer.json")
     (dest / "labels.json").write_text(json.dumps(list(labels)))
-    (dest / "model.onnx").write_bytes(onnx_classifier(_vocab_size(tokenizer), len(labels), seed))
+    pooled_output = pooled_output or ood is not None
+    (dest / "model.onnx").write_bytes(onnx_classifier(_vocab_size(tokenizer), len(labels), seed, pooled_output))
     golden = [{"text": text, "label": label} for text, label in zip(GOLDEN_TEXTS, predict(dest, GOLDEN_TEXTS))]
     (dest / "golden.jsonl").write_text("".join(json.dumps(row) + "\n" for row in golden))
     manifest = base_manifest(name, version, release)
+    if pooled_output:
+        manifest["model"]["outputs"] = ["logits", "pooled"]
+    if ood is not None:
+        ood.write(dest / "ood.npz")
+        manifest["postprocess"]["ood"] = {"file": "ood.npz", "output": "pooled", "method": "mahalanobis"}
     manifest.update(manifest_updates or {})
     return bundle.finalize(dest, manifest, private_key=private_key)
+
+
+def pooled_embeddings(bundle_dir: Path, texts: list[str]) -> np.ndarray:
+    """What the tiny model's `pooled` is, computed without onnxruntime or edge_runtime: the mean of the
+    embedding table's rows for each text's tokens."""
+    import onnx
+    from onnx import numpy_helper
+    from tokenizers import Tokenizer
+
+    table = next(
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(bundle_dir / "model.onnx")).graph.initializer
+        if t.name == "embedding"
+    )
+    tokenizer = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(MAX_LENGTH)
+    tokenizer.no_padding()
+    return np.stack([table[tokenizer.encode(text).ids].astype(np.float64).mean(axis=0) for text in texts])
 
 
 def trusted_signer(root: Path):

@@ -19,6 +19,19 @@ def datasets_dir() -> Path:
     return Path(os.environ.get("EDGE_RUNTIME_DATASETS", REPO / "datasets"))
 
 
+def small_splits(n_labels: int = 10, per_label: int = 20, seed: int = 0):
+    """(train, val) Splits the small bundle is built from: `n_labels` CLINC150 intents spread over the list, plus
+    oos; `per_label` training texts each, 10 validation texts each."""
+    from edge_runtime.build.data import subsample
+    from edge_runtime.datasets import read_jsonl
+
+    clinc = datasets_dir() / "clinc150"
+    train, val = read_jsonl(clinc / "train.jsonl"), read_jsonl(clinc / "val.jsonl")
+    intents = sorted(set(train.labels) - {"oos"})
+    chosen = sorted(intents[i] for i in range(0, len(intents), max(1, len(intents) // n_labels))[:n_labels]) + ["oos"]
+    return subsample(train, chosen, per_label, seed), subsample(val, chosen, 10, seed)
+
+
 def build_small_bundle(
     out_dir,
     key_path=None,
@@ -36,15 +49,10 @@ def build_small_bundle(
     from edge_runtime import signing
     from edge_runtime.build.classifier import build_classifier
     from edge_runtime.build.config import BuildConfig
-    from edge_runtime.build.data import subsample
     from edge_runtime.build.progress import Silent
     from edge_runtime.build.source import package_model_dir
-    from edge_runtime.datasets import read_jsonl
 
-    clinc = datasets_dir() / "clinc150"
-    train, val = read_jsonl(clinc / "train.jsonl"), read_jsonl(clinc / "val.jsonl")
-    intents = sorted(set(train.labels) - {"oos"})
-    chosen = sorted(intents[i] for i in range(0, len(intents), max(1, len(intents) // n_labels))[:n_labels]) + ["oos"]
+    train, val = small_splits(n_labels, per_label, seed)
     config = BuildConfig(
         model_dir=package_model_dir(SOURCE_PACKAGE),
         name=name,
@@ -59,9 +67,4 @@ def build_small_bundle(
         source={"model": SOURCE_PACKAGE, "dataset": "CLINC150 subset (Larson et al. 2019, CC BY 3.0)"},
     )
     config.finetune.seed = seed
-    return build_classifier(
-        config,
-        subsample(train, chosen, per_label, seed),
-        subsample(val, chosen, 10, seed),
-        progress=progress or Silent(),
-    ).path
+    return build_classifier(config, train, val, progress=progress or Silent()).path

@@ -79,7 +79,8 @@ def test_a_memory_budget_caps_the_batch_and_the_daemon_stays_under_it(home, tmp_
             loading_peak = _peak_mb(free.process.pid)  # no request served yet: the peak of loading the model
         finally:
             free.stop()
-    budget = int(max(loading_peak, memory["resident_mb"])) + 4  # room for a few texts, not for 32
+    # the serving headroom (4 MB) and room for a few texts, not for 32
+    budget = int(max(loading_peak, memory["resident_mb"])) + 8
     capped = Daemon(home, "--max-memory-mb", str(budget), log_dir=tmp_path).wait_ready()
     try:
         status = capped.get("/v1/status")[2]

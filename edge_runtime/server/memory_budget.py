@@ -4,9 +4,10 @@ Measured at start, not guessed: with the model loaded, the daemon reads its resi
 on one and then on PROBE_TEXTS texts of the model's full length, and takes the growth per text (the
 arena's activations, which grow with the batch). Room is left for the PII tagger, which a lazy daemon
 loads on its first escalation: TAGGER_RESIDENT_FACTOR times the size of its model file (a 23 MB INT8
-tagger adds 42 MB resident and 46 MB at its peak, benchmarks/memory.py). Real texts are shorter than
-the full length, so the cap errs on the safe side. A budget the model cannot fit in at batch 1, or that
-loading the model already went past, is a configuration error, reported at start.
+tagger adds 42 MB resident and 46 MB at its peak, benchmarks/memory.py), and SERVING_HEADROOM_MB for
+what serving itself allocates. Real texts are shorter than the full length, so the cap errs on the safe
+side. A budget the model cannot fit in at batch 1, or that loading the model already went past, is a
+configuration error, reported at start.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from ..session import release_free_memory
 
 PROBE_TEXTS = 8
 TAGGER_RESIDENT_FACTOR = 2.0
+# The daemon's own allocations while it serves (request bodies, JSON, encodings, Python objects), which the
+# probe through the model alone does not see: 2.6 MB above the fitted figure in a run of batch-32 requests.
+SERVING_HEADROOM_MB = 4.0
 MIN_MB_PER_TEXT = 0.05  # below this the measurement is noise: one text never costs less
 
 
@@ -54,11 +58,12 @@ def fit_max_batch(model, budget_mb: float, reserve_mb: float, configured: int) -
     many = resident_mb()
     model.predict(["ok"])  # a small run after a large one: the arena is handed back (session.py)
     per_text = max((many - one) / (PROBE_TEXTS - 1), MIN_MB_PER_TEXT)
-    fixed = loaded + max(one - loaded, 0.0) + reserve_mb
+    fixed = loaded + max(one - loaded, 0.0) + reserve_mb + SERVING_HEADROOM_MB
     figures = {
         "budget_mb": budget_mb,
         "resident_mb": round(loaded, 1),
         "reserve_mb": round(reserve_mb, 1),
+        "headroom_mb": SERVING_HEADROOM_MB,
         "mb_per_text": round(per_text, 2),
     }
     if math.isnan(loaded):

@@ -425,6 +425,9 @@ def agreement(systems: list[System], texts: list[str]) -> list[dict]:
 # ---- measuring -------------------------------------------------------------------------------
 
 
+SETTLE_S = 0.05  # quiet time between two systems' turns (batch 1)
+
+
 def measure_batch1(systems: list[System], work: Workload) -> None:
     """Per-request latency; each round runs a slice of the queries on every system in turn."""
     live = [s for s in systems if s.single is not None]
@@ -434,6 +437,10 @@ def measure_batch1(systems: list[System], work: Workload) -> None:
     times: dict[str, list[float]] = {s.name + s.group: [] for s in live}
     for chunk in np.array_split(np.arange(len(work.queries)), work.rounds):
         for system in live:
+            # Let the previous system's onnxruntime workers stop spinning first: with two sessions of two
+            # threads each on two cores, a pool still spinning from the last system's run took a core from
+            # this one's, and p90 at two threads was 2.8x the single-session figure for raw session.run too.
+            time.sleep(SETTLE_S)
             system.single(int(chunk[0]))  # re-warm after the previous system's threads ran
             for i in chunk:
                 start = time.perf_counter()

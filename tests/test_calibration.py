@@ -378,3 +378,34 @@ def test_cli_fits_max_ood_and_the_ood_reject_that_the_router_and_postprocess_rea
     old = edge_runtime.load(small_bundle, root=bundle_home).predict(texts)
     recall = [sum(p.label == "oos" for p, g in zip(ps, gold) if g == "oos") for ps in (old, predictions)]
     assert recall[1] >= recall[0]
+
+
+@pytest.mark.kernels
+def test_cli_keeps_the_reject_signal_the_bundle_was_built_with(
+    small_bundle, bundle_home, build_key, val_file, tmp_path
+):
+    from edge_runtime import signing
+    from edge_runtime.bundle import next_version_manifest, write_new_version
+
+    raw = Store(bundle_home).verify(small_bundle).raw
+    manifest = next_version_manifest(raw)
+    manifest["metrics"] = {**raw["metrics"], "reject_signal": "ood"}  # as `auto` writes it when ood wins
+    built = write_new_version(small_bundle, manifest, tmp_path / "ood-built", signing.load_private_key(build_key))
+    result = run("--bundle", built, "--data", val_file, "--target-escalation", "0.1", "--json", home=bundle_home)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["reject_signal"] == "ood"
+    told = run(
+        "--bundle",
+        built,
+        "--data",
+        val_file,
+        "--target-escalation",
+        "0.1",
+        "--reject-signal",
+        "confidence",
+        "--json",
+        home=bundle_home,
+    )
+    assert json.loads(told.output)["reject_signal"] == "confidence"
+    plain = run("--bundle", small_bundle, "--data", val_file, "--target-escalation", "0.1", "--json", home=bundle_home)
+    assert json.loads(plain.output)["reject_signal"] == raw["metrics"]["reject_signal"]

@@ -77,7 +77,10 @@ def build_classifier(config: BuildConfig, train: Split, val: Split, progress: Pr
         with progress.step("fit the out-of-scope score"):
             exclude = (oos_index,) if oos_index is not None else ()
             in_scope_val = pooled_val[~np.isin(y_val, exclude)]
-            ood_parameters, ood_summary = ood_fit.fit_mahalanobis(pooled_train, y_train, exclude, in_scope_val)
+            try:
+                ood_parameters, ood_summary = ood_fit.fit_mahalanobis(pooled_train, y_train, exclude, in_scope_val)
+            except ValueError as error:  # too few training texts for their classes
+                raise BuildError(f"cannot fit the out-of-scope score: {error}") from None
             ood_parameters.write(stage / "ood.npz")
 
         def ood_scores(model_path: Path, ids, batch_size: int = 64, pooled=None):

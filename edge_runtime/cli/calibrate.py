@@ -121,10 +121,9 @@ def _report(result, ref: str, new_ref: str | None) -> None:
 @click.option(
     "--reject-signal",
     type=click.Choice(["confidence", "ood", "both"]),
-    default="confidence",
-    show_default=True,
     help="What answers the OOS label locally: a low top probability (postprocess.reject_threshold), a high "
-    "out-of-scope score (postprocess.ood.reject_threshold), or either (both fitted together).",
+    "out-of-scope score (postprocess.ood.reject_threshold), or either (both fitted together). Default: the one "
+    "the bundle was built with (metrics.reject_signal), else confidence.",
 )
 @click.option(
     "--device",
@@ -201,6 +200,8 @@ def calibrate(
     if model.task != "text-classification":
         raise click.UsageError(f"{model.name} is a {model.task} model: only classifiers are calibrated")
     logits, ood = model.logits_and_ood(texts)
+    # a recalibration keeps the bundle's own kind of reject unless told otherwise
+    reject_signal = reject_signal or model.manifest.raw.get("metrics", {}).get("reject_signal") or "confidence"
     result = fit(
         logits,
         gold,

@@ -139,7 +139,9 @@ def _eval_accuracy(home, bundle, val) -> float:
 
 def test_a_build_worse_than_the_bundle_it_replaces_is_refused_unless_forced(tmp_path, fleet):
     home, val, cache = fleet
-    worse = _write(tmp_path / "train1.jsonl", _split("train.jsonl", 1, 3))  # one example per intent
+    # two examples per intent: clearly worse than 30, and more texts than classes, which the out-of-scope
+    # score's covariance needs (one per intent is a BuildError before any gate)
+    worse = _write(tmp_path / "train2.jsonl", _split("train.jsonl", 2, 3))
     out = tmp_path / "new"
     refused = _build(home, worse, val, cache, out, "--replaces", REPLACED, "--max-regression", "0")
     assert refused.returncode == 1, refused.stderr[-2000:]

@@ -15,7 +15,7 @@ from ..device import Device
 from ..errors import EdgeRuntimeError
 from .batching import Batcher, QueueFull, Stopped
 from .errors import RequestError
-from .memory_budget import resident_mb
+from .memory_budget import fit_max_batch, resident_mb, tagger_reserve_mb
 from .metrics import Metrics
 from .swap import Engine, HotSwap
 
@@ -67,8 +67,6 @@ class Service:
         start; a later hot swap keeps the cap)."""
         if not budget_mb:
             return None
-        from .memory_budget import fit_max_batch, tagger_reserve_mb
-
         model = self.swap.current.model
         fitted = fit_max_batch(model, budget_mb, tagger_reserve_mb(self.egress.tagger), self.max_batch)
         self.max_batch = model.max_batch = fitted["max_batch"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from support import bundle_factory, mqtt_broker
 from support.stores import store_with
 
 pytest_plugins = ["support.pii_twins"]  # the `scan` fixture: each PII scanner twin in turn
@@ -141,3 +142,21 @@ def pii_tagger(pii_tagger_home):
     from edge_runtime.pii_tagger import PiiTagger
 
     return PiiTagger(edge_runtime.load("pii-tagger-minilm", root=pii_tagger_home, threads=1))
+
+
+@pytest.fixture
+def broker():
+    """A mosquitto of this test's own on a free port (test_uplink and the fleet tests keep one per module)."""
+    if not mqtt_broker.available():
+        pytest.skip("mosquitto is not installed")
+    with mqtt_broker.Broker() as running:
+        yield running
+
+
+@pytest.fixture
+def tiny_home(tmp_path) -> Path:
+    """A store trusting a fresh key, holding a signed tiny classifier at <home>/tiny (not installed: --bundle PATH)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    bundle_factory.make_bundle(home / "tiny", bundle_factory.trusted_signer(home), name="tiny-upstream")
+    return home

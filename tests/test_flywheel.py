@@ -25,7 +25,7 @@ from edge_runtime.mqtt import BrokerConfig
 from edge_runtime.outbox import Outbox
 from edge_runtime.uplink import Uplink
 
-from support import REPO, bundle_factory, mqtt_broker, pythonpath
+from support import REPO, bundle_factory, pythonpath
 from support.upstream import Upstream, wait_for
 
 FAST = dict(backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
@@ -38,22 +38,6 @@ TEXTS = [
     "send <EMAIL_1> the ﬁle from <ADDRESS_1>",
     "what is my account balance",
 ]
-
-
-@pytest.fixture
-def broker():
-    if not mqtt_broker.available():
-        pytest.skip("mosquitto is not installed")
-    with mqtt_broker.Broker() as running:
-        yield running
-
-
-@pytest.fixture
-def tiny_home(tmp_path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    bundle_factory.make_bundle(home / "tiny", bundle_factory.trusted_signer(home), name="tiny-upstream")
-    return home
 
 
 def start_upstream(home: Path, broker, dataset: Path, *args: str, **kwargs) -> Upstream:

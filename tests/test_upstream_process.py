@@ -5,7 +5,6 @@ topic are refused or dropped, counted, and it keeps answering."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -17,28 +16,11 @@ from edge_runtime.mqtt import BrokerConfig
 from edge_runtime.outbox import Outbox
 from edge_runtime.uplink import Uplink
 
-from support import bundle_factory, mqtt_broker
+from support import bundle_factory
 from support.upstream import Upstream, wait_for
 
 pytestmark = pytest.mark.mqtt
 FAST = dict(backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
-
-
-@pytest.fixture
-def broker():
-    if not mqtt_broker.available():
-        pytest.skip("mosquitto is not installed")
-    with mqtt_broker.Broker() as running:
-        yield running
-
-
-@pytest.fixture
-def tiny_home(tmp_path) -> Path:
-    """A store trusting a fresh key, holding a signed tiny classifier at <home>/tiny (not installed: --bundle PATH)."""
-    home = tmp_path / "home"
-    home.mkdir()
-    bundle_factory.make_bundle(home / "tiny", bundle_factory.trusted_signer(home), name="tiny-upstream")
-    return home
 
 
 @pytest.fixture

@@ -31,15 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve import TEXTS, pick_home, start_daemon  # noqa: E402  benchmarks/serve.py
 
+from edge_runtime.server.memory_budget import resident_mb  # noqa: E402
+
 # No intent fits, so the router escalates it, and the tagger reads it first (it holds a name and an address).
 HARD_TEXT = "Jan Kowalski says the flux capacitor hums in B minor near Hauptstraße 12, Berlin"
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def post(port: int, body: dict) -> dict:
@@ -54,20 +49,20 @@ def post(port: int, body: dict) -> dict:
 
 def stages(port: int, pid: int, requests: int) -> dict:
     time.sleep(1.0)  # let start-up garbage settle
-    result = {"idle": rss_mb(pid)}
+    result = {"idle": resident_mb(pid=pid)}
     for i in range(requests):
         post(port, {"text": TEXTS[i % len(TEXTS)]})
-    result["after_batch1"] = rss_mb(pid)
+    result["after_batch1"] = resident_mb(pid=pid)
     batch = [TEXTS[i % len(TEXTS)] + f" #{i}" for i in range(32)]
     for _ in range(requests):
         post(port, {"texts": batch})
-    result["after_batch32"] = rss_mb(pid)
+    result["after_batch32"] = resident_mb(pid=pid)
     post(port, {"text": TEXTS[0]})
-    result["batch1_after_batch32"] = rss_mb(pid)
+    result["batch1_after_batch32"] = resident_mb(pid=pid)
     answer = post(port, {"text": HARD_TEXT})
     result["escalated"] = answer.get("decision") != "local"
-    result["after_escalation"] = rss_mb(pid)
-    result["peak"] = rss_mb(pid, "VmHWM")
+    result["after_escalation"] = resident_mb(pid=pid)
+    result["peak"] = resident_mb("VmHWM", pid)
     return result
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.server.memory_budget import resident_mb
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_HOME = REPO / ".edge-runtime"
 TEXTS = [
@@ -181,13 +183,6 @@ async def load(port: int, clients: int, seconds: float) -> dict:
     }
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measured time per point")
@@ -206,7 +201,7 @@ def main() -> None:
             for clients in CLIENTS:
                 point = asyncio.run(load(port, clients, args.seconds))
                 points.append({"mode": label, **point})
-            peaks[label] = peak_rss_mb(process.pid)
+            peaks[label] = resident_mb("VmHWM", process.pid)
         finally:
             process.terminate()
             process.wait(60)

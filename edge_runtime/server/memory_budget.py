@@ -26,10 +26,11 @@ SERVING_HEADROOM_MB = 4.0
 MIN_MB_PER_TEXT = 0.05  # below this the measurement is noise: one text never costs less
 
 
-def resident_mb(field: str = "VmRSS") -> float:
-    """This process's resident set (or, with "VmHWM", its peak) in MB, from /proc; NaN elsewhere."""
+def resident_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
+    """A process's resident set (or, with "VmHWM", its peak) in MB, from /proc (this one by default); NaN
+    where there is no /proc."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:

@@ -466,6 +466,41 @@ def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp
     assert running.stop() == 0
 
 
+def test_status_counts_what_the_serving_model_routed_and_how_often_the_upstream_agreed(
+    daemon_home_factory, small_bundle, build_key, tmp_path
+):
+    """The live counters the update agent's probation reads: every text the model routed, the escalated ones,
+    and the upstream answers that named the device's own label (a real worker on the same bundle)."""
+    from edge_runtime import load
+
+    if not mqtt_broker.available():
+        pytest.fail("mosquitto is not installed")
+    with mqtt_broker.Broker() as broker:
+        worker = Upstream(store_with(tmp_path / "upstream-home", small_bundle, build_key), "clinc-small", broker.url)
+        try:
+            worker.wait_ready()
+            running = daemon_home_factory(
+                env={
+                    "EDGE_RUNTIME_UPLINK_BROKER": broker.url,
+                    "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-live",
+                    "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "60000",  # wait for each answer: none deferred
+                    "EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "60000",
+                    "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0",  # escalate every text
+                }
+            )
+            wait_for(lambda: running.get("/v1/status")[2]["uplink"]["connected"], 30, "the daemon's uplink")
+            answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
+            assert [p["decision"] for p in answered] == ["escalate"] * len(TEXTS), answered
+            own = [p.label for p in load(root=running.home).predict(TEXTS)]  # the device model's labels
+            live = running.get("/v1/status")[2]["model"]["live"]
+            agreeing = sum(mine == p["label"] for mine, p in zip(own, answered))
+            assert live["texts"] == live["escalated"] == live["upstream_answers"] == len(TEXTS), live
+            assert live["agreed"] == agreeing and live["agreement"] == agreeing / len(TEXTS), (live, own, answered)
+            assert live["escalation_rate"] == 1.0
+        finally:
+            worker.close()
+
+
 def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory, small_bundle, build_key, tmp_path):
     """Requests held by a paused component: the upstream worker (a real `edge-runtime upstream` process) is
     SIGSTOPped, so escalated requests wait for its answer inside the daemon. SIGTERM arrives while they provably

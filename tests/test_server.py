@@ -492,7 +492,10 @@ def test_status_counts_what_the_serving_model_routed_and_how_often_the_upstream_
             answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
             assert [p["decision"] for p in answered] == ["escalate"] * len(TEXTS), answered
             own = [p.label for p in load(root=running.home).predict(TEXTS)]  # the device model's labels
-            live = running.get("/v1/status")[2]["model"]["live"]
+            status = running.get("/v1/status")[2]
+            live = status["model"]["live"]
+            sent = status["uplink"]["stats"]
+            assert sent["published"] == len(TEXTS) and sent["bytes_published"] > sum(len(t.encode()) for t in TEXTS)
             agreeing = sum(mine == p["label"] for mine, p in zip(own, answered))
             assert live["texts"] == live["escalated"] == live["upstream_answers"] == len(TEXTS), live
             assert live["agreed"] == agreeing and live["agreement"] == agreeing / len(TEXTS), (live, own, answered)

@@ -127,6 +127,32 @@ def test_v2_infer_returns_named_tensors(daemon, small_bundle):
     assert status == 404 and "0.0.9" in body["error"]
 
 
+def test_v2_infer_returns_the_out_of_scope_score_on_request(daemon):
+    status, _, body = daemon.post("/v2/models/clinc-small/infer", infer_body(TEXTS, outputs=[{"name": "ood"}]))
+    assert status == 200, body
+    (tensor,) = body["outputs"]
+    assert tensor["datatype"] == "FP32" and tensor["shape"] == [len(TEXTS)]
+    plain = daemon.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
+    assert tensor["data"] == pytest.approx([p["ood"] for p in plain], abs=1e-6)
+    assert all(0.0 <= value <= 1.0 for value in tensor["data"])
+
+
+def test_v2_asking_a_model_without_the_score_for_it_is_a_400(tiny_home, tmp_path):
+    from edge_runtime.store import Store
+
+    manifest = Store(tiny_home).install(tiny_home / "tiny")  # a bundle_factory model: no ood.npz
+    Store(tiny_home).activate(manifest.name, manifest.version)
+    running = Daemon(tiny_home, log_dir=tmp_path).wait_ready()
+    try:
+        status, _, body = running.post(
+            f"/v2/models/{manifest.name}/infer", infer_body(TEXTS, outputs=[{"name": "ood"}])
+        )
+        assert status == 400 and body["error"] == "outputs: this model has no out-of-scope score (ood)", body
+        assert running.post(f"/v2/models/{manifest.name}/infer", infer_body(TEXTS))[0] == 200
+    finally:
+        running.stop()
+
+
 def test_standard_v2_client_works_unchanged(daemon):
     np = pytest.importorskip("numpy")
     httpclient = pytest.importorskip("tritonclient.http")

@@ -408,3 +408,44 @@ def test_registry_rows_are_checked_when_read(tmp_path):
         fleet.registry.enrollments()
     assert not (tmp_path / "none").exists() and FleetDir(tmp_path / "none").registry.groups() == {}
     assert not (tmp_path / "none").exists()  # reading never creates a registry
+
+
+@mqtt
+def test_serve_sends_the_current_desired_state_to_devices_enrolled_or_moved_later(
+    tmp_path, broker, archives, fleet_key
+):
+    """Devices report as raw clients: `fleet serve` sends a group's current desired state to a member it was
+    never sent to, once, and to nobody who is not a member."""
+    fleet = FleetDir(tmp_path / "fleet")
+    lab, field = f"lab{uuid.uuid4().hex[:4]}", f"field{uuid.uuid4().hex[:4]}"
+    served = ServedManager(broker.url, fleet.root, [fleet_key])
+    manager = served.manager
+    spy = DesiredSpy(broker.url)
+    link = manager._link()
+
+    def report(device, group):
+        state = protocol.encode(protocol.build_state(device, group, phase="idle"))
+        link.client.publish(protocol.state_topic(device), state, qos=1, retain=True).wait_for_publish(10)
+
+    try:
+        for group, archive in ((lab, archives["v2"]), (field, archives["v3"])):
+            record = release_for(archive, fleet_key, group, tmp_path)
+            assert manager.publish(record, record.with_name(archive.name), group)["devices"] == []
+        fleet.registry.add("late", lab)
+        report("late", lab)
+        report("outsider", lab)  # not enrolled: sent nothing
+        wait_until(lambda: spy.to("late"), 10, "the late member's desired state")
+        assert [(s["target"], s["release"]["signed"]["groups"]) for s in spy.to("late")] == [("late", [lab])]
+        assert fleet.rollout(lab)["devices"] == ["late"]
+        report("late", lab)  # a heartbeat: already sent, not again
+        fleet.move_device("late", field)
+        report("late", lab)  # what it claims does not matter: it is in field now
+        wait_until(lambda: len(spy.to("late")) == 2, 10, "field's desired state after the move")
+        assert spy.to("late")[1]["release"]["signed"]["groups"] == [field]
+        time.sleep(1)
+        assert len(spy.to("late")) == 2 and spy.to("outsider") == []
+        assert manager.ignored["unenrolled"] == 1 and manager.ignored["group_mismatch"] == 1
+    finally:
+        link.stop()
+        spy.close()
+        served.close()

@@ -148,19 +148,24 @@ class Registry:
         exists but is not this registry fails here instead of being overwritten."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
+        if not created:
+            self.enrollments()  # fails closed before any change to an unreadable registry
+        connection = None
         try:
             connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             connection.execute("PRAGMA synchronous=FULL")  # an enrollment that was confirmed stays
-            if created:
+            if created:  # table and version in one transaction: a crash leaves both or neither
+                connection.execute("BEGIN IMMEDIATE")
                 connection.execute(
                     "CREATE TABLE devices (device TEXT PRIMARY KEY, grp TEXT NOT NULL, source TEXT NOT NULL, "
                     "enrolled_at REAL NOT NULL)"
                 )
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                connection.execute("COMMIT")
                 os.chmod(self.path, 0o644)
-            else:
-                self.enrollments()  # fails closed before any change to an unreadable registry
         except sqlite3.Error as error:
+            if connection is not None:
+                connection.close()
             raise self._unreadable(error) from None
         return connection
 

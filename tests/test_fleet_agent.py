@@ -99,6 +99,7 @@ def device(tmp_path, broker, fleet_key, archives, group, traffic):
             "--probation-traffic",
             str(traffic),
             *args,
+            fleet_dir=tmp_path / "fleet",  # the `served` manager's
         )
         made.append(dev)
         return dev

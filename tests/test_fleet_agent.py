@@ -469,7 +469,13 @@ def test_live_probation_judges_the_new_model_by_the_daemons_own_counters(
     the same live traffic far more is rolled back, and the daemon serves the previous model again."""
     window = 30
     dev = Device(
-        tmp_path / "devices", f"dev-{uuid.uuid4().hex[:6]}", group, broker.url, fleet_key.public_key(), archives["v1"]
+        tmp_path / "devices",
+        f"dev-{uuid.uuid4().hex[:6]}",
+        group,
+        broker.url,
+        fleet_key.public_key(),
+        archives["v1"],
+        fleet_dir=tmp_path / "fleet",  # the `served` manager's
     )
     daemon = Daemon(dev.home, log_dir=tmp_path).wait_ready()
     traffic = Traffic(daemon)

@@ -3,6 +3,9 @@
 # certificates for devices, the worker role and the fleet role (CN = ACL username).
 #   make-dev-certs.sh OUT_DIR [DEVICE_ID ...]      (default device: device-001)
 # BROKER_HOSTS="localhost,127.0.0.1,10.0.0.1" sets the broker's subject alternative names.
+# SITES="site-a site-b" also issues, per site broker (site-bridge.conf), its bridge identity <site>.crt
+# (CN = the central ACL's user for that site) and its own server certificate <site>-broker.crt, whose
+# subject alternative names SITE_HOSTS sets (default localhost,127.0.0.1).
 # Development only: keys are unencrypted and the CA lives next to them.
 set -euo pipefail
 
@@ -27,12 +30,16 @@ if [[ ! -f ca.key ]]; then
     openssl req -new -x509 -key ca.key -sha256 -days "$days" -subj "/CN=edge-runtime dev CA" -out ca.crt
 fi
 
-san=""
-IFS=, read -ra names <<<"$hosts"
-for name in "${names[@]}"; do
-    if [[ $name =~ ^[0-9.]+$ || $name == *:* ]]; then san+="IP:$name,"; else san+="DNS:$name,"; fi
-done
-san=${san%,}
+alt_names() {  # "host,10.0.0.1" -> "DNS:host,IP:10.0.0.1"
+    local out="" name
+    IFS=, read -ra names <<<"$1"
+    for name in "${names[@]}"; do
+        if [[ $name =~ ^[0-9.]+$ || $name == *:* ]]; then out+="IP:$name,"; else out+="DNS:$name,"; fi
+    done
+    echo "${out%,}"
+}
+san=$(alt_names "$hosts")
+read -ra sites <<<"${SITES:-}"
 
 sign() {  # sign NAME CN USAGE [SAN]
     local name=$1 cn=$2 usage=$3 alt=${4:-}
@@ -52,8 +59,17 @@ sign() {  # sign NAME CN USAGE [SAN]
 sign broker localhost serverAuth "$san"
 sign worker worker clientAuth
 sign fleet fleet clientAuth
+for site in "${sites[@]}"; do
+    if [[ ! $site =~ ^site-[A-Za-z0-9._-]+$ ]]; then
+        echo "$0: site name '$site' must be site-<name> (A-Z a-z 0-9 . _ -)" >&2
+        exit 1
+    fi
+    sign "$site" "$site" clientAuth
+    sign "$site-broker" "$site-broker" serverAuth "$(alt_names "${SITE_HOSTS:-localhost,127.0.0.1}")"
+done
 for device in "${devices[@]}"; do
-    if [[ $device == worker || $device == fleet || ! $device =~ ^[A-Za-z0-9._-]+$ ]]; then
+    # site-* names are sites' bridge identities: a device with one would be its site's central user.
+    if [[ $device == worker || $device == fleet || $device == site-* || ! $device =~ ^[A-Za-z0-9._-]+$ ]]; then
         echo "$0: device id '$device' is reserved or has characters other than A-Z a-z 0-9 . _ -" >&2
         exit 1
     fi
@@ -61,4 +77,4 @@ for device in "${devices[@]}"; do
 done
 chmod 644 ./*.crt
 chmod 600 ./*.key
-echo "certificates in $(pwd): ca.crt broker.crt worker.crt fleet.crt ${devices[*]/%/.crt}"
+echo "certificates in $(pwd): ca.crt broker.crt worker.crt fleet.crt ${sites[*]/%/.crt} ${devices[*]/%/.crt}"

@@ -20,7 +20,7 @@ def available() -> bool:
     return os.path.exists(MOSQUITTO)
 
 
-def _give_to_mosquitto(path: Path) -> None:
+def give_to_mosquitto(path: Path) -> None:
     """As root mosquitto drops to the `mosquitto` user: it must own its directory and read its files."""
     if os.geteuid() != 0:
         return
@@ -42,7 +42,10 @@ class Broker:
         acl_file: Path | None = None,
         allow_anonymous: bool = True,
         netns: str | None = None,
+        config: str | None = None,
     ):
+        """`config`: a whole mosquitto.conf instead of the one built here (e.g. a shipped one, templated), with
+        `{dir}` for this broker's directory; it must log to {dir}/mosquitto.log at notice level or more."""
         # Its own dir under /tmp: pytest's tmp_path parents are 0700 root, closed to the mosquitto user.
         self.dir = Path(tempfile.mkdtemp(prefix="edge-mosquitto-"))
         self.dir.chmod(0o755)
@@ -80,8 +83,8 @@ class Broker:
             shutil.copy(acl_file, self.dir / "acl")
             lines.append(f"acl_file {self.dir}/acl")
         self.config = self.dir / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
-        _give_to_mosquitto(self.dir)
+        self.config.write_text(config.replace("{dir}", str(self.dir)) if config else "\n".join(lines) + "\n")
+        give_to_mosquitto(self.dir)
 
     @property
     def url(self) -> str:

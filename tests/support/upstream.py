@@ -25,13 +25,23 @@ def wait_for(condition, timeout: float, what: str) -> None:
 class Upstream:
     """`python -m edge_runtime upstream` in a subprocess; its stderr goes to a file the test reads."""
 
-    def __init__(self, home: Path, bundle: str, broker_url: str, *args: str, preexec_fn=None, stderr_name=None):
+    def __init__(
+        self,
+        home: Path,
+        bundle: str,
+        broker_url: str,
+        *args: str,
+        preexec_fn=None,
+        stderr_name=None,
+        prefix: tuple[str, ...] = (),
+    ):
         """`args`: more options for the command (e.g. --dataset DIR); `preexec_fn` runs in the child before the
-        command (e.g. a resource limit)."""
+        command (e.g. a resource limit); `prefix` wraps the command (e.g. `ip netns exec NAME`)."""
         self.stderr_path = home / (stderr_name or "upstream.stderr")
         self._stderr = open(self.stderr_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "upstream", "--bundle", bundle, "--broker", broker_url, *args],
+            [*prefix, sys.executable, "-m", "edge_runtime", "upstream", "--bundle", bundle, "--broker", broker_url]
+            + list(args),
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
             env={**os.environ, "EDGE_RUNTIME_HOME": str(home), "PYTHONPATH": pythonpath()},

@@ -27,6 +27,7 @@ from edge_runtime.fleet import protocol
 from edge_runtime.mqtt import BrokerConfig, make_client
 from edge_runtime.outbox import Outbox
 from edge_runtime.uplink import Uplink, UplinkOptions
+from edge_runtime.worker import Worker
 
 from support import REPO, free_port, mqtt_broker
 from support.upstream import Upstream, wait_for
@@ -302,6 +303,50 @@ def test_site_bridge_cut_for_20_s_under_load_loses_nothing_and_answers_once(cent
     reports = fleet.on(protocol.state_topic("dev-0"))
     assert reports and all(m.payload == state and m.retain for m in reports)
     assert snooper.on(protocol.device_desired_topic("dev-0")) == []
+
+
+def echo(request: dict) -> dict:
+    return {"echo": request["text"]}
+
+
+def test_site_and_central_brokers_killed_under_load_lose_nothing(tmp_path):
+    """kill -9 of the site broker (twice) and of the central one, with the shipped bridge settings: the site
+    loses what it acknowledged and had not saved yet, the central broker the bridge's session; the devices'
+    outboxes re-send, and every escalation is answered exactly once at its caller."""
+    delivered: collections.Counter[str] = collections.Counter()
+    fast = dict(backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
+    options = UplinkOptions(max_inflight=64, resend_after_s=2.0, tick_s=0.1)
+    with mqtt_broker.Broker() as central, site_broker(free_port(), f"127.0.0.1:{central.port}", None) as site:
+        bridge_up(central)
+        at_site = BrokerConfig.from_url(site.url, **fast)
+        uplinks = [
+            Uplink(
+                device,
+                at_site,
+                Outbox(tmp_path / f"{device}.sqlite"),
+                options=options,
+                on_answer=lambda request_id, message: delivered.update([request_id]),
+            )
+            for device in DEVICES[:2]
+        ]
+        with Worker(BrokerConfig.from_url(central.url, **fast), echo) as worker, uplinks[0], uplinks[1]:
+            worker.wait_ready(5)
+            for uplink in uplinks:
+                uplink.wait_ready(5)
+            futures = [uplink.submit(f"request {i}") for i in range(600) for uplink in uplinks]
+            for threshold, broker in ((200, site), (500, central), (800, site)):
+
+                def answered(threshold=threshold) -> bool:
+                    return sum(uplink.stats["answered"] for uplink in uplinks) >= threshold
+
+                wait_for(answered, 30, f"{threshold} answers")
+                broker.restart()  # kill -9, then start again
+            answers = [future.result(60) for future in futures]
+            summaries = [uplink.outbox.summary() for uplink in uplinks]
+    assert [a["answer"]["echo"] for a in answers] == [f"request {i}" for i in range(600) for _ in uplinks]
+    assert all(a["id"] == f.request_id for a, f in zip(answers, futures))
+    assert len(delivered) == 1200 and set(delivered.values()) == {1}  # exactly once at the caller
+    assert all(s["pending"] == 0 and s["answered"] == 600 and s["dead"] == 0 for s in summaries), summaries
 
 
 PROPERTIES = ("ResponseTopic", "CorrelationData", "UserProperty", "ContentType", "PayloadFormatIndicator")

@@ -305,6 +305,36 @@ def test_site_bridge_cut_for_20_s_under_load_loses_nothing_and_answers_once(cent
     assert snooper.on(protocol.device_desired_topic("dev-0")) == []
 
 
+def test_a_site_acl_narrowed_to_its_devices_keeps_other_answers_off_the_site(tmp_path):
+    """The central broker checks read access when it delivers: a site block listing its own devices' answer
+    topics keeps every other device's answers off that site, though the bridge subscribes to edge/+/answers."""
+    certs = make_certs(tmp_path / "certs", "127.0.0.1")
+    acl = (DEPLOY / "acl").read_text()
+    wildcard = f"user {SITE}\ntopic write edge/+/escalations\ntopic read edge/+/answers\n"
+    assert wildcard in acl, "the site block of deploy/mosquitto/acl changed: update this test"
+    narrowed = f"user {SITE}\ntopic write edge/+/escalations\ntopic read edge/dev-0/answers\n"
+    (tmp_path / "acl").write_text(acl.replace(wildcard, narrowed))
+    central_tls = {"ca": certs / "ca.crt", "cert": certs / "broker.crt", "key": certs / "broker.key"}
+    with (
+        mqtt_broker.Broker(tls=central_tls, acl_file=tmp_path / "acl", allow_anonymous=False) as central,
+        site_broker(free_port(), f"127.0.0.1:{central.port}", certs) as site,
+    ):
+        bridge_up(central)
+        ours = Listener(tls_config(certs, "dev-0", "127.0.0.1", site.port), "dev-0-probe", ["edge/dev-0/answers"])
+        theirs = Listener(tls_config(certs, "dev-2", "127.0.0.1", site.port), "dev-2-probe", ["edge/dev-2/answers"])
+        worker = Listener(tls_config(certs, "worker", "127.0.0.1", central.port), "worker-probe", [])
+        try:
+            worker.publish("edge/dev-2/answers", b"not for this site")
+            worker.publish("edge/dev-0/answers", b"for this site")
+            wait_for(lambda: ours.messages, 10, "dev-0's answer at the site")
+            time.sleep(0.5)
+        finally:
+            for listener in (ours, theirs, worker):
+                listener.close()
+    assert [m.payload for m in ours.messages] == [b"for this site"]
+    assert theirs.messages == []
+
+
 def echo(request: dict) -> dict:
     return {"echo": request["text"]}
 

@@ -190,12 +190,10 @@ def test_site_bridge_cut_for_20_s_under_load_loses_nothing_and_answers_once(cent
     )
     central_at = (central_ns["central_ip"], central.port)
     site = site_broker(free_port(), f"{central_at[0]}:{central_at[1]}", certs)
-    closers = []
+    closers = [central.close, site.close]  # each removes its directory, started or not
     try:
         central.start()
-        closers.append(central.close)
         site.start()
-        closers.append(site.close)
         upstream = Upstream(
             tiny_home,
             str(tiny_home / "tiny"),

@@ -149,6 +149,7 @@ def test_enroll_list_move_remove_through_the_cli(tmp_path, capsys):
         (["add", "shop-1", "--group", "lab"], "device shop-1 is enrolled in group field; move it"),
         (["add", "fleet", "--group", "lab"], "device id 'fleet' is reserved"),
         (["add", "worker", "--group", "lab"], "device id 'worker' is reserved"),
+        (["add", "site-north", "--group", "lab"], "device id 'site-north' is reserved"),
         (["add", "a/b", "--group", "lab"], "must be 1-128 characters without / + # or NUL"),
         (["add", "x" * 129, "--group", "lab"], "must be 1-128 characters"),
         (["add", "shop-3", "--group", "no group"], "group 'no group' must be 1-64 letters"),

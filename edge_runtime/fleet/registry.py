@@ -27,6 +27,7 @@ FILE = "registry.sqlite"
 SCHEMA_VERSION = 1
 # The broker's ACL gives these certificate CNs roles (deploy/mosquitto/acl): a device named so would get them.
 RESERVED_IDS = ("worker", "fleet")
+RESERVED_PREFIX = "site-"  # site brokers' bridge identities (deploy/mosquitto/site-bridge.conf)
 SOURCES = ("cli", "cert")  # how a device was enrolled: by id, or from its client certificate's subject CN
 
 
@@ -52,7 +53,7 @@ def check_device_id(device: str) -> str:
         raise RegistryError(f"device id {device!r} must be 1-128 characters without / + # or NUL")
     if device != device.strip() or any(ch < " " for ch in device):
         raise RegistryError(f"device id {device!r} has surrounding white space or control characters")
-    if device in RESERVED_IDS:
+    if device in RESERVED_IDS or device.startswith(RESERVED_PREFIX):
         raise RegistryError(f"device id {device!r} is reserved (the broker ACL gives it a role)")
     return device
 

@@ -180,7 +180,7 @@ def mirror_sync(directory, release_files, fleet_dir, as_json):
         release = f" {what.get('name')}@{what.get('version')} (release {entry['release']})" if what else ""
         click.echo(f"{entry['action']:9} {Path(entry['file']).name}{release}")
     counts = collections.Counter(entry["action"] for entry in synced)
-    click.echo(f"{directory}: {len(synced)} archives ({_counts(counts)})")
+    click.echo(f"{directory}: {len(synced)} archive{'s' if len(synced) != 1 else ''} ({_counts(counts)})")
 
 
 @fleet.command()

@@ -4,8 +4,10 @@ from the mirrors and only what those could not supply over MQTT (a real mosquitt
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -187,6 +189,42 @@ def test_unusable_mirrors_are_passed_over_in_order(archives, fleet_key, serve, t
     assert counters["mirror_chunks"] == download.total and counters["mirror_bytes"] == target.size
     assert [line.split()[1] for line in empty.requests()] == ["404"]
     assert len(good.requests()) >= 1
+    assert download.finish().read_bytes() == archives["v2"].read_bytes()
+
+
+class Trickling(http.server.BaseHTTPRequestHandler):
+    """A hostile mirror: a 206 whose headers come one every 0.2 s, each well within the socket timeout."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(206)
+        try:
+            for number in range(200):
+                self.send_header(f"X-Slow-{number}", "x")
+                self.flush_headers()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the device hung up
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_mirror_that_trickles_is_cut_off_at_its_deadline(archives, fleet_key, serve, tmp_path):
+    envelope = record(archives["v2"], fleet_key)
+    target = releases.check_shape(envelope["signed"])
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickling)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    good = serve(laid_out(archives["v2"], envelope, tmp_path / "good"))
+    download = Download(tmp_path / "dl", target).open()
+    config = MirrorConfig(timeout_s=0.5, min_rate=1024 * 1024)  # 0.5 s + 1.4 s for the first request
+    started = time.monotonic()
+    try:
+        counters = fetch_from_mirrors(download, [f"http://127.0.0.1:{slow.server_port}", good.url], config)
+    finally:
+        slow.shutdown()
+        slow.server_close()
+    assert counters["mirror_errors"] == 1 and counters["mirror_chunks"] == download.total
+    assert time.monotonic() - started < 6  # not the 40 s the headers would take
     assert download.finish().read_bytes() == archives["v2"].read_bytes()
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import http.client
 import logging
 import re
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ def _runs(missing: list[int], most: int) -> list[tuple[int, int]]:
 def _read_exactly(response: http.client.HTTPResponse, length: int, deadline: float) -> bytes:
     parts, got = [], 0
     while got < length:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline:  # the watchdog cuts a blocked read; this, one that keeps trickling
             raise MirrorFailed(f"too slow: {got} of {length} bytes of a chunk before the deadline")
         piece = response.read(min(READ_PIECE, length - got))
         if not piece:  # the connection ended early: handled like any broken connection (one fresh try)
@@ -77,6 +79,36 @@ def _read_exactly(response: http.client.HTTPResponse, length: int, deadline: flo
         parts.append(piece)
         got += len(piece)
     return b"".join(parts)
+
+
+class _Watchdog:
+    """Shuts a connection's socket down when a request overruns its time. The socket timeout bounds each
+    wait for bytes, not the whole answer: a mirror trickling a byte at a time (headers included, which
+    http.client reads without a deadline) would otherwise hold the device as long as it likes."""
+
+    def __init__(self):
+        self.timer: threading.Timer | None = None
+        self.fired = False
+
+    def arm(self, sock, seconds: float) -> None:
+        self.cancel()
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire, (sock,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self, sock) -> None:
+        self.fired = True
+        try:
+            # socket.socket's shutdown, not SSLSocket's: that one unwraps TLS under the reading thread's feet.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Mirror:
@@ -88,6 +120,7 @@ class Mirror:
         parts = urlsplit(self.url)
         self.scheme, self.host, self.port, self.path = parts.scheme, parts.hostname, parts.port, parts.path
         self.connection: http.client.HTTPConnection | None = None
+        self.watchdog = _Watchdog()
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.connection is None:
@@ -100,6 +133,7 @@ class Mirror:
         return self.connection
 
     def close(self) -> None:
+        self.watchdog.cancel()
         if self.connection is not None:
             self.connection.close()
             self.connection = None
@@ -112,8 +146,10 @@ class Mirror:
             before = len(download.done)
             try:
                 whole = self._fetch(download, *runs[0], counters, between)
-            except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, bad status line
+            except (OSError, http.client.HTTPException, ValueError) as error:  # refused, reset, cut, garbled
                 self.close()
+                if self.watchdog.fired:
+                    raise MirrorFailed(f"too slow: a request took longer than it may ({error})") from None
                 failures = 0 if len(download.done) > before else failures + 1
                 if failures > self.config.reconnects:
                     raise MirrorFailed(f"{type(error).__name__}: {error}") from None
@@ -129,30 +165,40 @@ class Mirror:
         start = first * release.chunk_size
         end = min(release.size, (last + 1) * release.chunk_size) - 1
         connection = self._connection()
-        connection.request(
-            "GET",
-            self.path,
-            headers={"Range": f"bytes={start}-{end}", "User-Agent": f"edge-runtime/{__version__}"},
-        )
-        response = connection.getresponse()
+        if connection.sock is None:
+            connection.connect()  # bounded by the socket timeout; the watchdog needs the socket
+        limit = self.config.timeout_s + (end - start + 1) / self.config.min_rate
+        deadline = time.monotonic() + limit
+        self.watchdog.arm(connection.sock, limit)
         try:
-            if response.status not in (200, 206):
-                raise MirrorFailed(f"HTTP {response.status} {response.reason[:80]}")
-            encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
-            if encoding != "identity":
-                raise MirrorFailed(f"answered with Content-Encoding {encoding[:40]!r}")
-            if response.status == 200:
-                self._store_whole(download, response, counters, between)
-                return True
-            self._check_range(response.getheader("Content-Range"), start, end)
-            deadline = time.monotonic() + self.config.timeout_s + (end - start + 1) / self.config.min_rate
-            for index in range(first, last + 1):
-                between()
-                self._store(download, index, _read_exactly(response, _chunk_length(release, index), deadline), counters)
-            return False
+            connection.request(
+                "GET",
+                self.path,
+                headers={"Range": f"bytes={start}-{end}", "User-Agent": f"edge-runtime/{__version__}"},
+            )
+            response = connection.getresponse()
+            try:
+                if response.status not in (200, 206):
+                    raise MirrorFailed(f"HTTP {response.status} {response.reason[:80]}")
+                encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+                if encoding != "identity":
+                    raise MirrorFailed(f"answered with Content-Encoding {encoding[:40]!r}")
+                if response.status == 200:
+                    limit = self.config.timeout_s + release.size / self.config.min_rate
+                    self.watchdog.arm(connection.sock, limit)
+                    self._store_whole(download, response, counters, between, time.monotonic() + limit)
+                    return True
+                self._check_range(response.getheader("Content-Range"), start, end)
+                for index in range(first, last + 1):
+                    between()
+                    data = _read_exactly(response, _chunk_length(release, index), deadline)
+                    self._store(download, index, data, counters)
+                return False
+            finally:
+                if not response.isclosed():  # a longer answer than asked, or one left early: never read on
+                    self.close()
         finally:
-            if not response.isclosed():  # a longer answer than asked, or one left early: never read the rest
-                self.close()
+            self.watchdog.cancel()
 
     def _check_range(self, header: str | None, start: int, end: int) -> None:
         match = _CONTENT_RANGE.fullmatch((header or "").strip())
@@ -163,10 +209,9 @@ class Mirror:
         if match[3] != "*" and int(match[3]) != self.release.size:
             raise MirrorFailed(f"holds a file of {match[3]} bytes, the release's archive has {self.release.size}")
 
-    def _store_whole(self, download: Download, response, counters: dict, between) -> None:
+    def _store_whole(self, download: Download, response, counters: dict, between, deadline: float) -> None:
         """A 200 answer: the archive from byte 0. Missing chunks are stored, the others read past."""
         wanted = set(download.missing())
-        deadline = time.monotonic() + self.config.timeout_s + self.release.size / self.config.min_rate
         for index in range(max(wanted) + 1):
             between()
             data = _read_exactly(response, _chunk_length(self.release, index), deadline)

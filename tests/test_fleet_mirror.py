@@ -240,7 +240,7 @@ def group():
 def device(tmp_path, broker, fleet_key, archives, group):
     made = []
 
-    def factory():
+    def factory(pause=None):
         dev = Device(
             tmp_path / "devices",
             f"dev-{uuid.uuid4().hex[:6]}",
@@ -250,7 +250,7 @@ def device(tmp_path, broker, fleet_key, archives, group):
             archives["v1"],
         )
         made.append(dev)
-        return dev.start()
+        return dev.start(pause)
 
     yield factory
     for dev in made:
@@ -355,6 +355,25 @@ def test_a_mirror_killed_mid_download_leaves_the_rest_to_mqtt(
     assert counts["mirror_chunks"] >= 3 and counts["mirror_errors"] == 1
     assert counts["received"] >= 1 and counts["mirror_chunks"] + counts["received"] == counts["chunks"]
     assert served.manager.bytes_served == counts["mqtt_bytes"] < archives["v2"].stat().st_size
+
+
+def test_an_agent_killed_mid_download_resumes_from_its_bitmap_on_the_mirror(
+    device, broker, archives, fleet_key, group, serve, tmp_path
+):
+    marker = tmp_path / "paused"
+    dev = device(pause=("chunk", marker))  # stops right after the first stored chunk
+    probe = record(archives["v2"], fleet_key, group)
+    server = serve(laid_out(archives["v2"], probe, tmp_path / "mirror"))
+    publish_desired(broker.url, fleet_key, group, record(archives["v2"], fleet_key, group, [server.url]))
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert dev.process.poll() is None and time.monotonic() < deadline, dev.log.read_text()[-2000:]
+        time.sleep(0.05)
+    dev.kill()
+    dev.start()
+    counts = committed(dev)
+    assert counts["resumed"] >= 1 and counts["mirror_chunks"] == counts["chunks"] - counts["resumed"]
+    assert counts["received"] == 0
 
 
 def test_a_halt_stops_a_download_from_a_mirror(device, broker, archives, fleet_key, group, serve, tmp_path):

@@ -121,6 +121,7 @@ def test_mirrors_are_signed_optional_and_checked(archives, fleet_key):
         ("http://host/?a=1", "query"),
         ("http:///path", "with a host"),
         ("http://host:99999/", "mirror"),
+        ("http://hôst/", "ASCII"),
     ]:
         with pytest.raises(ReleaseError, match=reason):
             record(archives["v2"], fleet_key, mirror_urls=[bad])

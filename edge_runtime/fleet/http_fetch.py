@@ -8,7 +8,8 @@ whether to go on reading, and no more than the bytes asked for are ever read fro
 
 A mirror is left for the next one (and, after the last, for the MQTT chunk loop) when it serves a bad chunk
 (it is not asked again: the next mirror gets the chunk), answers anything but 206/200, describes another
-range or file, is slower than `min_rate`, or its connection fails again after a fresh one.
+range or file, encodes the body, overruns a request's time (timeout_s + bytes / min_rate; a watchdog cuts
+even a read that keeps trickling), or its connection fails twice in a row without a chunk stored between.
 
 A server that ignores ranges answers 200 with the whole archive (nginx with `max_ranges 0`, Python's
 http.server, some CDNs for an uncached object). That answer is used, not refused: the body is cut into

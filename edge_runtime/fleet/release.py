@@ -56,8 +56,12 @@ def check_group(group: str) -> str:
 def check_mirror(url: str) -> str:
     """A mirror base URL the device can use: http(s)://host[:port][/path], no credentials, query or fragment
     (the record is readable by every device, and the archive's name is appended to the path)."""
-    if not isinstance(url, str) or not 0 < len(url) <= MAX_MIRROR_URL or not url.isprintable() or " " in url:
-        raise ReleaseError(f"mirror {str(url)[:80]!r}: not a URL of at most {MAX_MIRROR_URL} printable characters")
+    plain = isinstance(url, str) and 0 < len(url) <= MAX_MIRROR_URL and url.isascii() and url.isprintable()
+    if not plain or " " in url:
+        raise ReleaseError(
+            f"mirror {str(url)[:80]!r}: not a URL of at most {MAX_MIRROR_URL} printable ASCII characters "
+            "(percent-encode the path, punycode the host)"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

@@ -1,7 +1,7 @@
 """The escalation wire format: versioned JSON requests (device -> worker) and answers (worker -> device).
 
 Request  {"schema": 1, "type": "escalation.request", "id", "device", "created_at", "text",
-          "prediction": {"label", "score", "top_k": [{"label", "score"}], "margin", "entropy"} | null,
+          "prediction": {"label", "score", "top_k": [{"label", "score"}], "margin", "entropy", "ood"?} | null,
           "reason", "bundle": {"name", "version"}}
 Answer   {"schema": 1, "type": "escalation.answer", "id", "answer": {...} | null, "error": str | null,
           "worker", "answered_at"}
@@ -64,13 +64,16 @@ def _prediction_dict(prediction) -> dict | None:
     for item in data.get("top_k") or []:
         label, score = (item["label"], item["score"]) if isinstance(item, dict) else item
         top_k.append({"label": str(label), "score": float(score)})
-    return {
+    sent = {
         "label": str(data["label"]),
         "score": float(data["score"]),
         "top_k": top_k,
         "margin": float(data.get("margin", 0.0)),
         "entropy": float(data.get("entropy", 0.0)),
     }
+    if data.get("ood") is not None:  # the out-of-scope score, when the device's bundle has one
+        sent["ood"] = float(data["ood"])
+    return sent
 
 
 def build_request(

@@ -144,7 +144,7 @@ def _device_prediction(value) -> dict | None:
         "score": _probability(value.get("score"), "device prediction score"),
         "top_k": _top_k(value.get("top_k"), "device prediction top_k"),
     }
-    for name in ("margin", "entropy"):  # optional: escalation.build_request always sends them
+    for name in ("margin", "entropy", "ood"):  # optional: build_request sends the first two, ood when the bundle has it
         if value.get(name) is not None:
             prediction[name] = _probability(value[name], f"device prediction {name}")
     return prediction

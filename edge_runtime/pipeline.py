@@ -21,10 +21,11 @@ from dataclasses import replace
 
 from . import escalation
 from .egress import Egress, PrivacyUnavailable
+from .live_counters import LiveCounters
 from .outbox import OutboxUnavailable
 from .redaction import PrivacyRefused
 from .results import DEFERRED, ESCALATE, LOCAL, Prediction
-from .router import Router
+from .router import BUDGET_EXHAUSTED, Router
 
 STORE_WAIT_S = 5.0  # how long a caller whose deadline passed waits to learn whether its request was stored
 
@@ -48,10 +49,14 @@ class Pipeline:
         self.outbox = outbox if outbox is not None else getattr(uplink, "outbox", None)
         self.device_id = device_id
         self.deadline_s = deadline_s
+        self.counters = LiveCounters()  # this model's own record, for the update agent's probation
 
     def route(self, texts: Sequence[str], top_k: int | None = None) -> list[Prediction]:
         """Each text's prediction with its routing decision (`local` or `escalate`); nothing is sent."""
-        return self.router.route_all(self.model.predict(texts, top_k=top_k))
+        predictions = self.router.route_all(self.model.predict(texts, top_k=top_k))
+        wanted = sum(p.decision == ESCALATE or p.reason.startswith(BUDGET_EXHAUSTED) for p in predictions)
+        self.counters.routed(len(predictions), wanted)
+        return predictions
 
     def dispatch(self, texts: Sequence[str]) -> list[tuple[Prediction, Future | None]]:
         """Route the texts and send every escalation, redacted, without waiting: (prediction, the Future of
@@ -131,6 +136,7 @@ class Pipeline:
         answer = self.egress.reidentify(prediction.request_id, message.get("answer") or {})
         if not answer.get("label"):
             return replace(prediction, decision=DEFERRED)
+        self.counters.upstream_answered(prediction.label, answer["label"])
         return replace(
             prediction, label=answer["label"], score=float(answer.get("score", prediction.score)), decision=ESCALATE
         )

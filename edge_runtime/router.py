@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from .errors import ConfigError
 from .results import ESCALATE, LOCAL, Prediction
 
+BUDGET_EXHAUSTED = "budget_exhausted"  # the reason prefix of an escalation the budget kept local
+
 
 @dataclass(frozen=True)
 class RoutingPolicy:
@@ -113,7 +115,7 @@ class Router:
         decision, reason = self.wanted(prediction)
         with self._lock:
             if decision == ESCALATE and self._over_budget():
-                decision, reason = LOCAL, f"budget_exhausted:{reason}"
+                decision, reason = LOCAL, f"{BUDGET_EXHAUSTED}:{reason}"
             self._record(decision == ESCALATE)
         return replace(prediction, decision=decision, reason=reason)
 

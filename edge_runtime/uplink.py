@@ -421,5 +421,6 @@ class Uplink:
             self._inflight[request_id] = time.monotonic()
             self._sent.append(request_id)
             self.stats["published"] += 1
+            self.stats["bytes_published"] += len(payload)  # the escalation's JSON, resends included
             if info.rc == paho.MQTT_ERR_NO_CONN:  # paho keeps it and sends on reconnect
                 break

@@ -14,6 +14,6 @@ echo "== lint: ruff check, ruff format --check"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "== test suite (kernels: cython)"
-$PY -m pytest -q -p no:cacheprovider "$@"
+$PY -m pytest -q -p no:cacheprovider --durations=30 "$@"   # the slowest tests: what the 40-minute CI budget goes on
 echo "== kernel-dependent tests (marker kernels; kernels: python, EDGE_RUNTIME_PURE_PYTHON=1)"
 EDGE_RUNTIME_PURE_PYTHON=1 $PY -m pytest -q -p no:cacheprovider -m "kernels and not slow"

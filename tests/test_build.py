@@ -667,3 +667,24 @@ def test_a_truncated_static_int8_student_scores_a_text_the_same_in_any_batch(tmp
 
     assert spread(static) < 1e-4
     assert spread(dynamic) > 10 * spread(static)  # the batch dependence static quantization removes
+
+
+def test_a_model_folder_is_known_by_its_contents_not_its_mtimes(tmp_path):
+    """The cache key of exports and fine-tunes: a copy in a fresh virtualenv (new mtimes) hits the cache, an edited
+    weight file misses it."""
+    from edge_runtime.build.source import fingerprint
+
+    original = tmp_path / "model"
+    original.mkdir()
+    (original / "config.json").write_text('{"hidden_size": 8}')
+    (original / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in original.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+        os.utime(copy / path.name, ns=(10**18, 10**18))
+    assert fingerprint(copy) == fingerprint(original)
+    edited = bytearray((copy / "model.safetensors").read_bytes())
+    edited[1000] ^= 1  # one bit, same size
+    (copy / "model.safetensors").write_bytes(bytes(edited))
+    assert fingerprint(copy) != fingerprint(original)

@@ -21,6 +21,7 @@ from edge_runtime.schema import SchemaError
 from edge_runtime.store import Store
 
 from support import mqtt_broker
+from support.daemon import Daemon
 from support.fleet_sim import Device, Reports, ServedManager, make_release, refinalize, tiny
 
 pytestmark = pytest.mark.skipif(not mqtt_broker.available(), reason="mosquitto is not installed")
@@ -98,6 +99,7 @@ def device(tmp_path, broker, fleet_key, archives, group, traffic):
             "--probation-traffic",
             str(traffic),
             *args,
+            fleet_dir=tmp_path / "fleet",  # the `served` manager's
         )
         made.append(dev)
         return dev
@@ -424,6 +426,86 @@ def test_higher_escalation_rate_in_probation_rolls_back(device, served, reports,
     assert_serving(dev, ("tiny", "1.0.0"))
     report = reports.wait(lambda s: s["device"] == dev.id and s["phase"] == "rolled_back", 10, "rolled_back")
     assert report["active"] == "tiny@1.0.0" and report["installed_release"] == 3
+
+
+class Traffic(threading.Thread):
+    """Requests to a daemon, a batch of TRAFFIC every 50 ms, until stopped: the device's live traffic."""
+
+    def __init__(self, daemon: Daemon):
+        super().__init__(daemon=True)
+        self.target, self.halt, self.failures = daemon, threading.Event(), []
+
+    def run(self) -> None:
+        while not self.halt.wait(0.05):
+            status = self.target.post("/v1/predict", {"texts": TRAFFIC[:6]})[0]
+            if status != 200:
+                self.failures.append(status)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)
+
+
+def serving(daemon: Daemon) -> dict:
+    return daemon.get("/v1/status")[2]["model"]
+
+
+def wait_for_texts(daemon: Daemon, version: str, texts: int) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        model = serving(daemon)
+        if model["version"] == version and model["live"]["texts"] >= texts:
+            return model
+        time.sleep(0.1)
+    raise AssertionError(f"the daemon did not route {texts} texts on {version}: {serving(daemon)}")
+
+
+@pytest.mark.kernels  # probation compares escalation rates, which follow the kernels' confidences
+def test_live_probation_judges_the_new_model_by_the_daemons_own_counters(
+    archives, served, fleet_key, group, tmp_path, broker
+):
+    """No traffic file: the agent compares the daemon's counters for the new model with those of the one it
+    replaces, read before the swap. A release that routes like its predecessor commits; one that escalates
+    the same live traffic far more is rolled back, and the daemon serves the previous model again."""
+    window = 30
+    dev = Device(
+        tmp_path / "devices",
+        f"dev-{uuid.uuid4().hex[:6]}",
+        group,
+        broker.url,
+        fleet_key.public_key(),
+        archives["v1"],
+        fleet_dir=tmp_path / "fleet",  # the `served` manager's
+    )
+    daemon = Daemon(dev.home, log_dir=tmp_path).wait_ready()
+    traffic = Traffic(daemon)
+    dev.args += ["--daemon-url", f"http://127.0.0.1:{daemon.port}", "--probation-requests", str(window)]
+    try:
+        traffic.start()
+        wait_for_texts(daemon, "1.0.0", window)  # the previous model's window, before the swap
+        dev.start()
+        served.manager.publish(release_for(archives, "v2", fleet_key, group, tmp_path), archives["v2"], group)
+        good = dev.wait_phase("committed", "failed", "rolled_back")
+        assert good["phase"] == "committed", good
+        judged = good["probation"]
+        assert judged["source"] == "daemon" and judged["texts"] >= window, judged
+        assert (
+            judged["baseline"]["texts"] >= window and judged["escalation_rate"] == judged["baseline"]["escalation_rate"]
+        )
+        assert serving(daemon)["version"] == "1.1.0"
+
+        wait_for_texts(daemon, "1.1.0", window)
+        record = release_for(archives, "escalating", fleet_key, group, tmp_path)
+        served.manager.publish(record, archives["escalating"], group)
+        bad = dev.wait(lambda s: s["phase"] in ("failed", "rolled_back") and s["release"]["signed"]["release"] == 3)
+        assert bad["phase"] == "rolled_back" and "probation: escalation rate" in bad["last_error"], bad
+        assert serving(daemon)["version"] == "1.1.0"
+        assert Store(dev.home).active() == ("tiny", "1.1.0")
+        assert traffic.failures == []
+    finally:
+        traffic.stop()
+        dev.stop()
+        daemon.stop()
 
 
 # --- key roles, anti-rollback floor, desired-state expiry and ordering -----------------------------

@@ -133,6 +133,12 @@ def published(tmp_path, archives, fleet_key, group, broker, chunk_size=4096) -> 
     return fleet, releases.read(record)["signed"]
 
 
+def enroll(fleet: FleetDir, group: str, *devices: str) -> None:
+    """The manager serves enrolled devices only (registry.py)."""
+    for device in devices:
+        fleet.registry.add(device, group)
+
+
 def assert_good_chunks(chunks, signed, indices) -> None:
     """The chunks a well-behaved device asked for, each matching the signed record's hash."""
     assert sorted(header["index"] for header, _ in chunks) == sorted(indices)
@@ -183,6 +189,7 @@ def test_a_huge_chunk_index_is_dropped_and_counted_and_serving_goes_on(
 ):
     fleet, signed = published(tmp_path, archives, fleet_key, group, broker)
     sha = signed["archive"]["sha256"]
+    enroll(fleet, group, "evil", "good")
     served = Served(broker.url, fleet, [fleet_key])
     try:
         peer.report("evil", group)
@@ -252,6 +259,7 @@ def test_a_poisoned_retained_report_crashes_neither_status_nor_promote(
     key_file = tmp_path / "fleet.key"
     signing.save_private_key(key_file, fleet_key)
     common = ["--fleet-dir", str(tmp_path / "fleet")]
+    assert main(["fleet", "device", "add", "canary-1", "--group", group, *common]) == 0
     peer.report("canary-1", group)
     record = make_release(archives["v2"], fleet_key, group)
     assert (
@@ -265,12 +273,14 @@ def test_a_poisoned_retained_report_crashes_neither_status_nor_promote(
     assert main(["fleet", "status", "--group", group, "--json", "--wait", "0.5", *common]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["devices"] == []
-    assert report["invalid_reports"] == [{"device": "canary-1", "reason": "state.refused: expected an object, got str"}]
+    assert report["invalid_reports"] == [
+        {"device": "canary-1", "reason": "state.refused: expected an object, got str", "registry_group": group}
+    ]
     assert report["rollouts"][0]["assessment"] == "waiting for canaries: canary-1"
     monkeypatch.setenv("COLUMNS", "200")  # rich fits the table to the terminal, eliding cells
     assert main(["fleet", "status", "--group", group, "--wait", "0.5", *common]) == 0
     table = " ".join(capsys.readouterr().out.split())
-    assert "canary-1 - - - invalid" in table and "state.refused: expected an object" in table
+    assert f"canary-1 {group} - - - invalid" in table and "state.refused: expected an object" in table
     # Promote refuses with the reason, as for any canary that has not committed.
     assert main(["fleet", "promote", "--group", group, "--key", str(key_file), *common]) == 1
     assert "cannot promote (waiting for canaries: canary-1)" in capsys.readouterr().err
@@ -285,8 +295,9 @@ def _serve(tmp_path, key_file, broker, *extra):
     )
 
 
-def serving(peer: Peer, group: str, sha: str, device: str, timeout: float = 30.0) -> None:
+def serving(peer: Peer, fleet: FleetDir, group: str, sha: str, device: str, timeout: float = 30.0) -> None:
     """Wait until `fleet serve` answers a well-behaved device (it is up and subscribed)."""
+    enroll(fleet, group, device)
     peer.report(device, group)
     peer.listen(device)
     deadline = time.monotonic() + timeout
@@ -309,7 +320,7 @@ def test_fleet_serve_outlives_a_poisoned_report_and_a_hostile_peer_across_restar
     peer.publish(protocol.state_topic("evil"), protocol.encode(poisoned), retain=True)
     serve = _serve(tmp_path, key_file, broker, *common)
     try:
-        serving(peer, group, sha, "probe-1")
+        serving(peer, fleet, group, sha, "probe-1")
         for attack in (
             protocol.encode({"type": protocol.REQUEST_TYPE, "device": "evil", "sha256": sha, "indices": [10**20]}),
             b"[" * 3000,  # deeper than json's recursion limit
@@ -318,15 +329,23 @@ def test_fleet_serve_outlives_a_poisoned_report_and_a_hostile_peer_across_restar
             b"x" * 100_000,
         ):
             peer.publish(protocol.chunk_request_topic("evil"), attack)
-        serving(peer, group, sha, "probe-2")
+        serving(peer, fleet, group, sha, "probe-2")
         assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         serve.terminate()
         serve.wait(15)
         serve = _serve(tmp_path, key_file, broker, *common)  # the retained report is there again on restart
-        serving(peer, group, sha, "probe-3")
+        serving(peer, fleet, group, sha, "probe-3")
         assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         # A well-behaved device (a real agent process) still downloads, installs and commits the release.
-        dev = Device(tmp_path / "devices", "good-1", group, broker.url, fleet_key.public_key(), archives["v1"]).start()
+        dev = Device(
+            tmp_path / "devices",
+            "good-1",
+            group,
+            broker.url,
+            fleet_key.public_key(),
+            archives["v1"],
+            fleet_dir=fleet.root,
+        ).start()
         try:
             final = dev.wait_phase("committed", "failed", "rolled_back", timeout=90)
         finally:
@@ -352,36 +371,44 @@ def test_fleet_serve_outlives_a_poisoned_report_and_a_hostile_peer_across_restar
 # --- finding 3: any device could fetch any release, as fast and as much as it liked -------------------------
 
 
-def test_chunks_go_only_to_devices_of_the_releases_group(tmp_path, broker, archives, fleet_key, group, peer):
+def test_chunks_go_only_to_enrolled_devices_of_the_releases_group(tmp_path, broker, archives, fleet_key, group, peer):
     fleet, signed = published(tmp_path, archives, fleet_key, group, broker)
     sha = signed["archive"]["sha256"]
+    enroll(fleet, f"{group}-other", "other-group", "liar")
+    enroll(fleet, group, "member")
     served = Served(broker.url, fleet, [fleet_key])
     try:
         peer.report("other-group", f"{group}-other")
-        for device in ("other-group", "never-reported", "member"):
+        for device in ("other-group", "unenrolled", "member", "liar"):
             peer.listen(device)
         peer.report("member", group)
+        peer.report("liar", group)  # enrolled in the other group: its claim does not make it a member
+        peer.report("unenrolled", group)  # not enrolled: its claim counts for nothing either
         time.sleep(0.3)
         peer.request("other-group", sha, [0, 1])
-        peer.request("never-reported", sha, [0, 1])
+        peer.request("unenrolled", sha, [0, 1])
         peer.request("member", sha, [0, 1])
+        peer.request("liar", sha, [0])
         assert_good_chunks(peer.wait_for("member", 2), signed, [0, 1])
         refused = peer.wait_for("other-group", 1)
         assert [(h["error"], len(d)) for h, d in refused] == [("unknown release", 0)]
         peer.request("other-group", "f" * 64, [0])  # a release that does not exist: the same answer
         assert [h["error"] for h, _ in peer.wait_for("other-group", 2)][1] == "unknown release"
+        assert [h["error"] for h, _ in peer.wait_for("liar", 1)] == ["unknown release"]
         time.sleep(1)
-        assert peer.received("never-reported") == []  # silent: it may report its group later and ask again
+        assert peer.received("unenrolled") == []  # silent: it may be enrolled later and ask again
         assert len(peer.received("other-group")) == 2
         assert served.manager.metrics()["refused"] == {
-            "not_in_group": 1,
+            "not_in_group": 2,
             "unknown_device": 1,
             "unknown_release": 1,
         }
-        peer.report("never-reported", group)  # once it has reported, it is served
-        time.sleep(0.3)
-        peer.request("never-reported", sha, [3])
-        assert_good_chunks(peer.wait_for("never-reported", 1), signed, [3])
+        ignored = served.manager.metrics()["ignored"]
+        # unenrolled: this one, and the retained reports of earlier tests' agents on this module's broker
+        assert ignored["group_mismatch"] == 1 and ignored["unenrolled"] >= 1
+        enroll(fleet, group, "unenrolled")  # once it is enrolled, it is served (no restart)
+        peer.request("unenrolled", sha, [3])
+        assert_good_chunks(peer.wait_for("unenrolled", 1), signed, [3])
     finally:
         served.close()
 
@@ -390,6 +417,7 @@ def test_a_request_may_ask_for_at_most_16_distinct_chunks(tmp_path, broker, arch
     fleet, signed = published(tmp_path, archives, fleet_key, group, broker, chunk_size=1024)
     assert len(signed["archive"]["chunks"]) > 64
     sha = signed["archive"]["sha256"]
+    enroll(fleet, group, "greedy")
     served = Served(broker.url, fleet, [fleet_key])
     try:
         peer.report("greedy", group)
@@ -412,6 +440,7 @@ def test_each_device_has_its_own_chunk_budget(tmp_path, broker, archives, fleet_
     sha = signed["archive"]["sha256"]
     clock = FrozenClock()
     limits = fleet_manager.ServeLimits(chunk_rate=1.0, chunk_burst=8.0, message_rate=1000.0, message_burst=1000.0)
+    enroll(fleet, group, "hog", "quiet")
     served = Served(broker.url, fleet, [fleet_key], limits=limits, clock=clock)
     try:
         for device in ("hog", "quiet"):
@@ -443,6 +472,7 @@ def test_a_message_flood_is_cut_off_per_device_and_others_are_still_served(
     sha = signed["archive"]["sha256"]
     clock = FrozenClock()
     limits = fleet_manager.ServeLimits(message_rate=1.0, message_burst=20.0)
+    enroll(fleet, group, "flooder", "good")
     served = Served(broker.url, fleet, [fleet_key], limits=limits, clock=clock)
     try:
         peer.report("flooder", group)

@@ -249,6 +249,7 @@ def device(tmp_path, broker, fleet_key, archives, group):
             broker.url,
             fleet_key.public_key(),
             archives["v1"],
+            fleet_dir=tmp_path / "fleet",  # enrolled: the fleet manager serves chunks to enrolled devices only
         )
         made.append(dev)
         return dev.start(pause)

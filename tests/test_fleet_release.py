@@ -9,10 +9,10 @@ import pytest
 
 from edge_runtime import signing
 from edge_runtime.cli import main
-from edge_runtime.fleet import protocol, rollout
+from edge_runtime.fleet import probation, protocol, rollout
 from edge_runtime.fleet import release as releases
 from edge_runtime.fleet.chunks import BadChunk, Download
-from edge_runtime.fleet.errors import ChunkError, ReleaseError
+from edge_runtime.fleet.errors import ChunkError, ProbationError, ReleaseError
 
 from support.fleet_sim import tiny
 
@@ -217,3 +217,68 @@ def test_desired_states_expire(archive, keys):
         protocol.verify_desired(
             protocol.encode(releases.sign_envelope(unbounded, [keys[0]])), trusted(keys[0]), 1, "group", "lab"
         )
+
+
+# --- live probation's judgement (the daemon's /v1/status as input; the clock is a double) --------------
+
+
+def _status(version: str, texts: int, escalated: int, answers: int = 0, agreed: int = 0) -> dict:
+    live = {
+        "texts": texts,
+        "escalated": escalated,
+        "escalation_rate": escalated / texts if texts else None,
+        "upstream_answers": answers,
+        "agreed": agreed,
+        "agreement": agreed / answers if answers else None,
+    }
+    return {"model": {"name": "m", "version": version, "live": live}}
+
+
+class FakeClock:
+    """Time that passes only when the probation sleeps (a real wait would make these tests slow)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def judge(statuses, baseline, **config):
+    clock, replies = FakeClock(), iter(statuses)
+
+    def read_status():
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    settings = probation.ProbationConfig(requests=100, max_wait_s=60, **config)
+    return probation.live(read_status, "m@2", baseline, settings, clock=clock, sleep=clock.sleep)
+
+
+def test_live_probation_waits_for_its_window_then_compares_with_the_previous_model():
+    baseline = _status("1", 400, 40, 40, 30)["model"]["live"]  # 10% escalated, 75% agreement
+    kept = judge([_status("2", 10, 1), _status("2", 150, 20, 30, 21)], baseline)
+    assert kept["texts"] == 150 and kept["baseline"] == baseline and "note" not in kept
+    with pytest.raises(ProbationError, match=r"escalation rate 30.0% on 150 texts vs 10.0%"):
+        judge([_status("2", 150, 45)], baseline)
+    with pytest.raises(ProbationError, match=r"agreement with the upstream 50.0% on 30 answers vs 75.0%"):
+        judge([_status("2", 150, 20, 30, 15)], baseline)
+    few_answers = judge([_status("2", 150, 20, 10, 2)], baseline)  # under min_answers: not compared
+    assert few_answers["agreement"] == 0.2
+
+
+def test_live_probation_keeps_a_model_without_traffic_and_fails_on_the_wrong_one():
+    quiet = judge([_status("2", 3, 3)] * 100, None)
+    assert quiet["note"].startswith("3 texts in 60 s") and quiet["escalation_rate"] == 1.0
+    short_baseline = judge([_status("2", 100, 90)], _status("1", 5, 0)["model"]["live"])
+    assert short_baseline["escalation_rate"] == 0.9  # a baseline under the window is no reference
+    with pytest.raises(ProbationError, match="the daemon serves m@1, not m@2"):
+        judge([_status("1", 500, 0)], None)
+    assert judge([OSError("refused"), _status("2", 100, 0)], None)["texts"] == 100  # a restart is waited out
+    with pytest.raises(ProbationError, match="did not answer for 60 s"):
+        judge([OSError("refused")] * 100, None)

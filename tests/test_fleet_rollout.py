@@ -64,6 +64,7 @@ def test_canary_promote_rollback_and_automatic_halt(tmp_path, capsys, monkeypatc
                 v1,
                 "--probation-traffic",
                 str(traffic),
+                fleet_dir=tmp_path / "fleet",
             ).start()
             for i in range(5)
         ]

@@ -60,6 +60,7 @@ def device_prediction(k: int) -> dict:
         "top_k": [{"label": "translate", "score": 0.41}, {"label": f"label{k}", "score": 0.3}],
         "margin": 0.11,
         "entropy": 0.62,
+        **({"ood": 0.83} if k % 2 == 0 else {}),  # a device bundle with and one without the out-of-scope score
     }
 
 

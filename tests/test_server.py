@@ -127,6 +127,32 @@ def test_v2_infer_returns_named_tensors(daemon, small_bundle):
     assert status == 404 and "0.0.9" in body["error"]
 
 
+def test_v2_infer_returns_the_out_of_scope_score_on_request(daemon):
+    status, _, body = daemon.post("/v2/models/clinc-small/infer", infer_body(TEXTS, outputs=[{"name": "ood"}]))
+    assert status == 200, body
+    (tensor,) = body["outputs"]
+    assert tensor["datatype"] == "FP32" and tensor["shape"] == [len(TEXTS)]
+    plain = daemon.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
+    assert tensor["data"] == pytest.approx([p["ood"] for p in plain], abs=1e-6)
+    assert all(0.0 <= value <= 1.0 for value in tensor["data"])
+
+
+def test_v2_asking_a_model_without_the_score_for_it_is_a_400(tiny_home, tmp_path):
+    from edge_runtime.store import Store
+
+    manifest = Store(tiny_home).install(tiny_home / "tiny")  # a bundle_factory model: no ood.npz
+    Store(tiny_home).activate(manifest.name, manifest.version)
+    running = Daemon(tiny_home, log_dir=tmp_path).wait_ready()
+    try:
+        status, _, body = running.post(
+            f"/v2/models/{manifest.name}/infer", infer_body(TEXTS, outputs=[{"name": "ood"}])
+        )
+        assert status == 400 and body["error"] == "outputs: this model has no out-of-scope score (ood)", body
+        assert running.post(f"/v2/models/{manifest.name}/infer", infer_body(TEXTS))[0] == 200
+    finally:
+        running.stop()
+
+
 def test_standard_v2_client_works_unchanged(daemon):
     np = pytest.importorskip("numpy")
     httpclient = pytest.importorskip("tritonclient.http")
@@ -464,6 +490,44 @@ def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp
     status, _, result = running.post("/v1/admin/reload", b"", {})
     assert result["result"] == "swapped" and result["version"] == "0.1.0"
     assert running.stop() == 0
+
+
+def test_status_counts_what_the_serving_model_routed_and_how_often_the_upstream_agreed(
+    daemon_home_factory, small_bundle, build_key, tmp_path
+):
+    """The live counters the update agent's probation reads: every text the model routed, the escalated ones,
+    and the upstream answers that named the device's own label (a real worker on the same bundle)."""
+    from edge_runtime import load
+
+    if not mqtt_broker.available():
+        pytest.fail("mosquitto is not installed")
+    with mqtt_broker.Broker() as broker:
+        worker = Upstream(store_with(tmp_path / "upstream-home", small_bundle, build_key), "clinc-small", broker.url)
+        try:
+            worker.wait_ready()
+            running = daemon_home_factory(
+                env={
+                    "EDGE_RUNTIME_UPLINK_BROKER": broker.url,
+                    "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-live",
+                    "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "60000",  # wait for each answer: none deferred
+                    "EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "60000",
+                    "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0",  # escalate every text
+                }
+            )
+            wait_for(lambda: running.get("/v1/status")[2]["uplink"]["connected"], 30, "the daemon's uplink")
+            answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
+            assert [p["decision"] for p in answered] == ["escalate"] * len(TEXTS), answered
+            own = [p.label for p in load(root=running.home).predict(TEXTS)]  # the device model's labels
+            status = running.get("/v1/status")[2]
+            live = status["model"]["live"]
+            sent = status["uplink"]["stats"]
+            assert sent["published"] == len(TEXTS) and sent["bytes_published"] > sum(len(t.encode()) for t in TEXTS)
+            agreeing = sum(mine == p["label"] for mine, p in zip(own, answered))
+            assert live["texts"] == live["escalated"] == live["upstream_answers"] == len(TEXTS), live
+            assert live["agreed"] == agreeing and live["agreement"] == agreeing / len(TEXTS), (live, own, answered)
+            assert live["escalation_rate"] == 1.0
+        finally:
+            worker.close()
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory, small_bundle, build_key, tmp_path):

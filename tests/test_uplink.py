@@ -281,7 +281,8 @@ def test_certificate_from_another_ca_is_refused(tls_broker, pki, tmp_path):
 
 
 def test_acl_device_reads_its_own_desired_state_not_another_devices(tls_broker, pki):
-    """deploy/mosquitto/acl: fleet/devices/<id>/desired is readable by <id> only; group topics by every device."""
+    """deploy/mosquitto/acl: fleet/devices/<id>/desired is readable by <id> only; group topics by no device (the
+    manager publishes per enrolled device, so a device cannot read another group's release by claiming it)."""
     received: list[str] = []
 
     def client(name: str) -> paho.Client:
@@ -303,13 +304,13 @@ def test_acl_device_reads_its_own_desired_state_not_another_devices(tls_broker, 
         for topic in ("fleet/devices/devA/desired", "fleet/devices/devB/desired", "fleet/groups/lab/desired"):
             fleet.publish(topic, b"{}", qos=1, retain=True).wait_for_publish(10)
         spy.subscribe([("fleet/devices/+/desired", 1), ("fleet/groups/+/desired", 1)])
-        wait_for(lambda: len(received) >= 2)
+        wait_for(lambda: len(received) >= 1)
         time.sleep(0.5)
     finally:
         for made in (fleet, spy):
             made.loop_stop()
             made.disconnect()
-    assert sorted(received) == ["fleet/devices/devA/desired", "fleet/groups/lab/desired"]
+    assert sorted(received) == ["fleet/devices/devA/desired"]
 
 
 def fill(directory) -> None:

@@ -1,5 +1,6 @@
-"""`edge-runtime fleet`: sign releases, publish them to a device group (canaries first), promote, halt,
-roll back, serve chunks, lay out archives for HTTP mirrors and watch the fleet's reports (docs/fleet.md)."""
+"""`edge-runtime fleet`: enroll devices in groups, sign releases, publish them to a device group (canaries
+first) or one device, promote, halt, roll back, serve chunks, lay out archives for HTTP mirrors and watch the
+fleet's reports (docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 
 from .common import LOCAL_BROKER, broker_options, load_device
-from .output import json_option, print_json, print_table
+from .output import fail, json_option, print_json, print_table
 
 
 def fleet_options(func):
@@ -78,9 +79,11 @@ def _show_rollout(rollout: dict, as_json: bool) -> None:
         return
     canaries = f" canaries: {', '.join(rollout['canaries'])}" if rollout["canaries"] else ""
     reason = f" ({rollout['reason']})" if rollout.get("reason") else ""
+    who = f"device {rollout['device']}" if rollout.get("device") else f"group {rollout['group']}"
+    sent = f"; sent to {len(rollout['devices'])} enrolled devices" if "devices" in rollout else ""
     click.echo(
-        f"group {rollout['group']}: {rollout['release']['ref']} (release {rollout['release']['number']}) "
-        f"{rollout['stage']}{reason}{canaries}"
+        f"{who}: {rollout['release']['ref']} (release {rollout['release']['number']}) "
+        f"{rollout['stage']}{reason}{canaries}{sent}"
     )
 
 
@@ -185,14 +188,19 @@ def mirror_sync(directory, release_files, fleet_dir, as_json):
 
 @fleet.command()
 @click.argument("release_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--group", required=True)
+@click.option("--group", help="Publish to every device enrolled in this group.")
+@click.option(
+    "--device",
+    help="Publish to this one enrolled device only (the release must be for its group); it then follows this "
+    "desired state, not its group's rollouts, until `fleet device unpin`.",
+)
 @click.option(
     "--canary",
     "canary_pct",
     type=click.FloatRange(0, 100),
     default=0.0,
     show_default=True,
-    help="Percent of the group's reporting devices that get it first (0: everyone at once).",
+    help="Percent of the group's enrolled devices reporting that group that get it first (0: everyone at once).",
 )
 @click.option(
     "--archive",
@@ -211,10 +219,17 @@ def mirror_sync(directory, release_files, fleet_dir, as_json):
 @desired_ttl_option
 @fleet_options
 @json_option
-def publish(release_file, group, canary_pct, archive, discover_s, key_files, desired_ttl, broker, fleet, as_json):
-    """Publish RELEASE_FILE as the group's desired state (retained)."""
+def publish(
+    release_file, group, device, canary_pct, archive, discover_s, key_files, desired_ttl, broker, fleet, as_json
+):
+    """Publish RELEASE_FILE as the desired state of each device enrolled in --group (retained, on each
+    device's own topic), or of the one --device."""
     from ..fleet import release as releases
 
+    if (group is None) == (device is None):
+        raise click.UsageError("give --group or --device (one of them)")
+    if device is not None and canary_pct:
+        raise click.UsageError("--canary is for a group; --device publishes to that device only")
     if archive is None:
         name = release_file.name
         if not name.endswith(releases.SUFFIX):
@@ -222,9 +237,17 @@ def publish(release_file, group, canary_pct, archive, discover_s, key_files, des
         archive = release_file.with_name(name[: -len(releases.SUFFIX)])
         if not archive.is_file():
             raise click.UsageError(f"{archive}: not found; give --archive")
-    rollout = _manager(broker, fleet, key_files, desired_ttl).publish(
-        release_file, archive, group, canary_pct, discover_s
-    )
+    manager = _manager(broker, fleet, key_files, desired_ttl)
+    if device is not None:
+        rollout = manager.publish_device(release_file, archive, device)
+    else:
+        rollout = manager.publish(release_file, archive, group, canary_pct, discover_s)
+        if not rollout["devices"]:
+            click.echo(
+                f"warning: no device is enrolled in group {group}: sent to none (`fleet device add ID --group "
+                f"{group}`; `fleet serve --key` sends it to devices enrolled later)",
+                err=True,
+            )
     _show_rollout(rollout, as_json)
 
 
@@ -288,9 +311,13 @@ def status(group, wait_s, broker, fleet, as_json):
     from .common import percent
 
     report = _manager(broker, fleet).status(wait_s)
-    if group:  # an invalid report's group cannot be trusted: those stay listed
-        report["devices"] = [d for d in report["devices"] if d.get("group") == group]
+    if group:  # enrolled devices by the registry's group; the others by what they claim
+        report["devices"] = [d for d in report["devices"] if d["registry_group"] == group]
+        report["not_reporting"] = [d for d in report["not_reporting"] if d["registry_group"] == group]
+        report["unenrolled"] = [d for d in report["unenrolled"] if d["group"] == group]
+        report["invalid_reports"] = [d for d in report["invalid_reports"] if d["registry_group"] in (group, None)]
         report["rollouts"] = [r for r in report["rollouts"] if r["group"] == group]
+        report["device_rollouts"] = [r for r in report["device_rollouts"] if r["group"] == group]
     if as_json:
         print_json(report)
         return
@@ -298,7 +325,8 @@ def status(group, wait_s, broker, fleet, as_json):
     rows = [
         [
             d["device"],
-            d["group"],
+            d["registry_group"],
+            f"{d['group']} (!)" if d["group_mismatch"] else d["group"],
             d.get("active") or "-",
             d.get("previous") or "-",
             d.get("phase"),
@@ -310,11 +338,29 @@ def status(group, wait_s, broker, fleet, as_json):
         for d in report["devices"]
     ]
     rows += [
-        [bad["device"][:40], "-", "-", "-", "invalid", "", "", "", bad["reason"][:70]]
+        [bad["device"][:40], bad["registry_group"] or "-", "-", "-", "-", "invalid", "", "", "", bad["reason"][:70]]
         for bad in report["invalid_reports"]
     ]
+    rows += [
+        [d["device"], d["registry_group"], "-", "-", "-", "no report", "", "", "", ""] for d in report["not_reporting"]
+    ]
+    rows += [
+        [
+            d["device"][:40],
+            "-",
+            d["group"],
+            d.get("active") or "-",
+            d.get("previous") or "-",
+            d.get("phase"),
+            d.get("release") or "",
+            _age(now, d.get("reported_at")),
+            "",
+            "not enrolled: ignored",
+        ]
+        for d in report["unenrolled"]
+    ]
     print_table(
-        ["device", "group", "active", "previous", "phase", "release", "last seen", "escalation", "note"],
+        ["device", "group", "reports", "active", "previous", "phase", "release", "last seen", "escalation", "note"],
         rows,
         title="devices",
     )
@@ -329,6 +375,10 @@ def status(group, wait_s, broker, fleet, as_json):
         ]
         for r in report["rollouts"]
     ]
+    rows += [
+        [f"device {r['device']}", r["release"]["ref"], r["release"]["number"], r["stage"], "", r["assessment"]]
+        for r in report["device_rollouts"]
+    ]
     if rows:
         print_table(["group", "release", "number", "stage", "canaries", "why"], rows, title="rollouts")
     if report["serve"]:
@@ -340,8 +390,11 @@ def _counts(counts: dict) -> str:
 
 
 def _note(device: dict) -> str:
-    """What needs the operator first: an update state the device cannot read (it refuses every update until
-    it is repaired), then its last error, then its note."""
+    """What needs the operator first: a device reporting another group than it is enrolled in, an update
+    state the device cannot read (it refuses every update until it is repaired), then its last error, then
+    its note."""
+    if device.get("group_mismatch"):
+        return f"reports group {device['group']}, enrolled in {device['registry_group']}: report not used"
     if device.get("state_error"):
         return f"updates refused: {device['state_error']}"
     return device.get("last_error") or device.get("note") or ""
@@ -355,6 +408,7 @@ def _serve_line(metrics: dict, now: float) -> str:
     return (
         f"fleet serve ({state}, {_age(now, metrics.get('updated_at'))}): {metrics.get('chunks_served', 0)} chunks "
         f"served; invalid: {_counts(metrics.get('invalid') or {})}; refused: {_counts(metrics.get('refused') or {})}"
+        f"; reports ignored: {_counts(metrics.get('ignored') or {})}"
     )
 
 
@@ -383,7 +437,8 @@ def _limit_option(name: str, field: str, help_text: str):
 @fleet_options
 def serve(auto_promote, no_auto_halt, key_files, desired_ttl, broker, fleet, **limits):
     """Answer devices' chunk requests and watch their reports until SIGTERM/SIGINT. Chunks go only to
-    devices of a group the release is for; over-budget and malformed messages are dropped and counted."""
+    enrolled devices of a group the release is for; over-budget and malformed messages are dropped and counted.
+    With --key it also sends a group's current desired state to members enrolled since its last change."""
     import logging
 
     from ..fleet.manager import ServeLimits
@@ -407,5 +462,148 @@ def serve(auto_promote, no_auto_halt, key_files, desired_ttl, broker, fleet, **l
     metrics = manager.metrics()
     click.echo(
         f"served {manager.chunks_served} chunks, {manager.bytes_served:,} bytes in {time.monotonic() - started:.0f} s; "
-        f"invalid: {_counts(metrics['invalid'])}; refused: {_counts(metrics['refused'])}"
+        f"invalid: {_counts(metrics['invalid'])}; refused: {_counts(metrics['refused'])}; "
+        f"reports ignored: {_counts(metrics['ignored'])}"
+    )
+
+
+# --- the device registry ------------------------------------------------------------------------------
+
+
+def fleet_dir_option(func):
+    """The registry commands need no broker: only the fleet directory."""
+
+    @click.option(
+        "--fleet-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Releases, rollouts and the device registry (default: $EDGE_RUNTIME_HOME/fleet).",
+    )
+    @functools.wraps(func)
+    def wrapper(*args, fleet_dir, **kwargs):
+        from ..fleet.fleetdir import FleetDir
+
+        return func(*args, fleet=FleetDir(fleet_dir), **kwargs)
+
+    return wrapper
+
+
+def _show_enrollment(enrollment, as_json: bool, verb: str) -> None:
+    if as_json:
+        print_json({"ok": True, **enrollment.to_dict()})
+    else:
+        click.echo(f"{verb} {enrollment.device} in group {enrollment.group}")
+
+
+@fleet.group()
+def device():
+    """The device registry: which devices the manager serves and the group each is in (devices' own claims
+    are only checked against it)."""
+
+
+@device.command("add")
+@click.argument("device_id", required=False)
+@click.option("--group", required=True, help="The group the device is enrolled in.")
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The device's PEM client certificate: its subject CN (the broker's username for it) is the id.",
+)
+@fleet_dir_option
+@json_option
+def device_add(device_id, group, cert, fleet, as_json):
+    """Enroll DEVICE_ID (or the CN of --cert) in --group."""
+    from ..fleet.registry import RegistryError, device_id_from_certificate
+
+    try:
+        if (device_id is None) == (cert is None):
+            raise RegistryError("give a DEVICE_ID or --cert PEM (one of them)")
+        source = "cli"
+        if cert is not None:
+            device_id, source = device_id_from_certificate(cert.read_bytes(), str(cert)), "cert"
+        with fleet.locked():
+            enrollment = fleet.registry.add(device_id, group, source)
+    except RegistryError as error:
+        fail(str(error), as_json)
+    _show_enrollment(enrollment, as_json, "enrolled")
+
+
+@device.command("move")
+@click.argument("device_id")
+@click.option("--group", required=True, help="The group it is in from now on.")
+@fleet_dir_option
+@json_option
+def device_move(device_id, group, fleet, as_json):
+    """Move an enrolled device to another group (it gets that group's next change; its own desired state from
+    `publish --device`, if any, is dropped)."""
+    from ..fleet.registry import RegistryError
+
+    try:
+        enrollment = fleet.move_device(device_id, group)
+    except RegistryError as error:
+        fail(str(error), as_json)
+    _show_enrollment(enrollment, as_json, "moved")
+
+
+@device.command("remove")
+@click.argument("device_id")
+@fleet_dir_option
+@json_option
+def device_remove(device_id, fleet, as_json):
+    """Unenroll a device: no desired state or chunk goes to it any more, its reports are ignored. (Its retained
+    desired state stays on the broker until cleared: `mosquitto_pub -r -n -t fleet/devices/ID/desired`.)"""
+    from ..fleet.registry import RegistryError
+
+    try:
+        fleet.remove_device(device_id)
+    except RegistryError as error:
+        fail(str(error), as_json)
+    if as_json:
+        print_json({"ok": True, "device": device_id, "removed": True})
+    else:
+        click.echo(f"removed {device_id}")
+
+
+@device.command("unpin")
+@click.argument("device_id")
+@fleet_dir_option
+@json_option
+def device_unpin(device_id, fleet, as_json):
+    """Drop the desired state `publish --device` gave DEVICE_ID: its group's next change reaches it again."""
+    from ..fleet.registry import RegistryError
+
+    try:
+        with fleet.locked():
+            dropped = fleet.unpin(device_id)
+    except RegistryError as error:
+        fail(str(error), as_json)
+    if not dropped:
+        fail(f"device {device_id} has no desired state of its own", as_json)
+    if as_json:
+        print_json({"ok": True, "device": device_id, "unpinned": True})
+    else:
+        click.echo(f"{device_id} follows its group again")
+
+
+@device.command("list")
+@click.option("--group", help="Only this group.")
+@fleet_dir_option
+@json_option
+def device_list(group, fleet, as_json):
+    """The enrolled devices and their groups."""
+    from ..fleet.registry import RegistryError
+
+    try:
+        enrollments = fleet.registry.enrollments()
+        pinned = {r["device"]: r["release"]["ref"] for r in fleet.device_rollouts()}
+    except RegistryError as error:
+        fail(str(error), as_json)
+    if group:
+        enrollments = [e for e in enrollments if e.group == group]
+    if as_json:
+        print_json([{**e.to_dict(), "pinned": pinned.get(e.device)} for e in enrollments])
+        return
+    print_table(
+        ["device", "group", "enrolled", "from", "own desired state"],
+        [[e.device, e.group, _when(e.enrolled_at), e.source, pinned.get(e.device, "")] for e in enrollments],
+        title="enrolled devices",
     )

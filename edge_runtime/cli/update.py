@@ -45,9 +45,30 @@ def update():
 @click.option(
     "--probation-traffic",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Texts (JSONL with text, or lines) to compare the new and previous model on.",
+    help="Texts (JSONL with text, or lines) to compare the new and previous model on offline. Without it, "
+    "and with --daemon-url, probation watches the daemon's live counters instead.",
 )
-@click.option("--probation-requests", type=click.IntRange(1), default=200, show_default=True)
+@click.option(
+    "--probation-requests",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Texts the new model must route on live traffic (or take from the traffic file) before it is judged.",
+)
+@click.option(
+    "--probation-max-wait",
+    type=click.FloatRange(1),
+    default=3600.0,
+    show_default=True,
+    help="Live probation: seconds to wait for that many texts; with fewer, the model is kept with a note.",
+)
+@click.option(
+    "--probation-max-agreement-drop",
+    type=click.FloatRange(0, 1),
+    default=0.10,
+    show_default=True,
+    help="Live probation: allowed fall of the share of upstream answers that agree with the model (absolute).",
+)
 @click.option(
     "--probation-max-increase",
     type=click.FloatRange(0, 1),
@@ -76,6 +97,8 @@ def run(
     latency_budget_ms,
     probation_traffic,
     probation_requests,
+    probation_max_wait,
+    probation_max_agreement_drop,
     probation_max_increase,
     probation_seconds,
     chunk_timeout,
@@ -113,6 +136,8 @@ def run(
             requests=probation_requests,
             max_escalation_increase=probation_max_increase,
             duration_s=probation_seconds,
+            max_wait_s=probation_max_wait,
+            max_agreement_drop=probation_max_agreement_drop,
         ),
         fetch=FetchConfig(timeout_s=chunk_timeout),
         mirror=MirrorConfig(timeout_s=mirror_timeout),

@@ -1,8 +1,8 @@
-"""Who may fetch which release's chunks: a device only those released to its own group.
+"""Who may fetch which release's chunks: an enrolled device, only those released to its group.
 
-`ChunkAccess` is the one place that decides. It asks a directory for the device's group; for now that is
-`ReportedGroups`, the group each device gave in its latest valid state report. A device registry can
-replace it by offering the same `group_of(device) -> str | None`.
+`ChunkAccess` is the one place that decides. It asks a directory for the device's group: the manager's
+device registry (registry.py), never the group a device reports. A device that is not enrolled gets no
+answer; while the registry is unreadable nobody does (fail closed).
 """
 
 from __future__ import annotations
@@ -11,29 +11,13 @@ from typing import Protocol
 
 from .errors import FleetError, ReleaseError
 from .fleetdir import FleetDir
+from .registry import RegistryError
 from .release import Release, check_shape
 from .release import read as read_release
 
 
 class GroupDirectory(Protocol):
     def group_of(self, device: str) -> str | None: ...
-
-
-class ReportedGroups:
-    """Each device's group as its latest valid state report says (self-declared: the broker's ACL makes sure
-    only the device itself writes edge/<id>/state)."""
-
-    def __init__(self):
-        self._groups: dict[str, str] = {}
-
-    def learn(self, device: str, group: str) -> None:
-        self._groups[device] = group
-
-    def forget(self, device: str) -> None:
-        self._groups.pop(device, None)
-
-    def group_of(self, device: str) -> str | None:
-        return self._groups.get(device)
 
 
 class Refused(FleetError):
@@ -56,9 +40,12 @@ class ChunkAccess:
 
     def release_for(self, device: str, sha256: str) -> Release:
         """The release `device` may fetch chunks of, or Refused."""
-        group = self.groups.group_of(device)
+        try:
+            group = self.groups.group_of(device)
+        except RegistryError as error:
+            raise Refused("registry_unreadable", str(error), reply=None) from None
         if group is None:
-            raise Refused("unknown_device", f"device {device} has not reported its group yet", reply=None)
+            raise Refused("unknown_device", f"device {device} is not enrolled", reply=None)
         release = self._release(sha256)
         if release is None:
             raise Refused(

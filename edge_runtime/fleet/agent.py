@@ -18,6 +18,7 @@ broker are known (`mqtt_bytes`).
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -248,6 +249,7 @@ class Agent:
             note=None,
             selftest=None,
             probation=None,
+            baseline=None,
             previous=None,
             download=None,
             staged=None,
@@ -393,15 +395,35 @@ class Agent:
 
     def _activate(self):
         target = self._release()
+        baseline = self._baseline(_ref(self.state.data.get("previous")))
         if self.store.active() != (target.name, target.version):
             self.store.activate(target.name, target.version)
         self._reload_daemon()
-        return "probation", {}
+        return "probation", {"baseline": baseline}
+
+    def _live_probation(self) -> bool:
+        return bool(self.config.daemon_url) and self.config.probation.traffic is None
+
+    def _baseline(self, previous_ref: str | None) -> dict | None:
+        """The previous model's live counters, read from the daemon before the swap (None if it serves
+        something else, or cannot say: probation then only checks the new model's own counters)."""
+        if not (self._live_probation() and previous_ref):
+            return None
+        try:
+            model = self._daemon_status().get("model") or {}
+        except OSError as error:
+            log.warning("no probation baseline: %s", error)
+            return None
+        return model.get("live") if f"{model.get('name')}@{model.get('version')}" == previous_ref else None
 
     def _probation(self):
         target = self._release()
         previous = self.state.data.get("previous")
-        result = probation.run(self.store.root, target.ref, _ref(previous), self.config.probation)
+        if self._live_probation():
+            baseline = self.state.data.get("baseline")
+            result = probation.live(self._daemon_status, target.ref, baseline, self.config.probation)
+        else:
+            result = probation.run(self.store.root, target.ref, _ref(previous), self.config.probation)
         return "committed", {"probation": result, "staged": None}
 
     def _roll_back(self):
@@ -437,6 +459,19 @@ class Agent:
         if self.config.daemon_token:
             headers["Authorization"] = f"Bearer {self.config.daemon_token}"
         return headers
+
+    def _daemon_status(self) -> dict:
+        """The daemon's /v1/status; OSError while it cannot be reached or answers something else."""
+        url = self.config.daemon_url.rstrip("/") + "/v1/status"
+        request = urllib.request.Request(url, headers=self._daemon_headers())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status = json.loads(response.read(1 << 20))
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise OSError(f"{url}: {getattr(error, 'reason', error)}") from None
+        if not isinstance(status, dict):
+            raise OSError(f"{url}: not a JSON object")
+        return status
 
     def _reload_daemon(self) -> None:
         if not self.config.daemon_url:

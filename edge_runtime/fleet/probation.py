@@ -1,15 +1,20 @@
-"""Probation: after activation, watch the new model's error and escalation rates against the previous
-model's on the same traffic; fail (-> automatic rollback) when they are worse by more than allowed.
+"""Probation: after activation, watch the new model's escalation rate (and errors or agreement) against
+the previous model's; fail (-> automatic rollback) when it is worse by more than allowed.
 
-Traffic is a file of texts (JSONL with "text", or plain lines): the device's recent requests, or a
-sample shipped with the device. Without traffic the probation only waits `duration_s` and checks that
-the active model still loads.
+Two sources of evidence:
+- the daemon's live counters (`live`, when the agent knows the daemon's URL and has no traffic file): the
+  texts the new model routes on the device's real traffic, how many it escalated, and how often the
+  upstream's answers agreed with its own label, against the same counters of the previous model, read
+  just before the swap;
+- a traffic file (`run`): JSONL with "text", or plain lines, run through both models offline.
+Without either, the probation only waits `duration_s` and checks that the active model still loads.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,11 @@ class ProbationConfig:
     max_error_rate: float = 0.0
     duration_s: float = 0.0
     batch: int = 16
+    # live counters only
+    max_wait_s: float = 3600.0  # give up waiting for `requests` texts after this; the model is kept
+    max_agreement_drop: float = 0.10  # allowed fall of agreement with the upstream (absolute)
+    min_answers: int = 20  # upstream answers each model needs before their agreement is compared
+    poll_s: float = 1.0
 
 
 def read_traffic(path: Path, limit: int) -> list[str]:
@@ -82,4 +92,55 @@ def run(root: Path, new_ref: str, previous_ref: str | None, config: ProbationCon
             f"escalation rate {new['escalation_rate']:.1%} vs {base['escalation_rate']:.1%} "
             f"for {previous_ref} (allowed +{config.max_escalation_increase:.0%})"
         )
+    return result
+
+
+def live(
+    read_status: Callable[[], dict],
+    target_ref: str,
+    baseline: dict | None,
+    config: ProbationConfig,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """Judge the new model by the daemon's own counters once it has routed `config.requests` texts.
+
+    `read_status` returns the daemon's /v1/status (raises OSError while it cannot be reached); `baseline`
+    is the previous model's `live` counters read before the swap (None when unknown). A window not reached
+    within `max_wait_s` keeps the model with a note: too little traffic is no evidence against it, and its
+    self-test passed."""
+    deadline = clock() + config.max_wait_s
+    counters: dict = {}
+    while True:
+        try:
+            model = read_status().get("model") or {}
+        except OSError as error:
+            if clock() >= deadline:
+                raise ProbationError(f"the daemon did not answer for {config.max_wait_s:.0f} s: {error}") from None
+            sleep(config.poll_s)
+            continue
+        serving = f"{model.get('name')}@{model.get('version')}"
+        if serving != target_ref:
+            raise ProbationError(f"the daemon serves {serving}, not {target_ref} (its reload failed?)")
+        counters = model.get("live") or {}
+        if counters.get("texts", 0) >= config.requests or clock() >= deadline:
+            break
+        sleep(config.poll_s)
+    result = {"source": "daemon", **counters, "baseline": baseline}
+    if counters.get("texts", 0) < config.requests:
+        return {**result, "note": f"{counters.get('texts', 0)} texts in {config.max_wait_s:.0f} s: too few to judge"}
+    if baseline and baseline.get("texts", 0) >= config.requests:
+        new, old = counters["escalation_rate"], baseline["escalation_rate"]
+        if new > old + config.max_escalation_increase:
+            raise ProbationError(
+                f"escalation rate {new:.1%} on {counters['texts']} texts vs {old:.1%} for the previous model "
+                f"(allowed +{config.max_escalation_increase:.0%})"
+            )
+    if baseline and min(counters.get("upstream_answers", 0), baseline.get("upstream_answers", 0)) >= config.min_answers:
+        new, old = counters["agreement"], baseline["agreement"]
+        if new < old - config.max_agreement_drop:
+            raise ProbationError(
+                f"agreement with the upstream {new:.1%} on {counters['upstream_answers']} answers vs {old:.1%} "
+                f"for the previous model (allowed -{config.max_agreement_drop:.0%})"
+            )
     return result

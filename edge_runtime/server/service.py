@@ -208,6 +208,7 @@ class Service:
                 "release": engine.release,
                 "task": engine.model.task,
                 "loaded_at": engine.loaded_at,
+                "live": engine.pipeline.counters.snapshot(),  # since this model was loaded
             },
             "uptime_s": round(time.time() - self.started, 3),
             "draining": self.draining,

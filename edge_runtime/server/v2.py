@@ -2,7 +2,8 @@
 response building, including the binary tensor data extension (what tritonclient sends by default).
 
 One input, `text` (BYTES, shape [-1]); outputs label, decision, reason, request_id, top_k (BYTES; top_k
-holds a JSON list per text) and score (FP32).
+holds a JSON list per text), score and ood (FP32; ood, the out-of-scope score, only for a bundle that has
+one: else 400).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ OUTPUTS = {
     "reason": "BYTES",
     "request_id": "BYTES",
     "top_k": "BYTES",
+    "ood": "FP32",  # the out-of-scope score (0..1), for a bundle that has one
 }
 DEFAULT_OUTPUTS = ("label", "score", "decision", "reason", "request_id")
 
@@ -168,6 +170,10 @@ def _outputs(request: dict) -> list[tuple[str, bool]]:
 def _values(name: str, predictions) -> list:
     if name == "score":
         return [float(p.score) for p in predictions]
+    if name == "ood":
+        if any(p.ood is None for p in predictions):
+            raise RequestError(400, "outputs: this model has no out-of-scope score (ood)")
+        return [float(p.ood) for p in predictions]
     if name == "top_k":
         return [json.dumps([{"label": label, "score": score} for label, score in p.top_k]) for p in predictions]
     return [getattr(p, name) or "" for p in predictions]

@@ -1,5 +1,6 @@
 """Fleet test harness and simulation: real mosquitto, real agent processes (`edge-runtime update run`),
-each with its own store, and an in-process fleet manager serving chunks. benchmarks/fleet.py runs
+each with its own store and enrolled in the manager's device registry, and an in-process fleet manager
+serving chunks. benchmarks/fleet.py runs
 `simulate` from the command line.
 """
 
@@ -68,12 +69,23 @@ def make_release(archive: Path, key, group: str = "lab", expires_s: int = 3600, 
 
 class Device:
     """One simulated device: a store at BASE/ID trusting the fleet key (bundle and fleet roles), and an agent
-    process."""
+    process that says it is in `group`. With `fleet_dir` it is enrolled in that group in the fleet dir's
+    registry (the manager sends desired states and chunks to enrolled devices only)."""
 
     def __init__(
-        self, base: Path, device_id: str, group: str, broker_url: str, fleet_public, initial: Path, *args: str
+        self,
+        base: Path,
+        device_id: str,
+        group: str,
+        broker_url: str,
+        fleet_public,
+        initial: Path,
+        *args: str,
+        fleet_dir: Path | None = None,
     ):
         self.id, self.group, self.broker_url, self.args = device_id, group, broker_url, list(args)
+        if fleet_dir is not None:
+            self.enroll(fleet_dir)
         self.home = base / device_id
         signing.trust_key(self.home, fleet_public, "bundle")  # it signs the bundles
         signing.trust_key(self.home, fleet_public, "fleet")  # and the release records and desired states
@@ -83,6 +95,11 @@ class Device:
         self.store = store
         self.log = base / f"{device_id}.log"
         self.process: subprocess.Popen | None = None
+
+    def enroll(self, fleet_dir: Path, group: str | None = None) -> Device:
+        """Enroll it in `group` (default: the one its agent says), as `fleet device add` does."""
+        FleetDir(fleet_dir).registry.add(self.id, group or self.group)
+        return self
 
     def start(self, pause: tuple[str, Path] | None = None) -> Device:
         """Starts the agent; with `pause` (POINT, MARKER) it stops at POINT (see support.paused_cli)."""
@@ -273,7 +290,10 @@ def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None =
     with Broker() as broker, contextlib.ExitStack() as stack:
         if server:
             stack.enter_context(server)
-        fleet = [Device(work / "devices", f"dev-{i:02d}", "lab", broker.url, fleet_public, v1) for i in range(devices)]
+        fleet = [
+            Device(work / "devices", f"dev-{i:02d}", "lab", broker.url, fleet_public, v1, fleet_dir=work / "fleet")
+            for i in range(devices)
+        ]
         reports = Reports(broker.url)
         served = ServedManager(broker.url, work / "fleet", [fleet_key], auto_promote=True)
         traffic = BrokerTraffic(broker.url)

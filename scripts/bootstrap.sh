@@ -9,11 +9,15 @@ VENV=${EDGE_RUNTIME_VENV:-.venv}
 WITH_TESTS=0
 [[ "${1:-}" == "--test" ]] && WITH_TESTS=1
 
-if [[ $WITH_TESTS == 1 ]] && ! command -v mosquitto >/dev/null; then
-    echo "== Debian packages: mosquitto, openssl, iproute2"
+# nginx: the fleet mirror tests serve archives over HTTP with it (tests/support/nginx.py starts its own;
+# the system service the package may start is not needed: `systemctl disable --now nginx`). Both live in
+# /usr/sbin, often not on a user's PATH.
+installed() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" ]]; }
+if [[ $WITH_TESTS == 1 ]] && ! { installed mosquitto && installed nginx; }; then
+    echo "== Debian packages: mosquitto, nginx, openssl, iproute2"
     if [[ $(id -u) == 0 ]]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients openssl iproute2 >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients nginx openssl iproute2 >/dev/null
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then

@@ -1,8 +1,10 @@
 """`edge-runtime fleet`: enroll devices in groups, sign releases, publish them to a device group (canaries
-first) or one device, promote, halt, roll back, serve chunks and watch the fleet's reports (docs/fleet.md)."""
+first) or one device, promote, halt, roll back, serve chunks, lay out archives for HTTP mirrors and watch the
+fleet's reports (docs/fleet.md)."""
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import signal
@@ -102,9 +104,17 @@ def release():
 @key_option
 @click.option("--release", "number", type=click.IntRange(1), help="Release number (default: the bundle's).")
 @click.option("--chunk-size", type=click.IntRange(1024, 200 * 1024), default=128 * 1024, show_default=True)
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="URL",
+    help="HTTP(S) base URL serving the archive as URL/<sha256>.erb (`fleet mirror sync`); devices try the "
+    "mirrors in this order, then MQTT (repeat).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: ARCHIVE.release.json.")
 @json_option
-def create(archive, groups, expires, key_files, number, chunk_size, out, as_json):
+def create(archive, groups, expires, key_files, number, chunk_size, mirrors, out, as_json):
     """Sign a release record for ARCHIVE (.erb; a bundle directory is packed to DIR.erb first)."""
     from .. import bundle
     from ..fleet import release as releases
@@ -114,7 +124,13 @@ def create(archive, groups, expires, key_files, number, chunk_size, out, as_json
     if archive.is_dir():
         archive = bundle.pack(archive, archive.with_name(archive.name + bundle.ARCHIVE_SUFFIX))
     envelope = releases.create(
-        archive, list(groups), _keys(key_files), releases.parse_duration(expires), release=number, chunk_size=chunk_size
+        archive,
+        list(groups),
+        _keys(key_files),
+        releases.parse_duration(expires),
+        release=number,
+        chunk_size=chunk_size,
+        mirrors=list(mirrors),
     )
     out = releases.write(envelope, out or archive.with_name(archive.name + releases.SUFFIX))
     signed = envelope["signed"]
@@ -128,7 +144,46 @@ def create(archive, groups, expires, key_files, number, chunk_size, out, as_json
         f"{', '.join(signed['groups'])}, {signed['archive']['size']:,} bytes in "
         f"{len(signed['archive']['chunks'])} chunks, expires {_when(signed['expires_at'])}"
     )
+    for url in signed.get("mirrors", []):
+        click.echo(f"mirror {releases.mirror_url(url, signed['archive']['sha256'])}")
     click.echo(f"wrote {out}")
+
+
+@fleet.group()
+def mirror():
+    """Content-addressed copies of the archives for HTTP(S) mirrors (docs/fleet.md#mirrors)."""
+
+
+@mirror.command("sync")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("release_files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--fleet-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Whose published releases to sync when no RELEASE_FILE is given (default: $EDGE_RUNTIME_HOME/fleet).",
+)
+@json_option
+def mirror_sync(directory, release_files, fleet_dir, as_json):
+    """Lay out archives in DIRECTORY as <sha256>.erb (+ <sha256>.release.json) for a static server: those of
+    RELEASE_FILEs (each archive beside its record; sync before `publish`), else every published release.
+    Idempotent; files appear atomically; nothing is deleted."""
+    from ..fleet import mirror as mirrors
+    from ..fleet.fleetdir import FleetDir
+
+    if release_files:
+        sources = [mirrors.from_release_file(path) for path in release_files]
+    else:
+        sources = mirrors.from_fleet_dir(FleetDir(fleet_dir))
+    synced = mirrors.sync(directory, sources)
+    if as_json:
+        print_json({"directory": str(directory), "archives": synced})
+        return
+    for entry in synced:
+        what = entry.get("bundle") or {}
+        release = f" {what.get('name')}@{what.get('version')} (release {entry['release']})" if what else ""
+        click.echo(f"{entry['action']:9} {Path(entry['file']).name}{release}")
+    counts = collections.Counter(entry["action"] for entry in synced)
+    click.echo(f"{directory}: {len(synced)} archive{'s' if len(synced) != 1 else ''} ({_counts(counts)})")
 
 
 @fleet.command()

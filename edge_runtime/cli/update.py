@@ -79,6 +79,13 @@ def update():
 @click.option("--probation-seconds", type=click.FloatRange(0), default=0.0, show_default=True)
 @click.option("--chunk-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True)
 @click.option("--heartbeat", type=click.FloatRange(1), default=30.0, show_default=True)
+@click.option(
+    "--mirror-timeout",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for an HTTP(S) mirror (connect, each read) before trying the next source.",
+)
 def run(
     config_file,
     uplink,
@@ -96,6 +103,7 @@ def run(
     probation_seconds,
     chunk_timeout,
     heartbeat,
+    mirror_timeout,
 ):
     """Run the agent until SIGTERM; resumes an update a crash interrupted."""
     import logging
@@ -104,6 +112,7 @@ def run(
     from ..config import server_token
     from ..fleet.agent import Agent, AgentConfig
     from ..fleet.fetch import FetchConfig
+    from ..fleet.http_fetch import MirrorConfig
     from ..fleet.probation import ProbationConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -131,6 +140,7 @@ def run(
             max_agreement_drop=probation_max_agreement_drop,
         ),
         fetch=FetchConfig(timeout_s=chunk_timeout),
+        mirror=MirrorConfig(timeout_s=mirror_timeout),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

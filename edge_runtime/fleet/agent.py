@@ -10,6 +10,10 @@ Release records and desired states must verify with keys of the fleet role (sign
 threshold; bundles themselves with the bundle role (the store). A desired state's seq is marked seen in
 the same atomic write that records what it started (or why it was refused), so a crash in between leaves
 it unseen and the retained copy is acted on after a restart.
+
+A download takes what it can from the release's HTTP(S) mirrors first (http_fetch.py) and the rest over
+MQTT (fetch.py); the report's `download` counts chunks and bytes by source, so the bytes that crossed the
+broker are known (`mqtt_bytes`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from . import release as releases
 from .chunks import Download
 from .errors import FleetError, Halted, ReleaseError
 from .fetch import FetchConfig, fetch
+from .http_fetch import MirrorConfig, fetch_from_mirrors
 from .probation import ProbationConfig
 from .state import BEFORE_ACTIVATION, TERMINAL, UpdateState, state_path
 
@@ -53,6 +58,7 @@ class AgentConfig:
     heartbeat_s: float = 30.0
     probation: ProbationConfig = field(default_factory=ProbationConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    mirror: MirrorConfig = field(default_factory=MirrorConfig)
 
 
 def _ref(pair) -> str | None:
@@ -325,6 +331,9 @@ class Agent:
     def _download(self):
         target = self._release()
         download = Download(self.download_dir, target).open()
+        resumed = len(download.done)
+        from_mirrors = fetch_from_mirrors(download, target.mirrors, self.config.mirror, between=self._drain_inbox)
+        before_mqtt = download.bytes_written
         device = self.config.device_id
         request_topic = protocol.chunk_request_topic(device)
 
@@ -339,7 +348,26 @@ class Agent:
             on_other=self._during_download,
             config=self.config.fetch,
         )
-        return "verifying", {"download": {**counters, "chunks": download.total, "bytes": target.size}}
+        download_report = {
+            **counters,  # the MQTT chunk loop's: requested, received, bad, duplicates
+            **from_mirrors,
+            "mqtt_bytes": download.bytes_written - before_mqtt,
+            "resumed": resumed,  # chunks already on disk (the bitmap of an interrupted attempt)
+            "chunks": download.total,
+            "bytes": target.size,
+        }
+        return "verifying", {"download": download_report}
+
+    def _drain_inbox(self) -> None:
+        """Between mirror chunks: what arrived meanwhile is handled as during the MQTT chunk loop (a newer
+        desired state stops the download with Halted); a late chunk message of an earlier attempt is dropped."""
+        while True:
+            try:
+                message = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if message.topic != self.chunk_topic:
+                self._during_download(message)
 
     def _verify(self):
         target = self._verify_full(self.state.release)

@@ -172,6 +172,22 @@ def build_state(device_id: str, group: str, **fields) -> dict:
 _TEXT = schema.nullable(schema.string(4096))
 _REF = schema.nullable(schema.string(200))
 _COUNT = schema.integer(0, 2**53)
+# A report's download counters: the MQTT chunk loop's (requested .. duplicates, mqtt_bytes), the mirrors'
+# (http_fetch.COUNTERS), chunks already on disk when it (re)started, and the archive's chunks and bytes.
+DOWNLOAD_COUNTERS = (
+    "requested",
+    "received",
+    "bad",
+    "duplicates",
+    "mqtt_bytes",
+    "mirror_chunks",
+    "mirror_bytes",
+    "mirror_bad",
+    "mirror_errors",
+    "resumed",
+    "chunks",
+    "bytes",
+)
 _RELEASE_NUMBER = schema.integer(0, 2**53)
 STATE_SCHEMA = schema.record(
     {
@@ -201,7 +217,7 @@ STATE_SCHEMA = schema.record(
         "download": schema.nullable(
             schema.record(
                 {},
-                {k: _COUNT for k in ("requested", "received", "bad", "duplicates", "chunks", "bytes")},
+                {k: _COUNT for k in DOWNLOAD_COUNTERS},
             )
         ),
         "runtime": schema.nullable(schema.string(64)),

@@ -3,6 +3,11 @@
 Envelope {"signed": {...}, "signatures": [...]}; signatures cover canonical_json(signed), so any edit
 to the record (groups, expiry, hashes) breaks them. The record pins the archive's sha256, size and the
 sha256 of every chunk, so a device can check each chunk on arrival and never writes a bad one.
+
+Because every byte is pinned, the bytes may come from anywhere: the optional `mirrors` list names HTTP(S)
+base URLs (object storage, a CDN, any static server) under which the archive lies content-addressed at
+`<base>/<archive sha256>.erb` (mirror_url). Mirrors are untrusted; they are in the signed part only so that
+nobody but the fleet signers can point devices at a host. Records without `mirrors` stay valid.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .. import bundle, signing
 from ..errors import BundleError
@@ -27,6 +33,10 @@ SUFFIX = ".release.json"
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_MIRRORS = 8
+MAX_MIRROR_URL = 1024
+MIRROR_SCHEMES = ("http", "https")
+ARCHIVE_SUFFIX = ".erb"  # an archive's name on a mirror: <sha256>.erb, as in the fleet dir's releases/
 
 
 def parse_duration(text: str) -> int:
@@ -41,6 +51,32 @@ def check_group(group: str) -> str:
     if not isinstance(group, str) or not GROUP_RE.match(group):
         raise ReleaseError(f"group {group!r} must be 1-64 letters, digits, '.', '_' or '-'")
     return group
+
+
+def check_mirror(url: str) -> str:
+    """A mirror base URL the device can use: http(s)://host[:port][/path], no credentials, query or fragment
+    (the record is readable by every device, and the archive's name is appended to the path)."""
+    plain = isinstance(url, str) and 0 < len(url) <= MAX_MIRROR_URL and url.isascii() and url.isprintable()
+    if not plain or " " in url:
+        raise ReleaseError(
+            f"mirror {str(url)[:80]!r}: not a URL of at most {MAX_MIRROR_URL} printable ASCII characters "
+            "(percent-encode the path, punycode the host)"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as error:
+        raise ReleaseError(f"mirror {url!r}: {error}") from None
+    if parts.scheme not in MIRROR_SCHEMES or not parts.hostname:
+        raise ReleaseError(f"mirror {url!r}: must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ReleaseError(f"mirror {url!r}: credentials, a query or a fragment are not allowed in a mirror URL")
+    return url
+
+
+def mirror_url(base: str, sha256: str) -> str:
+    """Where a mirror keeps the archive with this sha256 (the layout `fleet mirror sync` writes)."""
+    return f"{base.rstrip('/')}/{sha256}{ARCHIVE_SUFFIX}"
 
 
 def chunk_hashes(archive: Path, chunk_size: int) -> list[str]:
@@ -81,8 +117,10 @@ def create(
     release: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     now: float | None = None,
+    mirrors: list[str] | None = None,
 ) -> dict:
-    """A signed release record for a bundle archive (.erb); the release number defaults to the bundle's."""
+    """A signed release record for a bundle archive (.erb); the release number defaults to the bundle's.
+    `mirrors`: HTTP(S) base URLs the devices try, in this order, before asking the fleet manager over MQTT."""
     archive = Path(archive)
     if not archive.is_file():
         raise ReleaseError(f"{archive}: no such bundle archive (make one with `edge-runtime models pack`)")
@@ -90,6 +128,9 @@ def create(
         raise ReleaseError("a release needs at least one signing key (--key)")
     if not 1024 <= chunk_size <= 200 * 1024:
         raise ReleaseError(f"chunk size {chunk_size} must be between 1 KiB and 200 KiB")
+    mirrors = list(dict.fromkeys(check_mirror(url) for url in mirrors or ()))
+    if len(mirrors) > MAX_MIRRORS:
+        raise ReleaseError(f"{len(mirrors)} mirrors: at most {MAX_MIRRORS}")
     manifest = bundle.read_manifest(archive)
     number = manifest.release if release is None else release
     if not isinstance(number, int) or number < 1:
@@ -111,6 +152,8 @@ def create(
         "created_at": int(now),
         "expires_at": int(now) + int(expires_in_s),
     }
+    if mirrors:  # absent rather than empty: a record without mirrors is byte for byte what it was before
+        signed["mirrors"] = mirrors
     return sign_envelope(signed, keys)
 
 
@@ -144,6 +187,9 @@ class Release:
     chunks = property(lambda self: self.signed["archive"]["chunks"])
     groups = property(lambda self: self.signed["groups"])
     expires_at = property(lambda self: self.signed["expires_at"])
+    # Not checked URL by URL here: a device skips a mirror it cannot use (a scheme of a newer manager, say)
+    # and falls back, rather than refusing the whole release.
+    mirrors = property(lambda self: list(self.signed.get("mirrors") or []))
 
 
 def check_shape(signed) -> Release:
@@ -163,12 +209,21 @@ def check_shape(signed) -> Release:
             and len(archive["chunks"]) == math.ceil(archive["size"] / archive["chunk_size"])
             and isinstance(signed["groups"], list)
             and isinstance(signed["expires_at"], int)
+            and _mirrors_shape_ok(signed.get("mirrors", []))
         )
     except (KeyError, TypeError):
         ok = False
     if not ok:
         raise ReleaseError("release record: malformed")
     return Release(signed)
+
+
+def _mirrors_shape_ok(mirrors) -> bool:
+    return (
+        isinstance(mirrors, list)
+        and len(mirrors) <= MAX_MIRRORS
+        and all(isinstance(url, str) and len(url) <= MAX_MIRROR_URL for url in mirrors)
+    )
 
 
 def _semver_core(text: str) -> tuple[int, ...]:

@@ -195,6 +195,37 @@ class Reports:
         self.link.stop()
 
 
+class BrokerTraffic:
+    """Payload bytes of every message published through the broker, by topic, as one more subscriber to '#'
+    sees them (each message once, however many subscribers it went to)."""
+
+    def __init__(self, broker_url: str):
+        self.bytes: dict[str, int] = {}
+        self.link = Link(
+            BrokerConfig.from_url(broker_url),
+            f"traffic-{os.getpid()}-{time.monotonic_ns()}",
+            subscriptions=[Subscription("#")],
+            handlers=LinkHandlers(on_message=self._on),
+            clean_start=True,
+            session_expiry_s=0,
+        )
+        self.link.start()
+        self.link.wait_ready(10)
+
+    def _on(self, message) -> None:
+        self.bytes[message.topic] = self.bytes.get(message.topic, 0) + len(message.payload)
+
+    def total(self) -> int:
+        return sum(self.bytes.values())
+
+    def chunk_bytes(self) -> int:
+        """What chunk requests and chunks carried (edge/<id>/chunks and edge/<id>/chunks/request)."""
+        return sum(n for topic, n in self.bytes.items() if topic.startswith("edge/") and "/chunks" in topic)
+
+    def close(self) -> None:
+        self.link.stop()
+
+
 class ServedManager:
     """A Manager whose serve() loop runs in a thread."""
 
@@ -219,12 +250,21 @@ class ServedManager:
 # --- the simulation -------------------------------------------------------------------------------
 
 
-def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None = None) -> dict:
+def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None = None, mirror: bool = False) -> dict:
+    """With `mirror`, the releases name an nginx (support.nginx) serving the archives, and the devices fetch
+    from it; `broker_share` is what was published through the broker during the good rollout (control
+    messages, and chunks when there is no mirror) over the bytes the devices installed."""
+    import contextlib
     import tempfile
 
+    from edge_runtime.fleet import mirror as mirror_layout
+
     from .mqtt_broker import Broker
+    from .nginx import Nginx
 
     work = Path(workdir or tempfile.mkdtemp(prefix="fleet-sim-"))
+    server = Nginx(work / "mirror", work / "nginx") if mirror else None
+    mirrors = [server.url] if server else []
     fleet_key, fleet_public = signing.generate_keypair()
     v1 = tiny(work / "src" / "tiny-1.0.0", fleet_key, "1.0.0", 1)
     v2 = tiny(work / "src" / "tiny-1.1.0", fleet_key, "1.1.0", 2)
@@ -237,19 +277,26 @@ def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None =
         raw.update(version="1.2.0", release=3)
 
     bad = refinalize(Path(str(v2)[:-4]), work / "src" / "tiny-1.2.0", fleet_key, wrong_golden)
-    r2, r3 = make_release(v2, fleet_key, chunk_size=64 * 1024), make_release(bad, fleet_key, chunk_size=64 * 1024)
+    r2 = make_release(v2, fleet_key, chunk_size=64 * 1024, mirrors=mirrors)
+    r3 = make_release(bad, fleet_key, chunk_size=64 * 1024, mirrors=mirrors)
+    if server:
+        mirror_layout.sync(server.root, [mirror_layout.from_release_file(r) for r in (r2, r3)])
     result: dict = {
         "devices": devices,
+        "mirror": bool(server),
         "archive_bytes": v2.stat().st_size,
         "chunks": len(releases.read(r2)["signed"]["archive"]["chunks"]),
     }
-    with Broker() as broker:
+    with Broker() as broker, contextlib.ExitStack() as stack:
+        if server:
+            stack.enter_context(server)
         fleet = [
             Device(work / "devices", f"dev-{i:02d}", "lab", broker.url, fleet_public, v1, fleet_dir=work / "fleet")
             for i in range(devices)
         ]
         reports = Reports(broker.url)
         served = ServedManager(broker.url, work / "fleet", [fleet_key], auto_promote=True)
+        traffic = BrokerTraffic(broker.url)
         try:
             started = time.monotonic()
             for device in fleet:
@@ -258,12 +305,19 @@ def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None =
             result["agents_up_s"] = round(time.monotonic() - started, 2)
             manager = served.manager
             t0 = time.monotonic()
+            published_before = traffic.total()
             rollout = manager.publish(r2, v2, "lab", canary_pct)
             result["canaries"] = rollout["canaries"]
+            downloads = []
             for device in fleet:
-                device.wait(lambda d: d["phase"] == "committed" and d["installed_release"] == 2, 300, "commit of r2")
+                state = device.wait(lambda d: d["phase"] == "committed" and d["installed_release"] == 2, 300, "r2")
+                downloads.append(state["download"])
             result["rollout_s"] = round(time.monotonic() - t0, 2)
             result["bytes_served_good"] = manager.bytes_served
+            for counter in ("mqtt_bytes", "mirror_bytes", "mirror_errors", "mirror_bad"):
+                result[f"{counter}_good"] = sum(d[counter] for d in downloads)
+            result["broker_bytes_good"] = traffic.total() - published_before
+            result["broker_share"] = round(result["broker_bytes_good"] / (devices * result["archive_bytes"]), 5)
             assert all(d.store.active() == ("tiny", "1.1.0") for d in fleet)
             t1 = time.monotonic()
             bad_rollout = manager.publish(r3, bad, "lab", canary_pct)
@@ -279,6 +333,7 @@ def simulate(devices: int = 20, canary_pct: float = 10.0, workdir: Path | None =
             result["bytes_served_total"] = manager.bytes_served
             result["halted"] = halted["stage"] == "halted"
         finally:
+            traffic.close()
             served.close()
             reports.close()
             for device in fleet:

@@ -63,13 +63,6 @@ def update():
     help="Live probation: seconds to wait for that many texts; with fewer, the model is kept with a note.",
 )
 @click.option(
-    "--probation-max-agreement-drop",
-    type=click.FloatRange(0, 1),
-    default=0.10,
-    show_default=True,
-    help="Live probation: allowed fall of the share of upstream answers that agree with the model (absolute).",
-)
-@click.option(
     "--probation-max-increase",
     type=click.FloatRange(0, 1),
     default=0.10,
@@ -98,7 +91,6 @@ def run(
     probation_traffic,
     probation_requests,
     probation_max_wait,
-    probation_max_agreement_drop,
     probation_max_increase,
     probation_seconds,
     chunk_timeout,
@@ -137,7 +129,6 @@ def run(
             max_escalation_increase=probation_max_increase,
             duration_s=probation_seconds,
             max_wait_s=probation_max_wait,
-            max_agreement_drop=probation_max_agreement_drop,
         ),
         fetch=FetchConfig(timeout_s=chunk_timeout),
         mirror=MirrorConfig(timeout_s=mirror_timeout),

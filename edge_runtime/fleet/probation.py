@@ -1,11 +1,13 @@
-"""Probation: after activation, watch the new model's escalation rate (and errors or agreement) against
-the previous model's; fail (-> automatic rollback) when it is worse by more than allowed.
+"""Probation: after activation, watch the new model's escalation rate (and errors) against the previous
+model's; fail (-> automatic rollback) when it is worse by more than allowed.
 
 Two sources of evidence:
 - the daemon's live counters (`live`, when the agent knows the daemon's URL and has no traffic file): the
-  texts the new model routes on the device's real traffic, how many it escalated, and how often the
-  upstream's answers agreed with its own label, against the same counters of the previous model, read
-  just before the swap;
+  texts the new model routes on the device's real traffic and how many it escalated, against the same
+  counters of the previous model, read just before the swap. How often the upstream's answers agree with
+  each model's own label is reported beside them, not judged: each model escalates its own hardest texts,
+  so a better model, escalating fewer and harder ones, agrees less on them (the flywheel simulation saw
+  55.6% against 65.9% for a model that halved its escalations);
 - a traffic file (`run`): JSONL with "text", or plain lines, run through both models offline.
 Without either, the probation only waits `duration_s` and checks that the active model still loads.
 """
@@ -31,8 +33,6 @@ class ProbationConfig:
     batch: int = 16
     # live counters only
     max_wait_s: float = 3600.0  # give up waiting for `requests` texts after this; the model is kept
-    max_agreement_drop: float = 0.10  # allowed fall of agreement with the upstream (absolute)
-    min_answers: int = 20  # upstream answers each model needs before their agreement is compared
     poll_s: float = 1.0
 
 
@@ -135,12 +135,5 @@ def live(
             raise ProbationError(
                 f"escalation rate {new:.1%} on {counters['texts']} texts vs {old:.1%} for the previous model "
                 f"(allowed +{config.max_escalation_increase:.0%})"
-            )
-    if baseline and min(counters.get("upstream_answers", 0), baseline.get("upstream_answers", 0)) >= config.min_answers:
-        new, old = counters["agreement"], baseline["agreement"]
-        if new < old - config.max_agreement_drop:
-            raise ProbationError(
-                f"agreement with the upstream {new:.1%} on {counters['upstream_answers']} answers vs {old:.1%} "
-                f"for the previous model (allowed -{config.max_agreement_drop:.0%})"
             )
     return result

@@ -99,6 +99,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "private_label_floor": Key(
             float, -1.0, -1, 1, "a private label this probable in the top-k keeps the text local (-1 = bundle's, 0.05)"
         ),
+        "sample_rate": Key(
+            float, -1.0, -1, 1, "share of confident texts also sent upstream as a sample, answered locally (-1 = none)"
+        ),
     },
     "uplink": {
         "broker": Key(str, "", help="mqtt://host:port or mqtts://host:port ('' = offline: outbox only)"),

@@ -1,5 +1,6 @@
 """What one loaded model has done since it started serving: the texts it routed, how many it escalated,
-and how often the upstream's answer agreed with its own top label.
+and how often the upstream's answer agreed with its own top label, on its escalations (hard cases, a biased
+sample) and on its samples (routing.sample_rate: a random share of the texts it answered itself).
 
 The daemon keeps one set per loaded bundle (a reload starts a fresh set), shows it in /v1/status, and the
 update agent's probation reads it: the escalation rate and the agreement of the new model against the
@@ -18,6 +19,8 @@ class LiveCounters:
         self.escalated = 0
         self.upstream_answers = 0
         self.agreed = 0
+        self.samples = 0  # answers to samples (routing.sample_rate): a random share of the confident texts
+        self.samples_agreed = 0
 
     def routed(self, texts: int, escalated: int) -> None:
         """`escalated`: the texts the routing rules escalated, before the escalation budget (which would
@@ -31,6 +34,11 @@ class LiveCounters:
             self.upstream_answers += 1
             self.agreed += device_label == upstream_label
 
+    def sample_answered(self, device_label: str, upstream_label: str) -> None:
+        with self._lock:
+            self.samples += 1
+            self.samples_agreed += device_label == upstream_label
+
     def snapshot(self) -> dict:
         with self._lock:
             return {
@@ -40,4 +48,6 @@ class LiveCounters:
                 "upstream_answers": self.upstream_answers,
                 "agreed": self.agreed,
                 "agreement": self.agreed / self.upstream_answers if self.upstream_answers else None,
+                "samples": self.samples,
+                "sample_agreement": self.samples_agreed / self.samples if self.samples else None,
             }

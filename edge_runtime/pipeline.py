@@ -6,6 +6,9 @@ answer locally, or redact (egress) -> outbox -> uplink.
 (no broker configured) escalations are written to the outbox and answered `deferred` at once: they go
 out when a broker is reachable. Without an outbox they stay local.
 
+With `routing.sample_rate`, a random share of the texts the model answers itself also goes upstream as a
+sample (reason `sample`), redacted the same way, while the device's answer stands: see `_sample`.
+
 An escalation the outbox cannot store (OutboxUnavailable: a full disk, a corrupt or unwritable file)
 stays local with reason `outbox_unavailable:<rule>` and no request id: `deferred` always names a
 request the outbox holds.
@@ -13,6 +16,7 @@ request the outbox holds.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -21,12 +25,14 @@ from dataclasses import replace
 
 from . import escalation
 from .egress import Egress, PrivacyUnavailable
+from .escalation import EscalationError
 from .live_counters import LiveCounters
 from .outbox import OutboxUnavailable
 from .redaction import PrivacyRefused
 from .results import DEFERRED, ESCALATE, LOCAL, Prediction
 from .router import BUDGET_EXHAUSTED, Router
 
+SAMPLE = "sample"  # the reason of a sample: a text the device answered itself, sent to learn from and to measure
 STORE_WAIT_S = 5.0  # how long a caller whose deadline passed waits to learn whether its request was stored
 
 
@@ -50,6 +56,7 @@ class Pipeline:
         self.device_id = device_id
         self.deadline_s = deadline_s
         self.counters = LiveCounters()  # this model's own record, for the update agent's probation
+        self._random = random.Random()  # which confident texts go upstream as samples
 
     def route(self, texts: Sequence[str], top_k: int | None = None) -> list[Prediction]:
         """Each text's prediction with its routing decision (`local` or `escalate`); nothing is sent."""
@@ -62,6 +69,8 @@ class Pipeline:
         """Route the texts and send every escalation, redacted, without waiting: (prediction, the Future of
         its upstream answer or None). Offline, a batch's escalations go into the outbox in one commit."""
         predictions = self.route(texts)
+        if self.uplink is not None and self.router.policy.sample_rate:
+            self._sample(texts, predictions)
         if not any(p.decision == ESCALATE for p in predictions):
             return [(p, None) for p in predictions]
         one_commit = self.outbox.transaction() if self.outbox is not None and self.uplink is None else nullcontext()
@@ -110,6 +119,38 @@ class Pipeline:
         )
         self.outbox.add([(request_id, escalation.encode(message))])  # OutboxUnavailable: see dispatch
         return replace(prediction, decision=DEFERRED), None
+
+    def _sample(self, texts: Sequence[str], predictions: list[Prediction]) -> None:
+        """Send a random `routing.sample_rate` share of the texts the model answered itself ("confident":
+        not kept local by a privacy rule, the budget or never_escalate) upstream as well, redacted like any
+        escalation, reason "sample", without waiting: the device's answer stands. The answer, when it comes,
+        counts in `counters` (sample agreement, an unbiased estimate of the model's accuracy) and lands in the
+        upstream's flywheel dataset like any other. Only with a live uplink: samples never fill an offline
+        outbox."""
+        rate = self.router.policy.sample_rate
+        for text, prediction in zip(texts, predictions):
+            if prediction.decision != LOCAL or prediction.reason != "confident" or self._random.random() >= rate:
+                continue
+            request_id = escalation.new_request_id()
+            try:
+                outgoing = self.egress.prepare(request_id, text, SAMPLE)
+            except (PrivacyRefused, PrivacyUnavailable):
+                continue
+            self.egress.forget(request_id)  # nothing comes back to re-identify: the device answered already
+            try:
+                future = self.uplink.submit(outgoing, prediction, request_id=request_id, reason=SAMPLE)
+            except (OutboxUnavailable, EscalationError):
+                continue
+            future.add_done_callback(lambda done, mine=prediction.label: self._sample_answered(mine, done))
+
+    def _sample_answered(self, device_label: str, future) -> None:
+        # runs on the uplink's thread: never raise there
+        try:
+            label = (future.result().get("answer") or {}).get("label")
+        except Exception:  # noqa: BLE001 - dead-lettered, evicted: no answer, nothing to count
+            return
+        if isinstance(label, str) and label:
+            self.counters.sample_answered(device_label, label)
 
     def _unstored(self, prediction: Prediction) -> Prediction:
         """An escalation the outbox could not store: answered locally, its mapping forgotten."""

@@ -41,6 +41,10 @@ class RoutingPolicy:
     private_label_floor: float = 0.05
     budget: float | None = None  # max share of escalations over the window, 0..1
     budget_window: int = 1000
+    # Share of the texts the device answers itself ("confident") that also go upstream as a sample, the
+    # device's answer standing: the flywheel then learns from the whole traffic, not only the hard cases,
+    # and agreement on a random sample estimates the model's accuracy (pipeline.Pipeline.dispatch).
+    sample_rate: float | None = None
 
     @classmethod
     def from_dict(cls, routing: dict | None, overrides: dict | None = None) -> RoutingPolicy:
@@ -65,7 +69,15 @@ class RoutingPolicy:
         return policy
 
     def validate(self) -> None:
-        for name in ("min_confidence", "min_margin", "max_entropy", "max_ood", "budget", "private_label_floor"):
+        for name in (
+            "min_confidence",
+            "min_margin",
+            "max_entropy",
+            "max_ood",
+            "budget",
+            "private_label_floor",
+            "sample_rate",
+        ):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"routing.{name} must be between 0 and 1, got {value}")

@@ -222,8 +222,12 @@ def test_desired_states_expire(archive, keys):
 # --- live probation's judgement (the daemon's /v1/status as input; the clock is a double) --------------
 
 
-def _status(version: str, texts: int, escalated: int, answers: int = 0, agreed: int = 0) -> dict:
+def _status(
+    version: str, texts: int, escalated: int, answers: int = 0, agreed: int = 0, samples: int = 0, sampled_ok: int = 0
+) -> dict:
     live = {
+        "samples": samples,
+        "sample_agreement": sampled_ok / samples if samples else None,
         "texts": texts,
         "escalated": escalated,
         "escalation_rate": escalated / texts if texts else None,
@@ -266,9 +270,15 @@ def test_live_probation_waits_for_its_window_then_compares_with_the_previous_mod
     assert kept["texts"] == 150 and kept["baseline"] == baseline and "note" not in kept
     with pytest.raises(ProbationError, match=r"escalation rate 30.0% on 150 texts vs 10.0%"):
         judge([_status("2", 150, 45)], baseline)
-    # Agreement is reported, not judged: a model that escalates fewer, harder texts agrees less on them.
+    # Agreement on escalations is reported, not judged: a model that escalates fewer, harder texts agrees less on
+    # them. Agreement on samples (a random share of the texts it answered itself) is judged.
     harder = judge([_status("2", 150, 5, 30, 15)], baseline)
     assert harder["agreement"] == 0.5 and harder["baseline"]["agreement"] == 0.75 and harder["escalation_rate"] < 0.1
+    sampled = _status("1", 400, 40, 40, 30, samples=100, sampled_ok=95)["model"]["live"]
+    with pytest.raises(ProbationError, match=r"agreement with the upstream on samples 85.0% \(40\) vs 95.0%"):
+        judge([_status("2", 150, 20, samples=40, sampled_ok=34)], sampled)
+    assert judge([_status("2", 150, 20, samples=40, sampled_ok=37)], sampled)["sample_agreement"] == 0.925
+    assert judge([_status("2", 150, 20, samples=20, sampled_ok=10)], sampled)["samples"] == 20  # too few to judge
 
 
 def test_live_probation_keeps_a_model_without_traffic_and_fails_on_the_wrong_one():

@@ -530,6 +530,43 @@ def test_status_counts_what_the_serving_model_routed_and_how_often_the_upstream_
             worker.close()
 
 
+def test_samples_go_upstream_while_the_device_answers_and_measure_its_agreement(
+    daemon_home_factory, small_bundle, build_key, tmp_path
+):
+    """routing.sample_rate = 1 with thresholds that keep every text local: each answer is the device's own, and
+    each text also reaches the upstream as a sample, whose answers count as the model's sample agreement."""
+    from edge_runtime import load
+
+    with mqtt_broker.Broker() as broker:
+        worker = Upstream(store_with(tmp_path / "upstream-home", small_bundle, build_key), "clinc-small", broker.url)
+        try:
+            worker.wait_ready()
+            running = daemon_home_factory(
+                env={
+                    "EDGE_RUNTIME_UPLINK_BROKER": broker.url,
+                    "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-sample",
+                    "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "0",
+                    "EDGE_RUNTIME_ROUTING_MIN_MARGIN": "0",
+                    "EDGE_RUNTIME_ROUTING_MAX_ENTROPY": "1",
+                    "EDGE_RUNTIME_ROUTING_SAMPLE_RATE": "1",
+                }
+            )
+            wait_for(lambda: running.get("/v1/status")[2]["uplink"]["connected"], 30, "the daemon's uplink")
+            answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
+            assert [(p["decision"], p["reason"]) for p in answered] == [("local", "confident")] * len(TEXTS)
+            own = [p.label for p in load(root=running.home).predict(TEXTS)]
+            assert [p["label"] for p in answered] == own  # the device's answers, not the upstream's
+            wait_for(lambda: running.get("/v1/status")[2]["model"]["live"]["samples"] == len(TEXTS), 30, "samples")
+            status = running.get("/v1/status")[2]
+            live, sent = status["model"]["live"], status["uplink"]["stats"]
+            assert live["escalated"] == 0 and live["upstream_answers"] == 0 and sent["published"] == len(TEXTS)
+            upstream_labels = [p.label for p in load(root=tmp_path / "upstream-home").predict(TEXTS)]
+            agreeing = sum(a == b for a, b in zip(own, upstream_labels))
+            assert live["sample_agreement"] == agreeing / len(TEXTS), (live, own, upstream_labels)
+        finally:
+            worker.close()
+
+
 def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory, small_bundle, build_key, tmp_path):
     """Requests held by a paused component: the upstream worker (a real `edge-runtime upstream` process) is
     SIGSTOPped, so escalated requests wait for its answer inside the daemon. SIGTERM arrives while they provably

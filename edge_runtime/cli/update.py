@@ -69,6 +69,14 @@ def update():
     show_default=True,
     help="Allowed rise of the escalation rate (absolute).",
 )
+@click.option(
+    "--probation-max-agreement-drop",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Live probation: allowed fall of the upstream's agreement with the model on samples (routing.sample_rate; "
+    "absolute), once each model has 30 sample answers.",
+)
 @click.option("--probation-seconds", type=click.FloatRange(0), default=0.0, show_default=True)
 @click.option("--chunk-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True)
 @click.option("--heartbeat", type=click.FloatRange(1), default=30.0, show_default=True)
@@ -92,6 +100,7 @@ def run(
     probation_requests,
     probation_max_wait,
     probation_max_increase,
+    probation_max_agreement_drop,
     probation_seconds,
     chunk_timeout,
     heartbeat,
@@ -129,6 +138,7 @@ def run(
             max_escalation_increase=probation_max_increase,
             duration_s=probation_seconds,
             max_wait_s=probation_max_wait,
+            max_agreement_drop=probation_max_agreement_drop,
         ),
         fetch=FetchConfig(timeout_s=chunk_timeout),
         mirror=MirrorConfig(timeout_s=mirror_timeout),

@@ -4,10 +4,12 @@ model's; fail (-> automatic rollback) when it is worse by more than allowed.
 Two sources of evidence:
 - the daemon's live counters (`live`, when the agent knows the daemon's URL and has no traffic file): the
   texts the new model routes on the device's real traffic and how many it escalated, against the same
-  counters of the previous model, read just before the swap. How often the upstream's answers agree with
-  each model's own label is reported beside them, not judged: each model escalates its own hardest texts,
-  so a better model, escalating fewer and harder ones, agrees less on them (the flywheel simulation saw
-  55.6% against 65.9% for a model that halved its escalations);
+  counters of the previous model, read just before the swap; and, once each has `min_samples` answers to
+  samples (routing.sample_rate: a random share of the texts it answered itself, also sent upstream), how
+  often the upstream agreed with it on them: an unbiased estimate of its accuracy. Agreement on
+  escalations is reported, not judged: each model escalates its own hardest texts, so a better model,
+  escalating fewer and harder ones, agrees less on them (the flywheel simulation saw 55.6% against 65.9%
+  for a model that halved its escalations);
 - a traffic file (`run`): JSONL with "text", or plain lines, run through both models offline.
 Without either, the probation only waits `duration_s` and checks that the active model still loads.
 """
@@ -33,6 +35,9 @@ class ProbationConfig:
     batch: int = 16
     # live counters only
     max_wait_s: float = 3600.0  # give up waiting for `requests` texts after this; the model is kept
+    # agreement with the upstream on samples (routing.sample_rate): a random share of the confident texts
+    max_agreement_drop: float = 0.05  # absolute
+    min_samples: int = 30  # sample answers each model needs before theirs are compared
     poll_s: float = 1.0
 
 
@@ -135,5 +140,12 @@ def live(
             raise ProbationError(
                 f"escalation rate {new:.1%} on {counters['texts']} texts vs {old:.1%} for the previous model "
                 f"(allowed +{config.max_escalation_increase:.0%})"
+            )
+    if baseline and min(counters.get("samples", 0), baseline.get("samples", 0)) >= config.min_samples:
+        new, old = counters["sample_agreement"], baseline["sample_agreement"]
+        if new < old - config.max_agreement_drop:
+            raise ProbationError(
+                f"agreement with the upstream on samples {new:.1%} ({counters['samples']}) vs {old:.1%} for the "
+                f"previous model (allowed -{config.max_agreement_drop:.0%})"
             )
     return result

@@ -20,6 +20,7 @@ from edge_runtime.fleet.fleetdir import FleetDir
 from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 from edge_runtime.store import Store
 
+from support import mqtt_broker
 from support.fleet_sim import Device, Reports, ServedManager, make_release, tiny
 
 # The tests that need a broker take conftest's `broker`: a mosquitto of the test's own, so no retained report or
@@ -93,16 +94,7 @@ class DesiredSpy:
 
     def __init__(self, broker_url: str):
         self.messages: list[tuple[str, dict]] = []
-        self.link = Link(
-            BrokerConfig.from_url(broker_url),
-            f"spy-{uuid.uuid4().hex[:6]}",
-            subscriptions=[Subscription("fleet/#")],
-            handlers=LinkHandlers(on_message=self._on),
-            clean_start=True,
-            session_expiry_s=0,
-        )
-        self.link.start()
-        self.link.wait_ready(10)
+        self.link = mqtt_broker.listener(broker_url, "fleet/#", self._on, "spy")
 
     def _on(self, message) -> None:
         if message.payload:

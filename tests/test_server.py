@@ -4,6 +4,7 @@ tritonclient."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -492,79 +493,79 @@ def test_hot_swap_under_load_fails_no_request(home, small_bundle, build_key, tmp
     assert running.stop() == 0
 
 
-def test_status_counts_what_the_serving_model_routed_and_how_often_the_upstream_agreed(
-    daemon_home_factory, small_bundle, build_key, tmp_path
-):
+@pytest.fixture
+def hybrid_daemon(daemon_home_factory, small_bundle, build_key, tmp_path):
+    """start(device_id, **routing env): a daemon whose uplink reaches a real upstream worker running the same
+    bundle, through a broker of the test's own, its uplink connected. The worker's home is tmp_path/upstream-home."""
+    with contextlib.ExitStack() as stack:
+
+        def start(device_id: str, env: dict):
+            broker = stack.enter_context(mqtt_broker.Broker())
+            worker = Upstream(
+                store_with(tmp_path / "upstream-home", small_bundle, build_key), "clinc-small", broker.url
+            )
+            stack.callback(worker.close)
+            worker.wait_ready()
+            running = daemon_home_factory(
+                env={"EDGE_RUNTIME_UPLINK_BROKER": broker.url, "EDGE_RUNTIME_UPLINK_DEVICE_ID": device_id, **env}
+            )
+            wait_for(lambda: running.get("/v1/status")[2]["uplink"]["connected"], 30, "the daemon's uplink")
+            return running
+
+        yield start
+
+
+def test_status_counts_what_the_serving_model_routed_and_how_often_the_upstream_agreed(hybrid_daemon):
     """The live counters the update agent's probation reads: every text the model routed, the escalated ones,
     and the upstream answers that named the device's own label (a real worker on the same bundle)."""
     from edge_runtime import load
 
-    if not mqtt_broker.available():
-        pytest.fail("mosquitto is not installed")
-    with mqtt_broker.Broker() as broker:
-        worker = Upstream(store_with(tmp_path / "upstream-home", small_bundle, build_key), "clinc-small", broker.url)
-        try:
-            worker.wait_ready()
-            running = daemon_home_factory(
-                env={
-                    "EDGE_RUNTIME_UPLINK_BROKER": broker.url,
-                    "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-live",
-                    "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "60000",  # wait for each answer: none deferred
-                    "EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "60000",
-                    "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0",  # escalate every text
-                }
-            )
-            wait_for(lambda: running.get("/v1/status")[2]["uplink"]["connected"], 30, "the daemon's uplink")
-            answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
-            assert [p["decision"] for p in answered] == ["escalate"] * len(TEXTS), answered
-            own = [p.label for p in load(root=running.home).predict(TEXTS)]  # the device model's labels
-            status = running.get("/v1/status")[2]
-            live = status["model"]["live"]
-            sent = status["uplink"]["stats"]
-            assert sent["published"] == len(TEXTS) and sent["bytes_published"] > sum(len(t.encode()) for t in TEXTS)
-            agreeing = sum(mine == p["label"] for mine, p in zip(own, answered))
-            assert live["texts"] == live["escalated"] == live["upstream_answers"] == len(TEXTS), live
-            assert live["agreed"] == agreeing and live["agreement"] == agreeing / len(TEXTS), (live, own, answered)
-            assert live["escalation_rate"] == 1.0
-        finally:
-            worker.close()
+    running = hybrid_daemon(
+        "dev-live",
+        {
+            "EDGE_RUNTIME_UPLINK_DEADLINE_MS": "60000",  # wait for each answer: none deferred
+            "EDGE_RUNTIME_SERVER_REQUEST_TIMEOUT_MS": "60000",
+            "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "1.0",  # escalate every text
+        },
+    )
+    answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
+    assert [p["decision"] for p in answered] == ["escalate"] * len(TEXTS), answered
+    own = [p.label for p in load(root=running.home).predict(TEXTS)]  # the device model's labels
+    status = running.get("/v1/status")[2]
+    live = status["model"]["live"]
+    sent = status["uplink"]["stats"]
+    assert sent["published"] == len(TEXTS) and sent["bytes_published"] > sum(len(t.encode()) for t in TEXTS)
+    agreeing = sum(mine == p["label"] for mine, p in zip(own, answered))
+    assert live["texts"] == live["escalated"] == live["upstream_answers"] == len(TEXTS), live
+    assert live["agreed"] == agreeing and live["agreement"] == agreeing / len(TEXTS), (live, own, answered)
+    assert live["escalation_rate"] == 1.0
 
 
-def test_samples_go_upstream_while_the_device_answers_and_measure_its_agreement(
-    daemon_home_factory, small_bundle, build_key, tmp_path
-):
+def test_samples_go_upstream_while_the_device_answers_and_measure_its_agreement(hybrid_daemon, tmp_path):
     """routing.sample_rate = 1 with thresholds that keep every text local: each answer is the device's own, and
     each text also reaches the upstream as a sample, whose answers count as the model's sample agreement."""
     from edge_runtime import load
 
-    with mqtt_broker.Broker() as broker:
-        worker = Upstream(store_with(tmp_path / "upstream-home", small_bundle, build_key), "clinc-small", broker.url)
-        try:
-            worker.wait_ready()
-            running = daemon_home_factory(
-                env={
-                    "EDGE_RUNTIME_UPLINK_BROKER": broker.url,
-                    "EDGE_RUNTIME_UPLINK_DEVICE_ID": "dev-sample",
-                    "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "0",
-                    "EDGE_RUNTIME_ROUTING_MIN_MARGIN": "0",
-                    "EDGE_RUNTIME_ROUTING_MAX_ENTROPY": "1",
-                    "EDGE_RUNTIME_ROUTING_SAMPLE_RATE": "1",
-                }
-            )
-            wait_for(lambda: running.get("/v1/status")[2]["uplink"]["connected"], 30, "the daemon's uplink")
-            answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
-            assert [(p["decision"], p["reason"]) for p in answered] == [("local", "confident")] * len(TEXTS)
-            own = [p.label for p in load(root=running.home).predict(TEXTS)]
-            assert [p["label"] for p in answered] == own  # the device's answers, not the upstream's
-            wait_for(lambda: running.get("/v1/status")[2]["model"]["live"]["samples"] == len(TEXTS), 30, "samples")
-            status = running.get("/v1/status")[2]
-            live, sent = status["model"]["live"], status["uplink"]["stats"]
-            assert live["escalated"] == 0 and live["upstream_answers"] == 0 and sent["published"] == len(TEXTS)
-            upstream_labels = [p.label for p in load(root=tmp_path / "upstream-home").predict(TEXTS)]
-            agreeing = sum(a == b for a, b in zip(own, upstream_labels))
-            assert live["sample_agreement"] == agreeing / len(TEXTS), (live, own, upstream_labels)
-        finally:
-            worker.close()
+    running = hybrid_daemon(
+        "dev-sample",
+        {
+            "EDGE_RUNTIME_ROUTING_MIN_CONFIDENCE": "0",
+            "EDGE_RUNTIME_ROUTING_MIN_MARGIN": "0",
+            "EDGE_RUNTIME_ROUTING_MAX_ENTROPY": "1",
+            "EDGE_RUNTIME_ROUTING_SAMPLE_RATE": "1",
+        },
+    )
+    answered = running.post("/v1/predict", {"texts": TEXTS})[2]["predictions"]
+    assert [(p["decision"], p["reason"]) for p in answered] == [("local", "confident")] * len(TEXTS)
+    own = [p.label for p in load(root=running.home).predict(TEXTS)]
+    assert [p["label"] for p in answered] == own  # the device's answers, not the upstream's
+    wait_for(lambda: running.get("/v1/status")[2]["model"]["live"]["samples"] == len(TEXTS), 30, "samples")
+    status = running.get("/v1/status")[2]
+    live, sent = status["model"]["live"], status["uplink"]["stats"]
+    assert live["escalated"] == 0 and live["upstream_answers"] == 0 and sent["published"] == len(TEXTS)
+    upstream_labels = [p.label for p in load(root=tmp_path / "upstream-home").predict(TEXTS)]
+    agreeing = sum(a == b for a, b in zip(own, upstream_labels))
+    assert live["sample_agreement"] == agreeing / len(TEXTS), (live, own, upstream_labels)
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(daemon_home_factory, small_bundle, build_key, tmp_path):

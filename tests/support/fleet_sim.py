@@ -25,6 +25,7 @@ from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
 from edge_runtime.store import Store
 
 from . import paused_cli, pythonpath, terminate
+from .mqtt_broker import listener
 
 QUIET_ROUTING = {
     "min_confidence": 0.0,
@@ -201,16 +202,7 @@ class BrokerTraffic:
 
     def __init__(self, broker_url: str):
         self.bytes: dict[str, int] = {}
-        self.link = Link(
-            BrokerConfig.from_url(broker_url),
-            f"traffic-{os.getpid()}-{time.monotonic_ns()}",
-            subscriptions=[Subscription("#")],
-            handlers=LinkHandlers(on_message=self._on),
-            clean_start=True,
-            session_expiry_s=0,
-        )
-        self.link.start()
-        self.link.wait_ready(10)
+        self.link = listener(broker_url, "#", self._on, "traffic")
 
     def _on(self, message) -> None:
         self.bytes[message.topic] = self.bytes.get(message.topic, 0) + len(message.payload)

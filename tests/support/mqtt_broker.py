@@ -130,3 +130,21 @@ class Broker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def listener(broker_url: str, topic_filter: str, on_message, name: str):
+    """A started, subscribed edge_runtime Link that hands every message on `topic_filter` to `on_message`: a
+    test's (or benchmark's) observer, with no session left behind. Stop it with `.stop()`."""
+    from edge_runtime.mqtt import BrokerConfig, Link, LinkHandlers, Subscription
+
+    link = Link(
+        BrokerConfig.from_url(broker_url),
+        f"{name}-{os.getpid()}-{time.monotonic_ns()}",
+        subscriptions=[Subscription(topic_filter)],
+        handlers=LinkHandlers(on_message=on_message),
+        clean_start=True,
+        session_expiry_s=0,
+    )
+    link.start()
+    link.wait_ready(10)
+    return link

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -221,6 +222,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop every child
     results = []
     for mirror in (False, True):
         with tempfile.TemporaryDirectory(prefix="fleet-scale-") as work:

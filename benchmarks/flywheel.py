@@ -28,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -348,6 +349,7 @@ def main() -> None:
     parser.add_argument("--no-gold", action="store_true", help="skip the A+B gold-label reference build")
     parser.add_argument("--work", type=Path, default=Path("/tmp/flywheel-sim"))
     options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop every child
 
     from edge_runtime import signing
 

@@ -125,8 +125,8 @@ class Pipeline:
         not kept local by a privacy rule, the budget or never_escalate) upstream as well, redacted like any
         escalation, reason "sample", without waiting: the device's answer stands. The answer, when it comes,
         counts in `counters` (sample agreement, an unbiased estimate of the model's accuracy) and lands in the
-        upstream's flywheel dataset like any other. Only with a live uplink: samples never fill an offline
-        outbox."""
+        upstream's flywheel dataset like any other. Only with an uplink (a broker configured): while the broker
+        is away samples wait in the outbox like escalations, under its budgets; without one none are kept."""
         rate = self.router.policy.sample_rate
         for text, prediction in zip(texts, predictions):
             if prediction.decision != LOCAL or prediction.reason != "confident" or self._random.random() >= rate:

@@ -340,3 +340,39 @@ def test_mqtt_escalations_hold_no_raw_values(corpus, tiny, pii_tagger, tmp_path)
         assert leaks(json.dumps(by_id[answer.request_id], ensure_ascii=False), values) == []
         # the echoed answer came back with placeholders and was re-identified on the device
         assert answer.label == text
+
+
+@pytest.mark.mqtt
+def test_samples_leave_redacted_and_never_for_a_private_label(tiny, tmp_path):
+    """routing.sample_rate = 1: every text the device answers itself goes upstream as a sample, through the same
+    egress (no raw e-mail or card in any payload), except a text whose label is private."""
+    from edge_runtime.mqtt import BrokerConfig
+    from edge_runtime.uplink import Uplink
+
+    texts = [
+        f"write to {name}.doe@example.com about card 4111 1111 1111 1111, order {n}"
+        for n, name in enumerate(("jane", "john", "ada", "alan", "grace", "linus"))
+    ]
+    labels = [p.label for p in tiny.predict(texts)]
+    private = labels[0]
+    policy = {"min_confidence": 0, "min_margin": 0, "max_entropy": 1, "sample_rate": 1}
+    router = Router(RoutingPolicy.from_dict({**policy, "private_labels": [private], "private_label_floor": 1.0}))
+    with mqtt_broker.Broker() as broker:
+        config = BrokerConfig.from_url(broker.url, backoff_min_s=0.05, backoff_max_s=0.5, keepalive=5)
+        with Uplink("sample-dev", config, Outbox(tmp_path / "o.sqlite"), bundle=(tiny.name, tiny.version)) as uplink:
+            uplink.wait_ready(5)
+            answers = Pipeline(tiny, router, egress=Egress(), uplink=uplink).predict(texts)
+            shared = [text for text, label in zip(texts, labels) if label != private]
+            deadline = time.monotonic() + 20
+            while len(outbox_payloads(tmp_path / "o.sqlite")) < len(shared) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # a sample that should not exist would be stored by now too
+            payloads = outbox_payloads(tmp_path / "o.sqlite")
+    assert [a.decision for a in answers] == ["local"] * len(texts)
+    assert [a.label for a in answers] == labels  # the device's own answers stand
+    assert all(a.reason.startswith("private_label:") for a, label in zip(answers, labels) if label == private)
+    assert len(payloads) == len(shared) and {p["reason"] for p in payloads} == {"sample"}
+    for payload in payloads:
+        wire = json.dumps(payload)
+        assert "doe@example.com" not in wire and "4111" not in wire, wire
+        assert "<EMAIL_1>" in payload["text"] and "<CARD_1>" in payload["text"]

@@ -1,4 +1,5 @@
-"""Soak: mixed requests against the real daemon; its peak RSS after warm-up may grow <= 10%.
+"""Soak: mixed requests against the real daemon; after warm-up, the peak RSS of the run's second half may be at
+most 10% over that of its first half.
 
 10,000 requests by default (under 2 minutes on 2 cores; 50,000 took 9 minutes, a quarter of the CI
 budget); EDGE_RUNTIME_SOAK_REQUESTS=50000 runs the long soak before a release."""
@@ -124,12 +125,15 @@ def test_a_long_run_of_requests_keeps_memory_flat(tmp_path, small_bundle, build_
     assert running.stop() == 0
     assert not failures, failures[:5]
     assert done[0] == TOTAL
+    # A leak keeps growing; the daemon's arenas legitimately rise after large batches and shrink after small ones
+    # (session.release_free_memory). So compare the peak of the second half of the run after warm-up with the
+    # peak of its first half, not with one sample that may have been taken just after a shrink.
     warmed = [rss for count, rss in samples if count >= WARM_UP]
-    baseline = warmed[0]
-    peak = max(warmed)
+    middle = len(warmed) // 2
+    early, late = max(warmed[:middle]), max(warmed[middle:])
     print(
-        f"\nsoak: rss after warm-up {baseline / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB "
-        f"(+{100 * (peak / baseline - 1):.1f}%), outbox {status['outbox']}"
+        f"\nsoak: rss after warm-up {warmed[0] / 2**20:.1f} MiB, peak of the first half {early / 2**20:.1f} MiB, "
+        f"of the second {late / 2**20:.1f} MiB (+{100 * (late / early - 1):.1f}%), outbox {status['outbox']}"
     )
-    assert peak <= baseline * 1.10, f"RSS grew from {baseline} to {peak} bytes"
+    assert middle > 0 and late <= early * 1.10, f"RSS peak grew from {early} to {late} bytes"
     assert status["queue"]["depth"] == 0

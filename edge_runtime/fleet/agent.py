@@ -414,7 +414,7 @@ class Agent:
         except OSError as error:
             log.warning("no probation baseline: %s", error)
             return None
-        return model.get("live") if f"{model.get('name')}@{model.get('version')}" == previous_ref else None
+        return model.get("live") if probation.serving_ref(model) == previous_ref else None
 
     def _probation(self):
         target = self._release()
@@ -460,15 +460,23 @@ class Agent:
             headers["Authorization"] = f"Bearer {self.config.daemon_token}"
         return headers
 
+    def _daemon_request(self, url: str, body: bytes | None = None, timeout: float = 10.0) -> bytes:
+        """The daemon's answer at `url` (POST when `body` is given), at most 1 MB; OSError with the reason."""
+        method = "GET" if body is None else "POST"
+        request = urllib.request.Request(url, data=body, method=method, headers=self._daemon_headers())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.read(1 << 20)
+        except (urllib.error.URLError, OSError) as error:
+            raise OSError(getattr(error, "reason", error)) from None
+
     def _daemon_status(self) -> dict:
         """The daemon's /v1/status; OSError while it cannot be reached or answers something else."""
         url = self.config.daemon_url.rstrip("/") + "/v1/status"
-        request = urllib.request.Request(url, headers=self._daemon_headers())
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status = json.loads(response.read(1 << 20))
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            raise OSError(f"{url}: {getattr(error, 'reason', error)}") from None
+            status = json.loads(self._daemon_request(url))
+        except (OSError, ValueError) as error:
+            raise OSError(f"{url}: {error}") from None
         if not isinstance(status, dict):
             raise OSError(f"{url}: not a JSON object")
         return status
@@ -478,11 +486,7 @@ class Agent:
             return
         url = self.config.daemon_url.rstrip("/") + "/v1/admin/reload"
         try:
-            with urllib.request.urlopen(
-                urllib.request.Request(url, data=b"{}", method="POST", headers=self._daemon_headers()),
-                timeout=60,
-            ) as response:
-                body = response.read()
-        except (urllib.error.URLError, OSError) as error:
-            raise FleetError(f"daemon reload at {url} failed: {getattr(error, 'reason', error)}") from None
+            body = self._daemon_request(url, b"{}", timeout=60)
+        except OSError as error:
+            raise FleetError(f"daemon reload at {url} failed: {error}") from None
         log.info("daemon reload: %s", body[:200])

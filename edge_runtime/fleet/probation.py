@@ -100,6 +100,11 @@ def run(root: Path, new_ref: str, previous_ref: str | None, config: ProbationCon
     return result
 
 
+def serving_ref(model: dict) -> str:
+    """NAME@VERSION of the `model` part of the daemon's /v1/status."""
+    return f"{model.get('name')}@{model.get('version')}"
+
+
 def live(
     read_status: Callable[[], dict],
     target_ref: str,
@@ -124,7 +129,7 @@ def live(
                 raise ProbationError(f"the daemon did not answer for {config.max_wait_s:.0f} s: {error}") from None
             sleep(config.poll_s)
             continue
-        serving = f"{model.get('name')}@{model.get('version')}"
+        serving = serving_ref(model)
         if serving != target_ref:
             raise ProbationError(f"the daemon serves {serving}, not {target_ref} (its reload failed?)")
         counters = model.get("live") or {}

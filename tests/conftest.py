@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime import signing
+
 from support import bundle_factory, mqtt_broker
 from support.stores import store_with
 
@@ -151,6 +153,12 @@ def broker():
         pytest.skip("mosquitto is not installed")
     with mqtt_broker.Broker() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def fleet_key():
+    """The fleet tests' signing key (bundles, release records, desired states), one per test module."""
+    return signing.generate_keypair()[0]
 
 
 @pytest.fixture

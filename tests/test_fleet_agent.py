@@ -43,11 +43,6 @@ def broker():
 
 
 @pytest.fixture(scope="module")
-def fleet_key():
-    return signing.generate_keypair()[0]
-
-
-@pytest.fixture(scope="module")
 def archives(tmp_path_factory, fleet_key):
     src = tmp_path_factory.mktemp("bundles")
     v1 = tiny(src / "tiny-1.0.0", fleet_key, "1.0.0", 1)
@@ -88,7 +83,8 @@ def traffic(tmp_path):
 def device(tmp_path, broker, fleet_key, archives, group, traffic):
     made = []
 
-    def factory(*args, initial="v1"):
+    def factory(*args, initial="v1", with_traffic_file=True):
+        probation = ("--probation-traffic", str(traffic)) if with_traffic_file else ()
         dev = Device(
             tmp_path / "devices",
             f"dev-{uuid.uuid4().hex[:6]}",
@@ -96,8 +92,7 @@ def device(tmp_path, broker, fleet_key, archives, group, traffic):
             broker.url,
             fleet_key.public_key(),
             archives[initial],
-            "--probation-traffic",
-            str(traffic),
+            *probation,
             *args,
             fleet_dir=tmp_path / "fleet",  # the `served` manager's
         )
@@ -462,21 +457,13 @@ def wait_for_texts(daemon: Daemon, version: str, texts: int) -> dict:
 
 @pytest.mark.kernels  # probation compares escalation rates, which follow the kernels' confidences
 def test_live_probation_judges_the_new_model_by_the_daemons_own_counters(
-    archives, served, fleet_key, group, tmp_path, broker
+    device, archives, served, fleet_key, group, tmp_path
 ):
     """No traffic file: the agent compares the daemon's counters for the new model with those of the one it
     replaces, read before the swap. A release that routes like its predecessor commits; one that escalates
     the same live traffic far more is rolled back, and the daemon serves the previous model again."""
     window = 30
-    dev = Device(
-        tmp_path / "devices",
-        f"dev-{uuid.uuid4().hex[:6]}",
-        group,
-        broker.url,
-        fleet_key.public_key(),
-        archives["v1"],
-        fleet_dir=tmp_path / "fleet",  # the `served` manager's
-    )
+    dev = device(with_traffic_file=False)  # probation reads the daemon's counters
     daemon = Daemon(dev.home, log_dir=tmp_path).wait_ready()
     traffic = Traffic(daemon)
     dev.args += ["--daemon-url", f"http://127.0.0.1:{daemon.port}", "--probation-requests", str(window)]
@@ -504,8 +491,7 @@ def test_live_probation_judges_the_new_model_by_the_daemons_own_counters(
         assert traffic.failures == []
     finally:
         traffic.stop()
-        dev.stop()
-        daemon.stop()
+        daemon.stop()  # the agent is the `device` fixture's to stop
 
 
 # --- key roles, anti-rollback floor, desired-state expiry and ordering -----------------------------

@@ -41,11 +41,6 @@ def broker():
 
 
 @pytest.fixture(scope="module")
-def fleet_key():
-    return signing.generate_keypair()[0]
-
-
-@pytest.fixture(scope="module")
 def archives(tmp_path_factory, fleet_key):
     src = tmp_path_factory.mktemp("bundles")
     return {

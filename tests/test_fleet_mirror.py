@@ -33,11 +33,6 @@ FAST = MirrorConfig(timeout_s=3.0)
 
 
 @pytest.fixture(scope="module")
-def fleet_key():
-    return signing.generate_keypair()[0]
-
-
-@pytest.fixture(scope="module")
 def archives(tmp_path_factory, fleet_key):
     src = tmp_path_factory.mktemp("bundles")
     return {

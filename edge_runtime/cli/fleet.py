@@ -624,3 +624,35 @@ def device_list(group, site, fleet, as_json):
         ],
         title="enrolled devices",
     )
+
+
+@fleet.command("acl")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write it to this file, atomically (default: print it).",
+)
+@fleet_dir_option
+@json_option
+def acl_command(out, fleet, as_json):
+    """The central broker's ACL (mosquitto acl_file) from the device registry: the device, worker and fleet
+    rules, and for each site that has devices a `user site-<name>` block naming exactly their topics (a site
+    with none gets no block). Run it after a device's site changes, then reload mosquitto, which re-reads its
+    ACL on SIGHUP: `kill -HUP $(pidof mosquitto)`."""
+    from ..fleet import acl
+    from ..fleet.registry import RegistryError
+
+    try:
+        sites = fleet.registry.sites()
+        text = acl.render(sites, f"the device registry {fleet.registry.path.resolve()}")
+    except RegistryError as error:
+        fail(str(error), as_json)
+    if out is not None:
+        acl.write(out, text)
+    if as_json:
+        print_json({"ok": True, "file": str(out) if out else None, "sites": sites, **({} if out else {"acl": text})})
+    elif out is None:
+        click.echo(text, nl=False)
+    else:
+        devices = sum(len(ids) for ids in sites.values())
+        click.echo(f"wrote {out}: {len(sites)} sites, {devices} devices on them; reload the broker: kill -HUP")

@@ -377,7 +377,7 @@ def test_publish_to_one_device_reaches_that_device_only(tmp_path, capsys, broker
 
 
 def test_registry_rows_are_checked_when_read(tmp_path):
-    """A hand-edited registry cannot smuggle in a reserved id or a bad group: it reads as unreadable."""
+    """A hand-edited registry cannot smuggle in a reserved id, a bad group or a bad site: it reads as unreadable."""
     import sqlite3
 
     from edge_runtime.fleet.registry import RegistryError
@@ -385,14 +385,19 @@ def test_registry_rows_are_checked_when_read(tmp_path):
     fleet = FleetDir(tmp_path / "fleet")
     fleet.registry.add("shop-1", "lab")
     with sqlite3.connect(fleet.registry.path) as connection:
-        connection.execute("INSERT INTO devices VALUES ('fleet', 'lab', 'cli', 0)")
-    for read in (fleet.registry.enrollments, lambda: fleet.registry.group_of("fleet")):
+        connection.execute("INSERT INTO devices VALUES ('fleet', 'lab', 'cli', 0, NULL)")
+    for read in (fleet.registry.enrollments, lambda: fleet.registry.group_of("fleet"), fleet.registry.sites):
         with pytest.raises(RegistryError, match="row 'fleet': device id 'fleet' is reserved"):
             read()
     with sqlite3.connect(fleet.registry.path) as connection:
         connection.execute("DELETE FROM devices WHERE device = 'fleet'")
+        connection.execute("UPDATE devices SET site = 'north' WHERE device = 'shop-1'")
+    with pytest.raises(RegistryError, match="row 'shop-1': site 'north' must be site-<name>"):
+        fleet.registry.sites()
+    with sqlite3.connect(fleet.registry.path) as connection:
+        connection.execute("UPDATE devices SET site = NULL")
         connection.execute("PRAGMA user_version = 7")
-    with pytest.raises(RegistryError, match="schema version 7, expected 1"):
+    with pytest.raises(RegistryError, match="schema version 7, expected 2"):
         fleet.registry.enrollments()
     assert not (tmp_path / "none").exists() and FleetDir(tmp_path / "none").registry.groups() == {}
     assert not (tmp_path / "none").exists()  # reading never creates a registry
@@ -439,3 +444,149 @@ def test_serve_sends_the_current_desired_state_to_devices_enrolled_or_moved_late
         link.stop()
         spy.close()
         served.close()
+
+
+# --- sites and the central broker's ACL ------------------------------------------------------------------
+
+
+def test_sites_through_the_cli(tmp_path, capsys, monkeypatch):
+    """A device's site is set by `add --site`, changed by `move --site`/`--no-site` and shown by `list`; a site name
+    that is not a safe site-<name> CN is refused with a one-line reason and changes nothing."""
+    monkeypatch.setenv("COLUMNS", "200")
+    common = ["--fleet-dir", str(tmp_path / "fleet")]
+    added = cli_json(capsys, "device", "add", "dev-0", "--group", "lab", "--site", "site-a", *common)
+    assert (added["ok"], added["device"], added["site"]) == (True, "dev-0", "site-a")
+    assert cli_json(capsys, "device", "add", "dev-0", "--group", "lab", "--site", "site-a", *common)["site"] == "site-a"
+    assert cli_json(capsys, "device", "add", "dev-1", "--group", "lab", "--site", "site-b", *common)["site"] == "site-b"
+    assert cli_json(capsys, "device", "add", "dev-2", "--group", "field", *common)["site"] is None
+    listed = cli_json(capsys, "device", "list", *common)
+    assert [(d["device"], d["group"], d["site"]) for d in listed] == [
+        ("dev-0", "lab", "site-a"),
+        ("dev-1", "lab", "site-b"),
+        ("dev-2", "field", None),
+    ]
+    assert [d["device"] for d in cli_json(capsys, "device", "list", "--site", "site-b", *common)] == ["dev-1"]
+    code, out, _ = cli(capsys, "device", "list", *common)
+    assert code == 0 and "site" in out.splitlines()[1] and "site-a" in out and "site-b" in out
+
+    moved = cli_json(capsys, "device", "move", "dev-1", "--site", "site-a", *common)
+    assert (moved["group"], moved["site"]) == ("lab", "site-a")  # the group stays
+    moved = cli_json(capsys, "device", "move", "dev-1", "--group", "field", *common)
+    assert (moved["group"], moved["site"]) == ("field", "site-a")  # the site stays
+    moved = cli_json(capsys, "device", "move", "dev-1", "--no-site", "--group", "lab", *common)
+    assert (moved["group"], moved["site"]) == ("lab", None)
+    code, out, _ = cli(capsys, "device", "move", "dev-1", "--site", "site-b", *common)
+    assert code == 0 and out == "moved dev-1 in group lab on site site-b\n"
+    assert FleetDir(tmp_path / "fleet").registry.sites() == {"site-a": ["dev-0"], "site-b": ["dev-1"]}
+
+    refusals = [
+        (["add", "dev-3", "--group", "lab", "--site", "north"], "site 'north' must be site-<name>"),
+        (["add", "dev-3", "--group", "lab", "--site", "site-"], "site 'site-' must be site-<name>"),
+        (["add", "dev-3", "--group", "lab", "--site", "site-a/b"], "must be 1-128 characters without / + # or NUL"),
+        (["add", "dev-3", "--group", "lab", "--site", "site-+"], "must be 1-128 characters without / + # or NUL"),
+        (["add", "dev-3", "--group", "lab", "--site", "site-" + "x" * 124], "must be 1-128 characters"),
+        (["add", "dev-3", "--group", "lab", "--site", "site-a "], "surrounding white space or control characters"),
+        (["add", "dev-3", "--group", "lab", "--site", "site-a\nuser worker"], "control characters"),
+        (["add", "dev-3", "--group", "lab", "--site", ""], "site '' must be 1-128 characters"),
+        (["add", "dev-0", "--group", "lab", "--site", "site-b"], "device dev-0 is enrolled on site site-a; move it"),
+        (["add", "dev-0", "--group", "lab"], "device dev-0 is enrolled on site site-a; move it"),
+        (["add", "dev-2", "--group", "field", "--site", "site-a"], "device dev-2 is enrolled with no site; move it"),
+        (["move", "dev-0", "--site", "worker"], "site 'worker' must be site-<name>"),
+        (["move", "ghost", "--site", "site-a"], "device ghost is not enrolled"),
+    ]
+    for args, reason in refusals:
+        code, out, err = cli(capsys, "device", *args, *common, "--json")
+        assert code == 1, (args, out, err)
+        assert json.loads(out)["ok"] is False and reason in json.loads(out)["error"], (args, out)
+        assert err.count("\n") == 1 and reason in err, (args, err)  # one line on stderr
+    for args in (["move", "dev-0"], ["move", "dev-0", "--site", "site-b", "--no-site"]):
+        code, _, err = cli(capsys, "device", *args, *common)
+        assert code == 2 and "give --" in err, (args, err)  # usage errors
+    assert FleetDir(tmp_path / "fleet").registry.sites() == {"site-a": ["dev-0"], "site-b": ["dev-1"]}  # unchanged
+
+
+def test_a_registry_from_before_sites_reads_as_no_site_and_migrates_on_its_first_change(tmp_path, capsys):
+    import sqlite3
+
+    fleet = FleetDir(tmp_path / "fleet")
+    fleet.root.mkdir()
+    with sqlite3.connect(fleet.registry.path) as connection:  # schema 1, as the registry made it before sites
+        connection.execute(
+            "CREATE TABLE devices (device TEXT PRIMARY KEY, grp TEXT NOT NULL, source TEXT NOT NULL, "
+            "enrolled_at REAL NOT NULL)"
+        )
+        connection.execute("INSERT INTO devices VALUES ('dev-0', 'lab', 'cli', 1.5)")
+        connection.execute("PRAGMA user_version = 1")
+    common = ["--fleet-dir", str(fleet.root)]
+    listed = cli_json(capsys, "device", "list", *common)
+    assert [(d["device"], d["group"], d["site"], d["enrolled_at"]) for d in listed] == [("dev-0", "lab", None, 1.5)]
+    code, out, _ = cli(capsys, "acl", *common)
+    assert code == 0 and "\nuser site-" not in out  # no device on a site: no site block
+    with sqlite3.connect(fleet.registry.path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1  # reading did not migrate
+
+    assert cli_json(capsys, "device", "move", "dev-0", "--site", "site-a", *common)["site"] == "site-a"
+    with sqlite3.connect(fleet.registry.path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert fleet.registry.enrollments()[0].enrolled_at == 1.5 and fleet.registry.sites() == {"site-a": ["dev-0"]}
+
+
+def test_acl_from_the_registry_through_the_cli(tmp_path, capsys):
+    """`fleet acl` prints (or with --out writes) the fixed rules and one block per site that has devices, naming
+    exactly their topics; an unreadable registry writes nothing and leaves the broker's current ACL as it was."""
+    from edge_runtime.fleet import acl
+
+    fleet = FleetDir(tmp_path / "fleet")
+    common = ["--fleet-dir", str(fleet.root)]
+    fleet.registry.add("dev-0", "lab", site="site-a")
+    fleet.registry.add("dev-1", "lab", site="site-b")
+    fleet.registry.add("dev-2", "lab", site="site-a")
+    fleet.registry.add("dev-3", "lab")  # connects centrally: the pattern rules cover it
+    code, printed, err = cli(capsys, "acl", *common)
+    assert code == 0 and err == ""
+    blocks = printed.split("\nuser ")[1:]
+    assert [block.splitlines()[0] for block in blocks] == ["worker", "fleet", "site-a", "site-b"]
+    rules = {
+        block.splitlines()[0]: [line for line in block.splitlines()[1:] if line.startswith("topic ")]
+        for block in blocks
+    }
+    assert rules["site-a"] == [
+        *(f"topic {access} {topic.format('dev-0')}" for access, topic in acl.DEVICE_TOPICS),
+        *(f"topic {access} {topic.format('dev-2')}" for access, topic in acl.DEVICE_TOPICS),
+    ]
+    assert "topic read edge/dev-1/answers" in rules["site-b"] and len(rules["site-b"]) == 6
+    assert "dev-3" not in printed and "+/answers" not in "".join(rules["site-a"] + rules["site-b"])
+
+    out = tmp_path / "broker" / "acl"
+    result = cli_json(capsys, "acl", "--out", str(out), *common)
+    assert result == {"ok": True, "file": str(out), "sites": {"site-a": ["dev-0", "dev-2"], "site-b": ["dev-1"]}}
+    assert out.read_text() == printed and oct(out.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in out.parent.iterdir()] == ["acl"]  # no temp file left behind
+    assert cli_json(capsys, "acl", *common)["acl"] == printed
+
+    fleet.registry.remove("dev-1")  # site-b has no device left: no block, so it can do nothing
+    code, text, _ = cli(capsys, "acl", "--out", str(out), *common)
+    assert code == 0 and text.startswith(f"wrote {out}: 1 sites, 2 devices") and "kill -HUP" in text
+    assert "user site-b" not in out.read_text() and "user site-a" in out.read_text()
+
+    before = out.read_bytes()
+    fleet.registry.path.write_bytes(b"not a database\n" * 50)
+    code, printed, err = cli(capsys, "acl", "--out", str(out), *common)
+    assert code == 1 and printed == "" and err.count("\n") == 1 and "is unreadable (file is not a database)" in err
+    assert out.read_bytes() == before  # fails closed: the last good ACL stays in place
+
+
+def test_the_shipped_acls_are_the_generators_output():
+    """deploy/mosquitto/acl is `fleet acl` for the example registry, site-acl holds the same device rules: the
+    generator is the one source of the ACL text."""
+    from edge_runtime.fleet import acl
+
+    from support import REPO
+
+    deploy = REPO / "deploy" / "mosquitto"
+    assert (deploy / "acl").read_text() == acl.render(acl.EXAMPLE, acl.EXAMPLE_ORIGIN), (
+        "regenerate: python -c 'from edge_runtime.fleet import acl; "
+        'print(acl.render(acl.EXAMPLE, acl.EXAMPLE_ORIGIN), end="")\' > deploy/mosquitto/acl'
+    )
+    site_rules = [line for line in (deploy / "site-acl").read_text().splitlines() if line and not line.startswith("#")]
+    assert site_rules == acl.pattern_rules()

@@ -12,6 +12,7 @@ import collections
 import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -69,12 +70,12 @@ def central_ns():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def make_certs(out: Path, central_ip: str) -> Path:
+def make_certs(out: Path, central_ip: str, sites: tuple[str, ...] = (SITE,)) -> Path:
     subprocess.run(
         ["bash", str(DEPLOY / "make-dev-certs.sh"), str(out), *DEVICES],
         check=True,
         capture_output=True,
-        env={**os.environ, "BROKER_HOSTS": f"localhost,127.0.0.1,{central_ip}", "SITES": SITE},
+        env={**os.environ, "BROKER_HOSTS": f"localhost,127.0.0.1,{central_ip}", "SITES": " ".join(sites)},
     )
     return out
 
@@ -156,8 +157,10 @@ class Listener:
     def __init__(self, config: BrokerConfig, client_id: str, topics: list[str], session_expiry_s: int = 0):
         """`session_expiry_s` > 0: a persistent session (clean start off), kept that long after a disconnect."""
         self.messages: list[paho.MQTTMessage] = []
+        self.acks: dict[int, int] = {}  # mid -> PUBACK reason code
         self.client = make_client(config, client_id)
         self.client.on_message = lambda client, userdata, message: self.messages.append(message)
+        self.client.on_publish = lambda client, userdata, mid, reason, properties: self.acks.update({mid: reason.value})
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *args: subscribed.set()
         connect = Properties(PacketTypes.CONNECT)
@@ -169,8 +172,12 @@ class Listener:
             self.client.subscribe([(topic, options) for topic in topics])
             assert subscribed.wait(5), f"{client_id}: no SUBACK"
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False, properties=None) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain, properties=properties).wait_for_publish(5)
+    def publish(self, topic: str, payload: bytes, retain: bool = False, properties=None) -> int:
+        """Publish at QoS 1 and return the broker's PUBACK reason code (0: accepted, 135: not authorized)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        info.wait_for_publish(5)
+        wait_for(lambda: info.mid in self.acks, 5, f"the PUBACK for {topic}")
+        return self.acks[info.mid]
 
     def on(self, topic: str) -> list[paho.MQTTMessage]:
         return [message for message in self.messages if message.topic == topic]
@@ -307,11 +314,9 @@ def test_a_site_acl_narrowed_to_its_devices_keeps_other_answers_off_the_site(tmp
     """The central broker checks read access when it delivers: a site block listing its own devices' answer
     topics keeps every other device's answers off that site, though the bridge subscribes to edge/+/answers."""
     certs = make_certs(tmp_path / "certs", "127.0.0.1")
-    acl = (DEPLOY / "acl").read_text()
-    wildcard = f"user {SITE}\ntopic write edge/+/escalations\ntopic read edge/+/answers\n"
-    assert wildcard in acl, "the site block of deploy/mosquitto/acl changed: update this test"
-    narrowed = f"user {SITE}\ntopic write edge/+/escalations\ntopic read edge/dev-0/answers\n"
-    (tmp_path / "acl").write_text(acl.replace(wildcard, narrowed))
+    acl = (DEPLOY / "acl").read_text()  # fleet acl for site-dev with dev-0, dev-1 and dev-2
+    assert f"user {SITE}\n" in acl and "topic read edge/dev-2/answers\n" in acl, "update this test"
+    (tmp_path / "acl").write_text(acl.replace("topic read edge/dev-2/answers\n", ""))  # dev-2: not on this site
     central_tls = {"ca": certs / "ca.crt", "cert": certs / "broker.crt", "key": certs / "broker.key"}
     with (
         mqtt_broker.Broker(tls=central_tls, acl_file=tmp_path / "acl", allow_anonymous=False) as central,
@@ -331,6 +336,68 @@ def test_a_site_acl_narrowed_to_its_devices_keeps_other_answers_off_the_site(tmp
                 listener.close()
     assert [m.payload for m in ours.messages] == [b"for this site"]
     assert theirs.messages == []
+
+
+def test_the_acl_generated_from_the_registry_keeps_each_site_to_its_own_devices(tmp_path, capsys):
+    """`fleet acl` from a registry with site-a (dev-0) and site-b (dev-1), on a real central broker with TLS
+    identities: each site may publish only its devices' escalations (a refused publish gets PUBACK 135, not
+    authorized, and never reaches the worker) and receives only their answers, though it subscribes to
+    edge/+/answers as a bridge does. After `device move dev-1 --site site-a`, `fleet acl --out` and SIGHUP,
+    dev-1's traffic is site-a's and no longer site-b's."""
+    from edge_runtime.cli import main
+
+    certs = make_certs(tmp_path / "certs", "127.0.0.1", sites=("site-a", "site-b"))
+    common = ["--fleet-dir", str(tmp_path / "fleet")]
+
+    def fleet(*args: str) -> None:
+        assert main(["fleet", *args, *common]) == 0, capsys.readouterr()
+
+    fleet("device", "add", "dev-0", "--group", "lab", "--site", "site-a")
+    fleet("device", "add", "dev-1", "--group", "lab", "--site", "site-b")
+    fleet("acl", "--out", str(tmp_path / "acl"))
+    central_tls = {"ca": certs / "ca.crt", "cert": certs / "broker.crt", "key": certs / "broker.key"}
+    with mqtt_broker.Broker(tls=central_tls, acl_file=tmp_path / "acl", allow_anonymous=False) as central:
+        at_central = {
+            name: tls_config(certs, name, "127.0.0.1", central.port) for name in ("site-a", "site-b", "worker")
+        }
+        site_a = Listener(at_central["site-a"], "site-a-bridge", ["edge/+/answers"])
+        site_b = Listener(at_central["site-b"], "site-b-bridge", ["edge/+/answers"])
+        worker = Listener(at_central["worker"], "worker-probe", ["edge/+/escalations"])
+        try:
+            before = {
+                "a: dev-0": site_a.publish("edge/dev-0/escalations", b"a0"),
+                "a: dev-1": site_a.publish("edge/dev-1/escalations", b"a1"),
+                "b: dev-1": site_b.publish("edge/dev-1/escalations", b"b1"),
+            }
+            worker.publish("edge/dev-0/answers", b"dev-0, before")
+            worker.publish("edge/dev-1/answers", b"dev-1, before")
+            wait_for(lambda: site_a.messages and site_b.messages and len(worker.messages) >= 2, 10, "the deliveries")
+            time.sleep(0.5)
+            escalations = sorted((m.topic, m.payload) for m in worker.messages)
+            seen_a, seen_b = [m.payload for m in site_a.messages], [m.payload for m in site_b.messages]
+
+            fleet("device", "move", "dev-1", "--site", "site-a")
+            fleet("acl", "--out", str(central.dir / "acl"))  # the file the broker reads
+            reloads = central.log.read_text().count("Reloading config.")
+            central.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: central.log.read_text().count("Reloading config.") > reloads, 10, "the reload")
+            after = {
+                "a: dev-1": site_a.publish("edge/dev-1/escalations", b"a1 again"),
+                "b: dev-1": site_b.publish("edge/dev-1/escalations", b"b1 again"),
+            }
+            worker.publish("edge/dev-1/answers", b"dev-1, after")
+            wait_for(lambda: len(site_a.messages) >= 2 and len(worker.messages) >= 3, 10, "dev-1's traffic, site-a's")
+            time.sleep(0.5)
+        finally:
+            for listener in (site_a, site_b, worker):
+                listener.close()
+    assert before == {"a: dev-0": 0, "a: dev-1": 135, "b: dev-1": 0}  # 135: not authorized
+    assert escalations == [("edge/dev-0/escalations", b"a0"), ("edge/dev-1/escalations", b"b1")]
+    assert seen_a == [b"dev-0, before"] and seen_b == [b"dev-1, before"]
+    assert after == {"a: dev-1": 0, "b: dev-1": 135}
+    assert [(m.topic, m.payload) for m in worker.messages[2:]] == [("edge/dev-1/escalations", b"a1 again")]
+    assert [m.payload for m in site_a.messages] == [b"dev-0, before", b"dev-1, after"]
+    assert [m.payload for m in site_b.messages] == [b"dev-1, before"]  # site-b has no device left: nothing
 
 
 def echo(request: dict) -> dict:

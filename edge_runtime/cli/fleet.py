@@ -491,7 +491,8 @@ def _show_enrollment(enrollment, as_json: bool, verb: str) -> None:
     if as_json:
         print_json({"ok": True, **enrollment.to_dict()})
     else:
-        click.echo(f"{verb} {enrollment.device} in group {enrollment.group}")
+        site = f" on site {enrollment.site}" if enrollment.site else ""
+        click.echo(f"{verb} {enrollment.device} in group {enrollment.group}{site}")
 
 
 @fleet.group()
@@ -500,9 +501,13 @@ def device():
     are only checked against it)."""
 
 
+site_help = "connects through the site broker whose bridge identity (certificate CN) is this, site-<name>"
+
+
 @device.command("add")
 @click.argument("device_id", required=False)
 @click.option("--group", required=True, help="The group the device is enrolled in.")
+@click.option("--site", help=f"The device {site_help} (`fleet acl`). Default: none, it connects centrally.")
 @click.option(
     "--cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -510,8 +515,8 @@ def device():
 )
 @fleet_dir_option
 @json_option
-def device_add(device_id, group, cert, fleet, as_json):
-    """Enroll DEVICE_ID (or the CN of --cert) in --group."""
+def device_add(device_id, group, site, cert, fleet, as_json):
+    """Enroll DEVICE_ID (or the CN of --cert) in --group, and on --site if it connects through a site broker."""
     from ..fleet.registry import RegistryError, device_id_from_certificate
 
     try:
@@ -521,7 +526,7 @@ def device_add(device_id, group, cert, fleet, as_json):
         if cert is not None:
             device_id, source = device_id_from_certificate(cert.read_bytes(), str(cert)), "cert"
         with fleet.locked():
-            enrollment = fleet.registry.add(device_id, group, source)
+            enrollment = fleet.registry.add(device_id, group, source, site)
     except RegistryError as error:
         fail(str(error), as_json)
     _show_enrollment(enrollment, as_json, "enrolled")
@@ -529,16 +534,22 @@ def device_add(device_id, group, cert, fleet, as_json):
 
 @device.command("move")
 @click.argument("device_id")
-@click.option("--group", required=True, help="The group it is in from now on.")
+@click.option("--group", help="The group it is in from now on.")
+@click.option("--site", help=f"From now on the device {site_help} (then regenerate `fleet acl`).")
+@click.option("--no-site", is_flag=True, help="From now on the device connects to the central broker directly.")
 @fleet_dir_option
 @json_option
-def device_move(device_id, group, fleet, as_json):
+def device_move(device_id, group, site, no_site, fleet, as_json):
     """Move an enrolled device to another group (it gets that group's next change; its own desired state from
-    `publish --device`, if any, is dropped)."""
-    from ..fleet.registry import RegistryError
+    `publish --device`, if any, is dropped), to another site, or both."""
+    from ..fleet.registry import UNCHANGED, RegistryError
 
+    if site is not None and no_site:
+        raise click.UsageError("give --site or --no-site, not both")
+    if group is None and site is None and not no_site:
+        raise click.UsageError("give --group, --site or --no-site")
     try:
-        enrollment = fleet.move_device(device_id, group)
+        enrollment = fleet.move_device(device_id, group, None if no_site else site if site is not None else UNCHANGED)
     except RegistryError as error:
         fail(str(error), as_json)
     _show_enrollment(enrollment, as_json, "moved")
@@ -586,10 +597,11 @@ def device_unpin(device_id, fleet, as_json):
 
 @device.command("list")
 @click.option("--group", help="Only this group.")
+@click.option("--site", help="Only the devices on this site.")
 @fleet_dir_option
 @json_option
-def device_list(group, fleet, as_json):
-    """The enrolled devices and their groups."""
+def device_list(group, site, fleet, as_json):
+    """The enrolled devices, their groups and sites."""
     from ..fleet.registry import RegistryError
 
     try:
@@ -599,11 +611,48 @@ def device_list(group, fleet, as_json):
         fail(str(error), as_json)
     if group:
         enrollments = [e for e in enrollments if e.group == group]
+    if site:
+        enrollments = [e for e in enrollments if e.site == site]
     if as_json:
         print_json([{**e.to_dict(), "pinned": pinned.get(e.device)} for e in enrollments])
         return
     print_table(
-        ["device", "group", "enrolled", "from", "own desired state"],
-        [[e.device, e.group, _when(e.enrolled_at), e.source, pinned.get(e.device, "")] for e in enrollments],
+        ["device", "group", "site", "enrolled", "from", "own desired state"],
+        [
+            [e.device, e.group, e.site or "", _when(e.enrolled_at), e.source, pinned.get(e.device, "")]
+            for e in enrollments
+        ],
         title="enrolled devices",
     )
+
+
+@fleet.command("acl")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write it to this file, atomically (default: print it).",
+)
+@fleet_dir_option
+@json_option
+def acl_command(out, fleet, as_json):
+    """The central broker's ACL (mosquitto acl_file) from the device registry: the device, worker and fleet
+    rules, and for each site that has devices a `user site-<name>` block naming exactly their topics (a site
+    with none gets no block). Run it after a device's site changes, then reload mosquitto, which re-reads its
+    ACL on SIGHUP: `kill -HUP $(pidof mosquitto)`."""
+    from ..fleet import acl
+    from ..fleet.registry import RegistryError
+
+    try:
+        sites = fleet.registry.sites()
+        text = acl.render(sites, f"the device registry {fleet.registry.path.resolve()}")
+    except RegistryError as error:
+        fail(str(error), as_json)
+    if out is not None:
+        acl.write(out, text)
+    if as_json:
+        print_json({"ok": True, "file": str(out) if out else None, "sites": sites, **({} if out else {"acl": text})})
+    elif out is None:
+        click.echo(text, nl=False)
+    else:
+        devices = sum(len(ids) for ids in sites.values())
+        click.echo(f"wrote {out}: {len(sites)} sites, {devices} devices on them; reload the broker: kill -HUP")

@@ -19,6 +19,7 @@ from .. import bundle, paths
 from ..fsutil import atomic_write_json, exclusive_lock, fsync_dir
 from .errors import ReleaseError
 from .registry import FILE as REGISTRY_FILE
+from .registry import UNCHANGED as UNCHANGED_SITE
 from .registry import Registry, check_device_id
 from .release import Release, check_group
 from .release import write as write_release
@@ -109,12 +110,13 @@ class FleetDir:
         return True
 
     # --- enrollment -------------------------------------------------------------------------------
-    def move_device(self, device: str, group: str):
-        """Move an enrolled device to another group; its own desired state (for a release of the old group)
-        goes with the old group."""
+    def move_device(self, device: str, group: str | None = None, site=UNCHANGED_SITE):
+        """Move an enrolled device to another group, site (None: no site), or both; when its group changes, its
+        own desired state (for a release of the old group) goes with the old group."""
         with self.locked():
-            moved = self.registry.move(device, group)
-            self.unpin(device)
+            moved = self.registry.move(device, group, site)
+            if group is not None:
+                self.unpin(device)
             return moved
 
     def remove_device(self, device: str) -> None:

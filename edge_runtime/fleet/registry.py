@@ -1,4 +1,5 @@
-"""The device registry: which devices the fleet manager knows and which group each one is in.
+"""The device registry: which devices the fleet manager knows, which group each one is in and, for a device
+behind a site broker, which site (the central broker's user for that site's bridge, `fleet acl`).
 
 The manager decides group membership from here and never from a device's own report: a device's state
 report may say any group, so it only ever disqualifies (a device whose report disagrees with its
@@ -10,6 +11,9 @@ old or the new registry, never half of one. A registry that is there but cannot 
 a wrong schema, a row that does not check out) raises `RegistryError` on every use, and nothing is
 published or served on its account: an unreadable allowlist must not read as "no restrictions". A
 registry that does not exist yet is empty, which allows nothing.
+
+Schema 2 added the optional site column. A schema-1 registry reads as devices with no site, and its first
+change adds the column and the new version in one transaction.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from .errors import FleetError, ReleaseError
 from .release import check_group
 
 FILE = "registry.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: devices.site
+READABLE_VERSIONS = (1, SCHEMA_VERSION)  # 1: before sites; read as "no site", migrated by the next change
 # The broker's ACL gives these certificate CNs roles (deploy/mosquitto/acl): a device named so would get them.
 RESERVED_IDS = ("worker", "fleet")
 RESERVED_PREFIX = "site-"  # site brokers' bridge identities (deploy/mosquitto/site-bridge.conf)
+UNCHANGED = object()  # `move`: leave the site as it is
 SOURCES = ("cli", "cert")  # how a device was enrolled: by id, or from its client certificate's subject CN
 
 
@@ -41,21 +47,36 @@ class Enrollment:
     group: str
     source: str
     enrolled_at: float
+    site: str | None = None  # the site broker it connects through; None: the central broker directly
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _check_name(kind: str, name: str) -> str:
+    """An MQTT topic level and a certificate CN (escalation.check_device_id): what ids and sites both are."""
+    if not isinstance(name, str) or not name or any(ch in name for ch in "/+#\0") or len(name) > 128:
+        raise RegistryError(f"{kind} {name!r} must be 1-128 characters without / + # or NUL")
+    if name != name.strip() or any(ch < " " for ch in name):
+        raise RegistryError(f"{kind} {name!r} has surrounding white space or control characters")
+    return name
+
+
 def check_device_id(device: str) -> str:
-    """A device id as the rest of the system takes it (escalation.check_device_id: it is an MQTT topic level
-    and the certificate CN), and not a reserved role name."""
-    if not isinstance(device, str) or not device or any(ch in device for ch in "/+#\0") or len(device) > 128:
-        raise RegistryError(f"device id {device!r} must be 1-128 characters without / + # or NUL")
-    if device != device.strip() or any(ch < " " for ch in device):
-        raise RegistryError(f"device id {device!r} has surrounding white space or control characters")
+    """A device id as the rest of the system takes it, and not a reserved role name."""
+    _check_name("device id", device)
     if device in RESERVED_IDS or device.startswith(RESERVED_PREFIX):
         raise RegistryError(f"device id {device!r} is reserved (the broker ACL gives it a role)")
     return device
+
+
+def check_site(site: str) -> str:
+    """A site name: its bridge certificate's CN, so its user on the central broker; checked like a device id,
+    and it must be `site-<name>` (the prefix no device id may have)."""
+    _check_name("site", site)
+    if not site.startswith(RESERVED_PREFIX) or site == RESERVED_PREFIX:
+        raise RegistryError(f"site {site!r} must be {RESERVED_PREFIX}<name> (its bridge certificate's CN)")
+    return site
 
 
 def _check_group(group: str) -> str:
@@ -103,10 +124,11 @@ class Registry:
             raise self._unreadable(error) from None
         try:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise self._unreadable(f"schema version {version}, expected {SCHEMA_VERSION}")
+            site = "site" if version >= 2 else "NULL"
             rows = connection.execute(
-                f"SELECT device, grp, source, enrolled_at FROM devices {where} ORDER BY device", args
+                f"SELECT device, grp, source, enrolled_at, {site} FROM devices {where} ORDER BY device", args
             ).fetchall()
         except sqlite3.Error as error:
             raise self._unreadable(error) from None
@@ -120,15 +142,17 @@ class Registry:
 
     def _checked(self, row) -> Enrollment:
         """A row as stored, checked like input: a hand-edited registry must not smuggle in a bad id or group."""
-        device, group, source, enrolled_at = row
+        device, group, source, enrolled_at, site = row
         try:
             check_device_id(device)
             _check_group(group)
+            if site is not None:
+                check_site(site)
         except RegistryError as error:
             raise self._unreadable(f"row {device!r}: {error}") from None
         if source not in SOURCES or not isinstance(enrolled_at, (int, float)):
             raise self._unreadable(f"row {device!r}: source {source!r}, enrolled_at {enrolled_at!r}")
-        return Enrollment(device, group, source, float(enrolled_at))
+        return Enrollment(device, group, source, float(enrolled_at), site)
 
     def groups(self) -> dict[str, str]:
         """device -> group, for every enrolled device."""
@@ -143,10 +167,18 @@ class Registry:
     def members(self, group: str) -> list[str]:
         return sorted(d for d, g in self.groups().items() if g == group)
 
+    def sites(self) -> dict[str, list[str]]:
+        """site -> its devices (sorted), for every site that has at least one; devices without a site are not in it."""
+        found: dict[str, list[str]] = {}
+        for enrollment in self.enrollments():
+            if enrollment.site is not None:
+                found.setdefault(enrollment.site, []).append(enrollment.device)
+        return dict(sorted(found.items()))
+
     # --- changing ---------------------------------------------------------------------------------
     def _write(self):
-        """A connection for one change; creates the registry (and the fleet dir) on first use. A file that
-        exists but is not this registry fails here instead of being overwritten."""
+        """A connection for one change; creates the registry (and the fleet dir) on first use, and migrates a
+        schema-1 registry. A file that exists but is not this registry fails here instead of being overwritten."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         if not created:
@@ -159,26 +191,37 @@ class Registry:
                 connection.execute("BEGIN IMMEDIATE")
                 connection.execute(
                     "CREATE TABLE devices (device TEXT PRIMARY KEY, grp TEXT NOT NULL, source TEXT NOT NULL, "
-                    "enrolled_at REAL NOT NULL)"
+                    "enrolled_at REAL NOT NULL, site TEXT)"
                 )
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 connection.execute("COMMIT")
                 os.chmod(self.path, 0o644)
+            else:
+                self._migrate(connection)
         except sqlite3.Error as error:
             if connection is not None:
                 connection.close()
             raise self._unreadable(error) from None
         return connection
 
+    @staticmethod
+    def _migrate(connection) -> None:
+        """Schema 1 -> 2 (the site column), column and version in one transaction; a no-op once done."""
+        connection.execute("BEGIN IMMEDIATE")
+        if connection.execute("PRAGMA user_version").fetchone()[0] == 1:
+            connection.execute("ALTER TABLE devices ADD COLUMN site TEXT")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+
     def _change(self, statement: str, args: tuple, check) -> None:
-        """Run `check(current group or None)` and the statement in one IMMEDIATE transaction: two CLI
+        """Run `check(current (group, site) or None)` and the statement in one IMMEDIATE transaction: two CLI
         processes enrolling the same device cannot both pass the check."""
         connection = self._write()
         try:
             connection.execute("BEGIN IMMEDIATE")
-            row = connection.execute("SELECT grp FROM devices WHERE device = ?", (args[-1],)).fetchone()
+            row = connection.execute("SELECT grp, site FROM devices WHERE device = ?", (args[-1],)).fetchone()
             try:
-                check(row[0] if row else None)
+                check(row)
             except RegistryError:
                 connection.execute("ROLLBACK")
                 raise
@@ -189,29 +232,50 @@ class Registry:
         finally:
             connection.close()
 
-    def add(self, device: str, group: str, source: str = "cli") -> Enrollment:
-        """Enroll a device in a group. Enrolling it again in the same group changes nothing; in another
-        group it is refused (`move` says so explicitly)."""
+    def add(self, device: str, group: str, source: str = "cli", site: str | None = None) -> Enrollment:
+        """Enroll a device in a group, and on a site if it connects through one. Enrolling it again in the same
+        group and site changes nothing; anything else is refused (`move` says so explicitly)."""
         device, group = check_device_id(device), _check_group(group)
+        site = None if site is None else check_site(site)
         if source not in SOURCES:
             raise ValueError(f"unknown enrollment source {source!r}")
         now = time.time()
 
         def check(current):
-            if current is not None and current != group:
-                raise RegistryError(f"device {device} is enrolled in group {current}; move it with `fleet device move`")
+            if current is not None and current[0] != group:
+                raise RegistryError(
+                    f"device {device} is enrolled in group {current[0]}; move it with `fleet device move`"
+                )
+            if current is not None and current[1] != site:
+                where = f"on site {current[1]}" if current[1] else "with no site"
+                raise RegistryError(f"device {device} is enrolled {where}; move it with `fleet device move --site`")
 
         self._change(
-            "INSERT OR IGNORE INTO devices (grp, source, enrolled_at, device) VALUES (?, ?, ?, ?)",
-            (group, source, now, device),
+            "INSERT OR IGNORE INTO devices (grp, source, enrolled_at, site, device) VALUES (?, ?, ?, ?, ?)",
+            (group, source, now, site, device),
             check,
         )
-        return next(e for e in self.enrollments() if e.device == device)
+        return self._one(device)
 
-    def move(self, device: str, group: str) -> Enrollment:
-        device, group = check_device_id(device), _check_group(group)
-        self._change("UPDATE devices SET grp = ? WHERE device = ?", (group, device), self._must_exist(device))
-        return next(e for e in self.enrollments() if e.device == device)
+    def move(self, device: str, group: str | None = None, site=UNCHANGED) -> Enrollment:
+        """Change the device's group, its site (None: no site, it connects to the central broker), or both, in
+        one transaction."""
+        device = check_device_id(device)
+        changes: dict[str, str | None] = {}
+        if group is not None:
+            changes["grp"] = _check_group(group)
+        if site is not UNCHANGED:
+            changes["site"] = None if site is None else check_site(site)
+        if not changes:
+            raise RegistryError("nothing to change: give a group or a site")
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        self._change(
+            f"UPDATE devices SET {assignments} WHERE device = ?", (*changes.values(), device), self._must_exist(device)
+        )
+        return self._one(device)
+
+    def _one(self, device: str) -> Enrollment:
+        return self._read("WHERE device = ?", (device,))[0]
 
     def remove(self, device: str) -> None:
         self._change("DELETE FROM devices WHERE device = ?", (device,), self._must_exist(device))

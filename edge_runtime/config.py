@@ -114,6 +114,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "update": {
         "group": Key(str, "", help="the fleet group this device takes model updates for (edge-runtime update run)"),
+        "mirror_ca_file": Key(
+            str, "", help="CA file trusted for https:// mirrors besides the system trust store ('' = system only)"
+        ),
+        "mirror_credentials": Key(
+            list, [], help="ORIGIN=FILE: send FILE's bearer token or user:password to that mirror origin only"
+        ),
     },
     "privacy": {
         "tagger": Key(str, "pii-tagger-minilm", help="PII tagger bundle for names and addresses ('' = none)"),
@@ -293,6 +299,13 @@ def _validate_together(values: dict, where: str) -> None:
             check_device_id(uplink["device_id"])
         except InputError as error:
             raise ConfigError(f"{where}: uplink.device_id: {error}") from None
+    if values["update"]["mirror_ca_file"] or values["update"]["mirror_credentials"]:
+        from .fleet.mirror_access import MirrorAccess, MirrorAccessError
+
+        try:
+            MirrorAccess.from_config(values).check()  # the CA loads, every credentials file is private and reads
+        except MirrorAccessError as error:
+            raise ConfigError(f"{where}: {error}") from None
     privacy = values["privacy"]
     for key in ("refuse", "drop"):
         unknown = [kind for kind in privacy[key] if kind not in PII_KINDS]

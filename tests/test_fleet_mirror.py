@@ -1,11 +1,15 @@
 """Bulk delivery from untrusted HTTP mirrors: a real nginx (Debian's) serving the content-addressed layout
 `fleet mirror sync` writes, the device's range-request fetch, and real agent processes that take the archive
-from the mirrors and only what those could not supply over MQTT (a real mosquitto)."""
+from the mirrors and only what those could not supply over MQTT (a real mosquitto). HTTPS mirrors (certificates
+made here with `cryptography`) and private mirrors (credentials from the device's config) too."""
 
 from __future__ import annotations
 
+import datetime
 import http.server
+import ipaddress
 import json
+import logging
 import shutil
 import threading
 import time
@@ -13,9 +17,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from edge_runtime import config as configuration
 from edge_runtime import signing
 from edge_runtime.cli import main
+from edge_runtime.errors import ConfigError
 from edge_runtime.fleet import mirror as mirrors
 from edge_runtime.fleet import protocol
 from edge_runtime.fleet import release as releases
@@ -23,6 +33,7 @@ from edge_runtime.fleet.chunks import Download, read_chunk
 from edge_runtime.fleet.errors import ReleaseError
 from edge_runtime.fleet.fleetdir import FleetDir
 from edge_runtime.fleet.http_fetch import MirrorConfig, fetch_from_mirrors
+from edge_runtime.fleet.mirror_access import MirrorAccess, MirrorAccessError, origin
 from edge_runtime.mqtt import BrokerConfig, Link
 
 from support import free_port, mqtt_broker, nginx
@@ -56,8 +67,8 @@ def serve(tmp_path):
         pytest.skip("nginx is not installed (apt-get install nginx; scripts/bootstrap.sh --test does)")
     started = []
 
-    def start(root: Path, *directives: str) -> nginx.Nginx:
-        server = nginx.Nginx(root, tmp_path / f"nginx-{len(started)}", *directives).start()
+    def start(root: Path, *directives: str, tls: tuple[Path, Path] | None = None) -> nginx.Nginx:
+        server = nginx.Nginx(root, tmp_path / f"nginx-{len(started)}", *directives, tls=tls).start()
         started.append(server)
         return server
 
@@ -236,7 +247,7 @@ def group():
 def device(tmp_path, broker, fleet_key, archives, group):
     made = []
 
-    def factory(pause=None):
+    def factory(pause=None, args=()):
         dev = Device(
             tmp_path / "devices",
             f"dev-{uuid.uuid4().hex[:6]}",
@@ -244,6 +255,7 @@ def device(tmp_path, broker, fleet_key, archives, group):
             broker.url,
             fleet_key.public_key(),
             archives["v1"],
+            *args,
             fleet_dir=tmp_path / "fleet",  # enrolled: the fleet manager serves chunks to enrolled devices only
         )
         made.append(dev)
@@ -450,3 +462,295 @@ def test_cli_release_create_with_mirrors_then_mirror_sync(archives, fleet_key, s
     download = Download(tmp_path / "dl", releases.check_shape(signed)).open()
     assert fetch_from_mirrors(download, [server.url], FAST)["mirror_chunks"] == download.total
     assert download.finish().read_bytes() == archive.read_bytes()
+
+
+# --- HTTPS mirrors and private mirrors -------------------------------------------------------------
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, names=()) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    usage = dict.fromkeys(
+        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+        + ("encipher_only", "decipher_only"),
+        False,
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca, **usage), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    )
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False).add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict:
+    """Two CAs (the device's private one, and another) and nginx certificates: `good` (the device's CA, for
+    127.0.0.1), `untrusted` (the other CA, for 127.0.0.1), `wrong_host` (the device's CA, for mirror.example)."""
+    out = tmp_path_factory.mktemp("pki")
+
+    def pem(path: Path, data: bytes) -> Path:
+        path.write_bytes(data)
+        return path
+
+    made = {}
+    cas = {}
+    for name in ("ca", "other_ca"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(f"edge-runtime test {name}", key, f"edge-runtime test {name}", key, ca=True)
+        cas[name] = (key, cert)
+        made[name] = pem(out / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
+    for name, ca, host in [
+        ("good", "ca", x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
+        ("untrusted", "other_ca", x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
+        ("wrong_host", "ca", x509.DNSName("mirror.example")),
+    ]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        ca_key, ca_cert = cas[ca]
+        cert = _certificate(name, key, f"edge-runtime test {ca}", ca_key, ca=False, names=[host])
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        made[name] = (
+            pem(out / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM)),
+            pem(out / f"{name}.key", private),
+        )
+    return made
+
+
+def secret_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "edge_runtime.fleet.http_fetch"]
+
+
+def test_an_https_mirror_is_used_only_when_its_certificate_verifies(archives, fleet_key, serve, tmp_path, pki, caplog):
+    """Verification is on by default (the system store does not know the private CA), a mirror CA file makes
+    the private PKI's mirror usable, and a certificate of another CA or for another host is passed over before
+    a single request is sent, with its reason on one line."""
+    envelope = record(archives["v2"], fleet_key)
+    target = releases.check_shape(envelope["signed"])
+    root = laid_out(archives["v2"], envelope, tmp_path / "mirror")
+    good = serve(root, tls=pki["good"])
+    untrusted = serve(root, tls=pki["untrusted"])
+    wrong_host = serve(root, tls=pki["wrong_host"])
+    trusting = MirrorConfig(timeout_s=3.0, access=MirrorAccess(ca_file=str(pki["ca"])))
+    for number, (server, config, reason) in enumerate(
+        [
+            (good, FAST, "unable to get local issuer certificate"),  # the system store only
+            (untrusted, trusting, "unable to get local issuer certificate"),
+            (wrong_host, trusting, "mismatch, certificate is not valid for '127.0.0.1'"),
+        ]
+    ):
+        download = Download(tmp_path / f"dl-{number}", target).open()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            counters = fetch_from_mirrors(download, [server.url], config)
+        assert counters == {"mirror_chunks": 0, "mirror_bytes": 0, "mirror_bad": 0, "mirror_errors": 1}
+        assert len(download.missing()) == download.total
+        [warning] = warnings_of(caplog)
+        assert "TLS certificate not trusted" in warning and reason in warning and "\n" not in warning, warning
+    assert good.requests() == untrusted.requests() == wrong_host.requests() == []  # not one request sent
+
+    download = Download(tmp_path / "dl", target).open()
+    counters = fetch_from_mirrors(download, [untrusted.url, wrong_host.url, good.url], trusting)
+    assert counters["mirror_errors"] == 2 and counters["mirror_chunks"] == download.total
+    assert download.finish().read_bytes() == archives["v2"].read_bytes()
+    assert good.requests() and all(" 206 GET " in line for line in good.requests())
+
+
+def test_credentials_go_to_their_origin_only_and_a_refusal_passes_the_mirror_over(
+    archives, fleet_key, serve, tmp_path, caplog
+):
+    envelope = record(archives["v2"], fleet_key)
+    target = releases.check_shape(envelope["signed"])
+    root = laid_out(archives["v2"], envelope, tmp_path / "mirror")
+    private = serve(root, 'if ($http_authorization != "Bearer s3cret-T0ken") { return 401; }')
+    (tmp_path / "empty").mkdir()
+    other = serve(tmp_path / "empty")  # another origin: asked (404), never with the header
+    redirecting = serve(tmp_path / "empty", f"return 302 {other.url}$request_uri;")
+    token = secret_file(tmp_path / "mirror.cred", "s3cret-T0ken\n")
+    wrong = secret_file(tmp_path / "wrong.cred", "not-the-token\n")
+
+    def config(credentials: dict) -> MirrorConfig:
+        return MirrorConfig(timeout_s=3.0, access=MirrorAccess(credentials=credentials))
+
+    with_token = config({origin(private.url): token, origin(redirecting.url): token})
+    download = Download(tmp_path / "dl", target).open()
+    counters = fetch_from_mirrors(download, [redirecting.url, other.url, private.url], with_token)
+    assert counters["mirror_errors"] == 2 and counters["mirror_chunks"] == download.total
+    assert download.finish().read_bytes() == archives["v2"].read_bytes()
+    assert private.requests() and all(
+        " 206 GET " in line and line.endswith('auth="Bearer s3cret-T0ken"') for line in private.requests()
+    )
+    [redirect] = redirecting.requests()
+    assert " 302 GET " in redirect and redirect.endswith('auth="Bearer s3cret-T0ken"')
+    # The redirect was not followed; the other origin was asked once, as a mirror of its own, without it.
+    assert [line.split()[1] for line in other.requests()] == ["404"]
+    assert other.requests()[0].endswith('auth="-"') and "s3cret" not in other.access_log.read_text()
+
+    for name, mirror_config, reason in [
+        ("none", FAST, "(no credentials for it)"),
+        ("wrong", config({origin(private.url): wrong}), "(refused the device's credentials)"),
+    ]:
+        download = Download(tmp_path / f"dl-{name}", target).open()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            counters = fetch_from_mirrors(download, [private.url], mirror_config)
+        assert counters["mirror_errors"] == 1 and counters["mirror_chunks"] == 0
+        assert len(download.missing()) == download.total
+        [warning] = warnings_of(caplog)
+        assert "HTTP 401 Unauthorized" in warning and reason in warning and "\n" not in warning, warning
+    assert "not-the-token" in private.requests()[-1] and private.requests()[-1].split()[1] == "401"
+
+
+def test_basic_credentials_and_a_credentials_file_others_may_read(archives, fleet_key, serve, tmp_path, caplog):
+    envelope = record(archives["v2"], fleet_key)
+    target = releases.check_shape(envelope["signed"])
+    root = laid_out(archives["v2"], envelope, tmp_path / "mirror")
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("fleet:{PLAIN}n0t-public\n")
+    server = serve(root, 'auth_basic "fleet";', f"auth_basic_user_file {htpasswd};")
+    cred = secret_file(tmp_path / "basic.cred", "fleet:n0t-public\n", 0o644)
+    settings = tmp_path / "config.toml"
+    settings.write_text(f'[update]\nmirror_credentials = ["{server.url}={cred}"]\n')
+
+    # Refused at start-up, as ssh refuses a private key others can read ...
+    with pytest.raises(
+        ConfigError, match=r"^config.toml: update.mirror_credentials: credentials file .*basic.cred: permissions 0644"
+    ):
+        configuration.load(settings, environ={})
+    # ... and when it became readable since: the mirror is passed over, never asked without its credentials.
+    access = MirrorAccess(credentials={origin(server.url): cred})
+    download = Download(tmp_path / "dl-open", target).open()
+    with caplog.at_level(logging.WARNING):
+        counters = fetch_from_mirrors(download, [server.url], MirrorConfig(timeout_s=3.0, access=access))
+    assert counters["mirror_errors"] == 1 and counters["mirror_chunks"] == 0 and server.requests() == []
+    assert any("too open" in warning and "chmod 600" in warning for warning in warnings_of(caplog))
+
+    cred.chmod(0o600)
+    values = configuration.load(settings, environ={})
+    access = MirrorAccess.from_config(values)
+    assert access.credentials == {f"http://127.0.0.1:{server.port}": cred}
+    download = Download(tmp_path / "dl", target).open()
+    counters = fetch_from_mirrors(download, [server.url], MirrorConfig(timeout_s=3.0, access=access))
+    assert counters["mirror_errors"] == 0 and counters["mirror_chunks"] == download.total
+    assert download.finish().read_bytes() == archives["v2"].read_bytes()
+    assert all(" 206 GET " in line and 'auth="Basic ' in line for line in server.requests())
+
+
+def test_mirror_access_settings_are_checked_with_a_one_line_reason(tmp_path, pki):
+    assert origin("HTTPS://Mirror.LAN/fleet") == "https://mirror.lan:443"
+    assert origin("http://[::1]:8080/x") == "http://[::1]:8080"
+    token = secret_file(tmp_path / "token", "abc.DEF-123~+/=\n")
+    assert MirrorAccess(credentials={"https://m:443": token}).authorization("https://M/fleet/x.erb") == (
+        "Bearer abc.DEF-123~+/="
+    )
+    assert MirrorAccess(credentials={"https://m:443": token}).authorization("https://m:8443/x.erb") is None
+    for text, reason in [
+        ("two\nlines\n", "must hold one line"),
+        ("", "must hold one line"),
+        ("to ken\n", "a bearer token is"),
+        (":password\n", "empty user"),
+    ]:
+        with pytest.raises(MirrorAccessError, match=reason):
+            MirrorAccess(credentials={"https://m:443": secret_file(tmp_path / "bad", text)}).check()
+    settings = tmp_path / "config.toml"
+    for update, reason in [
+        ('mirror_credentials = ["https://m.example"]', "mirror_credentials: .*must be ORIGIN=FILE"),
+        (f'mirror_credentials = ["https://m.example/fleet={token}"]', "mirror_credentials: .*without a path"),
+        (f'mirror_credentials = ["ftp://m.example={token}"]', "mirror_credentials: .*origin must be http"),
+        (
+            f'mirror_credentials = ["https://m.example={token}", "https://M.example:443={token}"]',
+            "mirror_credentials: https://m.example:443 is named twice",
+        ),
+        (f'mirror_credentials = ["https://m.example={tmp_path / "none"}"]', "mirror_credentials: .*none: cannot"),
+        (f'mirror_ca_file = "{tmp_path / "none"}"', "mirror_ca_file: .*none: not a PEM CA file"),
+        (f'mirror_ca_file = "{token}"', "mirror_ca_file: .*token: not a PEM CA file"),
+    ]:
+        settings.write_text(f"[update]\n{update}\n")
+        with pytest.raises(ConfigError, match=f"^config.toml: update.{reason}") as error:
+            configuration.load(settings, environ={})
+        assert "\n" not in str(error.value)
+    settings.write_text(f'[update]\nmirror_ca_file = "{pki["ca"]}"\n')
+    assert MirrorAccess.from_config(configuration.load(settings, environ={})).ca_file == str(pki["ca"])
+
+
+def device_config(path: Path, **update) -> tuple[str, str]:
+    """`update run` arguments: --config PATH, a config holding these [update] settings."""
+    path.write_text(configuration.to_toml({"update": update}))
+    return "--config", str(path)
+
+
+def test_agents_take_an_https_mirror_they_trust_and_pass_over_one_they_do_not(
+    device, broker, archives, fleet_key, group, serve, tmp_path, pki
+):
+    trusting = device(args=device_config(tmp_path / "trusting.toml", mirror_ca_file=str(pki["ca"])))
+    other = device(args=device_config(tmp_path / "other.toml", mirror_ca_file=str(pki["other_ca"])))
+    served = ServedManager(broker.url, tmp_path / "fleet", [fleet_key])
+    try:
+        probe = record(archives["v2"], fleet_key, group)
+        server = serve(laid_out(archives["v2"], probe, tmp_path / "mirror"), tls=pki["good"])
+        envelope = record(archives["v2"], fleet_key, group, [server.url])
+        served.manager.fleet.add_release(envelope, releases.check_shape(envelope["signed"]), archives["v2"])
+        publish_desired(broker.url, fleet_key, group, envelope)
+        trusted_counts, other_counts = committed(trusting), committed(other)
+    finally:
+        served.close()
+    size = archives["v2"].stat().st_size
+    assert trusted_counts["mirror_bytes"] == size and trusted_counts["mirror_errors"] == 0
+    assert trusted_counts["received"] == trusted_counts["mqtt_bytes"] == 0
+    assert other_counts["mirror_chunks"] == 0 and other_counts["mirror_errors"] == 1
+    assert other_counts["received"] == other_counts["chunks"] and other_counts["mqtt_bytes"] == size
+    assert served.manager.bytes_served == size  # the second device's archive, and nothing for the first
+    assert "TLS certificate not trusted" in other.log.read_text()
+    assert all(" 206 GET " in line for line in server.requests())
+
+
+def test_agents_send_credentials_from_their_config_to_that_mirror_only(
+    device, broker, archives, fleet_key, group, serve, tmp_path
+):
+    token = secret_file(tmp_path / "cdn.cred", "fleet-T0ken\n")
+    probe = record(archives["v2"], fleet_key, group)
+    private = serve(
+        laid_out(archives["v2"], probe, tmp_path / "mirror"),
+        'if ($http_authorization != "Bearer fleet-T0ken") { return 403; }',
+    )
+    (tmp_path / "empty").mkdir()
+    other = serve(tmp_path / "empty")  # first in the record, on another origin: 404 for everyone
+    holder = device(args=device_config(tmp_path / "holder.toml", mirror_credentials=[f"{private.url}={token}"]))
+    without = device()
+    served = ServedManager(broker.url, tmp_path / "fleet", [fleet_key])
+    try:
+        envelope = record(archives["v2"], fleet_key, group, [other.url, private.url])
+        served.manager.fleet.add_release(envelope, releases.check_shape(envelope["signed"]), archives["v2"])
+        publish_desired(broker.url, fleet_key, group, envelope)
+        holder_counts, without_counts = committed(holder), committed(without)
+    finally:
+        served.close()
+    assert holder_counts["mirror_chunks"] == holder_counts["chunks"] and holder_counts["received"] == 0
+    assert holder_counts["mirror_errors"] == 1  # the other mirror's 404
+    assert without_counts["mirror_errors"] == 2 and without_counts["received"] == without_counts["chunks"]
+    assert "HTTP 403 Forbidden (no credentials for it)" in without.log.read_text()
+    statuses = [(line.split()[1], line.endswith('auth="Bearer fleet-T0ken"')) for line in private.requests()]
+    assert set(statuses) == {("206", True), ("403", False)}, statuses
+    assert len(other.requests()) == 2 and all(line.endswith('auth="-"') for line in other.requests())

@@ -114,6 +114,7 @@ def run(
     from ..fleet.agent import Agent, AgentConfig
     from ..fleet.fetch import FetchConfig
     from ..fleet.http_fetch import MirrorConfig
+    from ..fleet.mirror_access import MirrorAccess
     from ..fleet.probation import ProbationConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -141,7 +142,7 @@ def run(
             max_agreement_drop=probation_max_agreement_drop,
         ),
         fetch=FetchConfig(timeout_s=chunk_timeout),
-        mirror=MirrorConfig(timeout_s=mirror_timeout),
+        mirror=MirrorConfig(timeout_s=mirror_timeout, access=MirrorAccess.from_config(device.config)),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

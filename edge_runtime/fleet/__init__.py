@@ -8,4 +8,5 @@ rollout.py  canary choice, promote/halt    manager.py   the fleet manager (publi
 access.py   who may fetch which chunks    fleetdir.py  the manager's releases and rollouts on disk
 registry.py the enrolled devices and their groups (the manager decides membership, never a device)
 http_fetch.py chunks from HTTP(S) mirrors mirror.py    lays archives out for mirrors (fleet mirror sync)
+mirror_access.py the device's TLS trust and per-origin credentials for private mirrors
 """

@@ -6,10 +6,15 @@ mirror) and hands every chunk to Download.write, which refuses bytes whose sha25
 Nothing a mirror says is trusted beyond the bytes that verify: the status and Content-Range only decide
 whether to go on reading, and no more than the bytes asked for are ever read from an answer.
 
+An https:// mirror's certificate is verified (the system trust store, plus the device's mirror CA file), and
+the device's credentials for a mirror's origin go to that origin only (mirror_access.py).
+
 A mirror is left for the next one (and, after the last, for the MQTT chunk loop) when it serves a bad chunk
-(it is not asked again: the next mirror gets the chunk), answers anything but 206/200, describes another
-range or file, encodes the body, overruns a request's time (timeout_s + bytes / min_rate; a watchdog cuts
-even a read that keeps trickling), or its connection fails twice in a row without a chunk stored between.
+(it is not asked again: the next mirror gets the chunk), answers anything but 206/200 (401/403: credentials
+missing or refused; a redirect is never followed, so no header reaches another origin), describes another
+range or file, encodes the body, presents a certificate that does not verify (before any request is sent),
+overruns a request's time (timeout_s + bytes / min_rate; a watchdog cuts even a read that keeps trickling),
+or its connection fails twice in a row without a chunk stored between.
 
 A server that ignores ranges answers 200 with the whole archive (nginx with `max_ranges 0`, Python's
 http.server, some CDNs for an uncached object). That answer is used, not refused: the body is cut into
@@ -20,6 +25,7 @@ which is what a mirror is for; refusing it would send those bytes through the br
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import re
@@ -28,12 +34,13 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .. import __version__
 from .chunks import BadChunk, Download
 from .errors import ReleaseError
+from .mirror_access import MirrorAccess, MirrorAccessError
 from .release import Release, check_mirror, mirror_url
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class MirrorConfig:
     timeout_s: float = 10.0  # connecting, and each wait for bytes from the socket
     min_rate: float = 8 * 1024  # bytes/s: an answer of N bytes must be read within timeout_s + N / min_rate
     reconnects: int = 1  # fresh connections after a failed request before the mirror is left
+    access: MirrorAccess = field(default_factory=MirrorAccess)  # TLS trust and credentials (device config)
 
 
 class MirrorFailed(Exception):
@@ -115,11 +123,15 @@ class _Watchdog:
 class Mirror:
     """One mirror's copy of one archive, over one keep-alive connection."""
 
-    def __init__(self, base: str, release: Release, config: MirrorConfig):
+    def __init__(self, base: str, release: Release, config: MirrorConfig, tls: Callable[[], ssl.SSLContext]):
+        """ReleaseError for a URL this device cannot use, MirrorAccessError when its CA file or credentials
+        cannot be read."""
         self.release, self.config = release, config
         self.url = mirror_url(check_mirror(base), release.sha256)
         parts = urlsplit(self.url)
         self.scheme, self.host, self.port, self.path = parts.scheme, parts.hostname, parts.port, parts.path
+        self.context = tls() if self.scheme == "https" else None
+        self.authorization = config.access.authorization(self.url)  # for this origin only, or None
         self.connection: http.client.HTTPConnection | None = None
         self.watchdog = _Watchdog()
 
@@ -127,7 +139,7 @@ class Mirror:
         if self.connection is None:
             if self.scheme == "https":
                 self.connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.config.timeout_s, context=ssl.create_default_context()
+                    self.host, self.port, timeout=self.config.timeout_s, context=self.context
                 )
             else:
                 self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.config.timeout_s)
@@ -147,6 +159,9 @@ class Mirror:
             before = len(download.done)
             try:
                 whole = self._fetch(download, *runs[0], counters, between)
+            except ssl.SSLCertVerificationError as error:  # another try would meet the same certificate
+                self.close()
+                raise MirrorFailed(f"TLS certificate not trusted: {error.verify_message or error}") from None
             except (OSError, http.client.HTTPException, ValueError) as error:  # refused, reset, cut, garbled
                 self.close()
                 if self.watchdog.fired:
@@ -172,13 +187,15 @@ class Mirror:
         deadline = time.monotonic() + limit
         self.watchdog.arm(connection.sock, limit)
         try:
-            connection.request(
-                "GET",
-                self.path,
-                headers={"Range": f"bytes={start}-{end}", "User-Agent": f"edge-runtime/{__version__}"},
-            )
+            headers = {"Range": f"bytes={start}-{end}", "User-Agent": f"edge-runtime/{__version__}"}
+            if self.authorization:
+                headers["Authorization"] = self.authorization
+            connection.request("GET", self.path, headers=headers)
             response = connection.getresponse()
             try:
+                if response.status in (401, 403):
+                    held = "refused the device's credentials" if self.authorization else "no credentials for it"
+                    raise MirrorFailed(f"HTTP {response.status} {response.reason[:80]} ({held})")
                 if response.status not in (200, 206):
                     raise MirrorFailed(f"HTTP {response.status} {response.reason[:80]}")
                 encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
@@ -241,14 +258,19 @@ def fetch_from_mirrors(
     its other messages there; an exception it raises, e.g. Halted, stops the download)."""
     config = config or MirrorConfig()
     counters = dict.fromkeys(COUNTERS, 0)
+    tls = functools.cache(config.access.context)  # built once per download, when a first https:// mirror is tried
     for base in mirrors:
         if not download.missing():
             break
         try:
-            mirror = Mirror(base, download.release, config)
+            mirror = Mirror(base, download.release, config, tls)
         except ReleaseError as error:  # a URL this device cannot use: the others still can
             counters["mirror_errors"] += 1
             log.warning("skipping %s", error)
+            continue
+        except MirrorAccessError as error:  # its CA file or credentials file cannot be used now
+            counters["mirror_errors"] += 1
+            log.warning("skipping mirror %s: %s", base, error)
             continue
         had = len(download.done)
         try:

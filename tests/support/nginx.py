@@ -5,6 +5,7 @@ paths in a directory of the test's, a free port on 127.0.0.1, kill -9 and stop.
 master, its workers would go on serving), and it never switches to another user, so it reads the test's
 0700 temp directories as the user running the tests. Extra directives go into the server block
 (`limit_rate 64k;` to slow it down, `max_ranges 0;` to make it answer range requests with the whole file).
+With `tls=(CERT, KEY)` it serves HTTPS with that certificate chain and key (PEM files).
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ def available() -> bool:
 
 
 class Nginx:
-    def __init__(self, root: Path, workdir: Path, *directives: str):
+    def __init__(self, root: Path, workdir: Path, *directives: str, tls: tuple[Path, Path] | None = None):
         self.root = Path(root)
+        self.tls = tls
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.error_log = self.dir / "error.log"
         self.access_log = self.dir / "access.log"
+        if tls:
+            directives = (f"ssl_certificate {tls[0]};", f"ssl_certificate_key {tls[1]};", *directives)
         extra = "\n".join(f"        {line}" for line in directives)
         temp = "\n".join(
             f"    {kind}_temp_path {self.dir}/{kind}-temp;"
@@ -50,10 +54,11 @@ events {{ worker_connections 64; }}
 http {{
 {temp}
     default_type application/octet-stream;
-    log_format mirror 'conn=$connection $status $request_method $uri range="$http_range" sent=$body_bytes_sent';
+    log_format mirror 'conn=$connection $status $request_method $uri range="$http_range" sent=$body_bytes_sent'
+                      ' auth="$http_authorization"';
     access_log {self.access_log} mirror;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{self.port}{" ssl" if tls else ""};
         root {self.root};
 {extra}
     }}
@@ -63,7 +68,7 @@ http {{
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> Nginx:
         command = [NGINX, "-p", str(self.dir), "-e", str(self.error_log), "-c", str(self.config)]
@@ -95,7 +100,8 @@ http {{
 
     def requests(self) -> list[str]:
         """The access log, one line per request:
-        `conn=<connection> <status> <method> <uri> range="<Range header>" sent=<body bytes>`."""
+        `conn=<connection> <status> <method> <uri> range="<Range header>" sent=<body bytes> auth="<Authorization>"`
+        (nginx writes "-" for a header that was not sent)."""
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
 
     def __enter__(self):

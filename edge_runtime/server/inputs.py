@@ -36,8 +36,9 @@ async def read_body(request: web.Request, limits: Limits, allowed_types=JSON_TYP
     if request.content_length is not None and request.content_length > limits.max_body_bytes:
         raise RequestError(413, f"body too large: {request.content_length} bytes (max {limits.max_body_bytes})")
     try:
-        return await asyncio.wait_for(request.read(), limits.body_timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(limits.body_timeout_s):  # in this task: wait_for would start another one
+            return await request.read()
+    except TimeoutError:
         raise RequestError(408, f"body not received within {limits.body_timeout_s:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise RequestError(413, f"body too large (max {limits.max_body_bytes} bytes)") from None

@@ -529,9 +529,7 @@ def main() -> None:
         gold_val = ValScores(gold_archive, val_texts, work / "build-home")
         gold_alone = {
             **device_alone(gold_val, val_gold),
-            "gap_after_last_round": gap_interval(
-                ValScores(serving, val_texts, work / "build-home"), gold_val, val_gold
-            ),
+            "gap_after_last_round": gap_interval(scores, gold_val, val_gold),  # the last round's, of `serving`
         }
         print(f"gold A+B model alone: {gold_alone}")
     leaked = leaks(dataset) + leaks(work / "exports")
